@@ -1,0 +1,1 @@
+"""DeepRegAblationTrainingLib: training, evaluation, ablation reports and the command line."""
