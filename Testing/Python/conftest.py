@@ -39,6 +39,6 @@ def oasis_2d_dir() -> Path:
 
 @pytest.fixture
 def ixi_dir() -> Path:
-    if not any(IXI_2MM.glob("*_T1_ds.nii.gz")):
+    if not any(IXI_2MM.glob("*-T1_ds.nii.gz")):
         pytest.skip(f"real IXI 2 mm data not found at {IXI_2MM}")
     return IXI_2MM

@@ -1,9 +1,169 @@
-"""Placeholder for the `train` command (being written)."""
+"""Train one registration variant with resumable checkpoints and logs.
+
+Data (--data): oasis2d:/path (neurite-OASIS 2D slices), oasis3d:/path (neurite-OASIS volumes),
+seed:/paths.txt,/template_seg4_onehot.npy (the original study's one-hot format), list:/file.csv
+or list:/folder (your own NIfTI/NRRD images with optional *_labels partners), mni-synthetic (the
+MNI152 template from the nilearn wheel with random smooth deformations; no download).
+
+The run folder (--out) receives last.pt (every epoch), best.pt (best validation), epoch_XXXX.pt,
+split.json, val_pairs.json, config.json, steps.csv/.jsonl and epochs.csv/.jsonl. --resume continues
+an interrupted run from last.pt; on the CPU the result equals an uninterrupted run. Several
+processes/GPUs: torchrun --nproc_per_node N -m DeepRegAblationTrainingLib.cli train ...
+
+Example: deepreg-ablation train --variant regloss --data oasis2d:../shared/data/neurite-oasis-2d
+--steps 2000 --steps-per-epoch 100 --out runs/regloss
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Dict, List, Optional
+
+from DeepRegAblationLib.losses import REGULARIZERS, SIMILARITIES
+from DeepRegAblationLib.variants import VARIANTS, get_variant
+
+from ..data import PAIR_MODES, parse_data_argument
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="ablation variant to train")
+    p.add_argument("--data", default="mni-synthetic", help="data source (see above; default: mni-synthetic)")
+    p.add_argument("--ndim", type=int, choices=(2, 3), default=None, help="2 or 3 (implied by oasis2d/oasis3d; default 3)")
+    p.add_argument("--labels", default=None, help="OASIS label set: seg4 (default), seg24 (2D), seg35 (3D), or none")
+    p.add_argument("--steps", type=int, default=1000, help="total optimiser steps (default 1000)")
+    p.add_argument("--steps-per-epoch", type=int, default=100, help="steps per epoch = between checkpoints (default 100)")
+    p.add_argument("--batch-size", type=int, default=1, help="pairs per step and process (default 1)")
+    p.add_argument("--val-pairs", type=int, default=8, help="fixed validation pairs (default 8; 0: no validation)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of subjects held out for validation")
+    p.add_argument("--split", default=None, help="split JSON: loaded if it exists, else written there")
+    p.add_argument("--max-subjects", type=int, default=None, help="use only the first N subjects (quick runs)")
+    p.add_argument("--mode", choices=PAIR_MODES, default=None, help="pairing (default scan_to_scan; seed format: scan_to_atlas)")
+    p.add_argument("--atlas", default=None, help="subject id of the atlas for atlas pairing modes")
+    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM", help="target voxel size (1 value or one per axis)")
+    p.add_argument("--shape", type=int, nargs="+", default=None, metavar="N", help="model grid shape, divisible by 16")
+    p.add_argument("--no-augment", action="store_true", help="no on-the-fly augmentation of real pairs")
+    p.add_argument("--synthetic", action="store_true", help="train on synthetic pairs (deformed copies) of the training images")
+    p.add_argument("--max-disp-mm", type=float, default=4.0, help="largest random non-rigid displacement, mm (default 4)")
+    p.add_argument("--rotation-deg", type=float, default=10.0, help="largest random rotation, degrees (default 10)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the variant's, 1e-3 or 3e-4 with affine)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (weights, split, pairs, augmentation)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--init-from", default=None, metavar="CKPT", help="initialise from a checkpoint of the same architecture")
+    p.add_argument("--finetune", choices=("all", "decoder_then_all"), default="all",
+                   help="with --init-from: train everything, or the decoder alone for the first half of the steps")
+    p.add_argument("--uncertainty", action="store_true", help="learned uncertainty weighting of the loss terms")
+    p.add_argument("--seg-weight", type=float, default=0.0, help="weight of the Dice loss on warped labels (default 0)")
+    p.add_argument("--similarity", choices=sorted(SIMILARITIES), default=None, help="similarity loss (default: the variant's, lncc)")
+    p.add_argument("--reg", nargs="+", default=None, metavar="NAME=W",
+                   help=f"regulariser weights replacing the variant's ({', '.join(sorted(REGULARIZERS))}); 'none' for none")
+    p.add_argument("--features-enc", type=int, nargs="+", default=None, help="U-Net encoder features")
+    p.add_argument("--features-dec", type=int, nargs="+", default=None, help="U-Net decoder features")
+    p.add_argument("--diffeomorphic", action="store_true", help="integrate a stationary velocity field")
+    p.add_argument("--val-every", type=int, default=1, help="epochs between validations (default 1)")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between epoch_XXXX.pt files (default 10)")
+    p.add_argument("--max-nonfinite", type=int, default=20, help="non-finite steps tolerated before aborting")
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (needs the wandb package)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<variant>)")
 
 
-def run(args):
-    raise RuntimeError("the 'train' command is not implemented yet")
+def parse_regularizers(items: Optional[List[str]], variant: str) -> Optional[Dict[str, float]]:
+    """``["grad_l2=0.02", ...]`` -> the variant's weights updated with these (``["none"]`` -> ``{}``)."""
+    if items is None:
+        return None
+    if [i.lower() for i in items] == ["none"]:
+        return {}
+    weights = dict(get_variant(variant).regularizers)
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--reg expects NAME=WEIGHT, got {item!r}")
+        if name not in REGULARIZERS:
+            raise ValueError(f"--reg: unknown regulariser {name!r}; valid names: {sorted(REGULARIZERS)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--reg {item!r}: the weight must be a number") from None
+    return weights
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~DeepRegAblationTrainingLib.trainer.TrainConfig` a command line describes."""
+    from ..trainer import TrainConfig
+
+    data = parse_data_argument(args.data)
+    if args.labels is not None:
+        data["labels"] = None if args.labels.lower() == "none" else args.labels
+    if args.spacing is not None:
+        data["spacing_mm"] = list(args.spacing)
+    if args.shape is not None:
+        data["shape"] = list(args.shape)
+    for key, value in (("val_pairs", args.val_pairs), ("val_fraction", args.val_fraction), ("split", args.split),
+                       ("max_subjects", args.max_subjects), ("mode", args.mode), ("atlas", args.atlas)):
+        if value is not None:
+            data[key] = value
+    if args.no_augment and data["kind"] != "mni-synthetic" and not args.synthetic:
+        data["augment"] = None
+    else:
+        data["augment"] = {"max_disp_mm": args.max_disp_mm, "rotation_deg": args.rotation_deg}
+    if args.synthetic:
+        data["synthetic"] = True
+    arch = {}
+    if args.features_enc:
+        arch["enc_features"] = list(args.features_enc)
+    if args.features_dec:
+        arch["dec_features"] = list(args.features_dec)
+    if args.diffeomorphic:
+        arch["diffeomorphic"] = True
+    return TrainConfig(
+        variant=args.variant,
+        ndim=args.ndim,
+        out_dir=args.out or f"runs/{args.variant}",
+        data=data,
+        steps=args.steps,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        amp=not args.no_amp,
+        checkpoint_every=args.checkpoint_every,
+        val_every=args.val_every,
+        resume=args.resume,
+        init_from=args.init_from,
+        finetune=args.finetune,
+        uncertainty=args.uncertainty,
+        seg_weight=args.seg_weight,
+        similarity=args.similarity,
+        regularizers=parse_regularizers(args.reg, args.variant),
+        arch=arch or None,
+        max_nonfinite=args.max_nonfinite,
+        log_tensorboard=not args.no_tensorboard,
+        wandb=args.wandb,
+        num_workers=args.workers,
+        threads=args.threads,
+        progress_bar=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..trainer import train
+
+    summary = train(config_from_args(args))
+    if distributed.dist_info_from_env().is_main:
+        last = summary["history"][-1] if summary["history"] else {}
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith("val_") and isinstance(v, float))
+        print(f"trained {args.variant}: {summary['steps']} steps, {summary['epochs']} epochs, "
+              f"{summary['nonfinite_steps']} non-finite steps skipped")
+        if metrics:
+            print(f"last validation: {metrics}")
+        print(f"last checkpoint: {summary['last']}")
+        if summary["best"]:
+            print(f"best checkpoint: {summary['best']}")
+    return 0

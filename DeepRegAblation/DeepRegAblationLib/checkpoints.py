@@ -1,0 +1,240 @@
+"""Checkpoints: atomic save, ``weights_only`` load, model rebuild from the stored config.
+
+A checkpoint is one ``torch.save`` file holding a dict::
+
+    {"format": "deepreg-ablation/1",
+     "model_config": model.config(),        # variant dict, ndim, arch (JSON-safe)
+     "model_state": model.state_dict(),
+     "optimizer_state": optimizer.state_dict(),   # only when an optimizer is given
+     ...extra entries: "preprocessing", "epoch", "rng_state", "config", "split", ...}
+
+Everything in it is a tensor, dict, list, str, int, float, bool or None, so it loads with
+``torch.load(weights_only=True)`` (no arbitrary code runs when a file is opened). Extra
+entries are converted on save: numpy arrays -> tensors, numpy scalars -> Python numbers,
+tuples -> lists, paths -> str; anything else is refused with a ``ValueError``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from .networks import DEFAULT_ARCH, RegistrationModel, build_model, model_from_config
+from .variants import VARIANTS, VariantSpec
+
+FORMAT = "deepreg-ablation/1"
+RESERVED_KEYS = ("format", "model_config", "model_state", "optimizer_state")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _json_tensor_safe(value: Any, where: str) -> Any:
+    """``value`` with numpy/tuple/path converted so that ``weights_only`` loading accepts it."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            return [_json_tensor_safe(v, f"{where}[{i}]") for i, v in enumerate(value.tolist())]
+        return torch.from_numpy(np.ascontiguousarray(value).copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise ValueError(f"checkpoint entry {where} has a key {key!r} of type {type(key).__name__}; use str keys")
+            out[key] = _json_tensor_safe(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_json_tensor_safe(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise ValueError(
+        f"checkpoint entry {where} of type {type(value).__name__} cannot be stored; use tensors, numpy arrays, "
+        "dicts, lists, str, int, float, bool or None"
+    )
+
+
+def save_checkpoint(
+    path: PathLike, model: RegistrationModel, optimizer: Optional[torch.optim.Optimizer] = None, **extra: Any
+) -> Path:
+    """Write a checkpoint of ``model`` (and ``optimizer``) atomically; returns the path.
+
+    The file is written to a temporary file in the same directory, flushed and fsynced, then
+    moved over ``path`` with ``os.replace``: a reader never sees a half-written file and an
+    interrupted save leaves the previous checkpoint intact. ``extra`` entries (``epoch``,
+    ``preprocessing``, ``rng_state``, ``config``, ``split``...) are stored after conversion
+    (see the module docstring). Parent directories are created.
+    """
+    if not isinstance(model, RegistrationModel):
+        raise ValueError(f"model must be a RegistrationModel, got {type(model).__name__}")
+    clash = sorted(set(extra) & set(RESERVED_KEYS))
+    if clash:
+        raise ValueError(f"extra checkpoint entries {clash} are reserved; reserved keys: {list(RESERVED_KEYS)}")
+    payload: Dict[str, Any] = {
+        "format": FORMAT,
+        "model_config": _json_tensor_safe(model.config(), "model_config"),
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if optimizer is not None:
+        payload["optimizer_state"] = optimizer.state_dict()
+    for key, value in extra.items():
+        payload[key] = _json_tensor_safe(value, key)
+
+    path = Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable where the platform allows it (no-op on Windows)."""
+    try:
+        fd = os.open(str(directory), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it).
+        ValueError: the file is not a readable DeepRegAblation checkpoint (corrupt, truncated,
+            another program's file, or another format version).
+    """
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...: not ours or damaged
+        raise ValueError(f"{path} is not a readable DeepRegAblation checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise ValueError(f"{path} is not a DeepRegAblation checkpoint (no 'format' entry)")
+    if ckpt["format"] != FORMAT:
+        raise ValueError(f"{path} has checkpoint format {ckpt['format']!r}; this version reads {FORMAT!r}")
+    missing = [k for k in ("model_config", "model_state") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is an incomplete checkpoint: missing {missing}")
+    return ckpt
+
+
+def describe_architecture(config: Mapping[str, Any]) -> str:
+    """One line naming a model config: ``"affine_basic 3D enc=[16, 32, 32, 32] dec=[...] ..."``."""
+    variant = config.get("variant", {})
+    arch = config.get("arch", {})
+    vid = variant.get("id", "?") if isinstance(variant, Mapping) else "?"
+    affine = variant.get("affine", "?") if isinstance(variant, Mapping) else "?"
+    parts = [f"{vid} {config.get('ndim', '?')}D", f"affine={affine}"]
+    parts += [f"{k}={list(v) if isinstance(v, (list, tuple)) else v}" for k, v in sorted(arch.items())]
+    return " ".join(parts)
+
+
+def _architecture(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The parts of a model config that decide the weights' names and shapes."""
+    variant = config.get("variant", {}) if isinstance(config, Mapping) else {}
+    arch = dict(DEFAULT_ARCH)
+    arch.update(config.get("arch", {}) if isinstance(config, Mapping) else {})
+    arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in arch.items()}
+    affine = variant.get("affine") if isinstance(variant, Mapping) else None
+    return {"ndim": config.get("ndim") if isinstance(config, Mapping) else None, "affine": affine, "arch": arch}
+
+
+def load_model_state(model: RegistrationModel, checkpoint: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """Load ``checkpoint["model_state"]`` into ``model`` strictly.
+
+    The variant's training fields (loss, lr...) may differ (e.g. fine-tune ``baseline`` weights
+    as ``regloss``); the architecture (ndim, affine stage, arch constants) may not:
+    ``ValueError`` "``source`` was saved for architecture X, not Y". Weights that do not fit the
+    architecture their checkpoint records (an edited file) also give a ``ValueError``.
+    """
+    state = checkpoint.get("model_state")
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{source} has no model_state dict")
+    saved = checkpoint.get("model_config")
+    current = model.config()
+    if isinstance(saved, Mapping) and _architecture(saved) != _architecture(current):
+        raise ValueError(
+            f"{source} was saved for architecture [{describe_architecture(saved)}], "
+            f"not [{describe_architecture(current)}]"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = "; ".join(lines[1:4] or lines[:1])
+        raise ValueError(
+            f"{source} holds weights that do not fit the architecture it records "
+            f"[{describe_architecture(saved if isinstance(saved, Mapping) else current)}]: {detail}"
+        ) from exc
+
+
+def load_model(
+    path_or_variant: Union[PathLike, str, VariantSpec],
+    ndim: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> RegistrationModel:
+    """A trained model from a checkpoint file, or an untrained one from a variant id / spec.
+
+    Args:
+        path_or_variant: checkpoint path, or a variant id (``"baseline"`` ...) / ``VariantSpec``.
+        ndim: required for a variant; for a checkpoint, if given, the checkpoint must be of that
+            dimensionality (``ValueError`` otherwise).
+        device: where the model is put.
+
+    Returns:
+        The model in eval mode. Weights are loaded strictly; a checkpoint whose weights do not
+        match its stored architecture raises ``ValueError`` ("saved for architecture X, not Y").
+        A missing file raises ``FileNotFoundError`` naming the path.
+    """
+    if isinstance(path_or_variant, VariantSpec) or (
+        isinstance(path_or_variant, str) and path_or_variant in VARIANTS and not os.path.exists(path_or_variant)
+    ):
+        if ndim is None:
+            raise ValueError(f"ndim (2 or 3) is required to build an untrained {path_or_variant!r} model")
+        model = build_model(path_or_variant, ndim)
+        return model.to(device).eval()
+    path = Path(os.fspath(path_or_variant))
+    ckpt = load_checkpoint(path, map_location="cpu")
+    config = ckpt["model_config"]
+    if ndim is not None and config.get("ndim") != ndim:
+        raise ValueError(
+            f"checkpoint {path} was saved for a {config.get('ndim')}D model "
+            f"[{describe_architecture(config)}], not {ndim}D"
+        )
+    try:
+        model = model_from_config(config)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path} has an invalid model_config: {exc}") from exc
+    load_model_state(model, ckpt, source=f"checkpoint {path}")
+    return model.to(device).eval()

@@ -1,0 +1,447 @@
+"""Physical-space geometry: IJK <-> RAS <-> LPS, axis order, resampling between physical grids.
+
+Conventions (see ``docs/architecture.md``):
+
+- A grid is a ``(4, 4)`` homogeneous matrix ``ijk_to_ras`` (Slicer's IJKToRAS: voxel index
+  ``(i, j, k)`` -> RAS millimetres) and a volume shape ``(K, J, I)`` in numpy/tensor axis
+  order (``i`` is the fastest axis, the last array axis).
+- Its 3x3 part is ``R = D @ diag(spacing_ijk)`` with ``D`` orthonormal (oblique allowed).
+- Displacement vectors: ``u_ras = R @ u_ijk`` where ``u_ijk`` is the voxel displacement with
+  its components reversed from tensor order ``(k, j, i)`` to ``(i, j, k)``.
+- ITK / SimpleITK files are LPS: ``lps = diag(-1, -1, 1) @ ras`` for points and vectors;
+  a point transform ``T`` becomes ``F T F`` with ``F = diag(-1, -1, 1, 1)``.
+- Sampling follows ITK's convention (so results compare with ``sitk.Resample``): a continuous
+  index ``c`` is inside an axis of ``n`` voxels when ``-0.5 <= c < n - 0.5``; inside, linear
+  interpolation clamps to the border voxels; outside, the value is ``fill_value``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import fields
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
+_SNAP_TOLERANCE_VOX = 1e-8  # continuous indices this close to an integer are exact grid points
+_CHUNK_POINTS = 1 << 21  # sampling works on chunks of ~2M points to bound memory
+
+
+# --------------------------------------------------------------------------- matrices
+def validate_ijk_to_ras(ijk_to_ras: ArrayLike, name: str = "ijk_to_ras") -> np.ndarray:
+    """Return ``ijk_to_ras`` as a float64 ``(4, 4)`` array, or raise ``ValueError`` naming ``name``.
+
+    Requires finite entries, bottom row ``(0, 0, 0, 1)`` and an invertible 3x3 part.
+    """
+    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        raise ValueError(f"{name} must be a (4, 4) matrix, got shape {matrix.shape}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f"{name} contains NaN or inf entries: {matrix.tolist()}")
+    if not np.allclose(matrix[3], (0.0, 0.0, 0.0, 1.0)):
+        raise ValueError(f"{name} must have bottom row (0, 0, 0, 1), got {matrix[3].tolist()}")
+    if abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+        raise ValueError(f"{name} has a singular 3x3 part (zero spacing?): {matrix[:3, :3].tolist()}")
+    return matrix
+
+
+def spacing_from_matrix(ijk_to_ras: ArrayLike) -> np.ndarray:
+    """Voxel size in mm along ``(i, j, k)``: the column norms of the 3x3 part. ``(3,)``."""
+    matrix = validate_ijk_to_ras(ijk_to_ras)
+    return np.linalg.norm(matrix[:3, :3], axis=0)
+
+
+def spacing_kji(ijk_to_ras: ArrayLike) -> Tuple[float, float, float]:
+    """Voxel size in mm in tensor axis order ``(k, j, i)`` (what ``fields``/``metrics`` take)."""
+    return tuple(float(s) for s in spacing_from_matrix(ijk_to_ras)[::-1])
+
+
+def direction_from_matrix(ijk_to_ras: ArrayLike) -> np.ndarray:
+    """Unit direction cosines ``D`` (columns = RAS directions of the i, j, k axes). ``(3, 3)``."""
+    matrix = validate_ijk_to_ras(ijk_to_ras)
+    return matrix[:3, :3] / spacing_from_matrix(matrix)[None, :]
+
+
+def matrix_from_geometry(
+    spacing_ijk: Sequence[float], direction_ras: ArrayLike, origin_ras: Sequence[float]
+) -> np.ndarray:
+    """``(4, 4)`` IJKToRAS from spacing ``(si, sj, sk)`` mm, direction columns ``(3, 3)`` and origin (RAS mm)."""
+    spacing_ijk = np.asarray(spacing_ijk, dtype=np.float64).reshape(-1)
+    direction_ras = np.asarray(direction_ras, dtype=np.float64)
+    origin_ras = np.asarray(origin_ras, dtype=np.float64).reshape(-1)
+    if spacing_ijk.shape != (3,) or direction_ras.shape != (3, 3) or origin_ras.shape != (3,):
+        raise ValueError(
+            f"spacing_ijk (3,), direction_ras (3, 3) and origin_ras (3,) expected, got "
+            f"{spacing_ijk.shape}, {direction_ras.shape}, {origin_ras.shape}"
+        )
+    if np.any(spacing_ijk <= 0):
+        raise ValueError(f"spacing_ijk must be positive, got {spacing_ijk.tolist()}")
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction_ras * spacing_ijk[None, :]
+    matrix[:3, 3] = origin_ras
+    return matrix
+
+
+def ijk_to_lps(ijk_to_ras: ArrayLike) -> np.ndarray:
+    """IJK -> LPS matrix of a grid (what ITK's origin / spacing / direction describe)."""
+    return LPS_FROM_RAS @ validate_ijk_to_ras(ijk_to_ras)
+
+
+def ijk_to_ras_from_lps(ijk_to_lps_matrix: ArrayLike) -> np.ndarray:
+    """IJK -> RAS matrix from an IJK -> LPS one (inverse of :func:`ijk_to_lps`)."""
+    return LPS_FROM_RAS @ validate_ijk_to_ras(ijk_to_lps_matrix, "ijk_to_lps")
+
+
+def transform_ras_to_lps(transform_ras: ArrayLike) -> np.ndarray:
+    """A ``(4, 4)`` point transform in RAS expressed in LPS: ``F @ T @ F`` (also LPS -> RAS)."""
+    transform = np.asarray(transform_ras, dtype=np.float64)
+    if transform.shape != (4, 4):
+        raise ValueError(f"transform_ras must be (4, 4), got shape {transform.shape}")
+    return LPS_FROM_RAS @ transform @ LPS_FROM_RAS
+
+
+transform_lps_to_ras = transform_ras_to_lps
+
+
+def vectors_ras_to_lps(vectors: np.ndarray) -> np.ndarray:
+    """Negate the first two components of ``(..., 3)`` points or vectors (RAS <-> LPS)."""
+    vectors = np.asarray(vectors)
+    if vectors.shape[-1] != 3:
+        raise ValueError(f"vectors must have 3 components in the last axis, got shape {vectors.shape}")
+    out = vectors.copy()
+    out[..., :2] *= -1
+    return out
+
+
+vectors_lps_to_ras = vectors_ras_to_lps
+
+
+# --------------------------------------------------------------------------- points and axis order
+def apply_linear(vectors: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """``linear @ v`` for every vector of ``(..., 3)``; float64 ``(..., 3)``.
+
+    ``(3, 3) @ (3, N)`` is one BLAS call: several times faster than ``vectors @ linear.T``.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    flat = vectors.reshape(-1, 3)
+    return np.ascontiguousarray((np.asarray(linear, dtype=np.float64) @ flat.T).T).reshape(vectors.shape)
+
+
+def apply_affine(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """``T @ (p, 1)`` for every point of ``(..., 3)`` with a ``(4, 4)`` homogeneous ``T``; float64 ``(..., 3)``."""
+    transform = np.asarray(transform, dtype=np.float64)
+    out = apply_linear(points, transform[:3, :3])
+    out += transform[:3, 3]
+    return out
+
+
+def kji_to_ijk(values: ArrayLike, axis: int = 0) -> ArrayLike:
+    """Reverse the component order along ``axis`` (tensor order ``(k, j, i)`` <-> ``(i, j, k)``).
+
+    The operation is its own inverse, so it also maps ``(i, j, k)`` to ``(k, j, i)``.
+    """
+    if isinstance(values, torch.Tensor):
+        return torch.flip(values, dims=(axis,))
+    return np.flip(np.asarray(values), axis=axis).copy()
+
+
+ijk_to_kji = kji_to_ijk
+
+
+def voxel_to_ras(points_ijk: np.ndarray, ijk_to_ras: ArrayLike) -> np.ndarray:
+    """Continuous voxel indices ``(..., 3)`` in ``(i, j, k)`` order -> RAS mm ``(..., 3)``."""
+    matrix = validate_ijk_to_ras(ijk_to_ras)
+    points = np.asarray(points_ijk, dtype=np.float64)
+    if points.shape[-1] != 3:
+        raise ValueError(f"points_ijk must have shape (..., 3), got {points.shape}")
+    return apply_affine(points, matrix)
+
+
+def ras_to_voxel(points_ras: np.ndarray, ijk_to_ras: ArrayLike) -> np.ndarray:
+    """RAS mm ``(..., 3)`` -> continuous voxel indices ``(..., 3)`` in ``(i, j, k)`` order."""
+    matrix = validate_ijk_to_ras(ijk_to_ras)
+    points = np.asarray(points_ras, dtype=np.float64)
+    if points.shape[-1] != 3:
+        raise ValueError(f"points_ras must have shape (..., 3), got {points.shape}")
+    inverse = np.linalg.inv(matrix)
+    return apply_affine(points, inverse)
+
+
+def _shape3(shape: Sequence[int], name: str = "shape") -> Tuple[int, int, int]:
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or any(n < 1 for n in shape):
+        raise ValueError(f"{name} must be a volume shape (K, J, I) of positive sizes, got {shape}")
+    return shape
+
+
+def grid_points_ras(shape: Sequence[int], ijk_to_ras: ArrayLike) -> np.ndarray:
+    """RAS position of every voxel of a ``(K, J, I)`` grid: ``(K, J, I, 3)`` float64."""
+    k_size, j_size, i_size = _shape3(shape)
+    matrix = validate_ijk_to_ras(ijk_to_ras)
+    k, j, i = np.meshgrid(np.arange(k_size), np.arange(j_size), np.arange(i_size), indexing="ij")
+    ijk = np.stack([i, j, k], axis=-1).astype(np.float64)
+    return apply_affine(ijk, matrix)
+
+
+# --------------------------------------------------------------------------- displacement units
+def disp_vox_to_ras_mm(disp_vox: ArrayLike, ijk_to_ras: ArrayLike) -> np.ndarray:
+    """Voxel displacement in tensor channel order -> RAS mm vectors.
+
+    Args:
+        disp_vox: ``(3, K, J, I)`` with channels ``(k, j, i)``, or a 2D field ``(2, J, I)``
+            (channels ``(j, i)``) of a single-slice volume, whose k component is 0.
+        ijk_to_ras: ``(4, 4)`` of the grid the field lives on.
+
+    Returns:
+        ``(K, J, I, 3)`` float64 RAS components, ``u_ras = R @ u_ijk`` (``(1, J, I, 3)`` in 2D).
+    """
+    if isinstance(disp_vox, torch.Tensor):
+        disp_vox = disp_vox.detach().cpu().numpy()
+    disp_vox = np.asarray(disp_vox, dtype=np.float64)
+    matrix = validate_ijk_to_ras(ijk_to_ras)
+    if disp_vox.ndim == 3 and disp_vox.shape[0] == 2:
+        disp_vox = np.concatenate([np.zeros_like(disp_vox[:1]), disp_vox], axis=0)[:, None]
+    if disp_vox.ndim != 4 or disp_vox.shape[0] != 3:
+        raise ValueError(f"disp_vox must be (3, K, J, I) or (2, J, I), got shape {disp_vox.shape}")
+    disp_ijk = np.moveaxis(disp_vox[::-1], 0, -1)
+    return apply_linear(disp_ijk, matrix[:3, :3])
+
+
+def ras_mm_to_disp_vox(disp_ras_mm: np.ndarray, ijk_to_ras: ArrayLike, ndim: int = 3) -> np.ndarray:
+    """RAS mm vectors ``(K, J, I, 3)`` -> voxel displacement in tensor channel order.
+
+    Returns ``(3, K, J, I)`` for ``ndim=3``; for ``ndim=2`` (single-slice volume, ``K == 1``)
+    the in-plane field ``(2, J, I)`` with channels ``(j, i)``.
+    """
+    disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
+    if disp_ras_mm.ndim != 4 or disp_ras_mm.shape[-1] != 3:
+        raise ValueError(f"disp_ras_mm must be (K, J, I, 3), got shape {disp_ras_mm.shape}")
+    matrix = validate_ijk_to_ras(ijk_to_ras)
+    disp_ijk = apply_linear(disp_ras_mm, np.linalg.inv(matrix[:3, :3]))
+    disp_kji = np.moveaxis(disp_ijk, -1, 0)[::-1]
+    if ndim == 3:
+        return np.ascontiguousarray(disp_kji)
+    if ndim == 2:
+        if disp_ras_mm.shape[0] != 1:
+            raise ValueError(f"a 2D field needs a single-slice volume, got shape {disp_ras_mm.shape}")
+        return np.ascontiguousarray(disp_kji[1:, 0])
+    raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+
+
+def matrix_vox_to_ras(matrix_vox: ArrayLike, grid_ijk_to_ras: ArrayLike) -> np.ndarray:
+    """Voxel-coordinate affine (tensor axis order, fixed voxel -> moving voxel) -> RAS point transform.
+
+    Args:
+        matrix_vox: ``(4, 4)`` in ``(k, j, i)`` order, or ``(3, 3)`` for a 2D model on a
+            single-slice grid (``(j, i)`` order; the k coordinate is left unchanged).
+        grid_ijk_to_ras: ``(4, 4)`` of the grid both voxel coordinates refer to.
+
+    Returns:
+        ``(4, 4)`` float64 ``A`` with moving RAS point ``= A @ fixed RAS point``.
+    """
+    if isinstance(matrix_vox, torch.Tensor):
+        matrix_vox = matrix_vox.detach().cpu().numpy()
+    matrix_vox = np.asarray(matrix_vox, dtype=np.float64)
+    if matrix_vox.shape == (3, 3):
+        embedded = np.eye(4)
+        embedded[1:, 1:] = matrix_vox
+        matrix_vox = embedded
+    if matrix_vox.shape != (4, 4):
+        raise ValueError(f"matrix_vox must be (4, 4) or (3, 3), got shape {matrix_vox.shape}")
+    reverse = np.zeros((4, 4))
+    reverse[0, 2] = reverse[1, 1] = reverse[2, 0] = reverse[3, 3] = 1.0  # kji <-> ijk, its own inverse
+    matrix_ijk = reverse @ matrix_vox @ reverse
+    grid = validate_ijk_to_ras(grid_ijk_to_ras, "grid_ijk_to_ras")
+    return grid @ matrix_ijk @ np.linalg.inv(grid)
+
+
+# --------------------------------------------------------------------------- sampling
+def _sample_channels(
+    volume: np.ndarray, ijk_to_ras: np.ndarray, points_ras: np.ndarray, mode: str, fill_value: Optional[float]
+) -> np.ndarray:
+    """Sample a ``(C, K, J, I)`` volume at ``(N, 3)`` RAS points -> ``(N, C)`` float64.
+
+    ``fill_value=None`` extends the border values everywhere (no outside); otherwise ITK semantics.
+    """
+    inverse = np.linalg.inv(validate_ijk_to_ras(ijk_to_ras))
+    image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float64))[None]
+    sizes = np.asarray(volume.shape[1:][::-1], dtype=np.float64)  # (I, J, K)
+    torch_mode = "bilinear" if mode == "linear" else "nearest"
+    out = np.empty((points_ras.shape[0], volume.shape[0]), dtype=np.float64)
+    for start in range(0, points_ras.shape[0], _CHUNK_POINTS):
+        chunk = points_ras[start : start + _CHUNK_POINTS]
+        ijk = apply_affine(chunk, inverse)
+        nearest = np.round(ijk)
+        ijk = np.where(np.abs(ijk - nearest) < _SNAP_TOLERANCE_VOX, nearest, ijk)
+        coords = torch.from_numpy(np.ascontiguousarray(ijk[:, ::-1].T))  # (3, N) in (k, j, i)
+        values = fields.sample(image, coords[None, :, :, None, None], mode=torch_mode, padding="border")
+        values = values.reshape(volume.shape[0], -1).numpy().T
+        if fill_value is not None:
+            inside = np.all((ijk >= -0.5) & (ijk < sizes - 0.5), axis=-1)
+            values = np.where(inside[:, None], values, fill_value)
+        out[start : start + chunk.shape[0]] = values
+    return out
+
+
+def _points(points_ras: np.ndarray) -> np.ndarray:
+    points_ras = np.asarray(points_ras, dtype=np.float64)
+    if points_ras.ndim < 1 or points_ras.shape[-1] != 3:
+        raise ValueError(f"points_ras must have shape (..., 3), got {points_ras.shape}")
+    return points_ras
+
+
+def sample_at_ras(
+    array: ArrayLike,
+    ijk_to_ras: ArrayLike,
+    points_ras: np.ndarray,
+    mode: str = "linear",
+    fill_value: float = 0.0,
+) -> np.ndarray:
+    """Sample a ``(K, J, I)`` image at RAS points ``(..., 3)`` (ITK semantics, see module docstring).
+
+    Args:
+        array: the image on its own grid.
+        ijk_to_ras: ``(4, 4)`` of that grid.
+        points_ras: ``(..., 3)`` RAS mm.
+        mode: ``"linear"`` or ``"nearest"`` (label maps; the dtype is kept).
+        fill_value: value outside the image.
+
+    Returns:
+        ``(...)``: float32 for linear, ``array.dtype`` for nearest. Points on grid points return
+        the voxel values exactly.
+    """
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    _shape3(array.shape, "array shape")
+    if mode not in ("linear", "nearest"):
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    points_ras = _points(points_ras)
+    values = _sample_channels(array[None], ijk_to_ras, points_ras.reshape(-1, 3), mode, float(fill_value))
+    values = values[:, 0].reshape(points_ras.shape[:-1])
+    return values.astype(array.dtype) if mode == "nearest" else values.astype(np.float32)
+
+
+def sample_field_at_ras(field: ArrayLike, ijk_to_ras: ArrayLike, points_ras: np.ndarray) -> np.ndarray:
+    """Linearly interpolate a vector field ``(K, J, I, C)`` at RAS points ``(..., 3)`` -> ``(..., C)`` float64.
+
+    Outside the grid the border values extend (a field has no "outside" value).
+    """
+    if isinstance(field, torch.Tensor):
+        field = field.detach().cpu().numpy()
+    field = np.asarray(field)
+    if field.ndim != 4:
+        raise ValueError(f"field must be (K, J, I, C), got shape {field.shape}")
+    points_ras = _points(points_ras)
+    values = _sample_channels(np.moveaxis(field, -1, 0), ijk_to_ras, points_ras.reshape(-1, 3), "linear", None)
+    return values.reshape(points_ras.shape[:-1] + (field.shape[-1],))
+
+
+def resample_to_grid(
+    array: ArrayLike,
+    src_ijk_to_ras: ArrayLike,
+    dst_ijk_to_ras: ArrayLike,
+    dst_shape: Sequence[int],
+    mode: str = "linear",
+    fill_value: float = 0.0,
+) -> np.ndarray:
+    """Resample an image onto another physical grid (any spacing, orientation, oblique).
+
+    ``out[k, j, i] = array(src^-1 @ dst @ (i, j, k))`` sampled as in :func:`sample_at_ras`.
+
+    Args:
+        array: ``(K, J, I)`` on the source grid ``src_ijk_to_ras``.
+        dst_ijk_to_ras: ``(4, 4)`` destination grid; ``dst_shape``: its ``(K', J', I')``.
+        mode: ``"linear"`` (float32 out) or ``"nearest"`` (dtype kept).
+
+    Returns:
+        ``(K', J', I')``; identical grids reproduce ``array`` exactly.
+    """
+    dst_shape = _shape3(dst_shape, "dst_shape")
+    src = validate_ijk_to_ras(src_ijk_to_ras, "src_ijk_to_ras")
+    dst = validate_ijk_to_ras(dst_ijk_to_ras, "dst_ijk_to_ras")
+    return sample_at_ras(array, src, grid_points_ras(dst_shape, dst), mode=mode, fill_value=fill_value)
+
+
+# --------------------------------------------------------------------------- model grid and overlap
+def model_grid_for(fixed, spacing_mm: Sequence[float], shape: Sequence[int]) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """The grid a model runs on: its spacing and shape, centred on ``fixed``, axes along ``fixed``'s.
+
+    Args:
+        fixed: an ``ImageData`` (anything with ``array`` ``(K, J, I)`` and ``ijk_to_ras``).
+        spacing_mm: voxel size in tensor axis order, ``(sk, sj, si)`` for a 3D model or
+            ``(sj, si)`` for a 2D model (the single-slice k axis keeps ``fixed``'s spacing).
+        shape: model input shape in the same order, ``(D, H, W)`` or ``(H, W)``.
+
+    Returns:
+        ``(ijk_to_ras, shape_kji)``: the grid's ``(4, 4)`` matrix and its volume shape
+        (``(1, H, W)`` for a 2D model). The grid centre is the fixed image centre, except that
+        along an axis whose spacing equals the fixed spacing the grid is shifted by less than
+        one voxel so that its points coincide with fixed voxels (padding without interpolation).
+    """
+    fixed_matrix = validate_ijk_to_ras(fixed.ijk_to_ras, "fixed.ijk_to_ras")
+    fixed_shape = _shape3(np.shape(fixed.array), "fixed.array shape")
+    spacing_mm = [float(s) for s in spacing_mm]
+    shape = [int(n) for n in shape]
+    if len(spacing_mm) != len(shape) or len(shape) not in (2, 3):
+        raise ValueError(f"spacing_mm and shape must both have 2 or 3 entries, got {spacing_mm} and {shape}")
+    if any(s <= 0 for s in spacing_mm) or any(n < 1 for n in shape):
+        raise ValueError(f"spacing_mm and shape must be positive, got {spacing_mm} and {shape}")
+    fixed_spacing = spacing_from_matrix(fixed_matrix)  # (i, j, k)
+    if len(shape) == 2:
+        if fixed_shape[0] != 1:
+            raise ValueError(f"a 2D model grid needs a single-slice fixed image, got shape {fixed_shape}")
+        spacing_mm = [float(fixed_spacing[2])] + spacing_mm
+        shape = [1] + shape
+    model_spacing = np.asarray(spacing_mm[::-1])  # (i, j, k)
+    model_shape = np.asarray(shape[::-1], dtype=np.float64)
+    fixed_size = np.asarray(fixed_shape[::-1], dtype=np.float64)
+    # first model voxel, in continuous fixed voxel indices, so that the centres coincide
+    start_vox = (fixed_size - 1) / 2 - (model_shape - 1) / 2 * model_spacing / fixed_spacing
+    same = np.isclose(model_spacing, fixed_spacing, rtol=1e-6, atol=0.0)
+    start_vox = np.where(same, np.floor(start_vox + 1e-9), start_vox)
+    direction = direction_from_matrix(fixed_matrix)
+    origin = voxel_to_ras(start_vox, fixed_matrix)
+    return matrix_from_geometry(model_spacing, direction, origin), (shape[0], shape[1], shape[2])
+
+
+def overlap_fraction(
+    fixed_shape: Sequence[int],
+    fixed_ijk_to_ras: ArrayLike,
+    moving_shape: Sequence[int],
+    moving_ijk_to_ras: ArrayLike,
+    points_per_axis: int = 24,
+) -> float:
+    """Fraction of the fixed image (a regular subsample of its voxels) inside the moving image's extent."""
+    fixed_shape = _shape3(fixed_shape, "fixed_shape")
+    moving_shape = _shape3(moving_shape, "moving_shape")
+    axes = [np.unique(np.linspace(0, n - 1, min(n, points_per_axis)).round()) for n in fixed_shape[::-1]]
+    i, j, k = np.meshgrid(*axes, indexing="ij")
+    points = voxel_to_ras(np.stack([i, j, k], axis=-1).reshape(-1, 3), fixed_ijk_to_ras)
+    ijk = ras_to_voxel(points, moving_ijk_to_ras)
+    sizes = np.asarray(moving_shape[::-1], dtype=np.float64)
+    inside = np.all((ijk >= -0.5 - 1e-6) & (ijk < sizes - 0.5 + 1e-6), axis=-1)
+    return float(inside.mean())
+
+
+def check_overlap(fixed, moving, fixed_name: str = "fixed", moving_name: str = "moving") -> float:
+    """Raise ``ValueError`` naming both inputs when they do not overlap in physical space.
+
+    ``fixed``/``moving``: ``ImageData``-like. Returns the overlap fraction (> 0).
+    """
+    fraction = overlap_fraction(
+        np.shape(fixed.array), fixed.ijk_to_ras, np.shape(moving.array), moving.ijk_to_ras
+    )
+    if fraction <= 0.0:
+        fixed_centre = voxel_to_ras((np.asarray(np.shape(fixed.array)[::-1]) - 1) / 2.0, fixed.ijk_to_ras)
+        moving_centre = voxel_to_ras((np.asarray(np.shape(moving.array)[::-1]) - 1) / 2.0, moving.ijk_to_ras)
+        raise ValueError(
+            f"{fixed_name} and {moving_name} do not overlap in physical space "
+            f"({fixed_name} centre RAS {np.round(fixed_centre, 1).tolist()} mm, shape {np.shape(fixed.array)}; "
+            f"{moving_name} centre RAS {np.round(moving_centre, 1).tolist()} mm, shape {np.shape(moving.array)}); "
+            f"check their origins / IJK-to-RAS matrices"
+        )
+    return fraction

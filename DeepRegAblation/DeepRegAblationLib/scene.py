@@ -1,0 +1,623 @@
+"""MRML scene adapter: registration results as Slicer nodes (MRML and VTK only, never Qt).
+
+Works on any ``vtkMRMLScene``: Slicer's own ``slicer.mrmlScene`` in the application, or a
+scene made with the ``slicer-core`` package (``slicer.vtkMRMLScene()``) headless.
+
+What :func:`add_registration_to_scene` makes for one :class:`RegistrationResult`, named after
+the moving volume and the variant (``<moving>-<variant>-...``) and grouped in one subject
+hierarchy folder ``<moving>-<variant>``:
+
+- ``-warped``: scalar volume on the fixed grid (same IJKToRAS as the fixed volume);
+- ``-affine``: ``vtkMRMLLinearTransformNode``, the affine part; ``affine_ras`` maps a fixed
+  point to a moving point (the resampling direction), which Slicer calls the transform
+  FROM parent, so it is set with ``SetMatrixTransformFromParent``;
+- ``-transform``: ``vtkMRMLGridTransformNode`` holding a ``vtkOrientedGridTransform`` whose
+  displacement grid is the TOTAL ``disp_ras_mm`` on the fixed grid (origin, spacing and
+  direction matrix of the fixed IJKToRAS, oblique included), set as the transform FROM
+  parent. Put the moving volume under it (``moving.SetAndObserveTransformNodeID``) and it
+  appears aligned with the fixed volume; hardening resamples it. It is not nested under
+  the affine node (the grid already contains the affine part). Its display node shows
+  arrows coloured by displacement magnitude in slice and 3D views (:func:`glyph_settings`);
+- ``-jacobian``: scalar volume of det(J), shown with the shared "DeepRegAblation Jacobian"
+  colour table (:func:`snapshots.jacobian_colors`): window/level centred at 1 (white), blue
+  for contraction, red for expansion, folded voxels (det <= 0) bright green;
+- ``-warped-labels``: label map volume, when the result has warped labels.
+
+:func:`write_results_scene` saves a complete scene (``.mrml`` + NRRD volumes, HDF5
+transforms, TSV table, colour files) that opens in Slicer with the fixed volume as background
+and the first warped volume as foreground; :func:`load_results_scene` reads it back.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from . import geometry, snapshots
+from .imageio import ImageData
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .inference import RegistrationResult
+
+PathLike = Union[str, Path]
+
+METRIC_COLUMNS = (
+    "variant", "dice", "hd95_mm", "folding_pct", "sdlogj", "mse", "ncc", "ssim", "max_disp_mm", "runtime_s",
+)
+_COLUMN_INFO = {
+    "dice": ("", "mean Dice over labels present in both label maps"),
+    "hd95_mm": ("mm", "95th-percentile Hausdorff distance, mean over labels"),
+    "folding_pct": ("%", "voxels with Jacobian determinant <= 0"),
+    "sdlogj": ("", "standard deviation of log Jacobian determinant"),
+    "mse": ("", "mean squared intensity error, fixed vs warped"),
+    "ncc": ("", "normalized cross-correlation, fixed vs warped"),
+    "ssim": ("", "structural similarity, fixed vs warped"),
+    "max_disp_mm": ("mm", "largest displacement"),
+    "runtime_s": ("s", "registration run time"),
+}
+METRICS_TABLE_NAME = "DeepRegAblation metrics"
+JACOBIAN_COLOR_NAME = "DeepRegAblation Jacobian"
+SCENE_FILE_NAME = "DeepRegAblation-results.mrml"
+SLICE_VIEW_NAMES = ("Red", "Yellow", "Green")
+
+
+def _slicer():
+    """The ``slicer`` package (Slicer's own, or ``slicer-core``'s)."""
+    import slicer
+
+    return slicer
+
+
+# --------------------------------------------------------------------------- matrices
+def _vtk_matrix(matrix: np.ndarray):
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    vtk_matrix = vtkMatrix4x4()
+    vtk_matrix.DeepCopy(np.asarray(matrix, dtype=np.float64).ravel())
+    return vtk_matrix
+
+
+def _numpy_matrix(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def _node_ijk_to_ras(volume_node) -> np.ndarray:
+    """IJKToRAS of a volume node in world coordinates (a linear parent transform is applied)."""
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    matrix = vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = _numpy_matrix(matrix)
+    parent = volume_node.GetParentTransformNode()
+    if parent is not None:
+        if not parent.IsTransformToWorldLinear():
+            raise ValueError(
+                f"volume {volume_node.GetName()!r} is under the non-linear transform {parent.GetName()!r}; "
+                f"harden the transform first"
+            )
+        to_world = vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(to_world)
+        ijk_to_ras = _numpy_matrix(to_world) @ ijk_to_ras
+    return ijk_to_ras
+
+
+# --------------------------------------------------------------------------- volumes
+def image_data_from_volume_node(volume_node) -> ImageData:
+    """An :class:`ImageData` copy of a scalar or label map volume node.
+
+    ``array`` is ``(K, J, I)`` as ``slicer.util.arrayFromVolume`` gives it (copied);
+    ``ijk_to_ras`` is the node's IJKToRAS, with a linear parent transform applied (a
+    non-linear parent raises ``ValueError``: harden it first).
+    """
+    slicer = _slicer()
+    if volume_node is None or not volume_node.IsA("vtkMRMLVolumeNode"):
+        raise ValueError(f"volume_node must be a vtkMRMLVolumeNode, got {type(volume_node).__name__}")
+    if volume_node.GetImageData() is None:
+        raise ValueError(f"volume_node {volume_node.GetName()!r} has no image data")
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLTensorVolumeNode"):
+        raise ValueError(
+            f"volume_node {volume_node.GetName()!r} is a {volume_node.GetClassName()}; "
+            f"a scalar or label map volume is needed"
+        )
+    array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
+    if array.ndim != 3:
+        raise ValueError(
+            f"volume_node {volume_node.GetName()!r} has {volume_node.GetImageData().GetNumberOfScalarComponents()} "
+            f"components (array shape {array.shape}); a scalar volume is needed"
+        )
+    return ImageData(array, _node_ijk_to_ras(volume_node), volume_node.GetName() or "")
+
+
+def _storable_array(array: np.ndarray, label: bool) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if label:
+        if array.dtype.kind == "f":
+            return np.rint(array).astype(np.int32)
+        if array.dtype.itemsize > 4:  # VTK long long volumes do not display
+            return array.astype(np.int32)
+        return array
+    if array.dtype.kind == "f" and array.dtype != np.float32:
+        return array.astype(np.float32)
+    if array.dtype.kind in "iu" and array.dtype.itemsize > 4:
+        return array.astype(np.float32)
+    return array
+
+
+def _set_volume(node, array: np.ndarray, ijk_to_ras: np.ndarray, label: bool) -> None:
+    """Fill a volume node with ``array`` ``(K, J, I)`` on grid ``ijk_to_ras`` and give it display nodes."""
+    slicer = _slicer()
+    node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(_storable_array(array, label)))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+
+
+def _get_or_add(scene, class_name: str, name: str, reuse: bool):
+    """The first node of ``class_name`` named exactly ``name`` (``reuse``), else a new one."""
+    if reuse:
+        node = scene.GetFirstNode(name, class_name)
+        if node is not None and node.IsA(class_name):
+            return node
+    return scene.AddNewNodeByClass(class_name, name if reuse else scene.GenerateUniqueName(name))
+
+
+def add_volume_node(scene, image: ImageData, name: Optional[str] = None, label: bool = False,
+                    reuse: bool = True):
+    """Add (or update, by name, with ``reuse``) a scalar / label map volume node from an :class:`ImageData`."""
+    if not isinstance(image, ImageData):
+        raise ValueError(f"image must be an ImageData, got {type(image).__name__}")
+    if np.asarray(image.array).ndim != 3:
+        raise ValueError(f"image.array must be (K, J, I), got shape {np.shape(image.array)}")
+    class_name = "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode"
+    node = _get_or_add(scene, class_name, name or image.name or ("labels" if label else "volume"), reuse)
+    _set_volume(node, image.array, image.ijk_to_ras, label)
+    return node
+
+
+# --------------------------------------------------------------------------- transforms
+def grid_transform_from_displacement(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray):
+    """``vtkOrientedGridTransform`` whose displacement at voxel ``(i, j, k)`` of the grid is
+    ``disp_ras_mm[k, j, i]`` (RAS mm), linear interpolation in between.
+
+    Args:
+        disp_ras_mm: ``(K, J, I, 3)``.
+        ijk_to_ras: ``(4, 4)`` grid the field lives on; its origin, spacing and (oblique)
+            direction matrix become the grid's origin, spacing and ``GridDirectionMatrix``.
+
+    Returns:
+        The transform (point ``p`` -> ``p + u(p)``), to be set as a transform FROM parent.
+    """
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    slicer = _slicer()
+    disp_ras_mm = np.asarray(disp_ras_mm)
+    if disp_ras_mm.ndim != 4 or disp_ras_mm.shape[-1] != 3:
+        raise ValueError(f"disp_ras_mm must be (K, J, I, 3), got shape {disp_ras_mm.shape}")
+    if not np.all(np.isfinite(disp_ras_mm)):
+        raise ValueError(f"disp_ras_mm contains NaN or inf values (shape {disp_ras_mm.shape})")
+    matrix = geometry.validate_ijk_to_ras(ijk_to_ras, "ijk_to_ras")
+    spacing = geometry.spacing_from_matrix(matrix)
+    direction = geometry.direction_from_matrix(matrix)
+    k_size, j_size, i_size = disp_ras_mm.shape[:3]
+    grid = vtkImageData()
+    grid.SetDimensions(i_size, j_size, k_size)
+    grid.SetOrigin(*matrix[:3, 3])
+    grid.SetSpacing(*spacing)
+    # C order of (K, J, I, 3) is VTK's point order (i fastest); double, as Slicer's own grids
+    vectors = numpy_support.numpy_to_vtk(disp_ras_mm.reshape(-1, 3).astype(np.float64), deep=True)
+    vectors.SetName("displacement_ras_mm")
+    grid.GetPointData().SetScalars(vectors)
+    direction_matrix = np.eye(4)
+    direction_matrix[:3, :3] = direction
+    transform = slicer.vtkOrientedGridTransform()
+    transform.SetDisplacementGridData(grid)
+    transform.SetGridDirectionMatrix(_vtk_matrix(direction_matrix))
+    transform.SetInterpolationModeToLinear()
+    return transform
+
+
+def glyph_settings(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray, arrows_across: int = 16) -> Dict[str, float]:
+    """Glyph display parameters for a displacement field (all mm unless stated).
+
+    ``spacing_mm``: about ``arrows_across`` arrows across the smallest in-plane extent of the
+    grid (at least one voxel); ``scale_percent``: arrow length = magnitude x scale / 100 such
+    that the 99th-percentile magnitude spans 0.8 glyph spacings; ``diameter_mm``: 0.3
+    spacings; ``range_min_mm`` / ``range_max_mm``: magnitudes drawn (all non-zero ones);
+    ``color_top_mm``: magnitude given the top colour (99th percentile).
+    """
+    disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
+    matrix = geometry.validate_ijk_to_ras(ijk_to_ras, "ijk_to_ras")
+    spacing_ijk = geometry.spacing_from_matrix(matrix)
+    sizes_ijk = np.asarray(disp_ras_mm.shape[:3][::-1])
+    extents = [n * s for n, s in zip(sizes_ijk, spacing_ijk) if n > 1]
+    voxel = [s for n, s in zip(sizes_ijk, spacing_ijk) if n > 1] or list(spacing_ijk)
+    spacing_mm = max(max(voxel), (min(extents) if extents else max(voxel)) / float(arrows_across))
+    magnitude = np.linalg.norm(disp_ras_mm, axis=-1)
+    top = float(np.percentile(magnitude, 99)) if magnitude.size else 0.0
+    scale_percent = 100.0 * 0.8 * spacing_mm / top if top > 1e-6 else 100.0
+    largest = float(magnitude.max()) if magnitude.size else 0.0
+    return {
+        "spacing_mm": float(spacing_mm),
+        "scale_percent": float(scale_percent),
+        "diameter_mm": float(0.3 * spacing_mm),
+        "range_min_mm": 1e-3,
+        "range_max_mm": float(largest * 1.001 + 1e-3),
+        "color_top_mm": float(top if top > 1e-6 else max(largest, 1.0)),
+    }
+
+
+def _magnitude_color_node(scene, name: str, top_mm: float, reuse: bool):
+    from vtkmodules.vtkRenderingCore import vtkColorTransferFunction
+
+    node = _get_or_add(scene, "vtkMRMLProceduralColorNode", name, reuse)
+    ramp = vtkColorTransferFunction()
+    for value, r, g, b in snapshots.magnitude_color_points(top_mm):
+        ramp.AddRGBPoint(value, r, g, b)
+    node.SetAndObserveColorTransferFunction(ramp)
+    node.SetAttribute("Category", "Transform display")
+    node.SetHideFromEditors(False)  # hidden colour nodes with a storage node are not saved
+    return node
+
+
+def _show_glyphs(scene, transform_node, disp_ras_mm, ijk_to_ras, color_name: str, reuse: bool, region_node=None):
+    slicer = _slicer()
+    if transform_node.GetDisplayNode() is None:
+        transform_node.CreateDefaultDisplayNodes()
+    display = transform_node.GetDisplayNode()
+    settings = glyph_settings(disp_ras_mm, ijk_to_ras)
+    color_node = _magnitude_color_node(scene, color_name, settings["color_top_mm"], reuse)
+    was_modifying = display.StartModify()
+    display.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH)
+    display.SetGlyphType(slicer.vtkMRMLTransformDisplayNode.GLYPH_TYPE_ARROW)
+    display.SetGlyphSpacingMm(settings["spacing_mm"])
+    display.SetGlyphScalePercent(settings["scale_percent"])
+    display.SetGlyphDiameterMm(settings["diameter_mm"])
+    display.SetGlyphDisplayRangeMinMm(settings["range_min_mm"])
+    display.SetGlyphDisplayRangeMaxMm(settings["range_max_mm"])
+    display.SetAndObserveColorNodeID(color_node.GetID())
+    display.SetScalarVisibility(True)
+    if region_node is not None:
+        display.SetAndObserveRegionNode(region_node)
+    display.SetVisibility(True)
+    display.SetVisibility2D(True)
+    display.SetVisibility3D(True)
+    display.EndModify(was_modifying)
+    return display
+
+
+# --------------------------------------------------------------------------- colours
+def jacobian_color_node(scene):
+    """The shared "DeepRegAblation Jacobian" ``vtkMRMLColorTableNode`` (created once per scene).
+
+    Its entries span :data:`snapshots.JACOBIAN_RANGE`; display it with window/level
+    :func:`jacobian_window_level` so that detJ = 1 is white and detJ <= 0 is green.
+    """
+    node = scene.GetFirstNode(JACOBIAN_COLOR_NAME, "vtkMRMLColorTableNode")
+    if node is not None:
+        return node
+    colors = snapshots.jacobian_colors()
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", JACOBIAN_COLOR_NAME)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(len(colors))
+    low, high = snapshots.JACOBIAN_RANGE
+    width = (high - low) / len(colors)
+    for index, (r, g, b) in enumerate(colors):
+        start = low + index * width
+        name = "folded" if start + width <= 0.0 else f"detJ {start:.3f}"
+        node.SetColor(index, name, float(r), float(g), float(b), 1.0)
+    node.SetAttribute("Category", "DeepRegAblation")
+    node.SetDescription(
+        f"Jacobian determinant {low:g}..{high:g} (window {high - low:g}, level {(high + low) / 2:g}): "
+        f"white at 1, blue contraction, red expansion, green folding (det <= 0)"
+    )
+    node.SetHideFromEditors(False)
+    return node
+
+
+def jacobian_window_level() -> tuple:
+    """``(window, level)`` that spreads the Jacobian colour table over its range: level 1."""
+    low, high = snapshots.JACOBIAN_RANGE
+    return high - low, (high + low) / 2.0
+
+
+# --------------------------------------------------------------------------- subject hierarchy
+def _folder(scene, name: str, reuse: bool) -> int:
+    slicer = _slicer()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    root = hierarchy.GetSceneItemID()
+    if reuse:
+        item = hierarchy.GetItemChildWithName(root, name)
+        if item:
+            return item
+    return hierarchy.CreateFolderItem(root, name)
+
+
+def _put_in_folder(scene, folder: int, nodes) -> None:
+    slicer = _slicer()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.SetItemParent(item, folder)
+        else:  # no subject hierarchy logic (slicer-core without the application) to add it
+            hierarchy.CreateItem(folder, node)
+
+
+# --------------------------------------------------------------------------- results
+def _check_result(result: "RegistrationResult") -> tuple:
+    warped = np.asarray(result.warped)
+    if warped.ndim != 3:
+        raise ValueError(f"result.warped must be (K, J, I), got shape {warped.shape}")
+    shape = warped.shape
+    checks = {
+        "disp_ras_mm": shape + (3,),
+        "jacobian": shape,
+    }
+    for name, expected in checks.items():
+        if np.shape(getattr(result, name)) != expected:
+            raise ValueError(
+                f"result.{name} must be {expected} like result.warped {shape}, got {np.shape(getattr(result, name))}"
+            )
+    if result.warped_labels is not None and np.shape(result.warped_labels) != shape:
+        raise ValueError(f"result.warped_labels must be {shape}, got {np.shape(result.warped_labels)}")
+    if np.shape(result.affine_ras) != (4, 4):
+        raise ValueError(f"result.affine_ras must be (4, 4), got {np.shape(result.affine_ras)}")
+    geometry.validate_ijk_to_ras(result.fixed_ijk_to_ras, "result.fixed_ijk_to_ras")
+    return shape
+
+
+def add_registration_to_scene(scene, result: "RegistrationResult", fixed_node, moving_node,
+                              reuse: bool = True) -> Dict[str, object]:
+    """Add (or, with ``reuse``, update by name) the nodes of one registration result.
+
+    Args:
+        scene: a ``vtkMRMLScene``.
+        result: a :class:`RegistrationResult` on ``fixed_node``'s grid.
+        fixed_node: the fixed volume node (its grid must be ``result.fixed_ijk_to_ras`` and
+            shape ``result.warped.shape``; ``None`` skips the check and names it "fixed").
+        moving_node: the moving volume node (names the outputs; left unchanged).
+        reuse: update nodes named ``<moving>-<variant>-...`` if they exist (so running a
+            variant again replaces its outputs); ``False`` always adds new, uniquely named nodes.
+
+    Returns:
+        ``{"warped", "affine", "transform", "jacobian", ["warped_labels"], "folder"}``: the
+        nodes, and the subject hierarchy folder item id (int).
+    """
+    slicer = _slicer()
+    if scene is None or not scene.IsA("vtkMRMLScene"):
+        raise ValueError(f"scene must be a vtkMRMLScene, got {type(scene).__name__}")
+    shape = _check_result(result)
+    fixed_matrix = np.asarray(result.fixed_ijk_to_ras, dtype=np.float64)
+    if fixed_node is not None:
+        fixed_image = fixed_node.GetImageData()
+        node_shape = tuple(reversed(fixed_image.GetDimensions())) if fixed_image is not None else None
+        node_matrix = _node_ijk_to_ras(fixed_node)
+        if node_shape != shape or not np.allclose(node_matrix, fixed_matrix, atol=1e-4):
+            raise ValueError(
+                f"result is not on fixed_node {fixed_node.GetName()!r}'s grid: result shape {shape}, "
+                f"IJKToRAS {np.round(fixed_matrix, 4).tolist()}; node shape {node_shape}, "
+                f"IJKToRAS {np.round(node_matrix, 4).tolist()}"
+            )
+    moving_name = moving_node.GetName() if moving_node is not None else "moving"
+    base = f"{moving_name}-{result.variant}"
+
+    warped = _get_or_add(scene, "vtkMRMLScalarVolumeNode", f"{base}-warped", reuse)
+    _set_volume(warped, result.warped, fixed_matrix, label=False)
+    moving_display = moving_node.GetDisplayNode() if moving_node is not None else None
+    if moving_display is not None and moving_display.IsA("vtkMRMLScalarVolumeDisplayNode"):
+        display = warped.GetDisplayNode()
+        display.SetAutoWindowLevel(moving_display.GetAutoWindowLevel())
+        if not moving_display.GetAutoWindowLevel():
+            display.SetWindowLevel(moving_display.GetWindow(), moving_display.GetLevel())
+        if moving_display.GetColorNodeID():
+            display.SetAndObserveColorNodeID(moving_display.GetColorNodeID())
+
+    affine = _get_or_add(scene, "vtkMRMLLinearTransformNode", f"{base}-affine", reuse)
+    affine.SetMatrixTransformFromParent(_vtk_matrix(result.affine_ras))
+
+    transform = _get_or_add(scene, "vtkMRMLGridTransformNode", f"{base}-transform", reuse)
+    transform.SetAndObserveTransformFromParent(grid_transform_from_displacement(result.disp_ras_mm, fixed_matrix))
+    _show_glyphs(scene, transform, result.disp_ras_mm, fixed_matrix, f"{base}-displacement-colors", reuse,
+                 region_node=fixed_node)
+
+    jacobian = _get_or_add(scene, "vtkMRMLScalarVolumeNode", f"{base}-jacobian", reuse)
+    _set_volume(jacobian, np.asarray(result.jacobian, dtype=np.float32), fixed_matrix, label=False)
+    jacobian_display = jacobian.GetDisplayNode()
+    jacobian_display.SetAndObserveColorNodeID(jacobian_color_node(scene).GetID())
+    jacobian_display.SetAutoWindowLevel(False)
+    jacobian_display.SetWindowLevel(*jacobian_window_level())
+    jacobian_display.SetInterpolate(False)  # show single folded voxels as voxels
+    jacobian.SetAttribute("DeepRegAblation.folded_voxels", str(int(np.count_nonzero(np.asarray(result.jacobian) <= 0))))
+
+    nodes: Dict[str, object] = {"warped": warped, "affine": affine, "transform": transform, "jacobian": jacobian}
+    if result.warped_labels is not None:
+        labels = _get_or_add(scene, "vtkMRMLLabelMapVolumeNode", f"{base}-warped-labels", reuse)
+        _set_volume(labels, result.warped_labels, fixed_matrix, label=True)
+        nodes["warped_labels"] = labels
+    for node in nodes.values():
+        node.SetAttribute("DeepRegAblation.variant", str(result.variant))
+    folder = _folder(scene, base, reuse)
+    _put_in_folder(scene, folder, list(nodes.values()))
+    nodes["folder"] = int(folder)
+    return nodes
+
+
+def _metric_value(result: "RegistrationResult", key: str) -> float:
+    value = (result.metrics or {}).get(key)
+    if value is None and key == "runtime_s" and result.timings:
+        value = float(sum(result.timings.values()))
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def update_metrics_table(scene, results: Sequence["RegistrationResult"], table_node=None):
+    """Fill a ``vtkMRMLTableNode`` with one row per result and the columns :data:`METRIC_COLUMNS`.
+
+    ``table_node=None`` reuses the scene's "DeepRegAblation metrics" table or adds it. Missing
+    metrics are NaN (e.g. dice without labels). Returns the table node.
+    """
+    from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkStringArray
+
+    if scene is None or not scene.IsA("vtkMRMLScene"):
+        raise ValueError(f"scene must be a vtkMRMLScene, got {type(scene).__name__}")
+    results = list(results)
+    if table_node is None:
+        table_node = _get_or_add(scene, "vtkMRMLTableNode", METRICS_TABLE_NAME, reuse=True)
+    was_modifying = table_node.StartModify()
+    table_node.RemoveAllColumns()
+    variants = vtkStringArray()
+    variants.SetName("variant")
+    for result in results:
+        variants.InsertNextValue(str(result.variant))
+    table_node.AddColumn(variants)
+    for key in METRIC_COLUMNS[1:]:
+        column = vtkDoubleArray()
+        column.SetName(key)
+        for result in results:
+            column.InsertNextValue(_metric_value(result, key))
+        table_node.AddColumn(column)
+        unit, description = _COLUMN_INFO[key]
+        if unit:
+            table_node.SetColumnUnitLabel(key, unit)
+        table_node.SetColumnDescription(key, description)
+    table_node.SetColumnDescription("variant", "model variant")
+    table_node.SetUseColumnNameAsColumnHeader(True)
+    table_node.EndModify(was_modifying)
+    return table_node
+
+
+def show_in_slice_views(scene, background=None, foreground=None, label=None, foreground_opacity: float = 0.5,
+                        create_missing: bool = False) -> List[object]:
+    """Set background / foreground / label volumes of the scene's slice composite nodes.
+
+    With ``create_missing`` and no composite node in the scene (a scene built headless), adds
+    the Red, Yellow and Green ones (singletons, as Slicer's layout makes them) so that a saved
+    scene opens with these layers. Returns the composite nodes.
+    """
+    slicer = _slicer()
+    composites = [scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+                  for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    if not composites and create_missing:
+        for layout_name in SLICE_VIEW_NAMES:
+            composite = slicer.vtkMRMLSliceCompositeNode()
+            composite.SetLayoutName(layout_name)  # also its singleton tag
+            composites.append(scene.AddNode(composite))
+    for composite in composites:
+        if background is not None:
+            composite.SetBackgroundVolumeID(background.GetID())
+        if foreground is not None:
+            composite.SetForegroundVolumeID(foreground.GetID())
+            composite.SetForegroundOpacity(float(foreground_opacity))
+        if label is not None:
+            composite.SetLabelVolumeID(label.GetID())
+    return composites
+
+
+# --------------------------------------------------------------------------- saving and loading scenes
+_DEFAULT_EXTENSIONS = {
+    "vtkMRMLVolumeNode": "nrrd",
+    "vtkMRMLTransformNode": "h5",
+    "vtkMRMLTableNode": "tsv",
+}
+
+
+def _safe_file_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return stem or "node"
+
+
+def save_scene(scene, mrml_path: PathLike) -> Path:
+    """Write every storable node's data next to ``mrml_path`` and the scene file itself.
+
+    Volumes go to ``.nrrd`` (compressed), transforms to ``.h5``, tables to ``.tsv``, colour
+    nodes to their default format. File names come from node names (made unique). Returns
+    the ``.mrml`` path.
+    """
+    mrml_path = Path(mrml_path).resolve()
+    out_dir = mrml_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used = set()
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLStorableNode")
+        if not node.GetSaveWithScene():
+            continue
+        if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is None:
+            continue
+        if node.GetStorageNode() is None and not node.AddDefaultStorageNode():
+            continue
+        storage = node.GetStorageNode()
+        extension = next((ext for cls, ext in _DEFAULT_EXTENSIONS.items() if node.IsA(cls)), None)
+        extension = extension or storage.GetDefaultWriteFileExtension()
+        stem = _safe_file_stem(node.GetName() or node.GetID())
+        file_name = f"{stem}.{extension}"
+        counter = 1
+        while file_name.lower() in used:
+            counter += 1
+            file_name = f"{stem}_{counter}.{extension}"
+        used.add(file_name.lower())
+        if storage.IsA("vtkMRMLVolumeArchetypeStorageNode"):
+            storage.SetUseCompression(1)
+        storage.SetFileName(str(out_dir / file_name))
+        if not storage.WriteData(node):
+            raise ValueError(
+                f"could not write node {node.GetName()!r} ({node.GetClassName()}) to {out_dir / file_name}"
+            )
+    scene.SetRootDirectory(str(out_dir))
+    scene.SetURL(str(mrml_path))
+    if not scene.Commit(str(mrml_path)):
+        raise ValueError(f"could not write the scene file {mrml_path}")
+    return mrml_path
+
+
+def write_results_scene(out_dir: PathLike, fixed: ImageData, moving: ImageData,
+                        results: Sequence["RegistrationResult"]) -> Path:
+    """Build a new scene with ``fixed``, ``moving``, every result and the metrics table; save it.
+
+    Writes ``out_dir/DeepRegAblation-results.mrml`` and its data files (NRRD volumes, HDF5
+    transforms, TSV table, colour tables). The fixed volume is the background and the first
+    warped volume the foreground (50 %) of the Red, Yellow and Green slice views; the first
+    result's warped labels, if any, are the label layer. Returns the ``.mrml`` path.
+    """
+    slicer = _slicer()
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        if not isinstance(image, ImageData):
+            raise ValueError(f"{name} must be an ImageData, got {type(image).__name__}")
+    results = list(results)
+    if not results:
+        raise ValueError("results is empty: nothing to write")
+    for index, result in enumerate(results):
+        if np.shape(result.warped) != np.shape(fixed.array):
+            raise ValueError(
+                f"results[{index}].warped shape {np.shape(result.warped)} differs from fixed {np.shape(fixed.array)}"
+            )
+    scene = slicer.vtkMRMLScene()
+    # reuse=False: distinct nodes even when both images carry the same name
+    fixed_node = add_volume_node(scene, fixed, fixed.name or "fixed", reuse=False)
+    moving_node = add_volume_node(scene, moving, moving.name or "moving", reuse=False)
+    added = [add_registration_to_scene(scene, result, fixed_node, moving_node, reuse=True) for result in results]
+    update_metrics_table(scene, results)
+    show_in_slice_views(scene, background=fixed_node, foreground=added[0]["warped"],
+                        label=added[0].get("warped_labels"), create_missing=True)
+    return save_scene(scene, Path(out_dir) / SCENE_FILE_NAME)
+
+
+def load_results_scene(mrml_path: PathLike):
+    """Read a ``.mrml`` scene and its data files into a new ``vtkMRMLScene`` and return it."""
+    slicer = _slicer()
+    mrml_path = Path(mrml_path)
+    if not mrml_path.is_file():
+        raise FileNotFoundError(f"scene file not found: {mrml_path}")
+    scene = slicer.vtkMRMLScene()
+    scene.SetURL(str(mrml_path.resolve()))
+    scene.SetRootDirectory(str(mrml_path.resolve().parent))
+    if not scene.Connect():
+        raise ValueError(f"could not read the scene file {mrml_path}")
+    return scene

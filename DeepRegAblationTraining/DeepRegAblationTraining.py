@@ -1,0 +1,172 @@
+"""DeepRegAblationTraining: the headless side of DeepRegAblation (training, evaluation, ablation study).
+
+Two roles in one file:
+
+- a developer module in Slicer (help text only): it makes ``DeepRegAblationTrainingLib`` part of
+  the extension, so the ``deepreg-ablation`` commands run with Slicer's Python and PyTorch;
+- a launcher of the command line::
+
+      Slicer --no-main-window --python-script DeepRegAblationTraining/DeepRegAblationTraining.py -- train --variant regloss ...
+
+  runs ``DeepRegAblationTrainingLib.cli.main(<arguments after "--">)`` and exits Slicer with its
+  status. Outside Slicer (plain Python) the same file runs the CLI and exits with ``sys.exit``.
+
+The file imports without Slicer (only the module classes need it), so it can be checked with pytest.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+LIB_PACKAGES = ("DeepRegAblationTrainingLib", "DeepRegAblationLib")
+
+
+def library_folders(module_dir: Optional[Path] = None) -> List[Path]:
+    """Folders holding ``DeepRegAblationTrainingLib`` and ``DeepRegAblationLib``.
+
+    Installed extensions put both modules in one folder; in the source tree the core library is in
+    the sibling ``DeepRegAblation`` folder. Raises RuntimeError naming the missing package.
+    """
+    here = Path(module_dir) if module_dir is not None else Path(__file__).resolve().parent
+    candidates = [here, here.parent / "DeepRegAblation"]
+    folders: List[Path] = []
+    for package in LIB_PACKAGES:
+        folder = next((c for c in candidates if (c / package / "__init__.py").is_file()), None)
+        if folder is None:
+            raise RuntimeError(f"the {package} package was not found next to {here}; reinstall the extension")
+        if folder not in folders:
+            folders.append(folder)
+    return folders
+
+
+def ensure_import_paths(module_dir: Optional[Path] = None) -> None:
+    """Put the library folders first on ``sys.path`` (idempotent)."""
+    for folder in reversed(library_folders(module_dir)):
+        path = str(folder)
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+
+
+def script_arguments(argv: Sequence[str], inside_slicer: bool = False) -> List[str]:
+    """The CLI arguments in a launcher's ``sys.argv``.
+
+    Plain Python (``python DeepRegAblationTraining.py -- train ...``): everything after the first
+    ``"--"``, or after the script name when there is none. Inside Slicer, ``"--"`` is Slicer's own
+    ``--ignore-rest`` flag: Slicer consumes it and ``sys.argv`` is ``[script, <arguments after it>]``,
+    so everything after the script name is the CLI's (a later ``"--"`` included); a leading
+    ``"--"`` that reached the script anyway is dropped.
+    """
+    args = list(argv)[1:]
+    if inside_slicer:
+        return args[1:] if args[:1] == ["--"] else args
+    if "--" in args:
+        return args[args.index("--") + 1:]
+    return args
+
+
+def run_cli(args: Sequence[str]) -> int:
+    """``DeepRegAblationTrainingLib.cli.main(args)`` as an exit status (argparse exits included)."""
+    ensure_import_paths()
+    from DeepRegAblationTrainingLib import cli
+
+    try:
+        return int(cli.main(list(args)) or 0)
+    except SystemExit as exc:  # --help, or an argparse usage error
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+
+
+def in_slicer_application() -> bool:
+    """True inside the Slicer application (not just with the ``slicer`` MRML package importable)."""
+    slicer_module = sys.modules.get("slicer")
+    return slicer_module is not None and getattr(slicer_module, "app", None) is not None
+
+
+def exit_application(status: int) -> None:
+    """Leave with ``status``: ``slicer.util.exit`` inside Slicer, ``sys.exit`` otherwise."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if in_slicer_application():
+        import slicer
+
+        slicer.util.exit(status)
+    else:
+        sys.exit(status)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Launcher entry point: run the CLI with the script arguments of ``argv`` (default ``sys.argv``)."""
+    return run_cli(script_arguments(sys.argv if argv is None else argv, inside_slicer=in_slicer_application()))
+
+
+try:
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+except ImportError:  # plain Python (pytest, command line): only the launcher functions above are used
+    ScriptedLoadableModule = None
+
+
+if ScriptedLoadableModule is not None:
+
+    class DeepRegAblationTraining(ScriptedLoadableModule):
+        """Developer module: help text only; the work is done by the ``deepreg-ablation`` command line."""
+
+        def __init__(self, parent):
+            ScriptedLoadableModule.__init__(self, parent)
+            self.parent.title = "DeepReg Ablation Training"
+            self.parent.categories = ["Developer Tools"]
+            self.parent.dependencies = []
+            self.parent.contributors = ["DeepRegAblation contributors"]
+            self.parent.helpText = """
+<p>Training, evaluation and the ablation study of the DeepRegAblation registration variants
+(<code>baseline</code>, <code>regloss</code>, <code>affine_basic</code>, <code>affine_enhanced</code>).
+There is no panel: run the command line with Slicer's Python (it has PyTorch from the PyTorch extension):</p>
+<pre>Slicer --no-main-window --python-script &lt;extension&gt;/DeepRegAblationTraining.py -- --help
+Slicer --no-main-window --python-script &lt;extension&gt;/DeepRegAblationTraining.py -- train --variant regloss ...
+Slicer --no-main-window --python-script &lt;extension&gt;/DeepRegAblationTraining.py -- ablation ...</pre>
+<p>Commands: train, evaluate, ablation, sweep, register, bench, demo (see <code>-- &lt;command&gt; --help</code>).
+Checkpoints it writes can be chosen in the DeepRegAblation module (Model weights: Checkpoint file).</p>
+"""
+            self.parent.acknowledgementText = """
+<p>The networks follow VoxelMorph (G. Balakrishnan et al., IEEE TMI 38(8):1788-1800, 2019).
+See the DeepRegAblation module for the ablation design.</p>
+"""
+
+    class DeepRegAblationTrainingWidget(ScriptedLoadableModuleWidget):
+        """Nothing beyond the help text (and the developer Reload/Test buttons)."""
+
+        def setup(self):
+            ScriptedLoadableModuleWidget.setup(self)
+            self.layout.addStretch(1)
+
+    class DeepRegAblationTrainingTest(ScriptedLoadableModuleTest):
+        """The launcher's argument forwarding and the CLI, with Slicer's Python."""
+
+        def runTest(self):
+            self.test_arguments_after_double_dash()
+            self.test_cli_help_and_usage_error()
+
+        def test_arguments_after_double_dash(self):
+            self.assertEqual(script_arguments(["x.py", "--", "train", "--epochs", "1"]), ["train", "--epochs", "1"])
+            self.assertEqual(script_arguments(["x.py", "demo"]), ["demo"])
+            self.assertEqual(script_arguments(["x.py", "evaluate", "--", "y"], inside_slicer=True), ["evaluate", "--", "y"])
+
+        def test_cli_help_and_usage_error(self):
+            self.assertEqual(run_cli(["--help"]), 0)
+            self.assertEqual(run_cli(["no-such-command"]), 2)
+            self.delayDisplay("DeepRegAblationTraining test passed")
+
+
+if __name__ == "__main__":
+    exit_application(main())

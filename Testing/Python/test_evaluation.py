@@ -1,0 +1,117 @@
+"""evaluation.py: per-pair metrics of a model whose displacement is set by hand (a known translation)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from DeepRegAblationLib import checkpoints, networks
+from DeepRegAblationTrainingLib import evaluation
+
+SHIFT_VOX = (2.0, 3.0)  # rows, columns
+SPACING_MM = (1.0, 1.5)
+
+
+def _pair(with_truth: bool = True, truth=SHIFT_VOX):
+    """32x32 pair whose moving image is the fixed one shifted by SHIFT_VOX (objects inside the image)."""
+    fixed_labels = np.zeros((32, 32), dtype=np.int64)
+    fixed_labels[8:16, 10:20] = 1
+    fixed_labels[18:26, 6:14] = 2
+    fixed_labels[4:9, 22:27] = 3
+    fixed = (fixed_labels * 0.3).astype(np.float32)
+    fixed[4:9, 22:27] += 0.05 * np.arange(5, dtype=np.float32)[:, None]  # some texture
+    shift = tuple(int(s) for s in SHIFT_VOX)
+    moving = np.roll(fixed, shift, axis=(0, 1))
+    moving_labels = np.roll(fixed_labels, shift, axis=(0, 1))
+    item = {
+        "moving": torch.from_numpy(moving)[None],
+        "fixed": torch.from_numpy(fixed)[None],
+        "moving_labels": torch.from_numpy(moving_labels)[None],
+        "fixed_labels": torch.from_numpy(fixed_labels)[None],
+        "spacing_mm": torch.tensor(SPACING_MM),
+        "pair_id": "a->b",
+    }
+    if with_truth:
+        item["disp_true_vox"] = torch.tensor(truth, dtype=torch.float32).view(2, 1, 1).expand(2, 32, 32).clone()
+    return item
+
+
+def _translation_model(shift=SHIFT_VOX) -> networks.RegistrationModel:
+    """A real baseline model whose flow head outputs the constant ``shift`` (weights 0, bias = shift)."""
+    model = networks.build_model("baseline", ndim=2)
+    with torch.no_grad():
+        model.flow.conv.weight.zero_()
+        model.flow.conv.bias.copy_(torch.tensor(shift))
+    return model
+
+
+def test_known_translation_metrics_are_exact():
+    model = _translation_model()
+    rows = evaluation.evaluate_model(model, [_pair()], device="cpu")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["variant"] == "baseline" and row["pair_id"] == "a->b"
+    assert row["dice"] == pytest.approx(1.0)
+    assert row["dice_1"] == row["dice_2"] == row["dice_3"] == pytest.approx(1.0)
+    assert row["hd95_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert row["tre_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert row["folding_pct"] == 0.0
+    assert row["sdlogj"] == pytest.approx(0.0, abs=1e-6)
+    assert row["mse"] == pytest.approx(0.0, abs=1e-12)
+    assert row["ncc"] == pytest.approx(1.0)
+    assert row["ssim"] == pytest.approx(1.0, abs=1e-6)
+    norm_vox = math.hypot(*SHIFT_VOX)
+    norm_mm = math.hypot(SHIFT_VOX[0] * SPACING_MM[0], SHIFT_VOX[1] * SPACING_MM[1])
+    assert row["max_disp_vox"] == pytest.approx(norm_vox, rel=1e-6)
+    assert row["mean_disp_vox"] == pytest.approx(norm_vox, rel=1e-6)
+    assert row["max_disp_mm"] == pytest.approx(norm_mm, rel=1e-6)
+    assert row["mean_disp_mm"] == pytest.approx(norm_mm, rel=1e-6)
+    assert row["tre_true_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert row["runtime_s"] >= 0.0
+
+
+def test_endpoint_error_against_a_wrong_truth_and_identity_tre():
+    # truth (0, 0): the end-point error is the whole shift in mm
+    rows = evaluation.evaluate_model(_translation_model(), [_pair(truth=(0.0, 0.0))])
+    norm_mm = math.hypot(SHIFT_VOX[0] * SPACING_MM[0], SHIFT_VOX[1] * SPACING_MM[1])
+    assert rows[0]["tre_true_mm"] == pytest.approx(norm_mm, rel=1e-6)
+    # no registration: every label centroid is off by the shift (in mm, axis order kept)
+    ident = evaluation.evaluate_model(None, [_pair(with_truth=False)])[0]
+    assert ident["variant"] == "identity"
+    assert ident["tre_mm"] == pytest.approx(norm_mm, rel=1e-9)
+    assert ident["dice"] < 0.8 and ident["mse"] > 0
+    assert ident["folding_pct"] == 0.0 and ident["max_disp_vox"] == 0.0
+    assert math.isnan(ident["tre_true_mm"])
+    # a shift along the wrong axes must not look right
+    swapped = evaluation.evaluate_model(_translation_model(SHIFT_VOX[::-1]), [_pair(with_truth=False)])[0]
+    assert swapped["dice"] < 0.9 and swapped["tre_mm"] > 1.0
+
+
+def test_evaluate_checkpoint_and_csv_round_trip(tmp_path):
+    model = _translation_model()
+    ckpt = tmp_path / "translation.pt"
+    checkpoints.save_checkpoint(ckpt, model)
+    rows = evaluation.evaluate_checkpoint(ckpt, [_pair(), _pair(truth=(0.0, 0.0))], device="cpu")
+    assert [r["checkpoint"] for r in rows] == [str(ckpt)] * 2
+    assert rows[0]["dice"] == pytest.approx(1.0) and rows[0]["tre_true_mm"] == pytest.approx(0.0, abs=1e-6)
+    path = evaluation.write_rows_csv(rows, tmp_path / "rows.csv")
+    back = evaluation.read_rows_csv(path)
+    assert len(back) == 2
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[:3] == ["variant", "checkpoint", "pair_id"]
+    assert header.index("dice_1") < header.index("dice_2") < header.index("dice_3")
+    for key in ("dice", "folding_pct", "max_disp_mm", "tre_true_mm"):
+        assert back[1][key] == pytest.approx(rows[1][key], rel=1e-12)
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        evaluation.evaluate_checkpoint(tmp_path / "missing.pt", [_pair()])
+
+
+def test_bad_pair_item_is_a_value_error():
+    item = _pair()
+    item["fixed"] = item["fixed"][:, :16]
+    with pytest.raises(ValueError, match="moving"):
+        evaluation.evaluate_model(None, [item])
+    with pytest.raises(ValueError, match="empty"):
+        evaluation.evaluate_model(None, [])

@@ -1,0 +1,138 @@
+"""geometry.py: IJK/RAS/LPS conversions, axis order, resampling between physical grids."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from _registration_helpers import label_volume, oblique_matrix, oblique_pair, smooth_volume
+from DeepRegAblationLib import geometry
+from DeepRegAblationLib.imageio import ImageData, itk_image_from_array
+
+
+def test_ijk_ras_round_trip_and_spacing():
+    matrix = oblique_matrix([1.2, 0.9, 2.0], [10, -20, 15], [10.0, -5.0, 3.0])
+    rng = np.random.default_rng(1)
+    ijk = rng.uniform(-5, 30, size=(50, 3))
+    ras = geometry.voxel_to_ras(ijk, matrix)
+    np.testing.assert_allclose(ras, (matrix @ np.c_[ijk, np.ones(50)].T).T[:, :3], atol=1e-12)
+    np.testing.assert_allclose(geometry.ras_to_voxel(ras, matrix), ijk, atol=1e-10)
+    np.testing.assert_allclose(geometry.spacing_from_matrix(matrix), [1.2, 0.9, 2.0], atol=1e-12)
+    assert geometry.spacing_kji(matrix) == pytest.approx((2.0, 0.9, 1.2))
+    direction = geometry.direction_from_matrix(matrix)
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-12)
+    rebuilt = geometry.matrix_from_geometry([1.2, 0.9, 2.0], direction, matrix[:3, 3])
+    np.testing.assert_allclose(rebuilt, matrix, atol=1e-12)
+
+
+def test_ras_lps_conversions():
+    matrix = oblique_matrix([1.0, 2.0, 3.0], [5, 10, -15], [1.0, 2.0, 3.0])
+    lps = geometry.ijk_to_lps(matrix)
+    np.testing.assert_allclose(lps[:2], -matrix[:2])
+    np.testing.assert_allclose(lps[2:], matrix[2:])
+    np.testing.assert_allclose(geometry.ijk_to_ras_from_lps(lps), matrix)
+    transform = np.eye(4)
+    transform[:3, :3] = oblique_matrix([1, 1, 1], [3, 4, 5], [0, 0, 0])[:3, :3] * 1.1
+    transform[:3, 3] = [4.0, -2.0, 7.0]
+    point_ras = np.array([3.0, -8.0, 12.0])
+    moved_lps = geometry.transform_ras_to_lps(transform) @ np.r_[geometry.vectors_ras_to_lps(point_ras), 1.0]
+    np.testing.assert_allclose(geometry.vectors_lps_to_ras(moved_lps[:3]), (transform @ np.r_[point_ras, 1])[:3])
+    with pytest.raises(ValueError, match="singular"):
+        geometry.validate_ijk_to_ras(np.diag([1.0, 0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"\(4, 4\)"):
+        geometry.validate_ijk_to_ras(np.eye(3))
+
+
+def test_axis_reorder_and_displacement_units():
+    matrix = oblique_matrix([1.2, 0.9, 2.0], [10, -20, 15], [0.0, 0.0, 0.0])
+    rng = np.random.default_rng(2)
+    disp_vox = rng.normal(size=(3, 4, 5, 6))  # channels (k, j, i)
+    disp_ras = geometry.disp_vox_to_ras_mm(disp_vox, matrix)
+    assert disp_ras.shape == (4, 5, 6, 3)
+    k, j, i = 1, 2, 3
+    u_ijk = disp_vox[::-1, k, j, i]
+    np.testing.assert_allclose(disp_ras[k, j, i], matrix[:3, :3] @ u_ijk, atol=1e-12)
+    np.testing.assert_allclose(geometry.ras_mm_to_disp_vox(disp_ras, matrix), disp_vox, atol=1e-12)
+    np.testing.assert_array_equal(geometry.kji_to_ijk(np.array([1, 2, 3])), [3, 2, 1])
+    # a 2D field (channels (j, i)) of a single-slice grid: no k component
+    disp_2d = rng.normal(size=(2, 5, 6))
+    ras_2d = geometry.disp_vox_to_ras_mm(disp_2d, matrix)
+    assert ras_2d.shape == (1, 5, 6, 3)
+    np.testing.assert_allclose(ras_2d[0, 1, 2], matrix[:3, :3] @ [disp_2d[1, 1, 2], disp_2d[0, 1, 2], 0.0], atol=1e-12)
+    np.testing.assert_allclose(geometry.ras_mm_to_disp_vox(ras_2d, matrix, ndim=2), disp_2d, atol=1e-12)
+
+
+def test_matrix_vox_to_ras_maps_grid_points():
+    grid = oblique_matrix([1.5, 1.0, 2.5], [0, 30, 10], [5.0, 5.0, 5.0])
+    matrix_vox = np.eye(4)
+    matrix_vox[:3, :3] += np.array([[0.05, 0.01, 0.0], [0.02, -0.04, 0.03], [0.0, 0.01, 0.02]])
+    matrix_vox[:3, 3] = [1.0, -2.0, 0.5]
+    affine_ras = geometry.matrix_vox_to_ras(matrix_vox, grid)
+    x_kji = np.array([3.0, 7.0, 2.0])
+    y_kji = matrix_vox[:3, :3] @ x_kji + matrix_vox[:3, 3]
+    p = geometry.voxel_to_ras(x_kji[::-1], grid)
+    q = geometry.voxel_to_ras(y_kji[::-1], grid)
+    np.testing.assert_allclose(affine_ras[:3, :3] @ p + affine_ras[:3, 3], q, atol=1e-10)
+
+
+def test_resample_identical_grid_is_exact():
+    fixed, _ = oblique_pair()
+    out = geometry.resample_to_grid(fixed.array, fixed.ijk_to_ras, fixed.ijk_to_ras, fixed.shape)
+    np.testing.assert_array_equal(out, fixed.array)
+    labels = label_volume(fixed.array)
+    out_labels = geometry.resample_to_grid(labels, fixed.ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode="nearest")
+    assert out_labels.dtype == labels.dtype
+    np.testing.assert_array_equal(out_labels, labels)
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_resample_matches_simpleitk_on_oblique_anisotropic_grids(mode):
+    fixed, moving = oblique_pair()
+    array = moving.array if mode == "linear" else label_volume(moving.array)
+    out = geometry.resample_to_grid(array, moving.ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode=mode)
+    reference = sitk.Resample(
+        itk_image_from_array(array, moving.ijk_to_ras),
+        itk_image_from_array(np.zeros(fixed.shape, np.float32), fixed.ijk_to_ras),
+        sitk.Transform(),
+        sitk.sitkLinear if mode == "linear" else sitk.sitkNearestNeighbor,
+        0.0,
+    )
+    expected = sitk.GetArrayFromImage(reference)
+    assert 0.2 < np.mean(expected != 0) < 0.9  # partial overlap: the outside is exercised too
+    np.testing.assert_allclose(out, expected, atol=1e-4 * float(np.abs(array).max()))
+
+
+def test_model_grid_centred_and_axis_aligned():
+    fixed, _ = oblique_pair()
+    grid, shape = geometry.model_grid_for(fixed, [1.5, 1.5, 1.5], [16, 32, 16])
+    assert shape == (16, 32, 16)
+    np.testing.assert_allclose(geometry.spacing_from_matrix(grid), [1.5, 1.5, 1.5])
+    np.testing.assert_allclose(geometry.direction_from_matrix(grid), geometry.direction_from_matrix(fixed.ijk_to_ras))
+    centre = lambda m, s: geometry.voxel_to_ras((np.asarray(s[::-1]) - 1) / 2.0, m)  # noqa: E731
+    np.testing.assert_allclose(centre(grid, shape), centre(fixed.ijk_to_ras, fixed.shape), atol=1e-9)
+    # same spacing as the fixed image: model voxels coincide with fixed voxels (padding only)
+    same, same_shape = geometry.model_grid_for(fixed, fixed.spacing_kji, [32, 32, 32])
+    offset = geometry.ras_to_voxel(same[:3, 3], fixed.ijk_to_ras)
+    np.testing.assert_allclose(offset, np.round(offset), atol=1e-9)
+    padded = geometry.resample_to_grid(fixed.array, fixed.ijk_to_ras, same, same_shape)
+    start = np.round(offset).astype(int)[::-1]  # (k, j, i)
+    crop = padded[-start[0] : -start[0] + 20, -start[1] : -start[1] + 28, -start[2] : -start[2] + 24]
+    np.testing.assert_array_equal(crop, fixed.array)
+
+
+def test_model_grid_2d_single_slice():
+    image = ImageData(smooth_volume((1, 20, 30)), np.diag([0.8, 1.1, 3.0, 1.0]))
+    grid, shape = geometry.model_grid_for(image, [1.1, 0.8], [32, 32])
+    assert shape == (1, 32, 32)
+    np.testing.assert_allclose(geometry.spacing_from_matrix(grid), [0.8, 1.1, 3.0])
+    with pytest.raises(ValueError, match="single-slice"):
+        geometry.model_grid_for(ImageData(np.zeros((4, 5, 6)), np.eye(4)), [1.0, 1.0], [16, 16])
+
+
+def test_overlap_check_names_both_inputs():
+    fixed, moving = oblique_pair()
+    assert geometry.check_overlap(fixed, moving) > 0.1
+    far = ImageData(moving.array, moving.ijk_to_ras.copy())
+    far.ijk_to_ras[:3, 3] += [500.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="fixed and moving do not overlap"):
+        geometry.check_overlap(fixed, far)

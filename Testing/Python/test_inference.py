@@ -1,0 +1,223 @@
+"""inference.py: register() on physical images (known affine / deformable mappings), refine(), results."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from _registration_helpers import label_volume, oblique_matrix, oblique_pair, smooth_volume
+from DeepRegAblationLib import fields, geometry
+from DeepRegAblationLib.checkpoints import save_checkpoint
+from DeepRegAblationLib.imageio import ImageData, itk_image_from_array
+from DeepRegAblationLib.inference import RegistrationResult, refine, register, resolve_device
+from DeepRegAblationLib.losses import lncc
+from DeepRegAblationLib.metrics import METRIC_KEYS
+from DeepRegAblationLib.networks import build_model
+
+MODEL_SHAPE = (32, 32, 32)  # oblique_pair's fixed (20, 28, 24) padded up to multiples of 16
+
+
+def set_affine(model, linear_delta_kji, translation_half_extent):
+    """Affine head outputs the given parameters for any input (weights zero, bias = parameters)."""
+    with torch.no_grad():
+        model.affine.head.weight.zero_()
+        bias = np.concatenate([np.asarray(linear_delta_kji, float).reshape(-1), translation_half_extent])
+        model.affine.head.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+
+
+def set_constant_flow(model, flow_vox):
+    """Flow head outputs the constant displacement ``flow_vox`` (tensor axis order) everywhere."""
+    with torch.no_grad():
+        model.flow.conv.weight.zero_()
+        model.flow.conv.bias.copy_(torch.tensor(flow_vox, dtype=torch.float32))
+
+
+def test_known_translation_matches_simpleitk():
+    fixed, moving = oblique_pair()
+    model = build_model("affine_basic", 3)
+    translation_vox = np.array([1.0, -2.0, 1.5])  # (k, j, i) voxels of the model grid (fixed spacing)
+    set_affine(model, np.zeros((3, 3)), translation_vox / ((np.array(MODEL_SHAPE) - 1) / 2.0))
+    set_constant_flow(model, [0.0, 0.0, 0.0])
+    result = register(fixed, moving, model, device="cpu")
+
+    expected_ras = fixed.ijk_to_ras[:3, :3] @ translation_vox[::-1]
+    np.testing.assert_allclose(result.disp_ras_mm, np.broadcast_to(expected_ras, result.disp_ras_mm.shape), atol=1e-4)
+    np.testing.assert_allclose(result.affine_ras[:3, :3], np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(result.affine_ras[:3, 3], expected_ras, atol=1e-4)
+    np.testing.assert_allclose(result.deform_disp_ras_mm, 0.0, atol=1e-6)
+    np.testing.assert_allclose(result.jacobian, 1.0, atol=1e-5)
+    assert result.metrics["max_disp_mm"] == pytest.approx(np.linalg.norm(expected_ras), rel=1e-4)
+    # the warped image is the moving image sampled at p + t: SimpleITK with a translation (LPS)
+    translation_lps = expected_ras * [-1, -1, 1]
+    reference = sitk.Resample(
+        itk_image_from_array(moving.array, moving.ijk_to_ras),
+        itk_image_from_array(fixed.array, fixed.ijk_to_ras),
+        sitk.TranslationTransform(3, [float(v) for v in translation_lps]),
+        sitk.sitkLinear,
+        0.0,
+    )
+    np.testing.assert_allclose(result.warped, sitk.GetArrayFromImage(reference), atol=1e-3)
+
+
+def test_known_affine_and_field_match_the_network_output():
+    """Full-resolution RAS mapping == the network's voxel mapping on the model grid, carried through IJKToRAS."""
+    fixed, moving = oblique_pair()
+    model = build_model("affine_basic", 3)
+    set_affine(model, [[0.04, 0.02, 0.0], [0.0, -0.03, 0.01], [0.02, 0.0, 0.05]], [0.08, -0.05, 0.06])
+    set_constant_flow(model, [0.5, -0.25, 0.75])
+    result = register(fixed, moving, model, device="cpu")
+
+    grid, grid_shape = geometry.model_grid_for(fixed, fixed.spacing_kji, MODEL_SHAPE)
+    with torch.no_grad():
+        zeros = torch.zeros((1, 1) + grid_shape)
+        outputs = model(zeros, zeros)  # the affine head and the constant flow ignore the images
+    # model voxel of fixed voxel (0, 0, 0), (k, j, i): the grid pads without interpolation
+    start = -np.round(geometry.ras_to_voxel(grid[:3, 3], fixed.ijk_to_ras)).astype(int)[::-1]
+    window = tuple(slice(s, s + n) for s, n in zip(start, fixed.shape))
+    identity = fields.identity_grid(grid_shape, dtype=torch.float64).numpy()
+    moving_vox = (identity + outputs["disp_vox"][0].double().numpy())[(slice(None),) + window]  # (3, K, J, I) kji
+    moving_ras = geometry.voxel_to_ras(np.moveaxis(moving_vox[::-1], 0, -1), grid)
+    fixed_ras = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
+    np.testing.assert_allclose(fixed_ras + result.disp_ras_mm, moving_ras, atol=1e-3)
+    # affine part: the network's matrix in RAS; deformable part: the constant flow in RAS
+    np.testing.assert_allclose(
+        result.affine_ras, geometry.matrix_vox_to_ras(outputs["affine_matrix_vox"][0], grid), atol=1e-9
+    )
+    expected_deform = fixed.ijk_to_ras[:3, :3] @ np.array([0.5, -0.25, 0.75])[::-1]
+    np.testing.assert_allclose(result.deform_disp_ras_mm, np.broadcast_to(expected_deform, fixed.shape + (3,)), atol=1e-5)
+    # warped = ONE interpolation of the original moving image at the mapped points
+    expected_warped = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, moving_ras)
+    np.testing.assert_allclose(result.warped, expected_warped, atol=1e-3)
+    linear = result.affine_ras[:3, :3]
+    np.testing.assert_allclose(result.jacobian, np.linalg.det(linear), rtol=1e-4)
+
+
+def test_checkpoint_preprocessing_sets_the_model_grid(tmp_path):
+    """A checkpoint trained at 2 mm: a constant flow of c voxels is 2c mm along the fixed axes."""
+    fixed, moving = oblique_pair()
+    model = build_model("baseline", 3)
+    flow = np.array([0.5, 1.0, -0.75])
+    set_constant_flow(model, flow)
+    path = save_checkpoint(tmp_path / "baseline.pt", model, preprocessing={"spacing_mm": [2.0, 2.0, 2.0], "shape": [16, 16, 16]})
+    result = register(fixed, moving, str(path), device="cpu")
+    direction = geometry.direction_from_matrix(fixed.ijk_to_ras)
+    expected = direction @ (2.0 * flow[::-1])
+    assert result.variant == "baseline" and result.warped.shape == fixed.shape
+    np.testing.assert_allclose(result.disp_ras_mm, np.broadcast_to(expected, fixed.shape + (3,)), atol=1e-5)
+
+
+def test_labels_warped_by_nearest_neighbour_and_metrics():
+    fixed, _ = oblique_pair()
+    moving = ImageData(smooth_volume(fixed.shape, seed=5), fixed.ijk_to_ras, "moving")
+    labels = ImageData(label_volume(moving.array), fixed.ijk_to_ras)
+    model = build_model("baseline", 3)
+    set_constant_flow(model, [0.0, 0.0, 0.0])  # identity
+    seen = []
+    result = register(fixed, moving, model, fixed_labels=labels, moving_labels=labels, device="cpu",
+                      progress=lambda f, m: seen.append(f))
+    assert result.warped_labels.dtype == np.int32
+    np.testing.assert_array_equal(result.warped_labels, labels.array)
+    np.testing.assert_array_equal(result.warped, moving.array)  # u = 0 and same grid: exact
+    assert result.metrics["dice"] == pytest.approx(1.0)
+    assert result.metrics["folding_pct"] == 0.0
+    assert set(METRIC_KEYS) | {"runtime_s"} <= set(result.metrics)
+    assert {"read", "resample", "model", "upsample", "metrics"} <= set(result.timings)
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+
+
+def test_2d_model_on_single_slice_images_and_dimension_errors():
+    matrix = oblique_matrix([0.8, 1.1, 3.0], [0, 0, 20], [5.0, 2.0, -1.0])
+    fixed = ImageData(smooth_volume((1, 30, 20), seed=1), matrix, "fixed")
+    moving = ImageData(smooth_volume((1, 30, 20), seed=2), matrix, "moving")
+    model = build_model("baseline", 2)
+    set_constant_flow(model, [1.0, -0.5])  # (j, i)
+    result = register(fixed, moving, model, device="cpu")
+    assert result.warped.shape == (1, 30, 20) and result.disp_ras_mm.shape == (1, 30, 20, 3)
+    np.testing.assert_allclose(result.disp_ras_mm[0, 3, 4], matrix[:3, :3] @ [-0.5, 1.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(result.jacobian, 1.0, atol=1e-5)
+    volume, other = oblique_pair()
+    with pytest.raises(ValueError, match="fixed is a 3D image .* model is 2D"):
+        register(volume, other, model)
+    with pytest.raises(ValueError, match="fixed is a 2D image .* model is 3D"):
+        register(fixed, moving, build_model("baseline", 3))
+    with pytest.raises(ValueError, match="moving is a 2D image"):
+        register(volume, moving, build_model("baseline", 3))
+
+
+def test_bad_inputs_and_devices():
+    fixed, moving = oblique_pair()
+    nan = ImageData(moving.array.copy(), moving.ijk_to_ras)
+    nan.array[1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="moving contains NaN"):
+        register(fixed, nan, "baseline")
+    with pytest.raises(ValueError, match="fixed is constant"):
+        register(ImageData(np.zeros(fixed.shape, np.float32), fixed.ijk_to_ras), moving, "baseline")
+    far = ImageData(moving.array, moving.ijk_to_ras.copy())
+    far.ijk_to_ras[:3, 3] += 1000.0
+    with pytest.raises(ValueError, match="do not overlap"):
+        register(fixed, far, "baseline")
+    with pytest.raises(FileNotFoundError, match="no_such.pt"):
+        register(fixed, moving, "no_such.pt")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu")
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            register(fixed, moving, "baseline", device="cuda")
+        assert resolve_device("auto").type == "cpu"
+
+
+def test_result_save_load_round_trip(tmp_path):
+    fixed, moving = oblique_pair()
+    labels = ImageData(label_volume(moving.array), moving.ijk_to_ras)
+    result = register(fixed, moving, "regloss", moving_labels=labels, fixed_labels=ImageData(label_volume(fixed.array), fixed.ijk_to_ras))
+    path = result.save(tmp_path / "sub" / "result.npz")
+    back = RegistrationResult.load(path)
+    assert back.variant == "regloss"
+    for name in ("fixed_ijk_to_ras", "warped", "warped_labels", "affine_ras", "disp_ras_mm", "deform_disp_ras_mm", "jacobian"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
+    assert back.metrics.keys() == result.metrics.keys()
+    assert back.timings == pytest.approx(result.timings)
+    no_labels = register(fixed, moving, "baseline")
+    assert no_labels.warped_labels is None and np.isnan(no_labels.metrics["dice"])
+    assert RegistrationResult.load(no_labels.save(tmp_path / "b.npz")).warped_labels is None
+
+
+def _synthetic_pair(shape=(16, 16, 16)):
+    fixed = torch.from_numpy(smooth_volume(shape, seed=3, sigma=1.5, scale=1.0))[None, None]
+    grid = fields.identity_grid(shape, dtype=torch.float32)
+    true = torch.stack([1.2 * torch.sin(2 * np.pi * grid[(a + 1) % 3] / shape[0]) for a in range(3)])[None]
+    return fixed, fields.warp(fixed, true)
+
+
+@pytest.mark.parametrize("variant", ["regloss", "affine_basic"])
+def test_refine_reduces_the_similarity_loss(variant):
+    fixed, moving = _synthetic_pair()
+    model = build_model(variant, 3)
+    with torch.no_grad():
+        outputs = model(moving, fixed)
+    seen = []
+    refined, history = refine(model, moving, fixed, outputs, 15, lr=0.02, progress=lambda f, m: seen.append(f))
+    before = float(lncc(fixed, outputs["warped"]))
+    after = float(lncc(fixed, refined["warped"]))
+    assert after < before - 0.05 * abs(before)
+    assert len(history) == 15 and history[-1]["similarity"] < history[0]["similarity"]
+    assert seen[-1] == 1.0
+    torch.testing.assert_close(refined["warped"], fields.warp(moving, refined["disp_vox"]))
+    torch.testing.assert_close(refined["affine_matrix_vox"], outputs["affine_matrix_vox"])
+    assert refine(model, moving, fixed, outputs, 0)[0] is outputs
+
+
+def test_register_with_refinement_improves_the_match():
+    shape = (16, 16, 16)
+    fixed_t, moving_t = _synthetic_pair(shape)
+    matrix = np.diag([1.2, 1.0, 1.5, 1.0])
+    fixed = ImageData(fixed_t[0, 0].numpy(), matrix)
+    moving = ImageData(moving_t[0, 0].numpy(), matrix)
+    torch.manual_seed(0)
+    model = build_model("regloss", 3)
+    plain = register(fixed, moving, model, device="cpu")
+    refined = register(fixed, moving, model, refine=20, refine_lr=0.02, device="cpu")
+    assert refined.metrics["ncc"] > plain.metrics["ncc"] + 0.01
+    assert "refine" in refined.timings

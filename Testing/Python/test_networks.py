@@ -1,0 +1,299 @@
+"""Registration networks: shapes, gradients, identity start, shared architecture, input checks."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from DeepRegAblationLib import fields, networks
+from DeepRegAblationLib.networks import DEFAULT_ARCH, build_model, model_from_config
+from DeepRegAblationLib.variants import VARIANTS
+
+IDS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
+SHAPES = {3: (32, 32, 32), 2: (64, 64)}
+
+
+def _pair(batch: int, shape, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, *shape, generator=g), torch.rand(batch, 1, *shape, generator=g)
+
+
+def _build(variant, ndim, seed=0, **arch):
+    torch.manual_seed(seed)
+    return build_model(variant, ndim, **arch)
+
+
+def _scale_flow_head(model, moving, fixed, max_vox: float) -> None:
+    """Rescale the (near-zero) flow head so that its output peaks at ``max_vox`` voxels."""
+    with torch.no_grad():
+        model.flow.conv.weight.normal_(0.0, 1.0)
+        out = model(moving, fixed)
+        peak = out["velocity_vox" if "velocity_vox" in out else "deform_disp_vox"].abs().max()
+        model.flow.conv.weight.mul_(max_vox / peak)
+
+
+@pytest.mark.parametrize("variant", IDS)
+@pytest.mark.parametrize("ndim", [3, 2])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_forward_backward_shapes_finite_and_gradients(variant, ndim, batch):
+    shape = SHAPES[ndim]
+    model = _build(variant, ndim)
+    moving, fixed = _pair(batch, shape)
+    out = model(moving, fixed)
+    expected = {
+        "warped": (batch, 1, *shape),
+        "disp_vox": (batch, ndim, *shape),
+        "affine_matrix_vox": (batch, ndim + 1, ndim + 1),
+        "affine_disp_vox": (batch, ndim, *shape),
+        "deform_disp_vox": (batch, ndim, *shape),
+    }
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    for key, value in out.items():
+        assert torch.isfinite(value).all(), key
+    # one interpolation of the original moving image by the total field
+    assert torch.equal(out["warped"], fields.warp(moving, out["disp_vox"]))
+    assert torch.equal(out["disp_vox"], fields.compose(out["affine_disp_vox"], out["deform_disp_vox"]))
+
+    loss = ((out["warped"] - fixed) ** 2).mean()
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+    for name, param in list(model.unet.named_parameters()) + list(model.flow.named_parameters()):
+        assert bool((param.grad != 0).any()), f"no gradient reaches {name}"
+    if VARIANTS[variant].affine:
+        # the zero-initialised head gets a gradient at once (the convs below it after one step)
+        assert bool((model.affine.head.weight.grad != 0).any())
+        assert bool((model.affine.head.bias.grad != 0).any())
+
+
+def test_one_optimizer_step_moves_the_affine_stage():
+    model = _build("affine_basic", 2)
+    moving, fixed = _pair(1, (64, 64))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(moving, fixed)
+        ((out["warped"] - fixed) ** 2).mean().backward()
+        opt.step()
+    out = model(moving, fixed)
+    assert not torch.equal(out["affine_matrix_vox"], fields.identity_matrix(1, 2))
+    assert bool((model.affine.features[0].conv.weight.grad != 0).any())
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_deterministic_under_a_fixed_seed(ndim):
+    moving, fixed = _pair(2, SHAPES[ndim])
+    a = _build("affine_enhanced", ndim, seed=123)
+    b = _build("affine_enhanced", ndim, seed=123)
+    c = _build("affine_enhanced", ndim, seed=124)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+    out_a, out_b, out_c = a(moving, fixed), b(moving, fixed), c(moving, fixed)
+    for key in out_a:
+        assert torch.equal(out_a[key], out_b[key]), key
+    assert not torch.equal(out_a["deform_disp_vox"], out_c["deform_disp_vox"])
+
+
+@pytest.mark.parametrize("variant", ["affine_basic", "affine_enhanced"])
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_affine_variants_start_as_exact_identity(variant, ndim):
+    shape = SHAPES[ndim]
+    moving, fixed = _pair(2, shape)
+    model = _build(variant, ndim)
+    out = model(moving, fixed)
+    eye = torch.eye(ndim + 1).expand(2, ndim + 1, ndim + 1)
+    assert torch.equal(out["affine_matrix_vox"], eye)
+    assert torch.equal(out["affine_disp_vox"], torch.zeros(2, ndim, *shape))
+    assert torch.equal(fields.warp(moving, out["affine_disp_vox"]), moving)
+    # hence, with the same U-Net weights, the affine variant equals the baseline exactly
+    baseline = _build("baseline", ndim, seed=5)
+    model.unet.load_state_dict(baseline.unet.state_dict())
+    model.flow.load_state_dict(baseline.flow.state_dict())
+    out = model(moving, fixed)
+    ref = baseline(moving, fixed)
+    for key in ("warped", "disp_vox", "deform_disp_vox", "affine_disp_vox", "affine_matrix_vox"):
+        assert torch.equal(out[key], ref[key]), key
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_non_affine_variants_report_identity_and_zero_affine(ndim):
+    moving, fixed = _pair(1, SHAPES[ndim])
+    out = _build("regloss", ndim)(moving, fixed)
+    assert torch.equal(out["affine_matrix_vox"], torch.eye(ndim + 1)[None])
+    assert torch.equal(out["affine_disp_vox"], torch.zeros_like(out["disp_vox"]))
+    assert torch.equal(out["disp_vox"], out["deform_disp_vox"])
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_all_variants_share_the_unet_architecture(ndim):
+    models = {v: _build(v, ndim) for v in IDS}
+    counts = {v: m.parameter_counts() for v, m in models.items()}
+    assert len({c["deformable"] for c in counts.values()}) == 1
+    shapes = {
+        v: [(k, tuple(p.shape)) for k, p in m.state_dict().items() if not k.startswith("affine.")]
+        for v, m in models.items()
+    }
+    assert all(s == shapes["baseline"] for s in shapes.values())
+    assert all(m.arch == models["baseline"].arch for m in models.values())
+    for v, m in models.items():
+        has_affine = any(k.startswith("affine.") for k in m.state_dict())
+        assert has_affine == VARIANTS[v].affine
+        assert (counts[v]["affine"] > 0) == VARIANTS[v].affine
+        assert counts[v]["deformable"] + counts[v]["affine"] == sum(p.numel() for p in m.parameters())
+
+
+def test_deformable_parameter_count_matches_the_voxelmorph_topology():
+    """3D default: stride-2 encoder 2->16->32->32->32, decoder 32, 64->32, 64->32, 48->32
+    (skip concatenations), full-resolution 34->32->16->16, flow head 16->3; all 3x3x3."""
+    conv = lambda cin, cout: cin * cout * 27 + cout  # noqa: E731
+    encoder = conv(2, 16) + conv(16, 32) + conv(32, 32) + conv(32, 32)
+    decoder = conv(32, 32) + conv(64, 32) + conv(64, 32) + conv(48, 32)
+    full_res = conv(34, 32) + conv(32, 16) + conv(16, 16) + conv(16, 3)
+    assert _build("baseline", 3).parameter_counts()["deformable"] == encoder + decoder + full_res
+
+
+def test_decoder_resolutions_follow_the_unet_layout():
+    model = _build("baseline", 2)
+    sizes = []
+    hooks = [conv.register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[-1])) for conv in model.unet.decoder]
+    model(*_pair(1, (64, 64)))
+    for h in hooks:
+        h.remove()
+    assert sizes == [4, 8, 16, 32, 64, 64, 64]
+    assert [int(c.conv.stride[0]) for c in model.unet.encoder] == [2, 2, 2, 2]
+
+
+def test_flow_head_is_near_zero_and_uncapped():
+    model = _build("baseline", 2)
+    weight, bias = model.flow.conv.weight, model.flow.conv.bias
+    assert torch.equal(bias, torch.zeros_like(bias))
+    assert 2e-6 < float(weight.detach().std()) < 5e-5
+    # large displacements pass through unchanged: no tanh, no scaling, no cap
+    with torch.no_grad():
+        weight.zero_()
+        bias.copy_(torch.tensor([25.0, -40.0]))
+    moving, fixed = _pair(1, (64, 64))
+    out = model(moving, fixed)
+    assert torch.equal(out["disp_vox"][0, 0], torch.full((64, 64), 25.0))
+    assert torch.equal(out["disp_vox"][0, 1], torch.full((64, 64), -40.0))
+
+
+def test_affine_parameters_map_to_a_centred_voxel_matrix():
+    model = _build("affine_basic", 2)
+    linear = torch.tensor([[1.1, 0.2], [-0.1, 0.9]])
+    translation = torch.tensor([0.25, -0.5])  # in half-extents
+    with torch.no_grad():
+        model.affine.head.bias.copy_(torch.cat([(linear - torch.eye(2)).flatten(), translation]))
+        model.flow.conv.weight.zero_()
+    moving, fixed = _pair(1, (32, 64))
+    out = model(moving, fixed)
+    expected = fields.centered_affine_matrix(linear[None], (translation * torch.tensor([15.5, 31.5]))[None], (32, 64))
+    assert torch.allclose(out["affine_matrix_vox"], expected, atol=1e-6)
+    # centre maps to centre + translation: (15.5, 31.5) -> (15.5 + 3.875, 31.5 - 15.75)
+    centre = torch.tensor([15.5, 31.5, 1.0])
+    assert torch.allclose(out["affine_matrix_vox"][0] @ centre, torch.tensor([19.375, 15.75, 1.0]), atol=1e-5)
+    # zero deformable field: total field is the affine field and warped is one interpolation
+    assert torch.equal(out["deform_disp_vox"], torch.zeros_like(out["deform_disp_vox"]))
+    assert torch.allclose(out["disp_vox"], fields.affine_to_disp(out["affine_matrix_vox"], (32, 64)), atol=1e-5)
+    assert torch.equal(out["warped"], fields.warp(moving, out["disp_vox"]))
+
+
+def test_affine_then_deformable_composition():
+    model = _build("affine_enhanced", 2)
+    with torch.no_grad():
+        model.affine.head.bias.copy_(torch.tensor([0.05, 0.1, -0.08, 0.02, 0.1, -0.05]))
+    _, fixed = _pair(1, (64, 64))
+    grid = fields.identity_grid((64, 64))
+    moving = (torch.sin(grid[0] / 5.0) * torch.cos(grid[1] / 7.0))[None, None]  # smooth: interpolation ~ exact
+    _scale_flow_head(model, moving, fixed, 2.0)
+    out = model(moving, fixed)
+    assert float(out["deform_disp_vox"].detach().abs().max()) > 1.0
+    # the U-Net saw the affinely warped moving image
+    unet_in = torch.cat([fields.warp(moving, out["affine_disp_vox"]), fixed], dim=1)
+    assert torch.allclose(model.flow(model.unet(unet_in)), out["deform_disp_vox"], atol=1e-6)
+    assert torch.allclose(out["disp_vox"], fields.compose(out["affine_disp_vox"], out["deform_disp_vox"]), atol=1e-6)
+    two_step = fields.warp(fields.warp(moving, out["affine_disp_vox"]), out["deform_disp_vox"])
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))  # away from border padding
+    assert torch.allclose(out["warped"][inner], two_step[inner], atol=0.03)
+    assert not torch.allclose(out["warped"][inner], fields.warp(moving, out["affine_disp_vox"])[inner], atol=0.03)
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_diffeomorphic_mode_integrates_the_velocity(ndim):
+    model = _build("affine_enhanced", ndim, diffeomorphic=True, int_steps=5)
+    moving, fixed = _pair(1, SHAPES[ndim])
+    _scale_flow_head(model, moving, fixed, 3.0)
+    out = model(moving, fixed)
+    vel = out["velocity_vox"]
+    assert vel.shape == out["deform_disp_vox"].shape
+    assert float(vel.detach().abs().max()) > 2.0
+    assert torch.allclose(out["deform_disp_vox"], fields.integrate_velocity(vel, 5), atol=1e-6)
+    assert not torch.allclose(out["deform_disp_vox"], vel, atol=1e-3)
+    out["warped"].mean().backward()
+    assert model.flow.conv.weight.grad is not None
+    assert "velocity_vox" not in _build("baseline", ndim)(moving, fixed)
+
+
+def test_other_feature_lists_and_size_multiple():
+    model = _build("regloss", 2, enc_features=(8, 16), dec_features=(16, 16, 8))
+    assert model.size_multiple == 4
+    out = model(*_pair(1, (12, 20)))
+    assert out["warped"].shape == (1, 1, 12, 20)
+    with pytest.raises(ValueError, match="dec_features"):
+        build_model("baseline", 2, enc_features=(8, 16, 16), dec_features=(16, 16))
+    with pytest.raises(ValueError, match="unknown architecture option"):
+        build_model("baseline", 2, tanh_scale=0.3)
+    with pytest.raises(ValueError, match="ndim"):
+        build_model("baseline", 4)
+    with pytest.raises(ValueError, match="unknown variant"):
+        build_model("affine_plus", 2)
+
+
+def test_config_is_json_safe_and_rebuilds_the_same_architecture():
+    model = _build("affine_enhanced", 2, diffeomorphic=True, enc_features=(8, 16), dec_features=(16, 16, 8))
+    cfg = model.config()
+    cfg2 = json.loads(json.dumps(cfg))
+    assert cfg2 == cfg
+    rebuilt = model_from_config(cfg2)
+    assert rebuilt.variant == model.variant and rebuilt.ndim == 2 and rebuilt.arch == model.arch
+    rebuilt.load_state_dict(model.state_dict())  # strict: identical parameter names and shapes
+    moving, fixed = _pair(1, (32, 32))
+    assert torch.equal(rebuilt(moving, fixed)["disp_vox"], model(moving, fixed)["disp_vox"])
+    assert set(cfg["arch"]) == set(DEFAULT_ARCH)
+    with pytest.raises(ValueError, match="arch"):
+        model_from_config({"variant": cfg["variant"], "ndim": 2})
+
+
+def test_bad_input_raises_value_error_naming_argument_and_shapes():
+    model3 = _build("affine_basic", 3)
+    model2 = _build("baseline", 2)
+    a3 = torch.rand(1, 1, 32, 32, 32)
+    with pytest.raises(ValueError, match=r"moving and fixed shapes differ.*\(1, 1, 32, 32, 32\).*\(1, 1, 32, 32, 16\)"):
+        model3(a3, torch.rand(1, 1, 32, 32, 16))
+    with pytest.raises(ValueError, match=r"\(32, 40\) must be divisible by 16"):
+        model2(torch.rand(1, 1, 32, 40), torch.rand(1, 1, 32, 40))
+    with pytest.raises(ValueError, match=r"moving .*3D model.*\(1, 1, 64, 64\)"):
+        model3(torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"fixed must have 1 channel.*\(1, 2, 64, 64\)"):
+        model2(torch.rand(1, 1, 64, 64), torch.rand(1, 2, 64, 64))
+    bad = torch.rand(1, 1, 64, 64)
+    bad[0, 0, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="fixed contains NaN"):
+        model2(torch.rand(1, 1, 64, 64), bad)
+    with pytest.raises(ValueError, match="floating point"):
+        model2(torch.ones(1, 1, 64, 64, dtype=torch.int64), torch.rand(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="torch.Tensor"):
+        model2(torch.rand(1, 1, 64, 64).numpy(), torch.rand(1, 1, 64, 64))
+
+
+def test_module_constants_match_the_contract():
+    assert DEFAULT_ARCH == dict(
+        enc_features=(16, 32, 32, 32),
+        dec_features=(32, 32, 32, 32, 32, 16, 16),
+        diffeomorphic=False,
+        int_steps=7,
+        affine_features=(16, 32, 64, 64),
+    )
+    assert networks.LEAKY_SLOPE == 0.2

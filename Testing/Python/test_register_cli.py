@@ -1,0 +1,172 @@
+"""`deepreg-ablation register`: every output file, clean errors (status 2, no trace), --out safety."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from _registration_helpers import label_volume, oblique_matrix, smooth_volume
+from DeepRegAblationLib.checkpoints import save_checkpoint
+from DeepRegAblationLib.exports import METRIC_COLUMNS
+from DeepRegAblationLib.imageio import ImageData, write_image
+from DeepRegAblationLib.inference import RegistrationResult, shipped_model_path
+from DeepRegAblationLib.networks import build_model
+from DeepRegAblationTrainingLib import cli
+
+VARIANTS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
+PER_VARIANT = ("warped.nii.gz", "warped_labels.nii.gz", "jacobian.nii.gz", "affine.tfm", "displacement.nii.gz",
+               "transform.h5", "result.npz")  # fmt: skip
+SNAPSHOTS = ("glyphs.png", "jacobian.png", "checkerboard.png")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Tiny 3D fixed / moving NIfTI files (oblique, anisotropic, different grids) with labels."""
+    root = tmp_path_factory.mktemp("inputs")
+    fixed = ImageData(smooth_volume((16, 16, 16), 0), oblique_matrix([1.2, 1.0, 1.5], [5, -10, 8], [0, 0, 0]))
+    moving = ImageData(smooth_volume((18, 18, 20), 1), oblique_matrix([1.1, 1.3, 1.2], [-3, 6, 12], [2, -1, 1]))
+    paths = {
+        "fixed": write_image(root / "fixed.nii.gz", fixed),
+        "moving": write_image(root / "moving.nii.gz", moving),
+        "fixed_labels": write_image(root / "fixed_labels.nii.gz", ImageData(label_volume(fixed.array), fixed.ijk_to_ras)),
+        "moving_labels": write_image(root / "moving_labels.nii.gz", ImageData(label_volume(moving.array), moving.ijk_to_ras)),
+        "slice": write_image(root / "slice.nii.gz", ImageData(smooth_volume((1, 16, 16), 2), fixed.ijk_to_ras)),
+    }
+    nan = fixed.array.copy()
+    nan[:] = np.nan
+    paths["nan"] = root / "nan.nii.gz"
+    import SimpleITK as sitk  # write the NaNs as they are (write_image refuses them)
+
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(paths["nan"]))
+    far = fixed.ijk_to_ras.copy()
+    far[:3, 3] += [400.0, 0.0, 0.0]
+    paths["far"] = write_image(root / "far.nii.gz", ImageData(moving.array, far))
+    return paths
+
+
+def _run(capsys, *argv):
+    code = cli.main(["register", *[str(a) for a in argv]])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def all_variants(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    argv = ["register", "--fixed", inputs["fixed"], "--moving", inputs["moving"],
+            "--fixed-labels", inputs["fixed_labels"], "--moving-labels", inputs["moving_labels"],
+            "--variant", "all", "--device", "cpu", "--save-npz", "--out", out]  # fmt: skip
+    code = cli.main([str(a) for a in argv])
+    return code, out
+
+
+def test_register_all_writes_every_file(all_variants, capfd):
+    code, out = all_variants
+    assert code == 0
+    for variant in VARIANTS:
+        for name in PER_VARIANT:
+            assert (out / variant / name).is_file(), f"{variant}/{name} missing"
+    rows = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    assert [r["variant"] for r in rows] == list(VARIANTS)
+    assert list(rows[0]) == list(METRIC_COLUMNS)
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    assert [r["variant"] for r in json.loads((out / "metrics.json").read_text())] == list(VARIANTS)
+    result = RegistrationResult.load(out / "baseline" / "result.npz")
+    assert result.variant == "baseline" and result.warped.shape == (16, 16, 16)
+    assert result.warped_labels is not None
+    # PNG snapshots and the Slicer scene (when VTK / slicer-core are importable, as in the test env)
+    try:
+        import slicer  # noqa: F401
+        import vtk  # noqa: F401
+    except ImportError:
+        pytest.skip("VTK / slicer-core not installed: snapshots and the scene are optional")
+    for variant in VARIANTS:
+        for name in SNAPSHOTS:
+            assert (out / variant / name).stat().st_size > 1000
+    mrml = out / "scene" / "DeepRegAblation-results.mrml"
+    assert mrml.is_file() and "<MRML" in mrml.read_text()[:500]
+
+
+def test_existing_output_directory(all_variants, inputs, tmp_path, capsys):
+    _, out = all_variants
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    code, _, err = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["moving"], "--variant", "baseline",
+                        "--out", foreign)  # fmt: skip
+    assert code == 2 and "--out" in err and "not empty" in err and "Traceback" not in err
+    assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
+    # a directory written by this command may be written again (and says so)
+    code, stdout, err = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["moving"], "--variant", "baseline",
+                             "--device", "cpu", "--out", out)  # fmt: skip
+    assert code == 0 and "replacing" in stdout and "baseline" in stdout
+    if shipped_model_path("baseline", 3) is None:
+        assert "UNTRAINED" in err
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "fixed image (--fixed) file not found"),
+        ("nan", "fixed image (--fixed)"),
+        ("2d_vs_3d", "--moving is a 2D (single-slice) image"),
+        ("no_overlap", "do not overlap"),
+        ("model_file_for_all", "--variant all needs a directory"),
+        ("missing_model", "--model not found"),
+    ],
+)
+def test_bad_inputs_exit_2_naming_the_input(inputs, tmp_path, capsys, case, expected):
+    fixed, moving, extra = inputs["fixed"], inputs["moving"], []
+    if case == "missing":
+        fixed = tmp_path / "nope.nii.gz"
+    elif case == "nan":
+        fixed = inputs["nan"]
+    elif case == "2d_vs_3d":
+        moving = inputs["slice"]
+    elif case == "no_overlap":
+        moving = inputs["far"]
+    elif case == "model_file_for_all":
+        extra = ["--model", save_checkpoint(tmp_path / "b.pt", build_model("baseline", 3)), "--variant", "all"]
+    elif case == "missing_model":
+        extra = ["--model", tmp_path / "none.pt", "--variant", "baseline"]
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "--fixed", fixed, "--moving", moving, *extra, "--out", out)
+    assert code == 2
+    assert err.startswith("error: ") and expected in err, err
+    assert "Traceback" not in err
+    if case == "nan":
+        assert "NaN" in err
+    assert not out.exists()  # nothing written for a bad input
+
+
+def test_checkpoint_is_used_and_checked(inputs, tmp_path, capsys):
+    model = build_model("baseline", 3)
+    with torch.no_grad():
+        model.flow.conv.weight.zero_()
+        model.flow.conv.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))  # one voxel along k everywhere
+    models = tmp_path / "models"
+    save_checkpoint(models / "baseline.pt", model)
+    code, stdout, err = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["moving"], "--variant", "baseline",
+                             "--model", models, "--device", "cpu", "--out", tmp_path / "out")  # fmt: skip
+    assert code == 0 and "UNTRAINED" not in err
+    row = json.loads((tmp_path / "out" / "metrics.json").read_text())[0]
+    assert row["max_disp_mm"] == pytest.approx(1.5, rel=1e-4)  # k spacing of the fixed image
+    code, _, err = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["moving"], "--variant", "regloss",
+                        "--model", models / "baseline.pt", "--out", tmp_path / "out2")  # fmt: skip
+    assert code == 2 and "holds variant 'baseline', not 'regloss'" in err
+
+
+def test_console_process_exit_status(inputs, tmp_path):
+    """A real process: status 2 and one error line, no Python trace."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "DeepRegAblationTrainingLib.cli", "register", "--fixed", str(tmp_path / "x.nii.gz"),
+         "--moving", str(inputs["moving"]), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "error: fixed image (--fixed) file not found" in proc.stderr and "Traceback" not in proc.stderr

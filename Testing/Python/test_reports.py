@@ -1,0 +1,162 @@
+"""reports.py: ablation summary statistics, Markdown/CSV report, figures, sweep report."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from DeepRegAblationLib import networks
+from DeepRegAblationTrainingLib import evaluation, reports
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(n_pairs: int = 12, seed: int = 0):
+    """Per-pair rows of four variants: regloss clearly better Dice, affine_basic equal to baseline."""
+    rng = np.random.default_rng(seed)
+    base_dice = rng.uniform(0.6, 0.7, n_pairs)
+    base_fold = rng.uniform(1.0, 3.0, n_pairs)
+    offsets = {"baseline": 0.0, "regloss": 0.05, "affine_basic": 0.0, "affine_enhanced": -0.01}
+    rows = []
+    for variant, off in offsets.items():
+        noise = 0.0 if off == 0.0 else rng.normal(0, 0.005, n_pairs)
+        for i in range(n_pairs):
+            rows.append({
+                "variant": variant,
+                "checkpoint": f"{variant}.pt",
+                "pair_id": f"p{i}",
+                "dice": float(base_dice[i] + off + (noise[i] if off else 0.0)),
+                "folding_pct": float(base_fold[i] * (0.1 if off > 0 else 1.0)),
+                "mse": float(0.01 + rng.uniform(0, 1e-3)),
+                "tre_true_mm": math.nan,
+            })
+    return rows
+
+
+def test_summarize_ablation_statistics():
+    rows = _rows()
+    summary = reports.summarize_ablation(rows, baseline="baseline")
+    assert [e["variant"] for e in summary] == ["baseline", "regloss", "affine_basic", "affine_enhanced"]
+    by = {e["variant"]: e for e in summary}
+    base_mean = np.mean([r["dice"] for r in rows if r["variant"] == "baseline"])
+    reg_mean = np.mean([r["dice"] for r in rows if r["variant"] == "regloss"])
+    assert by["baseline"]["dice_mean"] == pytest.approx(base_mean)
+    assert by["regloss"]["dice_rel_change"] == pytest.approx((reg_mean - base_mean) / base_mean)
+    assert math.isnan(by["baseline"]["dice_p"])
+    # 12 pairs all improved: exact two-sided Wilcoxon p = 2 / 2**12
+    assert by["regloss"]["dice_p"] == pytest.approx(2.0 / 2**12)
+    assert by["affine_basic"]["dice_p"] == 1.0  # identical values
+    for metric in ("dice", "folding_pct", "mse"):
+        p = np.array([by[v][f"{metric}_p"] for v in ("regloss", "affine_basic", "affine_enhanced")])
+        q = np.array([by[v][f"{metric}_q"] for v in ("regloss", "affine_basic", "affine_enhanced")])
+        assert np.all((p >= 0) & (p <= 1)) and np.all(q >= p - 1e-15) and np.all(q <= 1)
+        order = np.argsort(p)
+        assert np.all(np.diff(q[order]) >= -1e-15)
+    assert "tre_true_mm_mean" not in by["baseline"]  # all-NaN metrics are left out
+    with pytest.raises(ValueError, match="baseline"):
+        reports.summarize_ablation(rows, baseline="nope")
+
+
+def test_pairing_is_by_pair_id_not_order():
+    rows = _rows(n_pairs=8)
+    shuffled = [r for r in rows if r["variant"] == "baseline"][::-1] + [r for r in rows if r["variant"] != "baseline"]
+    a = {e["variant"]: e for e in reports.summarize_ablation(rows)}
+    b = {e["variant"]: e for e in reports.summarize_ablation(shuffled)}
+    assert b["affine_basic"]["dice_p"] == 1.0
+    assert a["regloss"]["dice_p"] == pytest.approx(b["regloss"]["dice_p"])
+
+
+def _example():
+    model = networks.build_model("baseline", ndim=2)
+    with torch.no_grad():
+        model.flow.conv.weight.zero_()
+        yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    img = torch.exp(-((yy - 16) ** 2 + (xx - 14) ** 2) / 40.0)
+    item = {"moving": img[None], "fixed": torch.roll(img, 2, 1)[None], "spacing_mm": torch.ones(2), "pair_id": "x"}
+    # a field that folds in the middle, to exercise the fold contour
+    pred = evaluation.predict_pair(model, item)
+    pred.disp_vox = np.stack([np.zeros((32, 32)), 3.0 * np.sin(np.arange(32) / 2.0)[None].repeat(32, 0)]).astype(np.float32)
+    from DeepRegAblationLib import fields
+
+    pred.jacobian = fields.jacobian_determinant(torch.from_numpy(pred.disp_vox)[None])[0].numpy()
+    return pred
+
+
+def _write_log(path, n=40, scale=1.0):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "epoch", "loss", "similarity", "val_dice"])
+        for s in range(n):
+            w.writerow([s, s // 10, scale * math.exp(-s / 10), 0.5 * math.exp(-s / 10), (0.5 + s / 100) if s % 10 == 9 else ""])
+    return path
+
+
+def test_write_ablation_report(tmp_path):
+    rows = _rows()
+    logs = {v: _write_log(tmp_path / f"{v}.csv", scale=1 + i) for i, v in enumerate(["baseline", "regloss"])}
+    example = _example()
+    assert (example.jacobian <= 0).any()  # the figure outlines the folds
+    paths = reports.write_ablation_report(
+        tmp_path / "out", rows, baseline="baseline", command="deepreg-ablation ablation --steps 2",
+        setup={"data": "synthetic"}, training_logs=logs, examples={"baseline": example, "regloss": example},
+        notes=["Budget: 2 steps."],
+    )
+    for key in ("report", "summary", "training_curves", "accuracy_vs_folding", "examples"):
+        assert paths[key].is_file(), key
+    for key in ("training_curves", "accuracy_vs_folding", "examples"):
+        data = paths[key].read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+    with open(paths["summary"], newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["variant"] for r in table] == ["baseline", "regloss", "affine_basic", "affine_enhanced"]
+    for r in table[1:]:
+        p, q = float(r["dice_p"]), float(r["dice_q"])
+        assert 0 <= p <= q <= 1
+    text = paths["report"].read_text()
+    assert "deepreg-ablation ablation --steps 2" in text and "Budget: 2 steps." in text
+    assert text.count("| regloss |") == 4  # two metric groups, each a results table and a p/q table
+    assert "figures/examples.png" in text
+
+
+def test_deformation_grid_follows_the_field():
+    from matplotlib.figure import Figure
+
+    disp = np.zeros((2, 16, 16))
+    disp[1] += 2.5  # columns shifted by +2.5
+    ax = Figure().add_subplot(1, 1, 1)
+    reports.draw_deformation_grid(ax, disp, step=4)
+    xs = np.concatenate([line.get_xdata() for line in ax.lines])
+    ys = np.concatenate([line.get_ydata() for line in ax.lines])
+    assert xs.min() == pytest.approx(2.5) and xs.max() == pytest.approx(15 + 2.5)
+    assert ys.min() == pytest.approx(0.0) and ys.max() == pytest.approx(15.0)
+    with pytest.raises(ValueError, match="disp_vox"):
+        reports.draw_deformation_grid(ax, np.zeros((3, 4, 4, 4)))
+
+
+def test_parse_reference_and_sweep_report(tmp_path):
+    ref = reports.parse_reference("l2:0.001:folding_pct=4.1,l2:0.001:mse=0.00222,bending:0.01:mse=0.003")
+    assert ref[("l2", 0.001)] == {"folding_pct": 4.1, "mse": 0.00222}
+    with pytest.raises(ValueError, match="TYPE:LAMBDA:METRIC=VALUE"):
+        reports.parse_reference("l2=4")
+    rng = np.random.default_rng(0)
+    runs, rows = [], []
+    for reg_type, lam in [("l2", 0.001), ("l2", 0.01), ("l2", 0.1), ("l1", 0.01), ("bending", 0.01)]:
+        vid = f"{reg_type}_{lam:g}"
+        runs.append({"variant": vid, "reg_type": reg_type, "lambda": lam})
+        for i in range(5):
+            rows.append({"variant": vid, "pair_id": f"p{i}", "dice": 0.7 - lam + rng.normal(0, 0.01),
+                         "folding_pct": 1.0 / (1 + 100 * lam), "mse": 0.002 + lam / 10})
+    paths = reports.write_sweep_report(tmp_path, rows, runs, reference=reports.BUILTIN_SWEEP_REFERENCE,
+                                       reference_source="test", command="deepreg-ablation sweep")
+    assert paths["sweep_curves"].read_bytes()[:8] == PNG_MAGIC
+    with open(paths["summary"], newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 5
+    assert float(table[0]["ref_folding_pct"]) == 4.1 and float(table[1]["ref_mse"]) == 0.00296
+    assert table[3]["ref_folding_pct"] == ""  # no reference for l1
+    assert float(table[0]["folding_pct_mean"]) == pytest.approx(1.0 / 1.1)
+    text = paths["report"].read_text()
+    assert "ref. MSE" in text and "| l2 | 0.001 | 5 |" in text

@@ -1,0 +1,495 @@
+"""Scene adapter tests on a REAL vtkMRMLScene (the slicer-core package): grid transform
+semantics, hardening, node reuse, display settings, metrics table, scene files.
+
+Geometry is deliberately awkward: anisotropic spacing, OBLIQUE direction matrices, and
+different fixed and moving grids.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML) is not installed")
+
+from DeepRegAblationLib import fields, geometry, metrics, scene, snapshots  # noqa: E402
+from DeepRegAblationLib.imageio import ImageData  # noqa: E402
+from DeepRegAblationLib.inference import RegistrationResult  # noqa: E402
+
+
+# --------------------------------------------------------------------------- synthetic case
+def _rotation(axis: int, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    a, b = [n for n in range(3) if n != axis]
+    rot = np.eye(3)
+    rot[a, a], rot[a, b], rot[b, a], rot[b, b] = c, -s, s, c
+    return rot
+
+
+FIXED_SHAPE = (9, 14, 12)  # (K, J, I)
+FIXED_MATRIX = geometry.matrix_from_geometry(
+    [1.3, 0.9, 2.1], _rotation(2, 0.35) @ _rotation(0, 0.25), [-6.0, -4.0, -7.0]
+)
+
+
+def _centre(shape, matrix) -> np.ndarray:
+    return geometry.voxel_to_ras((np.asarray(shape[::-1]) - 1) / 2.0, matrix)
+
+
+def _grid_centred_on(centre_ras, shape, spacing_ijk, direction) -> np.ndarray:
+    origin = np.asarray(centre_ras) - direction @ (np.asarray(spacing_ijk) * (np.asarray(shape[::-1]) - 1) / 2.0)
+    return geometry.matrix_from_geometry(spacing_ijk, direction, origin)
+
+
+MOVING_SHAPE = (28, 30, 30)  # covers the fixed field of view plus the displacement
+MOVING_MATRIX = _grid_centred_on(
+    _centre(FIXED_SHAPE, FIXED_MATRIX) + [0.7, -0.4, 0.3], MOVING_SHAPE, [1.1, 1.2, 1.0], _rotation(1, -0.3)
+)
+
+
+def _moving_intensity(points_ras: np.ndarray) -> np.ndarray:
+    """A smooth test image defined everywhere in RAS (mm)."""
+    c = _centre(FIXED_SHAPE, FIXED_MATRIX)
+    q = points_ras - c
+    blob = np.exp(-np.sum((q / [6.0, 7.0, 8.0]) ** 2, axis=-1))
+    waves = 20.0 * np.sin(q[..., 0] / 4.0) * np.cos(q[..., 1] / 5.0)
+    return (100.0 * blob + waves + 5.0 * q[..., 2] / 10.0).astype(np.float32)
+
+
+def _displacement(points_ras: np.ndarray, amplitude: float = 2.5) -> np.ndarray:
+    """A smooth, invertible displacement (RAS mm), not aligned with any grid axis."""
+    c = _centre(FIXED_SHAPE, FIXED_MATRIX)
+    q = (points_ras - c) / 6.0
+    return amplitude * np.stack(
+        [np.sin(q[..., 1]) + 0.3, np.cos(q[..., 0]) * 0.8 - 0.2, 0.5 * np.sin(q[..., 0] + q[..., 2])], axis=-1
+    )
+
+
+def _affine() -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(2, 0.05) * 1.02
+    affine[:3, 3] = [1.5, -0.7, 0.4]
+    return affine
+
+
+def _make_case(variant: str = "baseline", amplitude: float = 2.5, with_labels: bool = True):
+    fixed_points = geometry.grid_points_ras(FIXED_SHAPE, FIXED_MATRIX)
+    moving_points = geometry.grid_points_ras(MOVING_SHAPE, MOVING_MATRIX)
+    moving = ImageData(_moving_intensity(moving_points), MOVING_MATRIX, "moving")
+    fixed = ImageData(_moving_intensity(fixed_points), FIXED_MATRIX, "fixed")
+    disp_ras_mm = _displacement(fixed_points, amplitude).astype(np.float32)
+    # OUR warp: the moving image sampled at p + u(p) (geometry/fields, not VTK)
+    warped = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, fixed_points + disp_ras_mm)
+    disp_vox = torch.from_numpy(geometry.ras_mm_to_disp_vox(disp_ras_mm, FIXED_MATRIX)).float()[None]
+    jacobian = fields.jacobian_determinant(disp_vox)[0].numpy()
+    labels = (warped > np.percentile(warped, 60)).astype(np.int32) + (warped > np.percentile(warped, 90))
+    fixed_labels = (fixed.array > np.percentile(fixed.array, 60)).astype(np.int32)
+    values = metrics.registration_metrics(
+        fixed.array, warped, disp_vox[0].numpy(), geometry.spacing_kji(FIXED_MATRIX),
+        fixed_labels if with_labels else None, labels if with_labels else None,
+    )
+    values["runtime_s"] = 0.25 + len(variant) / 100.0
+    result = RegistrationResult(
+        variant=variant,
+        fixed_ijk_to_ras=FIXED_MATRIX.copy(),
+        warped=warped.astype(np.float32),
+        warped_labels=labels if with_labels else None,
+        affine_ras=_affine(),
+        disp_ras_mm=disp_ras_mm,
+        deform_disp_ras_mm=disp_ras_mm,
+        jacobian=jacobian.astype(np.float32),
+        metrics=values,
+        timings={"model": 0.2},
+    )
+    return fixed, moving, result
+
+
+def _scene_with_inputs(fixed: ImageData, moving: ImageData):
+    mrml = slicer.vtkMRMLScene()
+    fixed_node = scene.add_volume_node(mrml, fixed, "fixed")
+    moving_node = scene.add_volume_node(mrml, moving, "moving")
+    return mrml, fixed_node, moving_node
+
+
+def _matrix(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _interior(points_ras: np.ndarray, shape, matrix, margin: float = 1.0) -> np.ndarray:
+    """Mask of points at least ``margin`` voxels inside a grid."""
+    ijk = geometry.ras_to_voxel(points_ras, matrix)
+    sizes = np.asarray(shape[::-1], dtype=float)
+    return np.all((ijk >= margin) & (ijk <= sizes - 1 - margin), axis=-1)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return _make_case()
+
+
+# --------------------------------------------------------------------------- volumes
+def test_image_data_round_trip_through_volume_node(case):
+    fixed, _, _ = case
+    mrml = slicer.vtkMRMLScene()
+    node = scene.add_volume_node(mrml, fixed, "fixed")
+    back = scene.image_data_from_volume_node(node)
+    assert back.array.shape == fixed.array.shape == tuple(slicer.util.arrayFromVolume(node).shape)
+    np.testing.assert_array_equal(back.array, fixed.array)
+    np.testing.assert_allclose(back.ijk_to_ras, FIXED_MATRIX, atol=1e-12)
+    assert back.name == "fixed"
+    # a linear parent transform moves the volume in world space: the ImageData follows it
+    shift = np.eye(4)
+    shift[:3, 3] = [3.0, -2.0, 5.0]
+    parent = mrml.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    parent.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    node.SetAndObserveTransformNodeID(parent.GetID())
+    np.testing.assert_allclose(scene.image_data_from_volume_node(node).ijk_to_ras, shift @ FIXED_MATRIX, atol=1e-12)
+    with pytest.raises(ValueError, match="volume_node"):
+        scene.image_data_from_volume_node(parent)
+    with pytest.raises(ValueError, match="no image data"):
+        scene.image_data_from_volume_node(mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty"))
+
+
+# --------------------------------------------------------------------------- the grid transform
+def test_grid_transform_from_parent_is_p_plus_u_at_voxel_centres(case):
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    nodes = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)
+    transform_node = nodes["transform"]
+    assert transform_node.IsA("vtkMRMLGridTransformNode")
+    from_parent = transform_node.GetTransformFromParent()
+    assert from_parent.IsA("vtkOrientedGridTransform")
+    assert not from_parent.GetInverseFlag()  # stored FROM parent (resampling direction)
+    direction = _matrix(from_parent.GetGridDirectionMatrix())[:3, :3]
+    np.testing.assert_allclose(direction, geometry.direction_from_matrix(FIXED_MATRIX), atol=1e-12)
+    assert not np.allclose(direction, np.eye(3), atol=0.1)  # really oblique
+    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(transform_node), result.disp_ras_mm, atol=1e-6)
+
+    points = geometry.grid_points_ras(FIXED_SHAPE, FIXED_MATRIX).reshape(-1, 3)
+    expected = points + result.disp_ras_mm.reshape(-1, 3)
+    mapped = np.array([from_parent.TransformPoint(*p) for p in points])
+    assert np.abs(mapped - expected).max() < 1e-4
+    # the node's own world mapping agrees (no parent: from parent = from world)
+    from vtkmodules.vtkCommonTransforms import vtkGeneralTransform
+
+    from_world = vtkGeneralTransform()
+    transform_node.GetTransformFromWorld(from_world)
+    picks = np.random.default_rng(0).choice(len(points), 50, replace=False)
+    mapped_world = np.array([from_world.TransformPoint(*points[n]) for n in picks])
+    assert np.abs(mapped_world - expected[picks]).max() < 1e-4
+
+    # between voxel centres: trilinear interpolation of u in the fixed index space, as ours
+    rng = np.random.default_rng(1)
+    ijk = rng.uniform(0, 1, (200, 3)) * (np.asarray(FIXED_SHAPE[::-1]) - 1)
+    between = geometry.voxel_to_ras(ijk, FIXED_MATRIX)
+    ours = np.stack([geometry.sample_at_ras(result.disp_ras_mm[..., c], FIXED_MATRIX, between) for c in range(3)], -1)
+    theirs = np.array([from_parent.TransformPoint(*p) for p in between]) - between
+    assert np.abs(theirs - ours).max() < 1e-4
+
+
+def test_resampling_moving_through_mrml_transform_reproduces_our_warp(case):
+    """What Slicer's slice views / resampling do: world point -> TransformFromWorld -> moving IJK."""
+    from vtkmodules.vtkCommonTransforms import vtkGeneralTransform
+    from vtkmodules.vtkImagingCore import vtkImageReslice
+    from vtkmodules.util import numpy_support
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    nodes = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)
+    moving_node.SetAndObserveTransformNodeID(nodes["transform"].GetID())
+
+    world_to_moving = vtkGeneralTransform()
+    moving_node.GetParentTransformNode().GetTransformFromWorld(world_to_moving)
+    resample = vtkGeneralTransform()
+    resample.PostMultiply()
+    resample.Concatenate(slicer.util.vtkMatrixFromArray(FIXED_MATRIX))  # output IJK -> world
+    resample.Concatenate(world_to_moving)  # world -> moving volume's RAS
+    resample.Concatenate(slicer.util.vtkMatrixFromArray(np.linalg.inv(MOVING_MATRIX)))  # -> moving IJK
+    reslice = vtkImageReslice()
+    reslice.SetInputData(moving_node.GetImageData())
+    reslice.SetResliceTransform(resample)
+    reslice.SetInterpolationModeToLinear()
+    reslice.SetOutputOrigin(0.0, 0.0, 0.0)
+    reslice.SetOutputSpacing(1.0, 1.0, 1.0)
+    reslice.SetOutputExtent(0, FIXED_SHAPE[2] - 1, 0, FIXED_SHAPE[1] - 1, 0, FIXED_SHAPE[0] - 1)
+    reslice.SetBackgroundLevel(0.0)
+    reslice.Update()
+    resliced = numpy_support.vtk_to_numpy(reslice.GetOutput().GetPointData().GetScalars()).reshape(FIXED_SHAPE)
+
+    points = geometry.grid_points_ras(FIXED_SHAPE, FIXED_MATRIX)
+    inside = _interior(points + result.disp_ras_mm, MOVING_SHAPE, MOVING_MATRIX)
+    assert inside.mean() > 0.8
+    scale = float(np.ptp(result.warped))
+    error = np.abs(resliced - result.warped)[inside].max()
+    assert error < 1e-4 * scale, error
+    # and the check has teeth: the unwarped moving image differs a lot
+    unwarped = geometry.resample_to_grid(moving.array, MOVING_MATRIX, FIXED_MATRIX, FIXED_SHAPE)
+    assert np.abs(unwarped - result.warped)[inside].max() > 0.05 * scale
+
+
+def test_hardening_the_transform_on_the_moving_volume_reproduces_our_warp(case):
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    nodes = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)
+    hardened_node = scene.add_volume_node(mrml, moving, "moving-hardened", reuse=False)
+    hardened_node.SetAndObserveTransformNodeID(nodes["transform"].GetID())
+    assert slicer.vtkSlicerTransformLogic.hardenTransform(hardened_node)
+    assert hardened_node.GetParentTransformNode() is None
+    hardened = scene.image_data_from_volume_node(hardened_node)  # on the moving grid: m(q + u(q))
+
+    points = geometry.grid_points_ras(FIXED_SHAPE, FIXED_MATRIX)
+    inside = _interior(points, MOVING_SHAPE, MOVING_MATRIX, margin=2.0) & _interior(
+        points + result.disp_ras_mm, MOVING_SHAPE, MOVING_MATRIX, margin=2.0)
+    assert inside.mean() > 0.6
+    on_fixed = geometry.sample_at_ras(hardened.array, hardened.ijk_to_ras, points)  # one more linear interpolation
+    scale = float(np.ptp(result.warped))
+    error = np.abs(on_fixed - result.warped)[inside]
+    # the opposite direction (transform TO parent) for comparison
+    reverse_node = scene.add_volume_node(mrml, moving, "moving-reverse", reuse=False)
+    inverse = mrml.AddNewNodeByClass("vtkMRMLGridTransformNode", "inverse")
+    inverse.SetAndObserveTransformToParent(nodes["transform"].GetTransformFromParent())
+    reverse_node.SetAndObserveTransformNodeID(inverse.GetID())
+    assert slicer.vtkSlicerTransformLogic.hardenTransform(reverse_node)
+    reverse = scene.image_data_from_volume_node(reverse_node)
+    reverse_error = np.abs(geometry.sample_at_ras(reverse.array, reverse.ijk_to_ras, points) - result.warped)[inside]
+    assert error.mean() < 0.01 * scale, (error.mean(), scale)
+    assert error.max() < 0.06 * scale, (error.max(), scale)
+    assert reverse_error.mean() > 5 * error.mean()
+
+
+# --------------------------------------------------------------------------- nodes, reuse, display
+def test_nodes_affine_reuse_and_display(case):
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    nodes = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)
+    assert set(nodes) == {"warped", "affine", "transform", "jacobian", "warped_labels", "folder"}
+    assert nodes["warped"].GetName() == "moving-baseline-warped"
+
+    # warped volume and labels on the fixed grid
+    np.testing.assert_allclose(scene.image_data_from_volume_node(nodes["warped"]).ijk_to_ras, FIXED_MATRIX, atol=1e-12)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["warped"]), result.warped)
+    assert nodes["warped_labels"].IsA("vtkMRMLLabelMapVolumeNode")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["warped_labels"]), result.warped_labels)
+
+    # affine: fixed -> moving = transform FROM parent
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    from_parent, to_parent = vtkMatrix4x4(), vtkMatrix4x4()
+    nodes["affine"].GetMatrixTransformFromParent(from_parent)
+    nodes["affine"].GetMatrixTransformToParent(to_parent)
+    np.testing.assert_allclose(_matrix(from_parent), result.affine_ras, atol=1e-12)
+    np.testing.assert_allclose(_matrix(to_parent), np.linalg.inv(result.affine_ras), atol=1e-12)
+
+    # Jacobian: colour table attached, window/level centred at 1, 1 -> white, folded -> green
+    jac_display = nodes["jacobian"].GetDisplayNode()
+    color_node = jac_display.GetColorNode()
+    assert color_node is not None and color_node.GetName() == scene.JACOBIAN_COLOR_NAME
+    assert not jac_display.GetAutoWindowLevel()
+    assert jac_display.GetLevel() == pytest.approx(1.0)
+    low = jac_display.GetLevel() - jac_display.GetWindow() / 2
+    high = jac_display.GetLevel() + jac_display.GetWindow() / 2
+    n_colors = color_node.GetNumberOfColors()
+
+    def color_of(det: float) -> np.ndarray:
+        index = int(np.clip(np.floor((det - low) / (high - low) * n_colors), 0, n_colors - 1))
+        rgba = [0.0] * 4
+        color_node.GetColor(index, rgba)
+        return np.array(rgba[:3])
+
+    np.testing.assert_allclose(color_of(1.0), [1, 1, 1], atol=0.02)
+    np.testing.assert_allclose(color_of(-0.3), snapshots.FOLDED_RGB, atol=1 / 255)  # stored as 8 bit
+    assert color_of(0.4)[2] > color_of(0.4)[0]  # contraction blue
+    assert color_of(2.5)[0] > color_of(2.5)[2]  # expansion red
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["jacobian"]), result.jacobian)
+
+    # grid transform display: glyphs (arrows) coloured by magnitude, visible in 2D and 3D
+    display = nodes["transform"].GetDisplayNode()
+    assert display.GetVisualizationMode() == slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH
+    assert display.GetGlyphType() == slicer.vtkMRMLTransformDisplayNode.GLYPH_TYPE_ARROW
+    assert display.GetVisibility() and display.GetVisibility2D() and display.GetVisibility3D()
+    settings = scene.glyph_settings(result.disp_ras_mm, FIXED_MATRIX)
+    assert display.GetGlyphSpacingMm() == pytest.approx(settings["spacing_mm"])
+    assert display.GetGlyphSpacingMm() >= geometry.spacing_from_matrix(FIXED_MATRIX).max()
+    top = np.percentile(np.linalg.norm(result.disp_ras_mm, axis=-1), 99)
+    assert top * display.GetGlyphScalePercent() / 100 == pytest.approx(0.8 * display.GetGlyphSpacingMm())
+    assert display.GetGlyphDisplayRangeMaxMm() >= np.linalg.norm(result.disp_ras_mm, axis=-1).max()
+    ramp = display.GetColorNode().GetColorTransferFunction()
+    assert ramp.GetRange()[1] == pytest.approx(settings["color_top_mm"])
+
+    # subject hierarchy: one folder per variant holding all its nodes
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    assert hierarchy.GetItemName(nodes["folder"]) == "moving-baseline"
+    for key in ("warped", "affine", "transform", "jacobian", "warped_labels"):
+        assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(nodes[key])) == nodes["folder"]
+
+    # running again reuses every node (same IDs, same node count), and updates the data
+    count = mrml.GetNumberOfNodes()
+    _, _, changed = _make_case(amplitude=1.0)
+    again = scene.add_registration_to_scene(mrml, changed, fixed_node, moving_node, reuse=True)
+    assert mrml.GetNumberOfNodes() == count
+    ids = {k: v.GetID() for k, v in nodes.items() if k != "folder"}
+    assert {k: v.GetID() for k, v in again.items() if k != "folder"} == ids
+    assert again["folder"] == nodes["folder"]
+    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(again["transform"]), changed.disp_ras_mm, atol=1e-6)
+    # another variant gets its own nodes and folder; reuse=False always adds
+    other = scene.add_registration_to_scene(mrml, _make_case("regloss")[2], fixed_node, moving_node)
+    assert other["warped"].GetName() == "moving-regloss-warped" and other["folder"] != nodes["folder"]
+    count = mrml.GetNumberOfNodes()
+    fresh = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node, reuse=False)
+    assert mrml.GetNumberOfNodes() > count and fresh["warped"].GetID() != nodes["warped"].GetID()
+
+
+def test_single_slice_2d_result():
+    """A 2D registration lives on a single-slice grid (1, J, I): the grid transform still maps
+    every pixel centre p to p + u(p), and the glyph spacing ignores the slice thickness."""
+    shape = (1, 20, 24)
+    matrix = geometry.matrix_from_geometry([0.8, 1.1, 3.0], _rotation(2, 0.4), [-8.0, -9.0, 2.0])
+    points = geometry.grid_points_ras(shape, matrix)
+    disp = np.zeros(shape + (3,), dtype=np.float32)
+    in_plane = geometry.direction_from_matrix(matrix)[:, :2]
+    disp += (np.sin(points[..., :1] / 5.0) * in_plane[:, 0]
+             + np.cos(points[..., 1:2] / 4.0) * in_plane[:, 1]).astype(np.float32)
+    image = ImageData(np.random.default_rng(0).random(shape).astype(np.float32), matrix, "slice")
+    result = RegistrationResult("baseline", matrix, image.array, None, np.eye(4), disp, disp,
+                                np.ones(shape, np.float32), {}, {})
+    mrml = slicer.vtkMRMLScene()
+    node = scene.add_volume_node(mrml, image, "slice")
+    nodes = scene.add_registration_to_scene(mrml, result, node, node)
+    assert "warped_labels" not in nodes
+    from_parent = nodes["transform"].GetTransformFromParent()
+    flat = points.reshape(-1, 3)
+    mapped = np.array([from_parent.TransformPoint(*p) for p in flat])
+    assert np.abs(mapped - flat - disp.reshape(-1, 3)).max() < 1e-4
+    settings = scene.glyph_settings(disp, matrix)
+    assert settings["spacing_mm"] == pytest.approx(max(1.1, min(24 * 0.8, 20 * 1.1) / 16))  # not 3 mm
+
+
+def test_bad_inputs_raise_value_errors(case):
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    _, _, bad = _make_case()
+    bad.disp_ras_mm = bad.disp_ras_mm[:, :, :5]
+    with pytest.raises(ValueError, match="disp_ras_mm"):
+        scene.add_registration_to_scene(mrml, bad, fixed_node, moving_node)
+    with pytest.raises(ValueError, match="grid"):  # the result belongs to another fixed grid
+        scene.add_registration_to_scene(mrml, result, moving_node, moving_node)
+    with pytest.raises(ValueError, match="scene"):
+        scene.add_registration_to_scene(None, result, fixed_node, moving_node)
+    with pytest.raises(ValueError, match="disp_ras_mm"):
+        scene.grid_transform_from_displacement(np.zeros((3, 4, 5)), FIXED_MATRIX)
+
+
+# --------------------------------------------------------------------------- metrics table
+def test_metrics_table_has_one_row_per_result(case):
+    _, _, result = case
+    no_labels = _make_case("affine_enhanced", with_labels=False)[2]
+    mrml = slicer.vtkMRMLScene()
+    table = scene.update_metrics_table(mrml, [result, no_labels])
+    assert table.IsA("vtkMRMLTableNode") and table.GetName() == scene.METRICS_TABLE_NAME
+    assert table.GetNumberOfRows() == 2
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == list(scene.METRIC_COLUMNS)
+    vtk_table = table.GetTable()
+    assert [vtk_table.GetValueByName(r, "variant").ToString() for r in range(2)] == ["baseline", "affine_enhanced"]
+    for key in scene.METRIC_COLUMNS[1:]:
+        column = slicer.util.arrayFromTableColumn(table, key)
+        np.testing.assert_allclose(column, [result.metrics[key], no_labels.metrics[key]], rtol=1e-12, equal_nan=True)
+    assert not math.isnan(result.metrics["dice"]) and math.isnan(slicer.util.arrayFromTableColumn(table, "dice")[1])
+    assert table.GetColumnUnitLabel("hd95_mm") == "mm"
+    # updating again reuses the table node and replaces its rows
+    again = scene.update_metrics_table(mrml, [no_labels])
+    assert again.GetID() == table.GetID() and again.GetNumberOfRows() == 1
+    assert mrml.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+
+
+# --------------------------------------------------------------------------- scene files
+def test_write_results_scene_loads_back_with_nodes_and_data(tmp_path, case):
+    fixed, moving, result = case
+    second = _make_case("affine_basic", amplitude=1.5, with_labels=False)[2]
+    path = scene.write_results_scene(tmp_path / "out", fixed, moving, [result, second])
+    assert path.suffix == ".mrml" and path.is_file()
+    files = {p.name for p in path.parent.iterdir()}
+    assert "moving-baseline-warped.nrrd" in files and "moving-baseline-transform.h5" in files
+    assert "moving-baseline-affine.h5" in files and "DeepRegAblation_metrics.tsv" in files
+    text = path.read_text()
+    assert str(tmp_path) not in text  # data files referenced relative to the scene file
+
+    loaded = scene.load_results_scene(path)
+
+    def node(name, class_name):
+        found = loaded.GetFirstNode(name, class_name)
+        assert found is not None, name
+        return found
+
+    fixed_back = scene.image_data_from_volume_node(node("fixed", "vtkMRMLScalarVolumeNode"))
+    np.testing.assert_allclose(fixed_back.array, fixed.array)
+    np.testing.assert_allclose(fixed_back.ijk_to_ras, FIXED_MATRIX, atol=1e-5)
+    moving_back = scene.image_data_from_volume_node(node("moving", "vtkMRMLScalarVolumeNode"))
+    np.testing.assert_allclose(moving_back.array, moving.array)
+    np.testing.assert_allclose(moving_back.ijk_to_ras, MOVING_MATRIX, atol=1e-5)
+    for res, labels in ((result, True), (second, False)):
+        base = f"moving-{res.variant}"
+        warped = scene.image_data_from_volume_node(node(f"{base}-warped", "vtkMRMLScalarVolumeNode"))
+        np.testing.assert_allclose(warped.array, res.warped)
+        np.testing.assert_allclose(warped.ijk_to_ras, FIXED_MATRIX, atol=1e-5)
+        jacobian_node = node(f"{base}-jacobian", "vtkMRMLScalarVolumeNode")
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(jacobian_node), res.jacobian)
+        assert jacobian_node.GetDisplayNode().GetColorNode().GetName() == scene.JACOBIAN_COLOR_NAME
+        assert jacobian_node.GetDisplayNode().GetLevel() == pytest.approx(1.0)
+        labels_node = loaded.GetFirstNode(f"{base}-warped-labels", "vtkMRMLLabelMapVolumeNode")
+        assert (labels_node is not None) == labels
+        if labels:
+            np.testing.assert_array_equal(slicer.util.arrayFromVolume(labels_node), res.warped_labels)
+        grid = node(f"{base}-transform", "vtkMRMLGridTransformNode")
+        np.testing.assert_allclose(slicer.util.arrayFromGridTransform(grid), res.disp_ras_mm, atol=1e-5)
+        from_parent = grid.GetTransformFromParent()
+        points = geometry.grid_points_ras(FIXED_SHAPE, FIXED_MATRIX).reshape(-1, 3)[::37]
+        mapped = np.array([from_parent.TransformPoint(*p) for p in points])
+        np.testing.assert_allclose(mapped, points + res.disp_ras_mm.reshape(-1, 3)[::37], atol=1e-4)
+        display = grid.GetDisplayNode()
+        assert display.GetVisualizationMode() == slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH
+        assert display.GetVisibility2D() and display.GetColorNode() is not None
+        from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+        matrix = vtkMatrix4x4()
+        node(f"{base}-affine", "vtkMRMLLinearTransformNode").GetMatrixTransformFromParent(matrix)
+        np.testing.assert_allclose(_matrix(matrix), res.affine_ras, atol=1e-6)
+    # the transform files mean the same to ITK (SimpleITK as the oracle; files are LPS)
+    import SimpleITK as sitk
+
+    points = geometry.grid_points_ras(FIXED_SHAPE, FIXED_MATRIX).reshape(-1, 3)[::11]
+    grid_file = sitk.ReadTransform(str(path.parent / "moving-baseline-transform.h5"))
+    affine_file = sitk.ReadTransform(str(path.parent / "moving-baseline-affine.h5"))
+    for itk_transform, expected in (
+        (grid_file, points + result.disp_ras_mm.reshape(-1, 3)[::11]),
+        (affine_file, points @ result.affine_ras[:3, :3].T + result.affine_ras[:3, 3]),
+    ):
+        mapped = np.array([itk_transform.TransformPoint(tuple(p)) for p in geometry.vectors_ras_to_lps(points)])
+        np.testing.assert_allclose(geometry.vectors_lps_to_ras(mapped), expected, atol=1e-4)
+
+    table = node(scene.METRICS_TABLE_NAME, "vtkMRMLTableNode")
+    assert table.GetNumberOfRows() == 2
+    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "ncc"),
+                               [result.metrics["ncc"], second.metrics["ncc"]], rtol=1e-5)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(loaded)
+    folder = hierarchy.GetItemChildWithName(hierarchy.GetSceneItemID(), "moving-baseline")
+    jacobian_item = hierarchy.GetItemByDataNode(node("moving-baseline-jacobian", "vtkMRMLScalarVolumeNode"))
+    assert folder and hierarchy.GetItemParent(jacobian_item) == folder
+    composites = [loaded.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+                  for n in range(loaded.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    assert sorted(c.GetLayoutName() for c in composites) == sorted(scene.SLICE_VIEW_NAMES)
+    for composite in composites:
+        assert loaded.GetNodeByID(composite.GetBackgroundVolumeID()).GetName() == "fixed"
+        assert loaded.GetNodeByID(composite.GetForegroundVolumeID()).GetName() == "moving-baseline-warped"
+        assert loaded.GetNodeByID(composite.GetLabelVolumeID()).GetName() == "moving-baseline-warped-labels"
+
+
+def test_write_results_scene_rejects_bad_input(tmp_path, case):
+    fixed, moving, result = case
+    with pytest.raises(ValueError, match="results"):
+        scene.write_results_scene(tmp_path, fixed, moving, [])
+    with pytest.raises(ValueError, match="fixed"):
+        scene.write_results_scene(tmp_path, fixed.array, moving, [result])
+    with pytest.raises(FileNotFoundError):
+        scene.load_results_scene(tmp_path / "missing.mrml")

@@ -1,0 +1,521 @@
+"""Static checks of the Slicer side of the extension, run outside Slicer.
+
+The Slicer application cannot run here, so the GUI module is checked by reading it: the Qt Designer
+file, the widget names the code uses, the parameter-node bindings against the widget types that
+Slicer 5.8's ``parameterNodeWrapper`` GUI connectors accept, the CMake file lists against the
+disk, Python 3.9 compatibility (Slicer 5.8 ships Python 3.9), the extension description JSON and
+the layering (no Qt below the widget). The training launcher is importable and is run for real.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GUI_DIR = REPO / "DeepRegAblation"
+TRAINING_DIR = REPO / "DeepRegAblationTraining"
+GUI_MODULE = GUI_DIR / "DeepRegAblation.py"
+TRAINING_MODULE = TRAINING_DIR / "DeepRegAblationTraining.py"
+UI_FILE = GUI_DIR / "Resources" / "UI" / "DeepRegAblation.ui"
+EXTENSION_JSON = REPO / "DeepRegAblation.json"
+MODULE_DIRS = {"DeepRegAblation": GUI_DIR, "DeepRegAblationTraining": TRAINING_DIR}
+LIB_DIRS = (GUI_DIR / "DeepRegAblationLib", TRAINING_DIR / "DeepRegAblationTrainingLib")
+
+# Widgets a user interacts with: each one in the .ui must be used by the code.
+INTERACTIVE_CLASSES = {
+    "QComboBox", "ctkComboBox", "QPushButton", "QToolButton", "ctkCheckablePushButton", "QRadioButton",
+    "QSpinBox", "QDoubleSpinBox", "ctkDoubleSpinBox", "QCheckBox", "ctkCheckBox", "QSlider",
+    "ctkSliderWidget", "ctkDoubleSlider", "qMRMLSliderWidget", "ctkRangeWidget", "ctkDoubleRangeSlider",
+    "ctkPathLineEdit", "ctkDirectoryButton", "QLineEdit", "qMRMLNodeComboBox",
+}
+# Widget classes each parameter kind can be bound to (Slicer 5.8 parameterNodeWrapper/guiConnectors.py),
+# with the annotation a bounded widget needs.
+CONNECTABLE = {
+    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton", "ctkCheckablePushButton"},
+    "int": {"QSpinBox", "QSlider"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider", "ctkDoubleSpinBox",
+              "qMRMLSpinBox"},
+    "enum": {"QComboBox", "ctkComboBox"},
+    "str": {"QLineEdit", "QLabel", "QTextEdit"},
+    "node": {"qMRMLNodeComboBox"},
+    "FloatRange": {"ctkRangeWidget", "ctkDoubleRangeSlider", "qMRMLRangeWidget"},
+    "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+}
+# (a range widget without Default() makes 5.8's connector call RangeBounds.validate(0), which fails)
+NEEDS_ANNOTATIONS = {"ctkSliderWidget": {"WithinRange"}, "qMRMLSliderWidget": {"WithinRange"},
+                     "ctkRangeWidget": {"RangeBounds", "Default"}, "ctkDoubleRangeSlider": {"RangeBounds", "Default"},
+                     "qMRMLRangeWidget": {"RangeBounds", "Default"}}
+TYPING_NAMES_AFTER_39 = {"TypeAlias", "ParamSpec", "Concatenate", "TypeGuard", "Self", "LiteralString", "Never",
+                         "Required", "NotRequired", "Unpack", "TypeVarTuple", "assert_never", "reveal_type"}
+QT_MODULES = {"qt", "ctk", "PythonQt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"}
+
+
+# --------------------------------------------------------------------------- helpers
+def read_ui() -> ET.Element:
+    return ET.parse(UI_FILE).getroot()
+
+
+def ui_widgets(root: ET.Element) -> Dict[str, ET.Element]:
+    return {w.get("name"): w for w in root.iter("widget")}
+
+
+def widget_string_property(widget: ET.Element, name: str) -> Optional[str]:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            node = prop.find("string")
+            return node.text if node is not None else None
+    return None
+
+
+def widget_bool_property(widget: ET.Element, name: str) -> Optional[bool]:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name and prop.find("bool") is not None:
+            return prop.find("bool").text.strip() == "true"
+    return None
+
+
+def gui_source() -> str:
+    return GUI_MODULE.read_text(encoding="utf-8")
+
+
+def code_ui_names(source: str) -> Set[str]:
+    """Widget names used as ``<something>.ui.<name>`` (self.ui.x in the widget, widget.ui.x in tests)."""
+    return set(re.findall(r"\.ui\.([A-Za-z_]\w*)", source))
+
+
+def decorator_name(node: ast.expr) -> str:
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def parameter_node_class(tree: ast.Module) -> ast.ClassDef:
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)
+               and any(decorator_name(d) == "parameterNodeWrapper" for d in n.decorator_list)]
+    assert len(classes) == 1, "expected exactly one @parameterNodeWrapper class in DeepRegAblation.py"
+    return classes[0]
+
+
+def enum_classes(tree: ast.Module) -> Dict[str, ast.ClassDef]:
+    return {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)
+            and any(ast.unparse(b).split(".")[-1] == "Enum" for b in n.bases)}
+
+
+def annotation_kind(annotation: ast.expr, enums: Set[str]) -> Tuple[str, List[str], bool]:
+    """(kind, extra annotation names, optional) of a parameter-node field annotation."""
+    extras: List[str] = []
+    optional = False
+    if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value).split(".")[-1] == "Annotated":
+        elements = annotation.slice.elts if isinstance(annotation.slice, ast.Tuple) else [annotation.slice]
+        annotation = elements[0]
+        extras = [decorator_name(e) for e in elements[1:]]
+    text = ast.unparse(annotation)
+    if text.startswith(("Optional[", "typing.Optional[")) or "None" in re.findall(r"\w+", text):
+        optional = True
+    names = [n for n in re.findall(r"[A-Za-z_]\w*", text) if n not in ("Optional", "Union", "typing", "None")]
+    if names and all(n.startswith("vtkMRML") and n.endswith("Node") for n in names):
+        return "node", extras, optional
+    if len(names) == 1:
+        name = names[0]
+        if name in enums:
+            return "enum", extras, optional
+        if name in ("bool", "int", "float", "str", "FloatRange"):
+            return name, extras, optional
+        if name in ("Path", "PurePath", "PosixPath", "WindowsPath"):
+            return "Path", extras, optional
+    return "unknown:" + text, extras, optional
+
+
+def parameter_fields() -> Dict[str, Tuple[str, List[str], bool]]:
+    tree = ast.parse(gui_source())
+    enums = set(enum_classes(tree))
+    cls = parameter_node_class(tree)
+    return {stmt.target.id: annotation_kind(stmt.annotation, enums)
+            for stmt in cls.body if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
+
+
+def cmake_commands(text: str) -> List[Tuple[str, List[str]]]:
+    """(command, arguments) of a CMake file: quoted and unquoted arguments, comments skipped."""
+    commands: List[Tuple[str, List[str]]] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == "#":
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        match = re.compile(r"([A-Za-z_]\w*)\s*\(").match(text, i)
+        if not match or (i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_")):
+            i += 1
+            continue
+        name, i, args = match.group(1), match.end(), []
+        while i < n and text[i] != ")":
+            if text[i].isspace():
+                i += 1
+            elif text[i] == "#":
+                i = text.find("\n", i)
+            elif text[i] == '"':
+                j, value = i + 1, []
+                while text[j] != '"':
+                    if text[j] == "\\":
+                        j += 1
+                    value.append(text[j])
+                    j += 1
+                args.append("".join(value))
+                i = j + 1
+            else:
+                j = i
+                while j < n and not text[j].isspace() and text[j] not in ')"':
+                    j += 1
+                args.append(text[i:j])
+                i = j
+        commands.append((name.lower(), args))
+        i += 1
+    return commands
+
+
+def cmake_sets(path: Path) -> Dict[str, List[str]]:
+    return {args[0]: args[1:] for name, args in cmake_commands(path.read_text(encoding="utf-8"))
+            if name == "set" and args}
+
+
+def module_files_on_disk(module_dir: Path) -> Tuple[Set[str], Set[str]]:
+    """(python scripts, resources) relative to the module folder, as the CMake lists should name them."""
+    scripts, resources = set(), set()
+    for path in module_dir.rglob("*"):
+        rel = path.relative_to(module_dir)
+        if not path.is_file() or "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts):
+            continue
+        if rel.parts[0] == "Testing" or rel.name == "CMakeLists.txt" or rel.suffix == ".pyc":
+            continue
+        if rel.suffix == ".py":
+            scripts.add(rel.as_posix())
+        elif rel.parts[0] == "Resources":
+            resources.add(rel.as_posix())
+    return scripts, resources
+
+
+def module_python_files() -> List[Path]:
+    files = [GUI_MODULE, TRAINING_MODULE]
+    for lib in LIB_DIRS:
+        files += sorted(p for p in lib.rglob("*.py") if "__pycache__" not in p.parts)
+    return files
+
+
+def png_size(path: Path) -> Tuple[int, int]:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG file"
+    return struct.unpack(">II", data[16:24])
+
+
+def load_training_launcher():
+    spec = importlib.util.spec_from_file_location("DeepRegAblationTraining_launcher", TRAINING_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- the .ui file
+def test_ui_parses_and_has_the_sections():
+    root = read_ui()
+    assert root.tag == "ui"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "DeepRegAblation"
+    widgets = ui_widgets(root)
+    sections = {widget_string_property(w, "text") for w in widgets.values() if w.get("class") == "ctkCollapsibleButton"}
+    assert {"Inputs", "Model", "Display"} <= sections
+    classes = {name: w.get("class") for name, w in widgets.items()}
+    assert classes["applyButton"] == "QPushButton"
+    assert classes["progressBar"] == "QProgressBar"
+    assert classes["statusLog"] == "QPlainTextEdit"
+    assert classes["resultsTableView"] == "qMRMLTableView"
+    assert classes["checkpointPathLineEdit"] == "ctkPathLineEdit"
+    assert classes["refineIterationsSpinBox"] == "QSpinBox"
+
+
+def test_code_uses_only_widgets_that_exist_in_the_ui():
+    names = set(ui_widgets(read_ui()))
+    used = code_ui_names(gui_source())
+    assert used, "the widget code should use self.ui.<name>"
+    missing = sorted(used - names)
+    assert not missing, f"widgets used by DeepRegAblation.py but absent from the .ui: {missing}"
+
+
+def test_every_interactive_widget_is_used_or_bound():
+    widgets = ui_widgets(read_ui())
+    fields = parameter_fields()
+    used = code_ui_names(gui_source())
+    unused = []
+    for name, widget in widgets.items():
+        if widget.get("class") not in INTERACTIVE_CLASSES:
+            continue
+        bound = widget_string_property(widget, "SlicerParameterName")
+        if name not in used and bound not in fields:
+            unused.append(f"{name} ({widget.get('class')})")
+    assert not unused, f"interactive widgets neither used by the code nor bound to a parameter: {unused}"
+
+
+def test_parameter_bindings_match_slicer_gui_connectors():
+    """Every SlicerParameterName names a field whose type Slicer 5.8 can connect to that widget class."""
+    fields = parameter_fields()
+    problems = []
+    bound_fields = set()
+    for name, widget in ui_widgets(read_ui()).items():
+        parameter = widget_string_property(widget, "SlicerParameterName")
+        if parameter is None:
+            continue
+        bound_fields.add(parameter)
+        if parameter not in fields:
+            problems.append(f"{name}: parameter {parameter!r} is not a field of the parameter node")
+            continue
+        kind, extras, optional = fields[parameter]
+        cls = widget.get("class")
+        if cls not in CONNECTABLE.get(kind, set()):
+            problems.append(f"{name}: a {cls} cannot be connected to {parameter} ({kind})")
+        for needed in sorted(NEEDS_ANNOTATIONS.get(cls, set()) - set(extras)):
+            problems.append(f"{name}: {parameter} needs an Annotated {needed}(...) for a {cls}")
+        if cls == "qMRMLNodeComboBox" and bool(widget_bool_property(widget, "noneEnabled")) != optional:
+            problems.append(f"{name}: noneEnabled must be {optional} for the {'optional' if optional else 'required'} {parameter}")
+    assert not problems, "\n".join(problems)
+    assert len(bound_fields) >= 12, "most settings should persist through the parameter node"
+
+
+def test_custom_widgets_are_slicer_or_ctk_and_declared():
+    root = read_ui()
+    declared = {c.findtext("class"): c for c in root.iter("customwidget")}
+    for cls, element in declared.items():
+        assert cls.startswith(("qMRML", "qSlicer", "ctk")), f"custom widget {cls} is not a Slicer/CTK class"
+        assert element.findtext("header") == f"{cls}.h"
+    used_classes = {w.get("class") for w in root.iter("widget")}
+    undeclared = sorted(c for c in used_classes if not re.match(r"Q[A-Z]", c) and c not in declared)
+    assert not undeclared, f"widget classes used but not declared as custom widgets: {undeclared}"
+    assert set(declared) <= used_classes, "declared custom widgets that are not used"
+
+
+def test_mrml_widgets_receive_the_scene():
+    """Each qMRML widget gets the scene through mrmlSceneChanged -> setMRMLScene (set up by uiWidget.setMRMLScene)."""
+    root = read_ui()
+    connected = {
+        c.findtext("receiver") for c in root.iter("connection")
+        if c.findtext("sender") == "DeepRegAblation" and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    mrml_widgets = {name for name, w in ui_widgets(read_ui()).items()
+                    if w.get("class").startswith("qMRML") and w.get("class") != "qMRMLWidget"}
+    assert mrml_widgets and mrml_widgets <= connected, f"not given the scene: {sorted(mrml_widgets - connected)}"
+    assert "setMRMLScene(slicer.mrmlScene)" in gui_source()
+
+
+def test_variant_choices_are_the_four_variants_and_all():
+    from DeepRegAblationLib.variants import VARIANTS
+
+    tree = ast.parse(gui_source())
+    choice = enum_classes(tree)["VariantChoice"]
+    values = [stmt.value.value for stmt in choice.body
+              if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)]
+    assert values[:-1] == list(VARIANTS) and values[-1] == "all"
+
+
+def test_gui_module_does_not_import_torch_at_load_time():
+    """PyTorch is checked on Apply through PyTorchUtils, never when Slicer loads the module."""
+    tree = ast.parse(gui_source())
+    top_level = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            top_level.append(node.module or "")
+    heavy = [m for m in top_level if m.split(".")[0] in ("torch", "DeepRegAblationLib", "DeepRegAblationTrainingLib", "PyTorchUtils")]
+    assert not heavy, f"imported when the module loads: {heavy}"
+    assert "installTorch(askConfirmation=True, torchVersionRequirement=" in gui_source()
+
+
+# --------------------------------------------------------------------------- CMake
+@pytest.mark.parametrize("module", sorted(MODULE_DIRS))
+def test_module_cmake_lists_match_the_files_on_disk(module):
+    module_dir = MODULE_DIRS[module]
+    sets = cmake_sets(module_dir / "CMakeLists.txt")
+    assert sets["MODULE_NAME"] == [module]
+
+    def expand(entries):
+        return {e.replace("${MODULE_NAME}", module) for e in entries}
+
+    listed_scripts, listed_resources = expand(sets["MODULE_PYTHON_SCRIPTS"]), expand(sets["MODULE_PYTHON_RESOURCES"])
+    scripts, resources = module_files_on_disk(module_dir)
+    assert f"{module}.py" in scripts and f"Resources/Icons/{module}.png" in resources
+    message = (f"{module}/CMakeLists.txt is out of date. On disk:\n"
+               f"MODULE_PYTHON_SCRIPTS: {sorted(scripts)}\nMODULE_PYTHON_RESOURCES: {sorted(resources)}")
+    assert listed_scripts == scripts, message + f"\nnot listed: {sorted(scripts - listed_scripts)}; missing: {sorted(listed_scripts - scripts)}"
+    assert listed_resources == resources, message + f"\nnot listed: {sorted(resources - listed_resources)}; missing: {sorted(listed_resources - resources)}"
+    commands = cmake_commands((module_dir / "CMakeLists.txt").read_text(encoding="utf-8"))
+    build = [args for name, args in commands if name == "slicermacrobuildscriptedmodule"]
+    assert build and {"NAME", "SCRIPTS", "RESOURCES"} <= set(build[0])
+    assert ("slicer_add_python_unittest", ["SCRIPT", "${MODULE_NAME}.py"]) in commands
+
+
+def test_extension_cmake_metadata():
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    commands = cmake_commands(text)
+    sets = {args[0]: args[1:] for name, args in commands if name == "set" and args}
+    assert commands[0][0] == "cmake_minimum_required"
+    assert ("project", ["DeepRegAblation"]) in commands
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert sets.get(key) and all(sets[key]), f"{key} is not set"
+    assert sets["EXTENSION_CATEGORY"] == ["Registration"]
+    assert "PyTorch" in sets["EXTENSION_DEPENDS"]
+    assert ("find_package", ["Slicer", "REQUIRED"]) in commands
+    assert ("include", ["${Slicer_USE_FILE}"]) in commands
+    subdirs = [args[0] for name, args in commands if name == "add_subdirectory"]
+    assert subdirs == ["DeepRegAblation", "DeepRegAblationTraining"]
+    assert ("include", ["${Slicer_EXTENSION_CPACK}"]) in commands
+    assert sets["EXTENSION_ICONURL"][0].endswith("/Resources/Icons/DeepRegAblation.png")
+
+
+def test_icons_are_128_pixel_pngs():
+    for path in (REPO / "Resources/Icons/DeepRegAblation.png", GUI_DIR / "Resources/Icons/DeepRegAblation.png",
+                 TRAINING_DIR / "Resources/Icons/DeepRegAblationTraining.png"):
+        assert png_size(path) == (128, 128), path
+
+
+# --------------------------------------------------------------------------- extension description
+def test_extension_json_follows_the_catalog_schema():
+    entry = json.loads(EXTENSION_JSON.read_text(encoding="utf-8"))
+    # slicer-extension-catalog-entry-schema v1.0.2 (Slicer/ExtensionsIndex/schemas)
+    allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+               "build_dependencies": list, "dicom_support_rule": str, "build_subdirectory": str,
+               "enabled": bool, "tier": int}
+    assert {"$schema", "category", "scm_url"} <= set(entry)
+    assert set(entry) <= set(allowed), f"keys outside the schema: {sorted(set(entry) - set(allowed))}"
+    for key, value in entry.items():
+        assert isinstance(value, allowed[key]), f"{key} must be a {allowed[key].__name__}"
+    assert re.search(r"slicer-extension-catalog-entry-schema-v1\.0\.\d+\.json#?$", entry["$schema"])
+    assert entry["build_dependencies"] == ["PyTorch"]
+    assert 1 <= entry["tier"] <= 5
+    assert entry.get("scm_type", "git") in ("git", "local")
+    sets = cmake_sets(REPO / "CMakeLists.txt")
+    assert entry["category"] == sets["EXTENSION_CATEGORY"][0]
+    homepage = sets["EXTENSION_HOMEPAGE"][0].replace("${DEEPREGABLATION_REPOSITORY}", sets["DEEPREGABLATION_REPOSITORY"][0])
+    assert entry["scm_url"].removesuffix(".git") == homepage
+
+
+# --------------------------------------------------------------------------- Python 3.9 and layering
+def _bitor_in(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(node))
+
+
+def _evaluated_annotations(tree: ast.Module, has_future: bool) -> List[ast.expr]:
+    """Annotations that Python evaluates: all of them without ``from __future__ import annotations``;
+    with it, those of classes whose hints are read at runtime (parameter-node wrappers)."""
+    annotations = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(decorator_name(d) in ("parameterNodeWrapper", "parameterPack")
+                                                  for d in node.decorator_list):
+            annotations += [s.annotation for s in node.body if isinstance(s, ast.AnnAssign)]
+        if has_future:
+            continue
+        if isinstance(node, ast.AnnAssign):
+            annotations.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            for arg in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
+                if arg is not None and arg.annotation is not None:
+                    annotations.append(arg.annotation)
+            if node.returns is not None:
+                annotations.append(node.returns)
+    return annotations
+
+
+@pytest.mark.parametrize("path", module_python_files(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_module_code_runs_on_python_39(path):
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source, filename=str(path), feature_version=(3, 9))
+    if hasattr(ast, "Match"):
+        assert not any(isinstance(n, ast.Match) for n in ast.walk(tree)), "match statement (Python 3.10+)"
+    has_future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+                     and any(a.name == "annotations" for a in n.names) for n in tree.body)
+    problems = []
+    inside_annotations = {id(n) for a in _evaluated_annotations(tree, False) for n in ast.walk(a)}
+    for annotation in _evaluated_annotations(tree, has_future):
+        if _bitor_in(annotation):
+            problems.append(f"line {annotation.lineno}: 'X | Y' annotation evaluated at runtime")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = decorator_name(node)
+            if name in ("isinstance", "issubclass") and len(node.args) == 2 and _bitor_in(node.args[1]):
+                problems.append(f"line {node.lineno}: {name}(x, A | B) needs Python 3.10")
+            if name == "zip" and any(k.arg == "strict" for k in node.keywords):
+                problems.append(f"line {node.lineno}: zip(strict=...) needs Python 3.10")
+            if name == "dataclass" and any(k.arg in ("slots", "kw_only") for k in node.keywords):
+                problems.append(f"line {node.lineno}: dataclass(slots/kw_only) needs Python 3.10")
+        if isinstance(node, ast.Subscript) and _bitor_in(node.slice) and id(node) not in inside_annotations:
+            problems.append(f"line {node.lineno}: 'X | Y' inside a subscript is evaluated at runtime")
+        if isinstance(node, ast.ImportFrom) and node.module in ("typing",):
+            late = [a.name for a in node.names if a.name in TYPING_NAMES_AFTER_39]
+            if late:
+                problems.append(f"line {node.lineno}: typing.{late} is not in Python 3.9")
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("lib", LIB_DIRS, ids=lambda p: p.name)
+def test_libraries_import_no_qt_and_only_the_scene_adapter_imports_mrml(lib):
+    problems = []
+    for path in sorted(p for p in lib.rglob("*.py") if "__pycache__" not in p.parts):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                if module in QT_MODULES or module.split(".")[0] in ("qt", "ctk", "PythonQt") or module.startswith("qSlicer"):
+                    problems.append(f"{path.name}:{node.lineno} imports {module} (Qt belongs to the widget only)")
+                if module.split(".")[0] == "slicer" and not (lib.name == "DeepRegAblationLib" and path.name == "scene.py"):
+                    problems.append(f"{path.name}:{node.lineno} imports {module} (only scene.py may use MRML)")
+    assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- training launcher
+def test_training_launcher_splits_arguments_at_double_dash():
+    launcher = load_training_launcher()
+    assert launcher.script_arguments(["DeepRegAblationTraining.py", "--", "train", "--epochs", "2"]) == ["train", "--epochs", "2"]
+    assert launcher.script_arguments(["DeepRegAblationTraining.py", "--", "evaluate", "--", "x"]) == ["evaluate", "--", "x"]
+    assert launcher.script_arguments(["DeepRegAblationTraining.py", "demo", "--out", "d"]) == ["demo", "--out", "d"]
+    assert launcher.script_arguments(["DeepRegAblationTraining.py"]) == []
+    # inside Slicer, "--" is Slicer's --ignore-rest flag: Slicer consumes it and passes the rest on
+    assert launcher.script_arguments(["x.py", "evaluate", "--", "y"], inside_slicer=True) == ["evaluate", "--", "y"]
+    assert launcher.script_arguments(["x.py", "--", "train"], inside_slicer=True) == ["train"]
+    folders = launcher.library_folders()
+    assert folders == [TRAINING_DIR, GUI_DIR]
+    assert launcher.in_slicer_application() is False
+    assert getattr(launcher, "DeepRegAblationTraining", None) is None  # the Slicer module class needs Slicer
+
+
+def test_training_launcher_runs_the_cli(capsys):
+    launcher = load_training_launcher()
+    assert launcher.main(["DeepRegAblationTraining.py", "--", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "deepreg-ablation" in out and "register" in out and "train" in out
+    assert launcher.main(["DeepRegAblationTraining.py", "--", "no-such-command"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_training_launcher_as_a_script_exits_with_the_cli_status():
+    """``python DeepRegAblationTraining.py -- <args>`` (what Slicer --python-script runs, minus Slicer):
+    the arguments after "--" reach the CLI and its status becomes the process exit status."""
+    bad = subprocess.run([sys.executable, str(TRAINING_MODULE), "--", "register", "--no-such-option"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2, bad.stderr
+    assert "usage: deepreg-ablation register" in bad.stderr  # the arguments reached the register command
