@@ -97,6 +97,7 @@ def save_checkpoint(
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _file_mode(path))  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         try:
@@ -106,6 +107,16 @@ def save_checkpoint(
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """Permissions of the file being replaced, else those a plain ``open(path, "w")`` would give."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -213,9 +224,11 @@ def load_model(
         device: where the model is put.
 
     Returns:
-        The model in eval mode. Weights are loaded strictly; a checkpoint whose weights do not
-        match its stored architecture raises ``ValueError`` ("saved for architecture X, not Y").
-        A missing file raises ``FileNotFoundError`` naming the path.
+        The model in eval mode, its architecture rebuilt from the checkpoint's ``model_config``.
+        Weights are loaded strictly (see :func:`load_model_state`): weights that do not fit the
+        recorded architecture, or a checkpoint of another dimensionality than ``ndim``, raise
+        ``ValueError`` naming the path and both architectures. A missing file raises
+        ``FileNotFoundError`` naming the path; a file that is not a checkpoint of ours, ``ValueError``.
     """
     if isinstance(path_or_variant, VariantSpec) or (
         isinstance(path_or_variant, str) and path_or_variant in VARIANTS and not os.path.exists(path_or_variant)

@@ -105,6 +105,11 @@ def test_atomic_write_leaves_no_temp_file_and_replaces(tmp_path: Path):
     save_checkpoint(path, second, epoch=2)
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
     assert load_checkpoint(path)["epoch"] == 2
+    if os.name == "posix":
+        umask = os.umask(0o022)
+        os.umask(umask)
+        fresh = save_checkpoint(tmp_path / "fresh.pt", second)
+        assert (fresh.stat().st_mode & 0o777) == (0o666 & ~umask)  # not mkstemp's 0600
     assert load_model(path).variant.id == "regloss"
 
 

@@ -371,3 +371,16 @@ def test_composite_loss_validation_and_from_variant():
     assert set(losses.REGULARIZERS) == {
         "grad_l2", "grad_l1", "bending_energy", "displacement_hinge", "local_rigidity", "jacobian_penalty"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 11, 13, 9), (2, 1, 17, 12)])
+def test_separable_box_mean_equals_direct_box_mean(shape):
+    """The separable window mean used by lncc equals the direct (window^ndim) border-cut mean."""
+    import torch.nn.functional as F
+
+    from DeepRegAblationLib.losses import _box_mean
+
+    x = torch.rand(*shape, dtype=torch.float64)
+    pool = F.avg_pool3d if len(shape) == 5 else F.avg_pool2d
+    direct = pool(x, 5, stride=1, padding=2, count_include_pad=False)
+    assert torch.allclose(_box_mean(x, 5), direct, atol=1e-12)

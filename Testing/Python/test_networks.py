@@ -297,3 +297,25 @@ def test_module_constants_match_the_contract():
         affine_features=(16, 32, 64, 64),
     )
     assert networks.LEAKY_SLOPE == 0.2
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_cpu_channels_last_path_matches_the_plain_path(ndim, monkeypatch):
+    """The CPU speed path (channels-last convolutions) computes the same values and gradients."""
+    moving, fixed = _pair(2, SHAPES[ndim])
+    results = {}
+    for flag in (True, False):
+        monkeypatch.setattr(networks, "CPU_CHANNELS_LAST", flag)
+        model = _build("affine_enhanced", ndim, seed=9)
+        _scale_flow_head(model, moving, fixed, 2.0)
+        out = model(moving, fixed)
+        assert out["disp_vox"].is_contiguous() and out["deform_disp_vox"].is_contiguous()
+        ((out["warped"] - fixed) ** 2).mean().backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        results[flag] = ({k: v.detach() for k, v in out.items()}, grads)
+    (out_cl, grad_cl), (out_plain, grad_plain) = results[True], results[False]
+    for key in out_cl:
+        assert torch.allclose(out_cl[key], out_plain[key], rtol=1e-4, atol=1e-5), key
+    for key in grad_cl:
+        scale = float(grad_plain[key].abs().max()) + 1e-30
+        assert float((grad_cl[key] - grad_plain[key]).abs().max()) <= 1e-3 * scale, key

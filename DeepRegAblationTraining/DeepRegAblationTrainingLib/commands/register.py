@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- checks
-def _prepare_out_dir(out: Path) -> bool:
+def prepare_out_dir(out: Path) -> bool:
     """Refuse a non-empty DIR not made by this command. Returns True when DIR holds earlier results."""
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a directory")
@@ -147,12 +147,13 @@ def _format(value) -> str:
     return f"{value:.4g}"
 
 
-def format_table(records: List[dict]) -> str:
-    """Plain-text table of metrics records (``exports.METRIC_COLUMNS``)."""
+def format_table(records: List[dict], extra: Sequence[str] = ()) -> str:
+    """Plain-text table of metrics records (``exports.METRIC_COLUMNS`` plus ``extra`` columns)."""
     from DeepRegAblationLib.exports import METRIC_COLUMNS
 
-    rows = [list(METRIC_COLUMNS)] + [[_format(r.get(c)) for c in METRIC_COLUMNS] for r in records]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(METRIC_COLUMNS))]
+    columns = list(METRIC_COLUMNS) + list(extra)
+    rows = [columns] + [[_format(r.get(c)) for c in columns] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -186,16 +187,53 @@ def _write_scene(out_dir: Path, fixed, moving, results) -> Path:
     return scene.write_results_scene(out_dir, fixed, moving, results)
 
 
+def write_variant_outputs(variant_dir: Path, fixed, moving, result, save_npz: bool = False) -> List[Path]:
+    """Everything written per variant: NIfTI images, ITK transforms, PNG snapshots (and result.npz)."""
+    from DeepRegAblationLib import exports
+
+    written = list(exports.write_result_files(variant_dir, result).values())
+    if save_npz:
+        written.append(result.save(variant_dir / "result.npz"))
+    written += _optional_outputs("PNG snapshots", _write_snapshots, variant_dir, fixed, moving, result)
+    return written
+
+
+def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dict[str, Dict[str, float]]] = None) -> None:
+    """metrics.csv / metrics.json, the Slicer scene, and the table printed to stdout.
+
+    ``extra_columns``: optional ``{variant: {column: value}}`` printed beside the table (the demo's
+    error against the known displacement); the files keep the standard columns.
+    """
+    from DeepRegAblationLib import exports
+
+    csv_path, json_path = exports.write_metrics(out, results)
+    scene_files = _optional_outputs("Slicer scene", _write_scene, out / "scene", fixed, moving, results)
+    records = [exports.metrics_record(r) for r in results]
+    for record in records:
+        record.update((extra_columns or {}).get(str(record["variant"]), {}))
+    print()
+    print(format_table(records, extra=sorted({k for cols in (extra_columns or {}).values() for k in cols})))
+    print()
+    print(f"metrics: {csv_path} {json_path}")
+    if scene_files:
+        print(f"Slicer scene: {scene_files[0]}")
+
+
+def write_marker(out: Path, **info) -> None:
+    """Mark DIR as written by this command (so a re-run may replace it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps(dict(command="deepreg-ablation register", **info), indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    from DeepRegAblationLib import exports
     from DeepRegAblationLib.inference import register, resolve_device
 
     if args.refine < 0:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
     resolve_device(args.device)  # "cuda" without CUDA fails before any work
     out: Path = args.out
-    rerun = _prepare_out_dir(out)
+    rerun = prepare_out_dir(out)
     t0 = time.perf_counter()
     fixed, moving, fixed_labels, moving_labels = _read_inputs(args)
     read_s = time.perf_counter() - t0
@@ -203,13 +241,9 @@ def run(args: argparse.Namespace) -> int:
     variants = list(VARIANT_IDS) if args.variant == "all" else [args.variant]
     models = _load_models(_model_sources(args.model, variants, ndim), ndim)
 
-    out.mkdir(parents=True, exist_ok=True)
     if rerun:
         print(f"note: replacing the earlier 'deepreg-ablation register' results in {out}")
-    (out / MARKER).write_text(
-        json.dumps({"command": "deepreg-ablation register", "fixed": str(args.fixed), "moving": str(args.moving),
-                    "variants": variants}, indent=2) + "\n"
-    )
+    write_marker(out, fixed=str(args.fixed), moving=str(args.moving), variants=variants)
     results = []
     for index, variant in enumerate(variants, 1):
         print(f"[{index}/{len(variants)}] {variant}: registering {args.moving.name} -> {args.fixed.name}", flush=True)
@@ -219,18 +253,8 @@ def run(args: argparse.Namespace) -> int:
         )
         result.timings["read"] = read_s
         variant_dir = out / variant
-        written = list(exports.write_result_files(variant_dir, result).values())
-        if args.save_npz:
-            written.append(result.save(variant_dir / "result.npz"))
-        written += _optional_outputs("PNG snapshots", _write_snapshots, variant_dir, fixed, moving, result)
+        written = write_variant_outputs(variant_dir, fixed, moving, result, args.save_npz)
         print(f"      wrote {', '.join(p.name for p in written)} in {variant_dir}", flush=True)
         results.append(result)
-    csv_path, json_path = exports.write_metrics(out, results)
-    scene_files = _optional_outputs("Slicer scene", _write_scene, out / "scene", fixed, moving, results)
-    print()
-    print(format_table([exports.metrics_record(r) for r in results]))
-    print()
-    print(f"metrics: {csv_path} {json_path}")
-    if scene_files:
-        print(f"Slicer scene: {scene_files[0]}")
+    write_summary(out, fixed, moving, results)
     return 0
