@@ -367,29 +367,95 @@ def resample_to_grid(
 
 
 # --------------------------------------------------------------------------- model grid and overlap
-def model_grid_for(fixed, spacing_mm: Sequence[float], shape: Sequence[int]) -> Tuple[np.ndarray, Tuple[int, int, int]]:
-    """The grid a model runs on: its spacing and shape, centred on ``fixed``, axes along ``fixed``'s.
+MODEL_ORIENTATIONS = ("native", "RAS")
+"""Axes of a model grid: ``"native"`` along the fixed image's own axes, ``"RAS"`` along +R, +A, +S."""
+_AXIS_ALIGNED_TOLERANCE = 1e-6
+
+
+def closest_ras_view(ijk_to_ras: ArrayLike, shape: Sequence[int]) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """The same voxels re-indexed so that ``i, j, k`` run along the image axes closest to +R, +A, +S.
+
+    A permutation / flip of the axes (no interpolation), as nibabel's ``as_closest_canonical``
+    (and the training's ``reorient_to_ras``) does: RAS axis ``r`` gets the image axis ``c`` of
+    the largest ``|direction[r, c]|`` (greedy, largest first), flipped when that entry is negative.
+
+    Args:
+        ijk_to_ras: ``(4, 4)`` of the image; ``shape``: its ``(K, J, I)``.
+
+    Returns:
+        ``(view_ijk_to_ras, view_shape_kji)``; the view's voxel ``(i', j', k')`` is the image voxel
+        at the same RAS position, so the physical extent and centre are unchanged. For an
+        axis-aligned image the view's direction is the identity.
+    """
+    matrix = validate_ijk_to_ras(ijk_to_ras)
+    shape_ijk = _shape3(shape)[::-1]
+    magnitude = np.abs(direction_from_matrix(matrix))
+    source = [0, 0, 0]  # source[r]: image axis that becomes view axis r
+    free_rows, free_cols = [0, 1, 2], [0, 1, 2]
+    for _ in range(3):
+        sub = magnitude[np.ix_(free_rows, free_cols)]
+        r, c = np.unravel_index(int(np.argmax(sub)), sub.shape)
+        source[free_rows[r]] = free_cols[c]
+        free_rows.pop(r)
+        free_cols.pop(c)
+    view = np.eye(4)
+    view[:3, 3] = matrix[:3, 3]
+    view_shape_ijk = [0, 0, 0]
+    for r, c in enumerate(source):
+        column = matrix[:3, c]
+        view_shape_ijk[r] = shape_ijk[c]
+        if column[r] < 0:  # flip: the view's first voxel is the image's last along that axis
+            view[:3, 3] += (shape_ijk[c] - 1) * column
+            column = -column
+        view[:3, r] = column
+    return view, (view_shape_ijk[2], view_shape_ijk[1], view_shape_ijk[0])
+
+
+def is_axis_aligned(ijk_to_ras: ArrayLike) -> bool:
+    """True when every voxel axis is parallel to an RAS axis (a signed permutation; not oblique)."""
+    magnitude = np.abs(direction_from_matrix(ijk_to_ras))
+    return bool(np.all(np.abs(magnitude.max(axis=0) - 1.0) < _AXIS_ALIGNED_TOLERANCE))
+
+
+def model_grid_for(
+    fixed, spacing_mm: Sequence[float], shape: Sequence[int], orientation: Optional[str] = None
+) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """The grid a model runs on: its spacing and shape, centred on ``fixed``.
 
     Args:
         fixed: an ``ImageData`` (anything with ``array`` ``(K, J, I)`` and ``ijk_to_ras``).
         spacing_mm: voxel size in tensor axis order, ``(sk, sj, si)`` for a 3D model or
             ``(sj, si)`` for a 2D model (the single-slice k axis keeps ``fixed``'s spacing).
         shape: model input shape in the same order, ``(D, H, W)`` or ``(H, W)``.
+        orientation: the grid's axes. ``None`` / ``"native"``: along ``fixed``'s own axes.
+            ``"RAS"`` (3D only; what a model trained on RAS-reoriented volumes expects, see the
+            checkpoint's ``preprocessing["orientation"]``): axis-aligned with RAS, array axes
+            ``(K, J, I) = (S, A, R)`` with ``i -> +R``, ``j -> +A``, ``k -> +S`` (identity direction).
 
     Returns:
         ``(ijk_to_ras, shape_kji)``: the grid's ``(4, 4)`` matrix and its volume shape
-        (``(1, H, W)`` for a 2D model). The grid centre is the fixed image centre, except that
-        along an axis whose spacing equals the fixed spacing the grid is shifted by less than
-        one voxel so that its points coincide with fixed voxels (padding without interpolation).
+        (``(1, H, W)`` for a 2D model). The grid centre is the fixed image's physical centre,
+        except that along an axis parallel to a fixed axis with the same spacing the grid is
+        shifted by less than one voxel so that its points coincide with fixed voxels (padding
+        without interpolation). With ``"RAS"`` an axis-aligned fixed image (LPS, PSR, ...) gives
+        the grid of its closest-RAS view (:func:`closest_ras_view`, the training's reorientation);
+        an oblique one a grid centred on it, not aligned with its voxels.
     """
     fixed_matrix = validate_ijk_to_ras(fixed.ijk_to_ras, "fixed.ijk_to_ras")
     fixed_shape = _shape3(np.shape(fixed.array), "fixed.array shape")
     spacing_mm = [float(s) for s in spacing_mm]
     shape = [int(n) for n in shape]
+    orientation = "native" if orientation is None else str(orientation)
+    if orientation not in MODEL_ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {list(MODEL_ORIENTATIONS)} or None, got {orientation!r}")
     if len(spacing_mm) != len(shape) or len(shape) not in (2, 3):
         raise ValueError(f"spacing_mm and shape must both have 2 or 3 entries, got {spacing_mm} and {shape}")
     if any(s <= 0 for s in spacing_mm) or any(n < 1 for n in shape):
         raise ValueError(f"spacing_mm and shape must be positive, got {spacing_mm} and {shape}")
+    if orientation == "RAS":
+        if len(shape) != 3:
+            raise ValueError(f"orientation 'RAS' needs a 3D model grid, got shape {shape} (2D models keep the image axes)")
+        fixed_matrix, fixed_shape = closest_ras_view(fixed_matrix, fixed_shape)
     fixed_spacing = spacing_from_matrix(fixed_matrix)  # (i, j, k)
     if len(shape) == 2:
         if fixed_shape[0] != 1:
@@ -399,11 +465,17 @@ def model_grid_for(fixed, spacing_mm: Sequence[float], shape: Sequence[int]) -> 
     model_spacing = np.asarray(spacing_mm[::-1])  # (i, j, k)
     model_shape = np.asarray(shape[::-1], dtype=np.float64)
     fixed_size = np.asarray(fixed_shape[::-1], dtype=np.float64)
+    direction = direction_from_matrix(fixed_matrix)
+    if orientation == "RAS" and not is_axis_aligned(fixed_matrix):
+        centre = voxel_to_ras((fixed_size - 1) / 2, fixed_matrix)
+        origin = centre - model_spacing * (model_shape - 1) / 2
+        return matrix_from_geometry(model_spacing, np.eye(3), origin), (shape[0], shape[1], shape[2])
+    if orientation == "RAS":
+        direction = np.round(direction)  # the view of an axis-aligned image: the identity, exactly
     # first model voxel, in continuous fixed voxel indices, so that the centres coincide
     start_vox = (fixed_size - 1) / 2 - (model_shape - 1) / 2 * model_spacing / fixed_spacing
     same = np.isclose(model_spacing, fixed_spacing, rtol=1e-6, atol=0.0)
     start_vox = np.where(same, np.floor(start_vox + 1e-9), start_vox)
-    direction = direction_from_matrix(fixed_matrix)
     origin = voxel_to_ras(start_vox, fixed_matrix)
     return matrix_from_geometry(model_spacing, direction, origin), (shape[0], shape[1], shape[2])
 

@@ -4,9 +4,12 @@ Pipeline of :func:`register` (every array in numpy axis order ``(K, J, I)``, RAS
 
 1. validate the inputs (NaN, empty, vector, 2D/3D against the model, physical overlap);
 2. the **model grid**: the checkpoint's ``preprocessing`` ``{"spacing_mm", "shape"}`` (tensor
-   axis order) centred on the fixed image with the fixed image's axes (``geometry.model_grid_for``);
-   without that metadata the fixed spacing and the fixed shape padded up to the network's size
-   multiple (16), aligned with the fixed voxels so that no interpolation happens;
+   axis order) centred on the fixed image (``geometry.model_grid_for``), with the axes the model
+   was trained on: ``preprocessing["orientation"] == "RAS"`` (3D models trained on volumes
+   reoriented to RAS) gives a grid axis-aligned with RAS, ``(K, J, I) = (S, A, R)``; otherwise
+   (2D models, older checkpoints, untrained networks) the fixed image's own axes. Without that
+   metadata the fixed spacing and the fixed extent padded up to the network's size multiple
+   (16), aligned with the fixed voxels where possible so that no interpolation happens;
 3. both images normalised (robust 1-99 percentiles to [0, 1]) and resampled onto the model grid
    through their physical positions (any spacing, orientation, oblique matrices);
 4. the network (optionally followed by :func:`refine`);
@@ -191,6 +194,23 @@ def _model_size_multiple(model: torch.nn.Module) -> int:
     return int(multiple)
 
 
+def model_orientation(preprocessing: Optional[dict], ndim: int) -> str:
+    """Axes of the model grid (``geometry.MODEL_ORIENTATIONS``) a checkpoint's ``preprocessing`` asks for.
+
+    ``"RAS"`` for a 3D model whose ``preprocessing["orientation"]`` is ``"RAS"`` (trained on
+    volumes reoriented to RAS); ``"native"`` otherwise: 2D models keep the image axes in
+    training and in use, and checkpoints without the entry predate it.
+    """
+    orientation = (preprocessing or {}).get("orientation")
+    if orientation is None:
+        return "native"
+    if orientation not in geometry.MODEL_ORIENTATIONS:
+        raise ValueError(
+            f"checkpoint preprocessing orientation must be one of {list(geometry.MODEL_ORIENTATIONS)}, got {orientation!r}"
+        )
+    return "RAS" if orientation == "RAS" and int(ndim) == 3 else "native"
+
+
 def model_grid_spec(
     fixed: ImageData, ndim: int, size_multiple: int, preprocessing: Optional[dict] = None
 ) -> Tuple[List[float], List[int]]:
@@ -198,11 +218,16 @@ def model_grid_spec(
 
     From ``preprocessing["spacing_mm"]`` / ``["shape"]`` when given (``None`` entries fall back);
     the default spacing is the fixed spacing, the default shape covers the fixed image's extent
-    at that spacing, padded up to a multiple of ``size_multiple``.
+    at that spacing, padded up to a multiple of ``size_multiple``. Both are taken along the
+    model grid's axes (:func:`model_orientation`: for ``"RAS"`` those of the fixed image's
+    closest-RAS view).
     """
     preprocessing = preprocessing or {}
     fixed_spacing = list(fixed.spacing_kji)[-ndim:]
     fixed_shape = list(fixed.shape)[-ndim:]
+    if model_orientation(preprocessing, ndim) == "RAS":
+        view_matrix, view_shape = geometry.closest_ras_view(fixed.ijk_to_ras, fixed.shape)
+        fixed_spacing, fixed_shape = list(geometry.spacing_kji(view_matrix)), list(view_shape)
     spacing = preprocessing.get("spacing_mm")
     spacing = fixed_spacing if spacing is None else [float(s) for s in spacing]
     if len(spacing) != ndim:
@@ -423,7 +448,9 @@ def register(
     t0 = time.perf_counter()
     report(0.05, "resampling onto the model grid")
     spacing_mm, shape = model_grid_spec(fixed, ndim, _model_size_multiple(net), preprocessing)
-    grid_ijk_to_ras, grid_shape = geometry.model_grid_for(fixed, spacing_mm, shape)
+    grid_ijk_to_ras, grid_shape = geometry.model_grid_for(
+        fixed, spacing_mm, shape, orientation=model_orientation(preprocessing, ndim)
+    )
     fixed_window = intensity_window(fixed.array)
     moving_window = intensity_window(moving.array)
     fixed_norm = normalize_intensity(fixed.array, window=fixed_window)

@@ -14,6 +14,9 @@ Sources (each gives a list of :class:`Subject`):
   ``_label`` / ``_seg`` / ``_dlmuse`` partners.
 - the MNI152 2009c template that ships inside the ``nilearn`` wheel (:func:`load_mni_template`),
   for synthetic pairs on a fresh machine.
+- that template plus a folder of real heads with optional label maps (:func:`find_mni_ixi_subjects`,
+  ``mni-ixi:/folder``; made for the IXI T1 heads at 2 mm with their DLMUSE labels): scan-to-scan
+  pairs among all of them for training, the labelled heads' pairs for validation.
 
 Preprocessing (:class:`Preprocess`) mirrors ``DeepRegAblationLib.inference`` so that a model
 sees the same kind of input in training and in use: 3D volumes are reoriented to RAS (an exact
@@ -985,15 +988,32 @@ def load_mni_template(ndim: int = 3, with_labels: bool = True) -> Dict[str, Any]
     return {"id": "MNI152", "image": image, "labels": labels}
 
 
+def find_mni_ixi_subjects(heads: PathLike) -> List[Subject]:
+    """The MNI152 T1 template (nilearn wheel, 1 mm, no labels) followed by the heads of ``heads``.
+
+    ``heads`` is read as a generic folder (:func:`find_generic_subjects`: ``*_DLMUSE`` /
+    ``*_labels`` ... partners are label maps), e.g. the IXI T1 heads at 2 mm. The template keeps
+    its file path; :class:`Preprocess` resamples it to the model spacing like any image.
+    """
+    template = nilearn_data_dir() / MNI_TEMPLATE
+    if not template.is_file():
+        raise FileNotFoundError(f"MNI152 template not found inside the nilearn package: {template}")
+    heads_list = find_generic_subjects(heads)
+    subjects = [Subject("MNI152", template, None)] + heads_list
+    _check_unique(subjects, f"MNI152 + {heads}")
+    return subjects
+
+
 # --------------------------------------------------------------------------- data specs
-DATA_KINDS = ("oasis2d", "oasis3d", "seed", "list", "mni-synthetic")
+DATA_KINDS = ("oasis2d", "oasis3d", "seed", "list", "mni-synthetic", "mni-ixi")
 
 
 def parse_data_argument(text: str) -> Dict[str, Any]:
     """``--data`` string -> data spec dict.
 
     ``oasis2d:/path`` | ``oasis3d:/path`` | ``seed:/paths.txt,/template_seg4_onehot.npy`` |
-    ``list:/path.csv`` (or a folder) | ``mni-synthetic``.
+    ``list:/path.csv`` (or a folder) | ``mni-synthetic`` | ``mni-ixi:/folder`` (the MNI152 template
+    plus the heads of a folder, see :func:`find_mni_ixi_subjects`).
     """
     text = str(text).strip()
     kind, _, rest = text.partition(":")
@@ -1032,12 +1052,14 @@ def _subjects_for(spec: Mapping[str, Any], ndim: int) -> Tuple[List[Subject], Op
         return load_seed_study_list(spec["path"], spec["template"])
     if kind == "list":
         return find_generic_subjects(spec["path"]), None
+    if kind == "mni-ixi":
+        return find_mni_ixi_subjects(spec["path"]), None
     raise ValueError(f"unknown data kind {kind!r}; valid kinds: {list(DATA_KINDS)}")
 
 
 def data_ndim(spec: Mapping[str, Any], ndim: Optional[int] = None) -> int:
-    """The dimension a data spec implies (``oasis2d`` -> 2, ``oasis3d``/``seed`` -> 3, else ``ndim`` or 3)."""
-    implied = {"oasis2d": 2, "oasis3d": 3}.get(spec.get("kind"))
+    """The dimension a data spec implies (``oasis2d`` -> 2, ``oasis3d``/``mni-ixi`` -> 3, else ``ndim`` or 3)."""
+    implied = {"oasis2d": 2, "oasis3d": 3, "mni-ixi": 3}.get(spec.get("kind"))
     if implied is not None:
         if ndim is not None and int(ndim) != implied:
             raise ValueError(f"data kind {spec['kind']} is {implied}D but ndim {ndim} was requested")
@@ -1063,6 +1085,10 @@ def build_data(
     ``augment`` (dict of :class:`Augment` arguments, or ``None``/``False`` to disable),
     ``synthetic`` (train on synthetic pairs of the training images), ``cache``.
 
+    ``mni-ixi`` has no held-out subjects (six images are too few to split): every image is a
+    training subject (2 mm by default, kept in memory), and the validation pairs are drawn
+    among the labelled heads, which therefore were seen in training (``val_fraction`` unused).
+
     With ``out_dir`` the split and the validation pairs are written there (``split.json``,
     ``val_pairs.json``). The returned ``split`` dict is what checkpoints store.
     """
@@ -1072,7 +1098,7 @@ def build_data(
         raise ValueError(f"data kind must be one of {list(DATA_KINDS)}, got {kind!r}")
     ndim = data_ndim(spec, ndim)
     spacing = spec.get("spacing_mm")
-    if spacing is None and kind == "mni-synthetic" and ndim == 3:
+    if spacing is None and kind in ("mni-synthetic", "mni-ixi") and ndim == 3:
         spacing = [2.0]  # the 1 mm template at 2 mm: a 3D volume a CPU can train on
     preprocess = Preprocess(spacing_mm=spacing, shape=spec.get("shape"), divisor=divisor, ndim=ndim)
     aug_spec = spec.get("augment", {})
@@ -1107,6 +1133,10 @@ def build_data(
     split_file = spec.get("split")
     if split_file and Path(split_file).is_file():
         train_subjects, val_subjects = load_split(split_file, subjects)
+    elif kind == "mni-ixi":
+        train_subjects, val_subjects = list(subjects), [s for s in subjects if s.labels is not None]
+        if split_file:
+            save_split(split_file, train_subjects, val_subjects)
     else:
         train_subjects, val_subjects = split_subjects(subjects, float(spec.get("val_fraction", 0.2)), seed)
         if split_file:
@@ -1120,7 +1150,7 @@ def build_data(
         )
         n_val_pairs = possible
     pairs = fixed_pairs(val_subjects, n_val_pairs, seed, atlas=atlas, mode=mode) if n_val_pairs > 0 else []
-    cache = spec.get("cache")
+    cache = spec.get("cache", True if kind == "mni-ixi" else None)
     if spec.get("synthetic"):
         train = SyntheticPairDataset(train_subjects, preprocess, augment or Augment(), pairs_per_epoch or len(train_subjects), seed)
     else:

@@ -228,11 +228,43 @@ def _new_figure(width: float, height: float):
 
 
 def _save(fig, path: PathLike) -> Path:
+    """Write ``fig`` as a PNG; image-heavy figures are reduced to a 256-colour palette (small files to commit)."""
+    import io
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(str(path), format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    try:
+        from PIL import Image
+    except ImportError:  # matplotlib's own PNG
+        path.write_bytes(buffer.getvalue())
+        return path
+    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(str(path), format="PNG", optimize=True)
     return path
+
+
+REFERENCE_COLOR = "0.45"
+
+
+def variant_colors(names: Sequence[str], reference_variants: Sequence[str] = ("identity",)) -> Dict[str, Any]:
+    """The same colour for a variant in every figure: grey for references, then the tab10 cycle in order."""
+    from matplotlib import colormaps
+
+    cycle = colormaps["tab10"].colors
+    colors: Dict[str, Any] = {}
+    k = 0
+    for name in names:
+        if name in colors:
+            continue
+        if name in reference_variants:
+            colors[name] = REFERENCE_COLOR
+        else:
+            colors[name] = cycle[k % len(cycle)]
+            k += 1
+    return colors
 
 
 def read_training_log(path: PathLike) -> Dict[str, np.ndarray]:
@@ -285,18 +317,18 @@ def plot_training_curves(logs: Mapping[str, PathLike], out_path: PathLike, smoot
     ax_loss = fig.add_subplot(1, 2, 1)
     ax_val = fig.add_subplot(1, 2, 2)
     any_val = False
+    palette = variant_colors(list(logs))
     for name, path in logs.items():
         steps, epochs = _run_logs(path)
         loss_key = next((k for k in _LOSS_KEYS if k in steps), None)
-        color = None
+        color = palette[name]
         if loss_key is not None:
             step_key = next((k for k in _STEP_KEYS if k in steps), None)
             x = steps[step_key] if step_key else np.arange(len(steps[loss_key]))
             y = steps[loss_key]
             keep = np.isfinite(x) & np.isfinite(y)
             if keep.any():
-                (line,) = ax_loss.plot(x[keep], y[keep], lw=0.8, alpha=0.4 if smooth > 1 else 1.0, label=name)
-                color = line.get_color()
+                ax_loss.plot(x[keep], y[keep], lw=0.8, alpha=0.3 if smooth > 1 else 1.0, color=color, label=name)
                 if smooth > 1 and keep.sum() >= smooth:
                     kernel = np.ones(smooth) / smooth
                     ax_loss.plot(x[keep][smooth - 1 :], np.convolve(y[keep], kernel, mode="valid"), lw=1.6, color=color)
@@ -333,6 +365,7 @@ def plot_accuracy_vs_folding(
 ) -> Path:
     """Scatter of ``accuracy`` against ``folding`` per pair (small dots) and per variant mean ± std (large)."""
     groups = group_by_variant(rows)
+    palette = variant_colors([v for v in groups if v == "identity"] + [v for v in groups if v != "identity"])
     fig = _new_figure(6.5, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     for variant, vrows in groups.items():
@@ -340,7 +373,7 @@ def plot_accuracy_vs_folding(
         keep = np.isfinite(x) & np.isfinite(y)
         if not keep.any():
             continue
-        (pts,) = ax.plot(x[keep], y[keep], "o", ms=3, alpha=0.35)
+        (pts,) = ax.plot(x[keep], y[keep], "o", ms=3, alpha=0.35, color=palette[variant])
         mx, sx = stats.mean_std(x[keep])
         my, sy = stats.mean_std(y[keep])
         ax.errorbar(

@@ -136,3 +136,57 @@ def test_overlap_check_names_both_inputs():
     far.ijk_to_ras[:3, 3] += [500.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="fixed and moving do not overlap"):
         geometry.check_overlap(fixed, far)
+
+
+def _lps_image(shape=(12, 14, 10), spacing_ijk=(1.5, 1.2, 2.0)):
+    """An axis-aligned LPS-ordered image: i -> L, j -> P, k -> S (ITK's default), float32."""
+    matrix = geometry.matrix_from_geometry(spacing_ijk, np.diag([-1.0, -1.0, 1.0]), [20.0, 15.0, -8.0])
+    return ImageData(smooth_volume(shape, seed=4), matrix, "lps")
+
+
+def test_closest_ras_view_is_the_same_voxels_reindexed_like_nibabel():
+    from nibabel import orientations
+
+    psr = np.zeros((4, 4))
+    psr[:3, :3] = [[0, 0, 2.0], [-2.0, 0, 0], [0, 2.0, 0]]  # i -> P, j -> S, k -> R (the IXI heads)
+    psr[:, 3] = [-88.0, 118.0, -135.0, 1.0]
+    for image in (_lps_image(), ImageData(smooth_volume((9, 12, 11), seed=6), psr, "psr")):
+        view, view_shape = geometry.closest_ras_view(image.ijk_to_ras, image.shape)
+        np.testing.assert_allclose(geometry.direction_from_matrix(view), np.eye(3), atol=1e-12)
+        # nibabel's closest canonical of the same image is the same grid
+        ornt = orientations.io_orientation(image.ijk_to_ras)
+        shape_ijk = image.shape[::-1]
+        canonical = image.ijk_to_ras @ orientations.inv_ornt_aff(ornt, shape_ijk)
+        np.testing.assert_allclose(view, canonical, atol=1e-9)
+        # the same voxels: resampling onto the view is an exact permutation / flip
+        copied = geometry.resample_to_grid(image.array, image.ijk_to_ras, view, view_shape)
+        expected = np.transpose(orientations.apply_orientation(np.transpose(image.array, (2, 1, 0)), ornt), (2, 1, 0))
+        np.testing.assert_array_equal(copied, expected)
+
+
+def test_model_grid_ras_orientation_oblique_and_lps():
+    centre = lambda m, s: geometry.voxel_to_ras((np.asarray(s[::-1]) - 1) / 2.0, m)  # noqa: E731
+    fixed, _ = oblique_pair()
+    grid, shape = geometry.model_grid_for(fixed, [2.0, 1.5, 1.0], [16, 32, 16], orientation="RAS")
+    assert shape == (16, 32, 16)
+    # axis-aligned with RAS: a diagonal, positive 3x3 with the model spacing (i, j, k) = (1.0, 1.5, 2.0)
+    np.testing.assert_allclose(grid[:3, :3], np.diag([1.0, 1.5, 2.0]), atol=1e-12)
+    np.testing.assert_allclose(centre(grid, shape), centre(fixed.ijk_to_ras, fixed.shape), atol=1e-9)
+    native, _ = geometry.model_grid_for(fixed, [2.0, 1.5, 1.0], [16, 32, 16])
+    assert np.abs(native[:3, :3] - grid[:3, :3]).max() > 0.1  # the native grid follows the oblique axes
+
+    lps = _lps_image()  # RAS view: the same axis order (k, j, i) = (S, A, R), i and j flipped
+    grid, shape = geometry.model_grid_for(lps, lps.spacing_kji, [16, 16, 16], orientation="RAS")
+    np.testing.assert_allclose(grid[:3, :3], np.diag([1.5, 1.2, 2.0]), atol=1e-12)
+    # same spacing: grid points fall on fixed voxels, the image is padded and flipped, not interpolated
+    view, _ = geometry.closest_ras_view(lps.ijk_to_ras, lps.shape)
+    offset_ijk = geometry.ras_to_voxel(grid[:3, 3], view)
+    np.testing.assert_allclose(offset_ijk, np.round(offset_ijk), atol=1e-9)
+    start = -np.round(offset_ijk).astype(int)[::-1]  # (k, j, i) of the first image voxel in the grid
+    padded = geometry.resample_to_grid(lps.array, lps.ijk_to_ras, grid, shape)
+    window = tuple(slice(s0, s0 + n) for s0, n in zip(start, lps.shape))
+    np.testing.assert_array_equal(padded[window], lps.array[:, ::-1, ::-1])
+    with pytest.raises(ValueError, match="orientation 'RAS' needs a 3D model grid"):
+        geometry.model_grid_for(ImageData(np.zeros((1, 8, 8)), np.eye(4)), [1.0, 1.0], [16, 16], orientation="RAS")
+    with pytest.raises(ValueError, match="orientation must be one of"):
+        geometry.model_grid_for(lps, [1.0, 1.0, 1.0], [16, 16, 16], orientation="LPI")

@@ -221,3 +221,69 @@ def test_register_with_refinement_improves_the_match():
     refined = register(fixed, moving, model, refine=20, refine_lr=0.02, device="cpu")
     assert refined.metrics["ncc"] > plain.metrics["ncc"] + 0.01
     assert "refine" in refined.timings
+
+
+RAS_PREPROCESSING = {"spacing_mm": [2.0, 2.0, 2.0], "shape": [16, 16, 16], "orientation": "RAS"}
+
+
+def test_ras_checkpoint_runs_on_a_ras_grid(tmp_path):
+    """A 3D model trained on RAS-reoriented volumes: flow channel (k, j, i) is (S, A, R), whatever the fixed axes."""
+    fixed, moving = oblique_pair()
+    model = build_model("baseline", 3)
+    flow = np.array([0.5, 1.0, -0.75])  # (k, j, i) voxels of the 2 mm RAS grid
+    set_constant_flow(model, flow)
+    path = save_checkpoint(tmp_path / "baseline.pt", model, preprocessing=RAS_PREPROCESSING)
+    result = register(fixed, moving, str(path), device="cpu")
+    expected = 2.0 * flow[::-1]  # (R, A, S) mm: no rotation by the fixed image's oblique axes
+    np.testing.assert_allclose(result.disp_ras_mm, np.broadcast_to(expected, fixed.shape + (3,)), atol=1e-5)
+    native = dict(RAS_PREPROCESSING, orientation="native")
+    other = register(fixed, moving, str(save_checkpoint(tmp_path / "native.pt", model, preprocessing=native)), device="cpu")
+    assert np.abs(other.disp_ras_mm[0, 0, 0] - expected).max() > 0.2  # the fixed axes: another displacement
+    bad = save_checkpoint(tmp_path / "bad.pt", model, preprocessing=dict(RAS_PREPROCESSING, orientation="LPI"))
+    with pytest.raises(ValueError, match="orientation"):
+        register(fixed, moving, str(bad), device="cpu")
+
+
+def test_ras_model_input_equals_the_training_preprocessing():
+    """On an LPS-ordered head the network sees exactly what training's Preprocess gives it."""
+    from DeepRegAblationTrainingLib.data import Preprocess
+
+    matrix = geometry.matrix_from_geometry([2.0, 2.0, 2.0], np.diag([-1.0, -1.0, 1.0]), [20.0, 15.0, -8.0])
+    fixed = ImageData(smooth_volume((14, 12, 10), seed=2), matrix, "fixed")
+    moving = ImageData(smooth_volume((14, 12, 10), seed=3), matrix, "moving")
+    model = build_model("baseline", 3)
+    model.preprocessing = RAS_PREPROCESSING
+    seen = {}
+    model.register_forward_pre_hook(lambda module, args: seen.update(moving=args[0], fixed=args[1]))
+    register(fixed, moving, model, device="cpu")
+    preprocess = Preprocess(spacing_mm=2.0, shape=[16, 16, 16], ndim=3)
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        expected = preprocess.apply(image, name=name)["image"]
+        torch.testing.assert_close(seen[name][0].float(), expected, atol=1e-6, rtol=0)
+
+
+def test_ras_model_transform_h5_resamples_like_the_warped_image(tmp_path):
+    """RAS model grid on oblique inputs: SimpleITK + the exported transform.h5 reproduces the warped image."""
+    from DeepRegAblationLib import exports
+
+    torch.manual_seed(0)
+    fixed, moving = oblique_pair()
+    model = build_model("affine_basic", 3)
+    set_affine(model, [[0.04, 0.02, 0.0], [0.0, -0.03, 0.01], [0.02, 0.0, 0.05]], [0.08, -0.05, 0.06])
+    with torch.no_grad():
+        model.flow.conv.weight.mul_(2e5)  # the untrained U-Net's output, scaled to a few voxels
+    model.preprocessing = RAS_PREPROCESSING
+    result = register(fixed, moving, model, device="cpu")
+    assert 0.5 < np.abs(result.deform_disp_ras_mm).max() < 20.0
+    exports.write_result_files(tmp_path, result)
+    transform = sitk.ReadTransform(str(tmp_path / "transform.h5"))
+    reference = sitk.ReadImage(str(tmp_path / "warped.nii.gz"))
+    resampled = sitk.GetArrayFromImage(
+        sitk.Resample(itk_image_from_array(moving.array, moving.ijk_to_ras), reference, transform, sitk.sitkLinear, 0.0)
+    )
+    points = geometry.grid_points_ras(result.shape, result.fixed_ijk_to_ras) + result.disp_ras_mm
+    ijk = geometry.ras_to_voxel(points, moving.ijk_to_ras)
+    inside = np.all((ijk >= 1.0) & (ijk <= np.asarray(moving.shape[::-1]) - 2.0), axis=-1)
+    assert inside.mean() > 0.1
+    scale = float(np.abs(result.warped[inside]).max())
+    np.testing.assert_allclose(resampled[inside], result.warped[inside], atol=1e-3 * scale)

@@ -231,12 +231,22 @@ def train_variant(exp: Experiment, name: str, variant: Any, args: argparse.Names
         trainer.train(config)
     else:
         print(f"[{name}] final checkpoint exists, not retrained: {run_dir / 'last.pt'}", file=sys.stderr, flush=True)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 if trained_now else _logged_training_seconds(run_dir / "epochs.csv")
     step_s = _mean_step_seconds(run_dir / "steps.csv")
     info = {"name": name, "checkpoint": str(run_dir / "last.pt"), "run_dir": str(run_dir), "trained_now": trained_now,
-            "wall_s": wall if trained_now else math.nan, "mean_step_s": step_s, "steps": exp.steps}
+            "wall_s": wall, "mean_step_s": step_s, "steps": exp.steps}
     exp.runs[name] = info
     return info
+
+
+def _logged_training_seconds(epochs_csv: Path) -> float:
+    """Wall time of a finished run as its trainer logged it (``seconds`` of the last epoch row)."""
+    from ..reports import read_training_log
+
+    if not epochs_csv.is_file():
+        return math.nan
+    seconds = read_training_log(epochs_csv).get("seconds")
+    return float(seconds[-1]) if seconds is not None and len(seconds) else math.nan
 
 
 def _mean_step_seconds(steps_csv: Path) -> float:
@@ -330,9 +340,9 @@ def setup_lines(exp: Experiment, args: argparse.Namespace, command_name: str) ->
     for name, run in exp.runs.items():
         step = run.get("mean_step_s", math.nan)
         wall = run.get("wall_s", math.nan)
-        text = f"{name} {step:.3f} s/step" if math.isfinite(step) else f"{name} n/a"
+        text = f"{name} {step:.3f} s per optimiser step" if math.isfinite(step) else f"{name} n/a"
         if math.isfinite(wall):
-            text += f" ({wall / 60:.1f} min incl. validation)"
+            text += f", {wall / 60:.1f} min wall time incl. data loading and validation"
         timing.append(text)
     if timing:
         lines["measured training time"] = "; ".join(timing)
@@ -340,13 +350,29 @@ def setup_lines(exp: Experiment, args: argparse.Namespace, command_name: str) ->
 
 
 def budget_note(exp: Experiment, args: argparse.Namespace) -> str:
-    seconds = [r["mean_step_s"] for r in exp.runs.values() if math.isfinite(r.get("mean_step_s", math.nan))]
-    per = f" (about {sum(seconds) / len(seconds) * exp.steps / 60:.0f} min each)" if seconds else ""
+    import torch
+
+    walls = [r["wall_s"] for r in exp.runs.values() if math.isfinite(r.get("wall_s", math.nan))]
+    per = f" (about {sum(walls) / len(walls) / 60:.0f} min each on {torch.get_num_threads()} CPU thread(s))" if walls else ""
     return (
         f"**Training budget.** Every run was trained for only {exp.steps} optimiser steps{per} with batch size "
         f"{args.batch_size}. Learning-based registration models are usually trained for 10^4 - 10^5 steps, so these are "
         "short-trained models: the numbers compare the variants at an equal, small budget and are not the accuracy the "
         "architectures reach when trained to convergence."
+    )
+
+
+def schedule_description(exp: Experiment, specs: Sequence[Any]) -> str:
+    """The regulariser multipliers the ``"reference"`` schedule applied in this run's epochs (for the report)."""
+    from DeepRegAblationLib.losses import reference_schedule
+
+    if not any(spec.regularized and spec.schedule == "reference" for spec in specs):
+        return ""
+    epochs = math.ceil(exp.steps / exp.steps_per_epoch)
+    factors = ", ".join(f"{reference_schedule(e, epochs):.3g}" for e in range(epochs))
+    return (
+        f"the regularised variants multiply every regulariser weight by max(0.01, 0.1 (1 - epoch / epochs)); "
+        f"over the {epochs} epochs here that is {factors}"
     )
 
 
@@ -378,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
         + ")"
         for v in variants
     )
+    schedule = schedule_description(exp, [get_variant(v) for v in variants])
+    if schedule:
+        setup["regularisation schedule"] = schedule
     paths = write_ablation_report(
         exp.out_dir, rows, baseline=args.baseline, command=command, setup=setup,
         training_logs={v: exp.runs_dir / v for v in variants}, examples=examples, notes=notes,

@@ -225,6 +225,16 @@ def write_marker(out: Path, **info) -> None:
     (out / MARKER).write_text(json.dumps(dict(command="deepreg-ablation register", **info), indent=2) + "\n")
 
 
+def _progress_printer(done: int, total: int):
+    """``progress(fraction, message)`` for one of ``total`` runs: prints ``progress <overall> <message>``
+    lines (the Slicer module's background runner parses them)."""
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"progress {(done + float(fraction)) / total:.3f} {message}", flush=True)
+
+    return progress
+
+
 # --------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     from DeepRegAblationLib.inference import register, resolve_device
@@ -249,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{index}/{len(variants)}] {variant}: registering {args.moving.name} -> {args.fixed.name}", flush=True)
         result = register(
             fixed, moving, models[variant], fixed_labels=fixed_labels, moving_labels=moving_labels,
-            refine=args.refine, device=args.device,
+            refine=args.refine, device=args.device, progress=_progress_printer(index - 1, len(variants)),
         )
         result.timings["read"] = read_s
         variant_dir = out / variant
