@@ -25,7 +25,7 @@ Spacing = Optional[Union[float, Sequence[float], torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- validation
-def _ndim_of_disp(disp: torch.Tensor, name: str = "disp_vox") -> int:
+def ndim_of_disp(disp: torch.Tensor, name: str = "disp_vox") -> int:
     """Validate a displacement field and return its number of spatial dimensions."""
     if not isinstance(disp, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(disp).__name__}")
@@ -50,7 +50,7 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf values (shape {tuple(tensor.shape)})")
 
 
-def _spacing_tuple(spacing: Spacing, ndim: int) -> Tuple[float, ...]:
+def spacing_tuple(spacing: Spacing, ndim: int) -> Tuple[float, ...]:
     if spacing is None:
         return (1.0,) * ndim
     if isinstance(spacing, torch.Tensor):
@@ -193,7 +193,7 @@ def warp(
     Returns:
         ``(B, C, *spatial)``; ``warp(image, 0)`` equals ``image`` exactly.
     """
-    ndim = _ndim_of_disp(disp_vox)
+    ndim = ndim_of_disp(disp_vox)
     if image.dim() != ndim + 2:
         raise ValueError(
             f"image must be {ndim}D like disp_vox: image shape {tuple(image.shape)}, "
@@ -213,8 +213,8 @@ def compose(disp_first: torch.Tensor, disp_second: torch.Tensor) -> torch.Tensor
     ``warp(warp(m, first), second)(x) = m(x + second(x) + first(x + second(x)))``, so the
     composite is ``second + warp(first, second)`` (border padding). Shapes ``(B, ndim, *spatial)``.
     """
-    _ndim_of_disp(disp_first, "disp_first")
-    _ndim_of_disp(disp_second, "disp_second")
+    ndim_of_disp(disp_first, "disp_first")
+    ndim_of_disp(disp_second, "disp_second")
     if disp_first.shape[1:] != disp_second.shape[1:]:
         raise ValueError(
             f"disp_first and disp_second shapes differ: {tuple(disp_first.shape)} vs {tuple(disp_second.shape)}"
@@ -227,7 +227,7 @@ def integrate_velocity(vel_vox: torch.Tensor, steps: int = 7) -> torch.Tensor:
 
     ``u = vel / 2**steps`` then ``steps`` times ``u = u + warp(u, u)``. ``(B, ndim, *spatial)``, voxels.
     """
-    _ndim_of_disp(vel_vox, "vel_vox")
+    ndim_of_disp(vel_vox, "vel_vox")
     if int(steps) < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     disp = vel_vox / (2 ** int(steps))
@@ -242,7 +242,7 @@ def resize_field(disp_vox: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     With voxel centres at the corners (``align_corners=True``), axis ``i`` scales by
     ``(new_i - 1) / (old_i - 1)``; vectors are multiplied by the same factor.
     """
-    ndim = _ndim_of_disp(disp_vox)
+    ndim = ndim_of_disp(disp_vox)
     shape = tuple(int(n) for n in shape)
     if len(shape) != ndim:
         raise ValueError(f"shape must have {ndim} entries, got {shape}")
@@ -326,7 +326,7 @@ def spatial_gradient(field: torch.Tensor, spacing: Spacing = None) -> torch.Tens
     ndim = field.dim() - 2
     if ndim not in (2, 3):
         raise ValueError(f"field must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(field.shape)}")
-    spacing = _spacing_tuple(spacing, ndim)
+    spacing = spacing_tuple(spacing, ndim)
     grads = []
     for axis in range(ndim):
         dim = axis + 2
@@ -351,8 +351,8 @@ def jacobian_matrix(disp_vox: torch.Tensor, spacing: Spacing = None) -> torch.Te
     ``J_ij = delta_ij + (s_i / s_j) du_i/dx_j`` (voxel field converted to mm, mm grid);
     this is a similarity transform of the voxel Jacobian, so its determinant is unchanged.
     """
-    ndim = _ndim_of_disp(disp_vox)
-    spacing = _spacing_tuple(spacing, ndim)
+    ndim = ndim_of_disp(disp_vox)
+    spacing = spacing_tuple(spacing, ndim)
     disp_phys = disp_vox * torch.tensor(spacing, dtype=disp_vox.dtype, device=disp_vox.device).view(
         1, ndim, *([1] * ndim)
     )

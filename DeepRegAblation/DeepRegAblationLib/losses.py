@@ -59,7 +59,7 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, name_a: str = "fixed", name_b:
 
 def _check_disp(disp_vox: torch.Tensor, name: str = "disp_vox", min_size: int = 2) -> int:
     """Validate a ``(B, ndim, *S)`` field (finite, every spatial size >= ``min_size``)."""
-    ndim = fields._ndim_of_disp(disp_vox, name)
+    ndim = fields.ndim_of_disp(disp_vox, name)
     fields.check_finite(disp_vox, name)
     if any(int(n) < min_size for n in disp_vox.shape[2:]):
         raise ValueError(f"{name} needs at least {min_size} voxels along every axis, got shape {tuple(disp_vox.shape)}")
@@ -69,7 +69,7 @@ def _check_disp(disp_vox: torch.Tensor, name: str = "disp_vox", min_size: int = 
 def _to_mm(disp_vox: torch.Tensor, spacing: Spacing) -> Tuple[torch.Tensor, Tuple[float, ...]]:
     """Field in mm (channel ``i`` times ``spacing[i]``) and the spacing tuple (all 1 without spacing)."""
     ndim = disp_vox.shape[1]
-    sp = fields._spacing_tuple(spacing, ndim)
+    sp = fields.spacing_tuple(spacing, ndim)
     if spacing is None:
         return disp_vox, sp
     scale = torch.tensor(sp, dtype=disp_vox.dtype, device=disp_vox.device).view(1, ndim, *([1] * ndim))
@@ -400,7 +400,7 @@ def hausdorff_dt(
     p, t = _one_hot_pair(pred, target, None, "pred", "target")
     if not include_background:
         p, t = p[:, 1:], t[:, 1:]
-    sp = fields._spacing_tuple(spacing, p.dim() - 2)
+    sp = fields.spacing_tuple(spacing, p.dim() - 2)
     with torch.no_grad():
         dist = []
         for x in (p, t):

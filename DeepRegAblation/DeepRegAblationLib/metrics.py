@@ -80,7 +80,7 @@ def _label_pair(a: ArrayLike, b: ArrayLike, name_a: str, name_b: str) -> tuple:
 
 
 def _spacing(spacing: Spacing, ndim: int) -> np.ndarray:
-    return np.asarray(fields._spacing_tuple(spacing, ndim), dtype=np.float64)
+    return np.asarray(fields.spacing_tuple(spacing, ndim), dtype=np.float64)
 
 
 def _disp(disp_vox: ArrayLike, name: str = "disp_vox", shape: Optional[tuple] = None) -> np.ndarray:
