@@ -55,6 +55,11 @@ REPORT_GROUPS = (
 
 
 # --------------------------------------------------------------------------- helpers
+def _md_label(metric: str) -> str:
+    """Metric label for a Markdown table cell (``|`` escaped)."""
+    return METRIC_LABELS.get(metric, metric).replace("|", "\\|")
+
+
 def _fmt(value: float, digits: int = 4) -> str:
     if value is None or not isinstance(value, (int, float, np.floating)) or not math.isfinite(float(value)):
         return "n/a"
@@ -178,7 +183,7 @@ def ablation_markdown_tables(
     summary: Sequence[Mapping[str, Any]], baseline: str, metrics: Sequence[str], reference_variants: Sequence[str] = ("identity",)
 ) -> str:
     """Two Markdown tables for ``metrics``: ``mean ± std (change vs baseline)`` and ``p / q`` per variant."""
-    lines = ["| variant | n | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " |"]
+    lines = ["| variant | n | " + " | ".join(_md_label(m) for m in metrics) + " |"]
     lines.append("|---|---|" + "---|" * len(metrics))
     for e in summary:
         cells = []
@@ -193,7 +198,7 @@ def ablation_markdown_tables(
     tested = [e for e in summary if any(math.isfinite(e[f"{m}_p"]) for m in metrics)]
     if tested:
         lines.append("")
-        lines.append("| p / q vs " + baseline + " | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " |")
+        lines.append("| p / q vs " + baseline + " | " + " | ".join(_md_label(m) for m in metrics) + " |")
         lines.append("|---|" + "---|" * len(metrics))
         for e in tested:
             cells = []
@@ -227,23 +232,42 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: PathLike) -> Path:
-    """Write ``fig`` as a PNG; image-heavy figures are reduced to a 256-colour palette (small files to commit)."""
+def _save(fig, path: PathLike, dpi: Optional[float] = None, palette: Optional[np.ndarray] = None) -> Path:
+    """Write ``fig`` as a PNG; with ``palette`` (``(N <= 256, 3)`` uint8 RGB) as a palette image (small files)."""
     import io
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    try:
-        from PIL import Image
-    except ImportError:  # matplotlib's own PNG
-        path.write_bytes(buffer.getvalue())
+    if palette is None:
+        fig.savefig(str(path), format="png", dpi=dpi)
         return path
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(str(path), format="PNG", optimize=True)
+    entries = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
+    flat = np.zeros((256, 3), dtype=np.uint8)
+    flat[: len(entries)] = entries
+    flat[len(entries):] = entries[-1]
+    lookup = Image.new("P", (1, 1))
+    lookup.putpalette(flat.reshape(-1).tolist())
+    image.quantize(palette=lookup, dither=Image.Dither.NONE).save(str(path), format="PNG", optimize=True)
     return path
+
+
+def _image_palette(cmap: str = "RdBu_r", line: str = "yellow", n_gray: int = 160, n_cmap: int = 48, n_blend: int = 15) -> np.ndarray:
+    """Palette for image panels (256 colours): grey levels, colours of ``cmap``, and the ``line`` colour blended
+    into greys (antialiased lines over grey images)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgb
+
+    grays = np.linspace(0, 1, n_gray)[:, None].repeat(3, axis=1)
+    colors = np.asarray(colormaps[cmap](np.linspace(0, 1, n_cmap)))[:, :3]
+    line_rgb = np.asarray(to_rgb(line))
+    blends = [a * line_rgb + (1 - a) * g for a in (0.33, 0.67, 1.0) for g in np.linspace(0, 1, n_blend)]
+    return np.round(255 * np.concatenate([grays, colors, np.asarray(blends)])).astype(np.uint8)
 
 
 REFERENCE_COLOR = "0.45"
@@ -412,7 +436,9 @@ def draw_deformation_grid(ax, disp_vox: np.ndarray, step: int = 8, color: str = 
         ax.plot(c + disp_vox[1, :, c], rows + disp_vox[0, :, c], color=color, lw=lw)
 
 
-def plot_deformation_examples(examples: Mapping[str, PairPrediction], out_path: PathLike, grid_step: int = 8) -> Path:
+def plot_deformation_examples(
+    examples: Mapping[str, PairPrediction], out_path: PathLike, grid_step: Optional[int] = None, dpi: float = 72
+) -> Path:
     """One row per variant: moving, fixed, warped, the fixed grid mapped into the moving image, det J.
 
     The Jacobian map uses a diverging colour scale centred at 1 (blue: contraction, red:
@@ -435,7 +461,7 @@ def plot_deformation_examples(examples: Mapping[str, PairPrediction], out_path: 
             ax.axis("off")
         ax = fig.add_subplot(n, 5, 5 * i + 4)
         ax.imshow(moving, cmap="gray", vmin=0, vmax=vmax)
-        draw_deformation_grid(ax, disp, step=grid_step)
+        draw_deformation_grid(ax, disp, step=grid_step or max(4, min(moving.shape) // 16))
         ax.set_xlim(-0.5, moving.shape[1] - 0.5)
         ax.set_ylim(moving.shape[0] - 0.5, -0.5)
         mag = np.sqrt((disp**2).sum(axis=0))
@@ -451,7 +477,7 @@ def plot_deformation_examples(examples: Mapping[str, PairPrediction], out_path: 
         ax.set_title(f"det J [{jmin:.2g}, {jmax:.2g}], folding {100.0 * folded.mean():.2f} %", fontsize=8)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    return _save(fig, out_path)
+    return _save(fig, out_path, dpi=dpi, palette=_image_palette())
 
 
 # --------------------------------------------------------------------------- ablation report
@@ -575,14 +601,17 @@ def summarize_sweep(
     runs: Sequence[Mapping[str, Any]],
     reference: Optional[Mapping[Tuple[str, float], Mapping[str, float]]] = None,
     metrics: Sequence[str] = SWEEP_METRICS,
+    identity_rows: Optional[Sequence[Mapping[str, Any]]] = None,
 ) -> List[Dict[str, Any]]:
     """One row per sweep run: ``reg_type``, ``lambda``, ``variant``, ``n_pairs``, ``m_mean``/``m_std``, ``ref_m``.
 
     ``runs``: dicts with ``variant`` (the id in ``rows``), ``reg_type`` and ``lambda``, in
-    table order.
+    table order. With ``identity_rows`` (the unregistered pairs) every row also gets
+    ``mse_vs_identity``: the relative change of the mean MSE against no registration.
     """
     groups = group_by_variant(rows)
     metrics = [m for m in metrics if _finite(_values(rows, m).tolist())]
+    identity_mse = stats.mean_std(_values(identity_rows, "mse"))[0] if identity_rows else math.nan
     out: List[Dict[str, Any]] = []
     for run in runs:
         vrows = groups.get(str(run["variant"]), [])
@@ -596,6 +625,8 @@ def summarize_sweep(
             mean, std = stats.mean_std(_values(vrows, m)) if vrows else (math.nan, math.nan)
             entry[f"{m}_mean"] = mean
             entry[f"{m}_std"] = std
+        if identity_rows:
+            entry["mse_vs_identity"] = stats.relative_change(entry.get("mse_mean", math.nan), identity_mse)
         ref = _lookup_reference(reference or {}, str(run["reg_type"]), float(run["lambda"]))
         for m, value in ref.items():
             entry[f"ref_{m}"] = float(value)
@@ -662,12 +693,16 @@ def write_sweep_report(
     examples: Optional[Mapping[str, PairPrediction]] = None,
     notes: Sequence[str] = (),
     title: str = "DeepRegAblation regulariser sweep",
+    identity_rows: Optional[Sequence[Mapping[str, Any]]] = None,
 ) -> Dict[str, Path]:
-    """Write the sweep's ``report.md``, ``summary.csv`` and ``figures/*.png`` (type × λ table, curves)."""
+    """Write the sweep's ``report.md``, ``summary.csv`` and ``figures/*.png`` (type × λ table, curves).
+
+    ``identity_rows`` (the unregistered pairs) add a column "MSE vs no registration".
+    """
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize_sweep(rows, runs, reference)
+    summary = summarize_sweep(rows, runs, reference, identity_rows=identity_rows)
     if not summary:
         raise ValueError("runs is empty: nothing to report")
     paths: Dict[str, Path] = {"summary": write_summary_csv(summary, out_dir / "summary.csv")}
@@ -695,12 +730,16 @@ def write_sweep_report(
     if ref_metrics:
         md += [f"Columns *ref.*: reference figures ({reference_source or 'user supplied'}), printed beside ours."]
     md.append("")
-    header = ["type", "λ", "n"] + [METRIC_LABELS.get(m, m) for m in metrics] + [f"ref. {METRIC_LABELS.get(m, m)}" for m in ref_metrics]
+    vs_identity = "mse_vs_identity" in summary[0]
+    header = (["type", "λ", "n"] + [_md_label(m) for m in metrics] + (["MSE vs no registration"] if vs_identity else [])
+              + [f"ref. {_md_label(m)}" for m in ref_metrics])
     md.append("| " + " | ".join(header) + " |")
     md.append("|" + "---|" * len(header))
     for e in summary:
         cells = [str(e["reg_type"]), f"{e['lambda']:g}", str(e["n_pairs"])]
         cells += [f"{_fmt(e[f'{m}_mean'])} ± {_fmt(e[f'{m}_std'], 3)}" for m in metrics]
+        if vs_identity:
+            cells.append(_fmt_pct(e["mse_vs_identity"]))
         cells += [_fmt(e.get(f"ref_{m}", math.nan)) if f"ref_{m}" in e else "" for m in ref_metrics]
         md.append("| " + " | ".join(cells) + " |")
     md += ["", "Per-pair values: `per_pair.csv`; summary numbers: `summary.csv`.", "", "## Figures", ""]
@@ -708,9 +747,11 @@ def write_sweep_report(
            "Left: accuracy versus folding, one point per λ; middle and right: folding % and MSE versus λ "
            "(black crosses: reference figures).", ""]
     if "training_curves" in paths:
-        md += ["![training_curves](figures/training_curves.png)", "", "Training loss per run.", ""]
+        md += ["![training_curves](figures/training_curves.png)", "", "Left: training loss per step (thin) and its running mean "
+               "over 25 steps (thick). Right: the trainer's validation Dice after every epoch on its first validation pairs.", ""]
     if "examples" in paths:
-        md += ["![examples](figures/examples.png)", "", "One validation pair per run: grid x + u(x) and Jacobian determinant.", ""]
+        md += ["![examples](figures/examples.png)", "", "One validation pair for some of the runs: moving, fixed, warped; the lines of "
+               "the fixed grid mapped to x + u(x) over the moving image; Jacobian determinant (folds outlined in black).", ""]
     report = out_dir / "report.md"
     report.write_text("\n".join(md))
     paths["report"] = report

@@ -142,6 +142,7 @@ def test_sweep_command(toy_ablation, tmp_path):
     assert (out / "figures" / "sweep_curves.png").read_bytes()[:8] == PNG_MAGIC
     text = (out / "report.md").read_text()
     assert "| l2 | 0.001 | 3 |" in text and "| bending | 0.01 | 3 |" in text
+    assert "MSE vs no registration" in text and "barely left the identity" in text  # 2 steps: nothing learned
     assert cli.main(argv[:-2] + ["--runs", "l3:0.1", "--out", str(tmp_path / "bad")]) == 2
 
 

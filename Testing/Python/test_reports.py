@@ -31,6 +31,7 @@ def _rows(n_pairs: int = 12, seed: int = 0):
                 "dice": float(base_dice[i] + off + (noise[i] if off else 0.0)),
                 "folding_pct": float(base_fold[i] * (0.1 if off > 0 else 1.0)),
                 "mse": float(0.01 + rng.uniform(0, 1e-3)),
+                "mean_disp_mm": float(1.0 + off + rng.uniform(0, 0.1)),
                 "tre_true_mm": math.nan,
             })
     return rows
@@ -119,6 +120,11 @@ def test_write_ablation_report(tmp_path):
     assert "deepreg-ablation ablation --steps 2" in text and "Budget: 2 steps." in text
     assert text.count("| regloss |") == 4  # two metric groups, each a results table and a p/q table
     assert "figures/examples.png" in text
+    for line in text.splitlines():  # every table row has as many cells as its header (a "|" in a label is escaped)
+        if line.startswith("| variant | n |"):
+            n_cells = line.replace("\\|", "").count("|")
+        elif line.startswith("| regloss |") and "p=" not in line and "/" not in line:
+            assert line.replace("\\|", "").count("|") == n_cells
 
 
 def test_deformation_grid_follows_the_field():
@@ -149,8 +155,9 @@ def test_parse_reference_and_sweep_report(tmp_path):
         for i in range(5):
             rows.append({"variant": vid, "pair_id": f"p{i}", "dice": 0.7 - lam + rng.normal(0, 0.01),
                          "folding_pct": 1.0 / (1 + 100 * lam), "mse": 0.002 + lam / 10})
+    identity = [{"variant": "identity", "pair_id": f"p{i}", "mse": 0.01, "dice": 0.5, "folding_pct": 0.0} for i in range(5)]
     paths = reports.write_sweep_report(tmp_path, rows, runs, reference=reports.BUILTIN_SWEEP_REFERENCE,
-                                       reference_source="test", command="deepreg-ablation sweep")
+                                       reference_source="test", command="deepreg-ablation sweep", identity_rows=identity)
     assert paths["sweep_curves"].read_bytes()[:8] == PNG_MAGIC
     with open(paths["summary"], newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -158,5 +165,6 @@ def test_parse_reference_and_sweep_report(tmp_path):
     assert float(table[0]["ref_folding_pct"]) == 4.1 and float(table[1]["ref_mse"]) == 0.00296
     assert table[3]["ref_folding_pct"] == ""  # no reference for l1
     assert float(table[0]["folding_pct_mean"]) == pytest.approx(1.0 / 1.1)
+    assert float(table[0]["mse_vs_identity"]) == pytest.approx((0.002 + 0.0001 - 0.01) / 0.01)
     text = paths["report"].read_text()
-    assert "ref. MSE" in text and "| l2 | 0.001 | 5 |" in text
+    assert "ref. MSE" in text and "| l2 | 0.001 | 5 |" in text and "MSE vs no registration" in text

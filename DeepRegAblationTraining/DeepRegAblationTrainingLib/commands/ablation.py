@@ -334,7 +334,7 @@ def setup_lines(exp: Experiment, args: argparse.Namespace, command_name: str) ->
         "evaluated checkpoint": "`last.pt` after the final step of every run (no model selection on the validation pairs)",
         "compute": f"{args.device} device, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
-        "code version": git_version(),
+        "code version when the report was written": git_version(),
     }
     timing = []
     for name, run in exp.runs.items():

@@ -1,14 +1,22 @@
-"""Benchmark speed and peak memory of the four variants beside voxelmorph's VxmPairwise.
+"""Benchmark the four variants: speed and peak memory beside voxelmorph's VxmPairwise, and
+registration quality beside classical registration on real IXI pairs.
 
 --train: training steps per second and peak memory (2D 160x192 and 3D 128^3 by default).
 --infer: model-only and full-pipeline (read to written) time and peak memory (2D 160x192, 3D
-128^3 and 3D 160x192x224). Each case runs in its own process. Writes a Markdown report
-(--report, default docs/benchmarks.md) and the raw rows as JSON beside it.
+128^3 and 3D 160x192x224). Each case runs in its own process.
+--quality: Dice (DLMUSE labels), HD95, folding % and runtime of the variants (shipped 3D models,
+or untrained networks where none is shipped), no registration, a classical affine and a
+classical deformable registration (--classical: ANTs SyN through antspyx when installed, else
+SimpleITK affine + diffeomorphic demons) on ordered pairs of the IXI heads (--ixi, --pairs).
+
+Writes one Markdown report with a section per part (--report, default docs/benchmarks.md), the
+speed rows as JSON beside it (<report>.json) and the quality rows per pair (<report>.quality.json).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +24,8 @@ from pathlib import Path
 from DeepRegAblationTrainingLib import bench
 
 DEFAULT_REPORT = Path("docs/benchmarks.md")
+_SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # beside the repository
+DEFAULT_IXI = Path(os.environ.get("DEEPREG_SHARED_DATA", _SHARED_DATA)) / "ixi-t1-2mm"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per case (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case after one warm-up (default 3)")
+    parser.add_argument("--quality", action="store_true",
+                        help="registration quality on real IXI pairs beside classical registration")
+    parser.add_argument("--ixi", type=Path, default=DEFAULT_IXI,
+                        help=f"folder of IXI heads with *_DLMUSE label partners (default {DEFAULT_IXI}, "
+                             "or $DEEPREG_SHARED_DATA/ixi-t1-2mm)")
+    parser.add_argument("--classical", default="auto", choices=("auto", "ants", "sitk", "all"),
+                        help="classical method: ANTs (antspyx) when importable, else SimpleITK (auto); all: both")
+    parser.add_argument("--pairs", default="cycle",
+                        help="quality pairs: 'cycle' (each subject fixed once, the next moving), 'all' "
+                             "(every ordered pair) or N (the first N of the cycle)")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
 
 
@@ -40,9 +60,42 @@ def _sizes(arg, default):
     return sizes
 
 
+def _quality_section(args: argparse.Namespace, variants) -> tuple:
+    """Run the quality part; returns ``(markdown, rows)``."""
+    from DeepRegAblationTrainingLib import data, quality
+
+    if not args.ixi.is_dir():
+        raise FileNotFoundError(f"--ixi: folder of IXI heads not found: {args.ixi}")
+    quality.set_threads(args.threads)  # before antspyx first runs
+    methods = quality.classical_methods(args.classical)
+    subjects = [s for s in data.find_generic_subjects(args.ixi) if s.labels is not None]
+    if len(subjects) < 2:
+        raise ValueError(f"--ixi: need at least 2 images with label partners in {args.ixi}, found {len(subjects)}")
+    pairs = quality.dataset_pairs(subjects, args.pairs)
+    print(f"quality: {len(pairs)} pairs x {len(methods) + len(variants)} methods", flush=True)
+    start = time.perf_counter()
+    rows = quality.quality_table(
+        pairs, variants, methods, device=args.device, threads=args.threads,
+        progress=lambda message: print(f"  {message} [{time.perf_counter() - start:.0f} s]", flush=True),
+    )
+    ants_note = ""
+    if any(m.startswith("ants") for m in methods):
+        import ants
+
+        ants_note = f", antspyx {getattr(ants, '__version__', '?')}"
+    import SimpleITK as sitk
+
+    setup = (f"Setup: {args.threads} CPU thread(s) for torch and ITK, our models on {args.device}; "
+             f"SimpleITK {sitk.Version_VersionString()}{ants_note}; wall time of this part "
+             f"{time.perf_counter() - start:.0f} s.")
+    description = (f"{len(subjects)} real IXI T1 heads at 2 mm with DLMUSE labels in `{args.ixi}` "
+                   f"({', '.join(s.id for s in subjects)})")
+    return quality.markdown_quality(rows, description, setup), rows
+
+
 def run(args: argparse.Namespace) -> int:
-    if not (args.train or args.infer):
-        raise ValueError("choose --train and/or --infer")
+    if not (args.train or args.infer or args.quality):
+        raise ValueError("choose --train, --infer and/or --quality")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in bench.VARIANT_IDS]
     if unknown:
@@ -69,17 +122,27 @@ def run(args: argparse.Namespace) -> int:
         status = row.get("error") or f"{row.get('steps_per_s') or row.get('seconds'):.3f}"
         print(f"[{i}/{len(cases)}] {case['kind']:8s} {case['size']:6s} {case['model']:16s} {status} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
+    quality_text, quality_rows = ("", [])
+    if args.quality:
+        quality_text, quality_rows = _quality_section(args, variants)
     command = "deepreg-ablation bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
-    text = "\n".join([
+    parts = [
         "# Benchmarks", "",
         f"Produced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}.", "",
         f"Machine: {bench.machine_description()}.", "",
-        bench.__doc__.strip(), "",
-        bench.markdown_tables(rows),
-    ])
+    ]
+    if cases:
+        parts += [bench.__doc__.strip(), "", bench.markdown_tables(rows)]
+    if args.quality:
+        parts += [quality_text]
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(text + "\n")
-    args.report.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    print(bench.markdown_tables(rows))
+    args.report.write_text("\n".join(parts) + "\n")
+    if cases:
+        args.report.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        print(bench.markdown_tables(rows))
+    if args.quality:
+        finite = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in quality_rows]
+        args.report.with_suffix(".quality.json").write_text(json.dumps(finite, indent=1))
+        print(quality_text)
     print(f"wrote {args.report}")
     return 1 if any("error" in r for r in rows) else 0

@@ -38,45 +38,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="directory of <variant>.pt 3D checkpoints (default: the shipped models)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-
-
-def mni_template_paths() -> Dict[str, Path]:
-    """Paths of the MNI152 2009 T1 template and tissue maps inside the installed nilearn package."""
-    try:
-        import nilearn
-    except ImportError as exc:  # pragma: no cover - nilearn is a test/demo dependency
-        raise RuntimeError("the demo needs the 'nilearn' package (it ships the MNI152 template): "
-                           "pip install nilearn") from exc
-    data = Path(nilearn.__file__).resolve().parent / "datasets" / "data"
-    paths = {
-        "t1": data / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-        "gm": data / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-        "wm": data / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-    }
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"MNI152 files missing from the nilearn package: {missing}")
-    return paths
+    parser.add_argument("--spacing-mm", type=float, default=DEMO_SPACING_MM,
+                        help="grid spacing of the pair (default 2 mm, the shipped 3D models' spacing)")
 
 
 def load_mni(spacing_mm: float = DEMO_SPACING_MM):
-    """The template and a tissue label map (1 grey matter, 2 white matter) on a ``spacing_mm`` grid."""
+    """The template and its tissue label map (1 grey, 2 white matter) resampled to ``spacing_mm``."""
     from DeepRegAblationLib import geometry
-    from DeepRegAblationLib.imageio import ImageData, read_image
+    from DeepRegAblationLib.imageio import ImageData
+    from DeepRegAblationTrainingLib.data import load_mni_template
 
-    paths = mni_template_paths()
-    t1 = read_image(paths["t1"])
+    template = load_mni_template(ndim=3, with_labels=True)
+    t1, labels = template["image"], template["labels"]
     scale = spacing_mm / geometry.spacing_from_matrix(t1.ijk_to_ras)
     ijk_to_ras = t1.ijk_to_ras.copy()
     ijk_to_ras[:3, :3] = t1.ijk_to_ras[:3, :3] * scale[None, :]
     shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(t1.array.shape, scale[::-1]))
-    resample = lambda img, mode: geometry.resample_to_grid(  # noqa: E731
-        img.array, img.ijk_to_ras, ijk_to_ras, shape, mode=mode)
-    fixed = ImageData(array=resample(t1, "linear").astype(np.float32), ijk_to_ras=ijk_to_ras, name="mni152_t1")
-    gm = resample(read_image(paths["gm"]), "linear")
-    wm = resample(read_image(paths["wm"]), "linear")
-    labels = np.where((gm > 0.5) | (wm > 0.5), np.where(wm > gm, 2, 1), 0).astype(np.int16)
-    return fixed, ImageData(array=labels, ijk_to_ras=ijk_to_ras, name="mni152_tissue_labels")
+
+    def resample(image, mode, dtype, name):
+        array = geometry.resample_to_grid(image.array, image.ijk_to_ras, ijk_to_ras, shape, mode=mode)
+        return ImageData(array=array.astype(dtype), ijk_to_ras=ijk_to_ras, name=name)
+
+    return (resample(t1, "linear", np.float32, "mni152_t1"),
+            resample(labels, "nearest", np.int16, "mni152_tissue_labels"))
 
 
 def make_moving(fixed, labels, max_disp_mm: float, seed: int):
@@ -120,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
     prepare_out_dir(args.out)
     write_marker(args.out, demo=True, seed=args.seed)
-    print("demo: MNI152 2009 T1 template (nilearn package data) at 2 mm, known synthetic deformation", flush=True)
-    template, template_labels = load_mni()
+    print(f"demo: MNI152 2009 T1 template (nilearn package data) at {args.spacing_mm:g} mm, known synthetic deformation", flush=True)
+    template, template_labels = load_mni(args.spacing_mm)
     fixed, moving, moving_labels, disp_true = make_moving(template, template_labels, args.max_disp_mm, args.seed)
     fixed_labels = template_labels
     inputs = args.out / "inputs"

@@ -149,6 +149,37 @@ def intensity_scale_note(exp) -> str:
     )
 
 
+def example_subset(examples: Dict[str, Any], variants: Dict[str, Tuple[str, float, Any]]) -> Dict[str, Any]:
+    """The example pair of the smallest and the largest λ of every type (keeps the figure small)."""
+    keep: List[str] = []
+    for reg_type in dict.fromkeys(t for t, _, _ in variants.values()):
+        names = sorted((n for n, (t, _, _) in variants.items() if t == reg_type), key=lambda n: variants[n][1])
+        keep += [names[0]] + ([names[-1]] if len(names) > 1 else [])
+    return {n: examples[n] for n in keep if n in examples}
+
+
+def movement_note(identity_rows, rows, threshold: float = 0.10) -> str:
+    """A warning when the trained models barely moved away from the identity (short budgets)."""
+    from ..reports import group_by_variant
+    from ..stats import mean_std, relative_change
+
+    if not identity_rows:
+        return ""
+    base = mean_std([r["mse"] for r in identity_rows])[0]
+    changes, disps = [], []
+    for vrows in group_by_variant(rows).values():
+        changes.append(-relative_change(mean_std([r["mse"] for r in vrows])[0], base))
+        disps.append(mean_std([r["mean_disp_mm"] for r in vrows])[0])
+    if not changes or max(changes) >= threshold:
+        return ""
+    return (
+        f"**The models have barely left the identity.** The best run lowers the validation MSE by only "
+        f"{100 * max(changes):.1f} % against no registration (mean displacement {min(disps):.2g}-{max(disps):.2g} mm), "
+        "so at this budget the sweep does not separate the regularisers; folding stays at 0 % because nothing folds yet. "
+        "Train longer (more --steps, or a GPU) before reading the λ dependence off this table."
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import write_rows_csv
     from ..reports import BUILTIN_SWEEP_REFERENCE, BUILTIN_SWEEP_REFERENCE_SOURCE, parse_reference, write_sweep_report
@@ -193,11 +224,15 @@ def run(args: argparse.Namespace) -> int:
     scale = intensity_scale_note(exp)
     if scale:
         notes.append(scale)
+    movement = movement_note(identity, sweep_rows)
+    if movement:
+        notes.insert(1, movement)
     notes += list(args.note or [])
     paths = write_sweep_report(
         exp.out_dir, sweep_rows, [{"variant": n, "reg_type": t, "lambda": lam} for n, (t, lam, _) in variants.items()],
         reference=reference, reference_source=reference_source, command=command, setup=setup,
-        training_logs={n: exp.runs_dir / n for n in variants}, examples=examples, notes=notes,
+        training_logs={n: exp.runs_dir / n for n in variants}, examples=example_subset(examples, variants), notes=notes,
+        identity_rows=identity,
     )
     print(f"sweep report: {paths['report']} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0

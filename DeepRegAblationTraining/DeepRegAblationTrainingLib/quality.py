@@ -1,0 +1,685 @@
+"""Registration quality of the four variants beside classical registration, on real image pairs.
+
+Every method registers the same ordered pairs (moving -> fixed) through the same final steps, so
+that the numbers differ only by the transform each method found:
+
+- the transform is a mapping of fixed RAS points to moving RAS points, ``q(p) = A (p + u_def(p))``;
+- the warped image and labels are ONE interpolation of the ORIGINAL moving image (linear) and
+  labels (nearest neighbour) at ``q(p)`` on the full-resolution fixed grid (what
+  ``inference.register`` does for our models, with the same sampler);
+- the metrics are ``metrics.registration_metrics`` on intensities normalised by robust
+  percentiles, labels of both images on the fixed grid, and the displacement converted to fixed
+  voxels (``geometry.ras_mm_to_disp_vox``): mean Dice over the labels present in both maps,
+  mean HD95 (mm), folding % (``det J <= 0``, raw), SDlogJ.
+
+Methods (row ids; :data:`METHOD_NOTES` holds the text the report prints):
+
+- ``identity``, ``sitk_affine``, ``sitk_demons``, ``ants_affine``, ``ants_syn`` (classical);
+- our variants: ``inference.register`` with the shipped 3D model
+  ``Resources/Models/3d/<variant>.pt`` when present, else an untrained network (flagged).
+
+Runtime is the registration alone, from images in memory to the full-resolution field, warped
+image and warped labels (metrics excluded): ``metrics["runtime_s"] - timings["metrics"]``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from DeepRegAblationLib import fields, geometry
+from DeepRegAblationLib.imageio import ImageData, intensity_window, itk_image_from_array, normalize_intensity, read_image
+from DeepRegAblationLib.inference import RegistrationResult
+
+PathLike = Union[str, Path]
+Progress = Optional[Callable[[str], None]]
+
+CLASSICAL_CHOICES = ("auto", "ants", "sitk", "all")
+"""``--classical``: ``auto`` = ANTs when ``antspyx`` is importable, else SimpleITK; ``all`` = both."""
+CLASSICAL_METHODS = {
+    "identity": "identity (no registration)",
+    "sitk_affine": "SimpleITK affine (Mattes MI)",
+    "sitk_demons": "SimpleITK affine + diffeomorphic demons",
+    "ants_affine": "ANTs affine (antspyx)",
+    "ants_syn": "ANTs SyN (antspyx)",
+}
+"""Classical method id -> row label."""
+METHOD_NOTES = {
+    "identity": "no registration: the images' own physical alignment.",
+    "sitk_affine": "SimpleITK affine, Mattes mutual information (32 bins, 25 % random samples, fixed seed), "
+                   "regular-step gradient descent, physical-shift scales, centred (moments) initialisation, "
+                   "two resolution levels (shrink 4 and 2, smoothing sigmas 2 and 1 voxels).",
+    "sitk_demons": "`sitk_affine`, then SimpleITK diffeomorphic demons on the affinely resampled, "
+                   "histogram-matched moving image: three resolution levels (shrink 4, 2, 1; 50, 30, 10 "
+                   "iterations; Gaussian field smoothing of 1.5 voxels of each level).",
+    "ants_affine": "ANTs through antspyx, `ants.registration(type_of_transform=\"Affine\")` with its defaults.",
+    "ants_syn": "ANTs through antspyx, `ants.registration(type_of_transform=\"SyN\")` with its defaults "
+                "(rigid + affine initialisation included); the transform is the composed displacement field "
+                "that antsApplyTransforms writes on the fixed grid.",
+    "ours": "`inference.register` (model grid, network, full-resolution field) with the shipped 3D model "
+            "`Resources/Models/3d/<variant>.pt`, or an untrained network where none is shipped.",
+}
+"""Method id (and ``"ours"`` for the variants) -> one-sentence description for reports."""
+QUALITY_COLUMNS = (
+    "fixed", "moving", "method", "label", "kind", "model", "seen_in_training",
+    "dice", "hd95_mm", "folding_pct", "sdlogj", "runtime_s",
+)  # fmt: skip
+"""Keys of every row of :func:`quality_table`."""
+SUMMARY_METRICS = ("dice", "hd95_mm", "folding_pct", "sdlogj", "runtime_s")
+
+# SimpleITK settings (see the module docstring)
+AFFINE_SHRINK = (4, 2)
+AFFINE_SIGMAS_VOX = (2.0, 1.0)
+AFFINE_SAMPLING = 0.25
+AFFINE_ITERATIONS = 200
+AFFINE_MIN_STEP = 1e-3
+AFFINE_SEED = 1
+"""Seed of the metric's random samples (SimpleITK reads 0 as "seed from the wall clock")."""
+DEMONS_SHRINK = (4, 2, 1)
+DEMONS_ITERATIONS = (50, 30, 10)
+DEMONS_SIGMA_VOX = 1.5
+MIN_LEVEL_SIZE = 8
+"""A resolution level is skipped when it would leave fewer voxels than this along an axis."""
+
+
+# --------------------------------------------------------------------------- helpers
+def ants_available() -> bool:
+    """Whether ``antspyx`` (``import ants``) is importable."""
+    try:
+        import ants  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Use ``threads`` CPU threads in torch, SimpleITK and the ITK inside antspyx (``None``: leave the defaults).
+
+    antspyx reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when its ITK first runs a filter: call
+    this before the first ANTs registration of the process.
+    """
+    if not threads:
+        return
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(int(threads))
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
+
+
+def _import_ants():
+    try:
+        import ants
+    except ImportError:
+        raise ValueError("method='ants' needs the antspyx package (pip install antspyx); use method='sitk'") from None
+    return ants
+
+
+def classical_methods(choice: str = "auto") -> List[str]:
+    """Classical method ids for a ``--classical`` choice: identity, then affine-only and deformable rows."""
+    if choice not in CLASSICAL_CHOICES:
+        raise ValueError(f"classical must be one of {list(CLASSICAL_CHOICES)}, got {choice!r}")
+    if choice == "auto":
+        choice = "ants" if ants_available() else "sitk"
+    if choice == "ants" and not ants_available():
+        raise ValueError("classical='ants' needs the antspyx package (pip install antspyx); use 'sitk' or 'auto'")
+    families = {"sitk": ["sitk"], "ants": ["ants"], "all": ["sitk"] + (["ants"] if ants_available() else [])}[choice]
+    methods = ["identity"]
+    for family in families:
+        methods += [f"{family}_affine", "sitk_demons" if family == "sitk" else "ants_syn"]
+    return methods
+
+
+def _labels_int32(labels: ImageData, name: str) -> np.ndarray:
+    array = np.asarray(labels.array)
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise ValueError(f"{name} must hold integer labels, got non-integer values (shape {array.shape})")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold integer labels, got dtype {array.dtype}")
+    return array.astype(np.int32)
+
+
+def _check_inputs(fixed: ImageData, moving: ImageData, fixed_labels, moving_labels) -> None:
+    from DeepRegAblationLib.imageio import validate_image
+
+    named = ((fixed, "fixed"), (moving, "moving"), (fixed_labels, "fixed_labels"), (moving_labels, "moving_labels"))
+    for image, name in named:
+        if image is not None:
+            validate_image(image, name)
+    for image, name in ((fixed, "fixed"), (moving, "moving")):
+        if image.is_2d or min(image.shape) < 4:
+            raise ValueError(
+                f"{name} must be a 3D volume with at least 4 voxels per axis for classical registration, "
+                f"got shape {image.shape}"
+            )
+        if float(np.max(image.array)) == float(np.min(image.array)):
+            raise ValueError(f"{name} is constant (shape {image.shape}): nothing to register")
+    geometry.check_overlap(fixed, moving)
+
+
+def _affine_lps_matrix(transform) -> np.ndarray:
+    """The ``(4, 4)`` matrix of an affine SimpleITK transform (any type or composite), LPS points."""
+    probes = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100], [37, -53, 71]], dtype=np.float64)
+    mapped = np.array([transform.TransformPoint([float(v) for v in p]) for p in probes])
+    linear = (mapped[1:4] - mapped[0]).T / 100.0
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = mapped[0]
+    if not np.allclose(linear @ probes[4] + mapped[0], mapped[4], atol=1e-4):
+        raise RuntimeError("the SimpleITK transform expected to be affine is not")
+    return matrix
+
+
+def _field_lps_to_ras(field_lps: np.ndarray) -> np.ndarray:
+    """``(K, J, I, 3)`` LPS vectors -> RAS vectors (x and y negated)."""
+    return field_lps * np.array([-1.0, -1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- SimpleITK
+def _levels(shape: Sequence[int], shrinks: Sequence[int], settings: Sequence[Any]) -> List[Tuple[int, Any]]:
+    """``(shrink, setting)`` of the resolution levels that leave >= ``MIN_LEVEL_SIZE`` voxels per axis.
+
+    When none does, one full-resolution level with the last setting.
+    """
+    kept = [(int(s), v) for s, v in zip(shrinks, settings) if min(shape) // s >= MIN_LEVEL_SIZE]
+    return kept or [(1, settings[-1])]
+
+
+def _sitk_affine(fixed_itk, moving_itk, seed: int = AFFINE_SEED):
+    """Multi-resolution affine (Mattes MI), centred (moments) initialisation -> SimpleITK transform."""
+    import SimpleITK as sitk
+
+    levels = _levels(fixed_itk.GetSize(), AFFINE_SHRINK, AFFINE_SIGMAS_VOX)
+    initial = sitk.CenteredTransformInitializer(
+        fixed_itk, moving_itk, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(AFFINE_SAMPLING, int(seed))
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=AFFINE_MIN_STEP, numberOfIterations=AFFINE_ITERATIONS,
+        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([shrink for shrink, _ in levels])
+    method.SetSmoothingSigmasPerLevel([sigma if shrink > 1 else 0.0 for shrink, sigma in levels])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    method.SetInitialTransform(initial, inPlace=False)
+    return method.Execute(fixed_itk, moving_itk)
+
+
+def _downsample(image, shrink: int):
+    """Gaussian anti-aliasing (sigma = shrink/2 voxels) and integer shrinking."""
+    import SimpleITK as sitk
+
+    if shrink == 1:
+        return image
+    sigma_mm = 0.5 * shrink * min(image.GetSpacing())
+    return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, sigma_mm), [int(shrink)] * image.GetDimension())
+
+
+def _sitk_demons(fixed_itk, moving_on_fixed_itk) -> np.ndarray:
+    """Multi-resolution diffeomorphic demons of two images on the same grid.
+
+    Returns the displacement ``(K, J, I, 3)`` LPS mm on the fixed grid: fixed point ``p`` ->
+    point ``p + u(p)`` of the (affinely resampled) moving image.
+    """
+    import SimpleITK as sitk
+
+    moving_matched = sitk.HistogramMatching(moving_on_fixed_itk, fixed_itk, 256, 7, True)
+    field = None
+    for shrink, n_iter in _levels(fixed_itk.GetSize(), DEMONS_SHRINK, DEMONS_ITERATIONS):
+        fixed_level = _downsample(fixed_itk, shrink)
+        moving_level = _downsample(moving_matched, shrink)
+        demons = sitk.DiffeomorphicDemonsRegistrationFilter()
+        demons.SetNumberOfIterations(int(n_iter))
+        demons.SetSmoothDisplacementField(True)
+        demons.SetStandardDeviations(DEMONS_SIGMA_VOX)
+        if field is None:
+            field = demons.Execute(fixed_level, moving_level)
+        else:
+            start = sitk.Resample(field, fixed_level, sitk.Transform(), sitk.sitkLinear, 0.0, field.GetPixelID())
+            field = demons.Execute(fixed_level, moving_level, start)
+    field = sitk.Resample(field, fixed_itk, sitk.Transform(), sitk.sitkLinear, 0.0, field.GetPixelID())
+    return sitk.GetArrayFromImage(field).astype(np.float64)
+
+
+def _run_sitk(fixed_itk, moving_itk, deformable: bool, timings: Dict[str, float]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """-> ``(affine_lps (4, 4), deform_lps (K, J, I, 3) or None)``."""
+    import SimpleITK as sitk
+
+    t0 = time.perf_counter()
+    affine_tx = _sitk_affine(fixed_itk, moving_itk)
+    timings["affine"] = time.perf_counter() - t0
+    affine_lps = _affine_lps_matrix(affine_tx)
+    if not deformable:
+        return affine_lps, None
+    t0 = time.perf_counter()
+    moving_on_fixed = sitk.Resample(moving_itk, fixed_itk, affine_tx, sitk.sitkLinear, 0.0)
+    deform_lps = _sitk_demons(fixed_itk, moving_on_fixed)
+    timings["deformable"] = time.perf_counter() - t0
+    return affine_lps, deform_lps
+
+
+# --------------------------------------------------------------------------- ANTs
+def _run_ants(fixed_itk, moving_itk, deformable: bool, timings: Dict[str, float]) -> Tuple[np.ndarray, np.ndarray]:
+    """-> ``(affine_lps (4, 4), total displacement (K, J, I, 3) LPS mm on the fixed grid)``."""
+    import SimpleITK as sitk
+
+    ants = _import_ants()
+    fixed_ants, moving_ants = ants.from_sitk(fixed_itk), ants.from_sitk(moving_itk)
+    with tempfile.TemporaryDirectory(prefix="deepreg-ants-") as tmp:
+        t0 = time.perf_counter()
+        reg = ants.registration(fixed_ants, moving_ants, type_of_transform="SyN" if deformable else "Affine",
+                                outprefix=str(Path(tmp) / "reg_"))
+        timings["registration"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        composed = ants.apply_transforms(fixed_ants, moving_ants, reg["fwdtransforms"], compose=str(Path(tmp) / "total_"))
+        if composed is None:
+            raise RuntimeError("antsApplyTransforms did not write the composed displacement field")
+        total_lps = sitk.GetArrayFromImage(sitk.ReadImage(composed)).astype(np.float64)
+        matrices = [p for p in reg["fwdtransforms"] if str(p).endswith(".mat")]
+        affine_lps = _affine_lps_matrix(sitk.ReadTransform(matrices[0])) if matrices else np.eye(4)
+        timings["field"] = time.perf_counter() - t0
+    return affine_lps, total_lps
+
+
+# --------------------------------------------------------------------------- common result
+def result_from_mapping(
+    variant: str,
+    fixed: ImageData,
+    moving: ImageData,
+    affine_ras: np.ndarray,
+    disp_ras_mm: np.ndarray,
+    fixed_labels: Optional[ImageData] = None,
+    moving_labels: Optional[ImageData] = None,
+    timings: Optional[Dict[str, float]] = None,
+    t_start: Optional[float] = None,
+) -> RegistrationResult:
+    """A :class:`RegistrationResult` from a total mapping ``q(p) = p + disp_ras_mm(p)`` on the fixed grid.
+
+    Args:
+        variant: the method id stored in the result.
+        affine_ras: ``(4, 4)`` affine part (fixed RAS point -> moving RAS point); the deformable
+            part is ``u_def(p) = affine_ras^-1(q(p)) - p``.
+        disp_ras_mm: ``(K, J, I, 3)`` total displacement on the fixed grid, RAS mm.
+        timings: seconds per stage so far (``metrics`` is added).
+        t_start: ``time.perf_counter()`` at the start of the registration (``runtime_s``).
+
+    The warped image / labels, Jacobian and metrics are computed as ``inference.register`` does.
+    """
+    from DeepRegAblationLib.metrics import registration_metrics
+
+    timings = dict(timings or {})
+    t_start = time.perf_counter() if t_start is None else t_start
+    disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
+    if disp_ras_mm.shape != tuple(fixed.shape) + (3,):
+        raise ValueError(
+            f"disp_ras_mm must be (K, J, I, 3) = {tuple(fixed.shape) + (3,)} on the fixed grid, got {disp_ras_mm.shape}"
+        )
+    affine_ras = np.asarray(affine_ras, dtype=np.float64)
+    if affine_ras.shape != (4, 4):
+        raise ValueError(f"affine_ras must be (4, 4), got {affine_ras.shape}")
+    t0 = time.perf_counter()
+    points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
+    moved = points + disp_ras_mm
+    deform_ras = geometry.apply_affine(moved, np.linalg.inv(affine_ras)) - points
+    warped = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, moved, mode="linear")
+    warped_labels = None
+    if moving_labels is not None:
+        warped_labels = geometry.sample_at_ras(
+            _labels_int32(moving_labels, "moving_labels"), moving_labels.ijk_to_ras, moved, mode="nearest"
+        )
+    disp_fixed_vox = geometry.ras_mm_to_disp_vox(disp_ras_mm, fixed.ijk_to_ras, ndim=3)
+    import torch
+
+    jacobian = fields.jacobian_determinant(torch.from_numpy(disp_fixed_vox)[None])[0].numpy().astype(np.float32)
+    timings["warp"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fixed_labels_grid = None
+    if fixed_labels is not None and warped_labels is not None:
+        fixed_labels_grid = geometry.resample_to_grid(
+            _labels_int32(fixed_labels, "fixed_labels"), fixed_labels.ijk_to_ras, fixed.ijk_to_ras, fixed.shape,
+            mode="nearest",
+        )
+    metrics = registration_metrics(
+        normalize_intensity(fixed.array),
+        normalize_intensity(warped, window=intensity_window(moving.array)),
+        disp_fixed_vox,
+        spacing=fixed.spacing_kji,
+        fixed_labels=fixed_labels_grid,
+        warped_labels=warped_labels if fixed_labels_grid is not None else None,
+    )
+    timings["metrics"] = time.perf_counter() - t0
+    metrics["runtime_s"] = time.perf_counter() - t_start
+    return RegistrationResult(
+        variant=variant,
+        fixed_ijk_to_ras=fixed.ijk_to_ras.copy(),
+        warped=warped.astype(np.float32),
+        warped_labels=warped_labels,
+        affine_ras=affine_ras,
+        disp_ras_mm=disp_ras_mm.astype(np.float32),
+        deform_disp_ras_mm=deform_ras.astype(np.float32),
+        jacobian=jacobian,
+        metrics={k: float(v) for k, v in metrics.items()},
+        timings=timings,
+    )
+
+
+def _as_image(image: Union[ImageData, PathLike, None], name: str) -> Optional[ImageData]:
+    if image is None or isinstance(image, ImageData):
+        return image
+    if isinstance(image, (str, Path)):
+        return read_image(image, name=name)
+    raise ValueError(f"{name} must be an ImageData or a file path, got {type(image).__name__}")
+
+
+def identity_register(
+    fixed: Union[ImageData, PathLike],
+    moving: Union[ImageData, PathLike],
+    fixed_labels: Union[ImageData, PathLike, None] = None,
+    moving_labels: Union[ImageData, PathLike, None] = None,
+) -> RegistrationResult:
+    """No registration: ``q(p) = p`` (the images' own physical alignment), same outputs as the others."""
+    t_start = time.perf_counter()
+    fixed, moving = _as_image(fixed, "fixed"), _as_image(moving, "moving")
+    fixed_labels, moving_labels = _as_image(fixed_labels, "fixed_labels"), _as_image(moving_labels, "moving_labels")
+    _check_inputs(fixed, moving, fixed_labels, moving_labels)
+    return result_from_mapping("identity", fixed, moving, np.eye(4), np.zeros(tuple(fixed.shape) + (3,)),
+                               fixed_labels, moving_labels, {}, t_start)
+
+
+def classical_register(
+    fixed: Union[ImageData, PathLike],
+    moving: Union[ImageData, PathLike],
+    fixed_labels: Union[ImageData, PathLike, None] = None,
+    moving_labels: Union[ImageData, PathLike, None] = None,
+    method: str = "auto",
+    transform: str = "deformable",
+    threads: Optional[int] = None,
+) -> RegistrationResult:
+    """Classical registration of ``moving`` to ``fixed`` (3D), results on the full-resolution fixed grid.
+
+    Args:
+        fixed, moving: 3D scalar images (``ImageData`` or paths), overlapping in physical space.
+        fixed_labels, moving_labels: optional integer label maps (warped by nearest neighbour; Dice).
+        method: ``"ants"`` (``antspyx``: SyN, or Affine), ``"sitk"`` (SimpleITK: affine, then
+            diffeomorphic demons) or ``"auto"`` (ANTs when importable, else SimpleITK).
+        transform: ``"deformable"`` (affine + deformable) or ``"affine"`` (the affine stage only).
+        threads: CPU threads (:func:`set_threads`); ``None`` leaves the defaults.
+
+    Returns:
+        a :class:`RegistrationResult` whose ``variant`` is the method id (``sitk_affine``,
+        ``sitk_demons``, ``ants_affine``, ``ants_syn``), with ``timings`` per stage and
+        ``metrics["runtime_s"]`` (registration, field, warping and metrics).
+    """
+    if method not in ("auto", "ants", "sitk"):
+        raise ValueError(f"method must be 'auto', 'ants' or 'sitk', got {method!r}")
+    if transform not in ("deformable", "affine"):
+        raise ValueError(f"transform must be 'deformable' or 'affine', got {transform!r}")
+    t_start = time.perf_counter()
+    fixed, moving = _as_image(fixed, "fixed"), _as_image(moving, "moving")
+    fixed_labels, moving_labels = _as_image(fixed_labels, "fixed_labels"), _as_image(moving_labels, "moving_labels")
+    _check_inputs(fixed, moving, fixed_labels, moving_labels)
+    if method == "auto":
+        method = "ants" if ants_available() else "sitk"
+    deformable = transform == "deformable"
+    set_threads(threads)
+    timings: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    fixed_itk = itk_image_from_array(normalize_intensity(fixed.array), fixed.ijk_to_ras)
+    moving_itk = itk_image_from_array(normalize_intensity(moving.array), moving.ijk_to_ras)
+    timings["prepare"] = time.perf_counter() - t0
+    if method == "sitk":
+        affine_lps, deform_lps = _run_sitk(fixed_itk, moving_itk, deformable, timings)
+        affine_ras = geometry.transform_lps_to_ras(affine_lps)
+        points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
+        deform_ras = np.zeros_like(points) if deform_lps is None else _field_lps_to_ras(deform_lps)
+        disp_ras = geometry.apply_affine(points + deform_ras, affine_ras) - points
+        variant = "sitk_demons" if deformable else "sitk_affine"
+    else:
+        affine_lps, total_lps = _run_ants(fixed_itk, moving_itk, deformable, timings)
+        affine_ras = geometry.transform_lps_to_ras(affine_lps)
+        disp_ras = _field_lps_to_ras(total_lps)
+        variant = "ants_syn" if deformable else "ants_affine"
+    return result_from_mapping(variant, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels, timings, t_start)
+
+
+# --------------------------------------------------------------------------- pairs and table
+def dataset_pairs(subjects: Sequence[Any], pairs: Union[str, int] = "cycle") -> List[Tuple[Any, Any]]:
+    """Ordered ``(fixed, moving)`` subject pairs.
+
+    ``"cycle"``: each subject is fixed once with the next one as moving (``n`` pairs, the last
+    subject's moving is the first); ``"all"``: every ordered pair (``n (n - 1)``); an integer
+    ``N``: the first ``N`` pairs of the cycle.
+    """
+    subjects = list(subjects)
+    if len(subjects) < 2:
+        raise ValueError(f"need at least 2 subjects for pairs, got {len(subjects)}")
+    cycle = [(subjects[i], subjects[(i + 1) % len(subjects)]) for i in range(len(subjects))]
+    if pairs == "cycle":
+        return cycle
+    if pairs == "all":
+        return [(f, m) for f in subjects for m in subjects if f is not m]
+    try:
+        count = int(pairs)
+    except (TypeError, ValueError):
+        raise ValueError(f"pairs must be 'cycle', 'all' or a positive integer, got {pairs!r}") from None
+    if count < 1:
+        raise ValueError(f"pairs must be a positive integer, got {count}")
+    return cycle[:count]
+
+
+def _training_ids(checkpoint: dict) -> Optional[set]:
+    """Subject ids the checkpoint's model was trained on (``data_split["train"]``), or ``None``."""
+    split = checkpoint.get("data_split") or checkpoint.get("split")
+    if not isinstance(split, dict) or not isinstance(split.get("train"), list):
+        return None
+    ids = set()
+    for entry in split["train"]:
+        ids.add(str(entry.get("id")) if isinstance(entry, dict) else str(entry))
+    return ids
+
+
+def load_variant_models(variants: Sequence[str], ndim: int = 3, untrained: bool = False) -> Dict[str, Dict[str, Any]]:
+    """``{variant: {"model": RegistrationModel, "trained": bool, "path": str | None, "train_ids": set | None}}``.
+
+    The shipped weights (``inference.shipped_model_path``) when present (and not ``untrained``),
+    else an untrained network (seeded with 0).
+    """
+    import torch
+    from DeepRegAblationLib import checkpoints, inference
+
+    out = {}
+    for variant in variants:
+        path = None if untrained else inference.shipped_model_path(variant, ndim)
+        if path is None:
+            torch.manual_seed(0)
+            model, _, _ = inference.load_registration_model(variant, ndim)
+            out[variant] = {"model": model, "trained": False, "path": None, "train_ids": None}
+        else:
+            model, _, _ = inference.load_registration_model(path, ndim)
+            train_ids = _training_ids(checkpoints.load_checkpoint(path))
+            out[variant] = {"model": model, "trained": True, "path": str(path), "train_ids": train_ids}
+    return out
+
+
+def _row(fixed_id: str, moving_id: str, method: str, label: str, kind: str, model: str,
+         seen: Optional[bool], result: RegistrationResult) -> Dict[str, Any]:
+    metrics = result.metrics
+    runtime = float(metrics["runtime_s"]) - float(result.timings.get("metrics", 0.0))
+    row = {"fixed": fixed_id, "moving": moving_id, "method": method, "label": label, "kind": kind,
+           "model": model, "seen_in_training": seen}
+    for key in ("dice", "hd95_mm", "folding_pct", "sdlogj"):
+        row[key] = float(metrics.get(key, float("nan")))
+    row["runtime_s"] = runtime
+    return row
+
+
+def quality_table(
+    pairs: Sequence[Tuple[Any, Any]],
+    variants: Sequence[str],
+    methods: Sequence[str],
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    progress: Progress = None,
+    untrained: bool = False,
+) -> List[Dict[str, Any]]:
+    """Register every pair with every variant and classical method; one row per (pair, method).
+
+    Args:
+        pairs: ``(fixed, moving)`` subjects, each with ``id``, ``image`` and ``labels`` (paths;
+            ``data.Subject``), e.g. from :func:`dataset_pairs`.
+        variants: our variant ids (shipped 3D models, or untrained networks where none is shipped).
+        methods: classical method ids (keys of :data:`CLASSICAL_METHODS`), e.g. :func:`classical_methods`.
+        device: device of our models (``inference.register``).
+        threads: torch and ITK threads (``None``: leave the defaults).
+        progress: ``progress(message)`` after each registration.
+        untrained: run untrained networks even where a model is shipped (tests the pipeline only).
+
+    Returns:
+        rows with the keys :data:`QUALITY_COLUMNS`: ``kind`` is ``"reference"`` (identity),
+        ``"classical"`` or ``"ours"``; ``model`` is the weights file, ``"untrained"`` or the
+        classical package; ``seen_in_training`` tells whether both subjects of the pair were
+        training subjects of the shipped model (``None``: unknown or not applicable).
+    """
+    from DeepRegAblationLib.inference import register
+
+    unknown = [m for m in methods if m not in CLASSICAL_METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown id(s) {unknown}; choose from {list(CLASSICAL_METHODS)}")
+    set_threads(threads)
+    models = load_variant_models(variants, 3, untrained)
+    rows: List[Dict[str, Any]] = []
+    report = progress or (lambda message: None)
+    for fixed_subject, moving_subject in pairs:
+        fixed = read_image(fixed_subject.image)
+        moving = read_image(moving_subject.image)
+        fixed_labels = read_image(fixed_subject.labels) if getattr(fixed_subject, "labels", None) else None
+        moving_labels = read_image(moving_subject.labels) if getattr(moving_subject, "labels", None) else None
+        ids = (str(fixed_subject.id), str(moving_subject.id))
+        for method in methods:
+            if method == "identity":
+                result = identity_register(fixed, moving, fixed_labels, moving_labels)
+                kind, model = "reference", "-"
+            else:
+                family, stage = method.split("_", 1)
+                result = classical_register(fixed, moving, fixed_labels, moving_labels, method=family,
+                                            transform="affine" if stage == "affine" else "deformable", threads=threads)
+                kind, model = "classical", "antspyx" if family == "ants" else "SimpleITK"
+            rows.append(_row(*ids, method, CLASSICAL_METHODS[method], kind, model, None, result))
+            report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
+        for variant in variants:
+            entry = models[variant]
+            result = register(fixed, moving, model=entry["model"], fixed_labels=fixed_labels,
+                              moving_labels=moving_labels, device=device)
+            seen = None if entry["train_ids"] is None else all(i in entry["train_ids"] for i in ids)
+            label = f"{variant} ({'shipped' if entry['trained'] else 'untrained'})"
+            model = Path(entry["path"]).name if entry["trained"] else "untrained"
+            rows.append(_row(*ids, variant, label, "ours", model, seen, result))
+            report(f"{ids[1]} -> {ids[0]} {variant}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
+    return rows
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return float(np.mean(values)), std
+
+
+def summarize_quality(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per method (in the order of first appearance): ``n_pairs`` and ``<metric>_mean`` / ``<metric>_std``
+    (sample standard deviation over pairs, NaN for one pair) of :data:`SUMMARY_METRICS`."""
+    order: List[str] = []
+    for row in rows:
+        if row["method"] not in order:
+            order.append(row["method"])
+    summary = []
+    for method in order:
+        mrows = [r for r in rows if r["method"] == method]
+        entry = {"method": method, "label": mrows[0]["label"], "kind": mrows[0]["kind"], "model": mrows[0]["model"],
+                 "n_pairs": len(mrows)}
+        seen = {r["seen_in_training"] for r in mrows}
+        entry["seen_in_training"] = seen.pop() if len(seen) == 1 else "some"
+        for key in SUMMARY_METRICS:
+            entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([float(r[key]) for r in mrows])
+        summary.append(entry)
+    return summary
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    if math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _seen_text(entry: Dict[str, Any]) -> str:
+    if entry["kind"] != "ours" or entry["model"] == "untrained":
+        return "-"
+    return {True: "yes", False: "no", None: "unknown", "some": "some"}[entry["seen_in_training"]]
+
+
+def markdown_quality(rows: Sequence[Dict[str, Any]], data_description: str, setup: str = "") -> str:
+    """The "Registration quality" Markdown section: setup, summary table (mean ± std over pairs), pairs."""
+    summary = summarize_quality(rows)
+    pairs = []
+    for row in rows:
+        pair = (row["moving"], row["fixed"])
+        if pair not in pairs:
+            pairs.append(pair)
+    seen_values = {s["seen_in_training"] for s in summary if s["kind"] == "ours"}
+    out = [
+        "## Registration quality on IXI", "",
+        f"Data: {data_description}. {len(pairs)} ordered pairs (moving -> fixed): "
+        + ", ".join(f"{m} -> {f}" for m, f in pairs) + ".", "",
+    ]
+    if setup:
+        out += [setup, ""]
+    out += ["Methods:", ""]
+    for s in summary:
+        if s["kind"] != "ours":
+            out.append(f"- `{s['method']}`: {METHOD_NOTES[s['method']]}")
+    if any(s["kind"] == "ours" for s in summary):
+        out.append(f"- our variants: {METHOD_NOTES['ours']}")
+    out.append("")
+    out += [
+        "Every method goes through the same final steps: its transform (fixed point -> moving point) is "
+        "applied by one interpolation of the original moving image and labels (nearest neighbour) on the "
+        "fixed grid; Dice is the mean over the DLMUSE labels present in both maps, HD95 the mean over those "
+        "labels (mm), folding the % of voxels with det J <= 0, SDlogJ the standard deviation of log det J. "
+        "Runtime: the registration from images in memory to the full-resolution field and warped "
+        "image/labels, metrics excluded. Values are mean ± sample standard deviation over the pairs.", "",
+        "| method | weights / package | pairs seen in training | Dice | HD95 (mm) | folding (%) | SDlogJ | runtime (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        out.append(
+            f"| {s['label']} | {s['model']} | {_seen_text(s)} | {_pm(s['dice_mean'], s['dice_std'], 3)} | "
+            f"{_pm(s['hd95_mm_mean'], s['hd95_mm_std'], 2)} | {_pm(s['folding_pct_mean'], s['folding_pct_std'], 3)} | "
+            f"{_pm(s['sdlogj_mean'], s['sdlogj_std'], 3)} | {_pm(s['runtime_s_mean'], s['runtime_s_std'], 1)} |"
+        )
+    out.append("")
+    if any(s["kind"] == "ours" and s["model"] == "untrained" for s in summary):
+        out += ["Rows labelled \"(untrained)\" ran a randomly initialised network because no 3D model is "
+                "shipped for that variant: they measure the pipeline's runtime, not the method's accuracy.", ""]
+    if True in seen_values or "some" in seen_values:
+        out += ["Caution: the subjects of these pairs were training subjects of the shipped 3D models "
+                "(their checkpoints' data split): our rows are training-set numbers, the classical rows are not "
+                "trained at all.", ""]
+    elif None in seen_values and any(s["kind"] == "ours" and s["model"] != "untrained" for s in summary):
+        out += ["The shipped checkpoints do not record their training subjects: whether these pairs were seen "
+                "in training is unknown here (see the model cards).", ""]
+    return "\n".join(out)

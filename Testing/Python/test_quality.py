@@ -1,0 +1,218 @@
+"""Registration-quality benchmark: classical registration (SimpleITK path), the quality table and
+the `bench --quality` command, on synthetic 32^3 blob volumes with a known shift, and one real
+IXI pair (skipped without ../shared data)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from DeepRegAblationLib import geometry
+from DeepRegAblationLib.imageio import ImageData, read_image, write_image
+from DeepRegAblationTrainingLib import cli, quality
+from DeepRegAblationTrainingLib.data import Subject
+
+# an oblique-free but flipped, anisotropic-origin grid (LPS-like axes) so that RAS/LPS and axis
+# order conventions are exercised
+IJK_TO_RAS = np.array([[-2.0, 0, 0, 30.0], [0, -2.0, 0, 25.0], [0, 0, 2.0, -31.0], [0, 0, 0, 1]])
+SHAPE = (32, 32, 32)
+BLOBS = [  # centre offset from the grid centre (RAS mm), radii (mm), intensity
+    ((0.0, 0.0, 0.0), (22.0, 18.0, 20.0), 0.4),   # "head": label 1
+    ((-8.0, 4.0, 3.0), (7.0, 6.0, 6.0), 1.0),     # label 2
+    ((9.0, -5.0, -4.0), (6.0, 8.0, 5.0), 0.7),    # label 3
+    ((2.0, 9.0, -9.0), (5.0, 5.0, 7.0), 0.15),    # label 4
+]
+
+
+def _phantom(shift_ras=(0.0, 0.0, 0.0), bend_mm: float = 0.0):
+    """Smooth blob image and labels on IJK_TO_RAS; content moved by ``shift_ras`` plus a smooth bend.
+
+    The content at the grid centre moves to ``centre + shift_ras + (0, 0, bend_mm)``.
+    """
+    points = geometry.grid_points_ras(SHAPE, IJK_TO_RAS)
+    centre = geometry.voxel_to_ras((np.array(SHAPE[::-1]) - 1) / 2.0, IJK_TO_RAS)
+    x = points - centre - np.asarray(shift_ras)
+    if bend_mm:
+        x = x - bend_mm * np.stack([np.sin(x[..., 2] / 12.0), np.zeros_like(x[..., 0]), np.cos(x[..., 0] / 15.0)], -1)
+    image = np.zeros(SHAPE, np.float32)
+    labels = np.zeros(SHAPE, np.int16)
+    for label, (offset, radii, value) in enumerate(BLOBS, start=1):
+        r2 = np.sum(((x - np.asarray(offset)) / np.asarray(radii)) ** 2, axis=-1)
+        inside = r2 <= 1.0
+        image = np.where(inside, value, image) + 0.05 * value * np.exp(-r2)
+        labels[inside] = label
+    image = ndimage.gaussian_filter(image, 1.0)
+    return ImageData(image.astype(np.float32), IJK_TO_RAS, "img"), ImageData(labels, IJK_TO_RAS, "lab")
+
+
+SHIFT_RAS = (6.0, -4.0, 4.0)
+BEND_MM = 4.0
+CENTRE_DISP_RAS = np.array(SHIFT_RAS) + (0.0, 0.0, BEND_MM)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    fixed, fixed_labels = _phantom()
+    moving, moving_labels = _phantom(SHIFT_RAS, bend_mm=BEND_MM)
+    return fixed, moving, fixed_labels, moving_labels
+
+
+def test_sitk_classical_beats_identity_and_recovers_the_shift(pair):
+    fixed, moving, fixed_labels, moving_labels = pair
+    identity = quality.identity_register(fixed, moving, fixed_labels, moving_labels)
+    affine = quality.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", transform="affine",
+                                        threads=1)
+    demons = quality.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", threads=1)
+    assert identity.variant == "identity" and affine.variant == "sitk_affine" and demons.variant == "sitk_demons"
+    assert np.all(identity.disp_ras_mm == 0) and identity.metrics["folding_pct"] == 0.0
+    d_id, d_aff, d_def = (r.metrics["dice"] for r in (identity, affine, demons))
+    assert d_aff > d_id + 0.4, (d_id, d_aff)
+    assert d_def > d_aff + 0.04, (d_aff, d_def)
+    assert demons.metrics["folding_pct"] < 0.5
+    # the transform maps fixed points to moving points: the centre content moved by CENTRE_DISP_RAS
+    centre = tuple(n // 2 for n in SHAPE)
+    centre_ras = geometry.voxel_to_ras(np.array(centre[::-1], float), IJK_TO_RAS)
+    assert np.allclose(geometry.apply_affine(centre_ras, affine.affine_ras) - centre_ras, CENTRE_DISP_RAS, atol=2.5)
+    assert np.allclose(demons.disp_ras_mm[centre], CENTRE_DISP_RAS, atol=1.5)
+    # outputs on the fixed grid; the warped labels are the moving labels' values
+    assert demons.warped.shape == SHAPE and demons.jacobian.shape == SHAPE and demons.disp_ras_mm.shape == SHAPE + (3,)
+    assert set(np.unique(demons.warped_labels)) <= set(np.unique(moving_labels.array))
+    # total = affine o (identity + deformable part)
+    points = geometry.grid_points_ras(SHAPE, IJK_TO_RAS)
+    recomposed = geometry.apply_affine(points + demons.deform_disp_ras_mm, demons.affine_ras) - points
+    assert np.allclose(recomposed, demons.disp_ras_mm, atol=1e-3)
+    assert demons.metrics["runtime_s"] > demons.timings["metrics"] > 0
+
+
+def test_classical_register_rejects_bad_input(pair):
+    fixed, moving, fixed_labels, moving_labels = pair
+    with pytest.raises(ValueError, match="method"):
+        quality.classical_register(fixed, moving, method="elastix")
+    with pytest.raises(ValueError, match="transform"):
+        quality.classical_register(fixed, moving, method="sitk", transform="bspline")
+    flat = ImageData(np.ones((1, 32, 32), np.float32), np.eye(4), "slice")
+    with pytest.raises(ValueError, match="3D volume"):
+        quality.classical_register(flat, flat, method="sitk")
+    far = ImageData(moving.array, IJK_TO_RAS @ np.array([[1, 0, 0, 500.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    with pytest.raises(ValueError, match="overlap"):
+        quality.classical_register(fixed, far, method="sitk")
+    with pytest.raises(ValueError, match="classical"):
+        quality.classical_methods("elastix")
+
+
+def test_classical_method_choice():
+    methods = quality.classical_methods("sitk")
+    assert methods == ["identity", "sitk_affine", "sitk_demons"]
+    auto = quality.classical_methods("auto")
+    assert auto[0] == "identity" and len(auto) == 3
+    assert auto[1] == ("ants_affine" if quality.ants_available() else "sitk_affine")
+
+
+def test_dataset_pairs():
+    subjects = [Subject(f"s{i}", f"s{i}.nii.gz", None) for i in range(4)]
+    cycle = quality.dataset_pairs(subjects)
+    assert [(f.id, m.id) for f, m in cycle] == [("s0", "s1"), ("s1", "s2"), ("s2", "s3"), ("s3", "s0")]
+    assert len(quality.dataset_pairs(subjects, "all")) == 12
+    assert len(quality.dataset_pairs(subjects, 2)) == 2
+    with pytest.raises(ValueError, match="pairs"):
+        quality.dataset_pairs(subjects, "some")
+    with pytest.raises(ValueError, match="2 subjects"):
+        quality.dataset_pairs(subjects[:1])
+
+
+def test_training_ids_from_a_checkpoint_split():
+    checkpoint = {"data_split": {"kind": "mni-ixi", "train": [{"id": "MNI152", "image": "t.nii.gz"}, {"id": "IXI012"}]}}
+    assert quality._training_ids(checkpoint) == {"MNI152", "IXI012"}
+    assert quality._training_ids({"model_state": {}}) is None
+
+
+def _write_subjects(folder, n=2):
+    subjects = []
+    for i in range(n):
+        image, labels = _phantom(SHIFT_RAS if i % 2 else (0.0, 0.0, 0.0), bend_mm=BEND_MM * (i % 2))
+        image_path = write_image(folder / f"sub{i}.nii.gz", image)
+        label_path = write_image(folder / f"sub{i}_labels.nii.gz", labels)
+        subjects.append(Subject(f"sub{i}", image_path, label_path))
+    return subjects
+
+
+def test_quality_table_rows_and_summary(tmp_path):
+    subjects = _write_subjects(tmp_path)
+    pairs = quality.dataset_pairs(subjects)  # 2 ordered pairs
+    rows = quality.quality_table(pairs, ["baseline"], ["identity", "sitk_affine"], threads=1, untrained=True)
+    assert len(rows) == 2 * 3
+    assert all(tuple(row) == quality.QUALITY_COLUMNS for row in rows)
+    by = {(r["fixed"], r["method"]): r for r in rows}
+    for fixed_id in ("sub0", "sub1"):
+        assert by[(fixed_id, "sitk_affine")]["dice"] > by[(fixed_id, "identity")]["dice"] + 0.2
+        ours = by[(fixed_id, "baseline")]
+        assert ours["kind"] == "ours" and ours["model"] == "untrained" and "untrained" in ours["label"]
+        assert ours["seen_in_training"] is None and ours["runtime_s"] > 0
+        assert 0.0 <= ours["dice"] <= 1.0 and ours["folding_pct"] >= 0.0
+    summary = quality.summarize_quality(rows)
+    assert [s["method"] for s in summary] == ["identity", "sitk_affine", "baseline"]
+    affine = summary[1]
+    values = [r["dice"] for r in rows if r["method"] == "sitk_affine"]
+    assert affine["n_pairs"] == 2 and math.isclose(affine["dice_mean"], np.mean(values))
+    assert math.isclose(affine["dice_std"], np.std(values, ddof=1))
+    text = quality.markdown_quality(rows, "two phantoms")
+    assert "## Registration quality on IXI" in text and "sub1 -> sub0" in text and "sub0 -> sub1" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 3 and table[-1].startswith("| baseline (untrained) | untrained | - |")
+    assert f"{affine['dice_mean']:.3f} ± {affine['dice_std']:.3f}" in text
+
+
+def test_bench_quality_command_writes_the_section(tmp_path, capsys):
+    _write_subjects(tmp_path / "heads")
+    report = tmp_path / "out" / "bench.md"
+    status = cli.main(["bench", "--quality", "--ixi", str(tmp_path / "heads"), "--classical", "sitk",
+                       "--variants", "", "--pairs", "1", "--threads", "1", "--report", str(report)])
+    assert status == 0
+    text = report.read_text()
+    assert text.startswith("# Benchmarks") and "## Registration quality on IXI" in text
+    assert "Produced by `deepreg-ablation bench" in text and "Training:" not in text
+    assert "SimpleITK affine + diffeomorphic demons" in text and "identity (no registration)" in text
+    rows = json.loads(report.with_suffix(".quality.json").read_text())
+    assert {r["method"] for r in rows} == {"identity", "sitk_affine", "sitk_demons"} and len(rows) == 3
+    assert not report.with_suffix(".json").exists()  # no speed cases ran
+    assert cli.main(["bench", "--quality", "--ixi", str(tmp_path / "missing"), "--report", str(report)]) == 2
+    assert "--ixi" in capsys.readouterr().err
+
+
+def test_real_ixi_pair_classical_improves_dice(ixi_dir):
+    """One real IXI pair at 4 mm (downsampled for speed): affine and demons beat no registration."""
+    from DeepRegAblationTrainingLib.data import find_generic_subjects
+
+    subjects = find_generic_subjects(ixi_dir)[:2]
+    images = []
+    for subject in subjects:
+        image, labels = read_image(subject.image), read_image(subject.labels)
+        grid = image.ijk_to_ras.copy()
+        grid[:3, :3] *= 2.0  # 2 mm -> 4 mm, same origin and axes
+        shape = tuple(n // 2 for n in image.shape)
+        images.append((
+            ImageData(geometry.resample_to_grid(image.array, image.ijk_to_ras, grid, shape), grid, subject.id),
+            ImageData(geometry.resample_to_grid(labels.array, labels.ijk_to_ras, grid, shape, mode="nearest"), grid),
+        ))
+    (fixed, fixed_labels), (moving, moving_labels) = images
+    identity = quality.identity_register(fixed, moving, fixed_labels, moving_labels)
+    demons = quality.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", threads=1)
+    assert int(fixed_labels.array.max()) > 50  # many DLMUSE labels
+    assert demons.metrics["dice"] > identity.metrics["dice"] + 0.2, (identity.metrics["dice"], demons.metrics["dice"])
+    assert demons.metrics["folding_pct"] < 1.0
+    scale = np.linalg.det(demons.affine_ras[:3, :3])
+    assert 0.6 < scale < 1.6  # heads of adults: no wild affine
+
+
+@pytest.mark.skipif(not quality.ants_available(), reason="antspyx (optional) is not installed")
+def test_ants_syn_on_the_phantom(pair):
+    fixed, moving, fixed_labels, moving_labels = pair
+    identity = quality.identity_register(fixed, moving, fixed_labels, moving_labels)
+    syn = quality.classical_register(fixed, moving, fixed_labels, moving_labels, method="ants", threads=1)
+    assert syn.variant == "ants_syn"
+    assert syn.metrics["dice"] > identity.metrics["dice"] + 0.4
+    centre = tuple(n // 2 for n in SHAPE)
+    assert np.allclose(syn.disp_ras_mm[centre], CENTRE_DISP_RAS, atol=1.5)
