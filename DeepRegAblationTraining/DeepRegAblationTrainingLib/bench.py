@@ -273,8 +273,10 @@ def machine_description() -> str:
 
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"Python {platform.python_version()}, torch {torch.__version__}, CPU {cpu} "
-            f"({os.cpu_count()} logical cores), GPU: {gpu}")
+            f"({os.cpu_count()} logical cores), GPU: {gpu}; load average at the end (1, 5, 15 min): {load} "
+            f"(other work on the machine slows every case)")
 
 
 if __name__ == "__main__":
