@@ -488,49 +488,93 @@ def register(
     deform_model_ras = geometry.disp_vox_to_ras_mm(outputs["deform_disp_vox"][0], grid_ijk_to_ras)
     points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
     deform_ras = geometry.sample_field_at_ras(deform_model_ras, grid_ijk_to_ras, points)
-    moved = geometry.apply_affine(points + deform_ras, affine_ras)
-    disp_ras = moved - points
+    disp_ras = geometry.apply_affine(points + deform_ras, affine_ras) - points
+    timings["upsample"] = time.perf_counter() - t0
+    report(0.85, "warped image, Jacobian and metrics")
+    result = result_from_mapping(variant_id, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels,
+                                 timings, t_start)
+    report(1.0, "done")
+    return result
+
+
+def result_from_mapping(
+    variant: str,
+    fixed: ImageData,
+    moving: ImageData,
+    affine_ras: np.ndarray,
+    disp_ras_mm: np.ndarray,
+    fixed_labels: Optional[ImageData] = None,
+    moving_labels: Optional[ImageData] = None,
+    timings: Optional[Dict[str, float]] = None,
+    t_start: Optional[float] = None,
+) -> RegistrationResult:
+    """A :class:`RegistrationResult` from a total mapping ``q(p) = p + disp_ras_mm(p)`` on the fixed grid.
+
+    Used by :func:`register` and by the classical methods of the quality benchmark, so every
+    method ends the same way: ONE interpolation of the original moving image (labels: nearest)
+    at ``q(p)``, the Jacobian of the total field, and ``registration_metrics`` on 1-99 percentile
+    normalised intensities.
+
+    Args:
+        affine_ras: ``(4, 4)`` affine part (fixed RAS point -> moving RAS point); the deformable
+            part is ``u_def(p) = affine_ras^-1(q(p)) - p``.
+        disp_ras_mm: ``(K, J, I, 3)`` total displacement on the fixed grid, RAS mm.
+        timings: seconds per stage so far (``warp`` and ``metrics`` are added).
+        t_start: ``time.perf_counter()`` at the start of the registration (``runtime_s``).
+    """
+    from .metrics import registration_metrics
+
+    timings = dict(timings or {})
+    t_start = time.perf_counter() if t_start is None else t_start
+    disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
+    if disp_ras_mm.shape != tuple(fixed.shape) + (3,):
+        raise ValueError(
+            f"disp_ras_mm must be (K, J, I, 3) = {tuple(fixed.shape) + (3,)} on the fixed grid, got {disp_ras_mm.shape}"
+        )
+    affine_ras = np.asarray(affine_ras, dtype=np.float64)
+    if affine_ras.shape != (4, 4):
+        raise ValueError(f"affine_ras must be (4, 4), got {affine_ras.shape}")
+    ndim = 2 if fixed.is_2d else 3
+    t0 = time.perf_counter()
+    points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
+    moved = points + disp_ras_mm
+    deform_ras = geometry.apply_affine(moved, np.linalg.inv(affine_ras)) - points
     warped = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, moved, mode="linear")
     warped_labels = None
     if moving_labels is not None:
         warped_labels = geometry.sample_at_ras(
             _labels_array(moving_labels, "moving_labels"), moving_labels.ijk_to_ras, moved, mode="nearest"
         )
-    disp_fixed_vox = geometry.ras_mm_to_disp_vox(disp_ras, fixed.ijk_to_ras, ndim=ndim)
+    disp_fixed_vox = geometry.ras_mm_to_disp_vox(disp_ras_mm, fixed.ijk_to_ras, ndim=ndim)
     jacobian = fields.jacobian_determinant(torch.from_numpy(disp_fixed_vox)[None])[0].numpy()
     jacobian = jacobian.reshape(fixed.shape).astype(np.float32)
-    timings["upsample"] = time.perf_counter() - t0
+    timings["warp"] = time.perf_counter() - t0
 
-    # --- metrics (normalised intensities)
     t0 = time.perf_counter()
-    report(0.9, "metrics")
-    from .metrics import registration_metrics
-
     fixed_labels_grid = None
-    if fixed_labels is not None:
+    if fixed_labels is not None and warped_labels is not None:
         fixed_labels_grid = geometry.resample_to_grid(
             _labels_array(fixed_labels, "fixed_labels"), fixed_labels.ijk_to_ras, fixed.ijk_to_ras,
             fixed.shape, mode="nearest",
         )
     squeeze = (lambda a: a[0]) if ndim == 2 else (lambda a: a)
     metrics = registration_metrics(
-        squeeze(fixed_norm),
-        squeeze(normalize_intensity(warped, window=moving_window)),
+        squeeze(normalize_intensity(fixed.array)),
+        squeeze(normalize_intensity(warped, window=intensity_window(moving.array))),
         disp_fixed_vox,
         spacing=fixed.spacing_kji[-ndim:],
-        fixed_labels=None if fixed_labels_grid is None or warped_labels is None else squeeze(fixed_labels_grid),
-        warped_labels=None if fixed_labels_grid is None or warped_labels is None else squeeze(warped_labels),
+        fixed_labels=None if fixed_labels_grid is None else squeeze(fixed_labels_grid),
+        warped_labels=None if fixed_labels_grid is None else squeeze(warped_labels),
     )
     timings["metrics"] = time.perf_counter() - t0
     metrics["runtime_s"] = time.perf_counter() - t_start
-    report(1.0, "done")
     return RegistrationResult(
-        variant=variant_id,
+        variant=variant,
         fixed_ijk_to_ras=fixed.ijk_to_ras.copy(),
         warped=warped.astype(np.float32),
         warped_labels=warped_labels,
         affine_ras=affine_ras,
-        disp_ras_mm=disp_ras.astype(np.float32),
+        disp_ras_mm=disp_ras_mm.astype(np.float32),
         deform_disp_ras_mm=deform_ras.astype(np.float32),
         jacobian=jacobian,
         metrics={k: float(v) for k, v in metrics.items()},

@@ -32,9 +32,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from DeepRegAblationLib import fields, geometry
-from DeepRegAblationLib.imageio import ImageData, intensity_window, itk_image_from_array, normalize_intensity, read_image
-from DeepRegAblationLib.inference import RegistrationResult
+from DeepRegAblationLib import geometry
+from DeepRegAblationLib.imageio import ImageData, itk_image_from_array, normalize_intensity, read_image
+from DeepRegAblationLib.inference import RegistrationResult, result_from_mapping
 
 PathLike = Union[str, Path]
 Progress = Optional[Callable[[str], None]]
@@ -134,15 +134,6 @@ def classical_methods(choice: str = "auto") -> List[str]:
     for family in families:
         methods += [f"{family}_affine", "sitk_demons" if family == "sitk" else "ants_syn"]
     return methods
-
-
-def _labels_int32(labels: ImageData, name: str) -> np.ndarray:
-    array = np.asarray(labels.array)
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise ValueError(f"{name} must hold integer labels, got non-integer values (shape {array.shape})")
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must hold integer labels, got dtype {array.dtype}")
-    return array.astype(np.int32)
 
 
 def _check_inputs(fixed: ImageData, moving: ImageData, fixed_labels, moving_labels) -> None:
@@ -293,88 +284,6 @@ def _run_ants(fixed_itk, moving_itk, deformable: bool, timings: Dict[str, float]
 
 
 # --------------------------------------------------------------------------- common result
-def result_from_mapping(
-    variant: str,
-    fixed: ImageData,
-    moving: ImageData,
-    affine_ras: np.ndarray,
-    disp_ras_mm: np.ndarray,
-    fixed_labels: Optional[ImageData] = None,
-    moving_labels: Optional[ImageData] = None,
-    timings: Optional[Dict[str, float]] = None,
-    t_start: Optional[float] = None,
-) -> RegistrationResult:
-    """A :class:`RegistrationResult` from a total mapping ``q(p) = p + disp_ras_mm(p)`` on the fixed grid.
-
-    Args:
-        variant: the method id stored in the result.
-        affine_ras: ``(4, 4)`` affine part (fixed RAS point -> moving RAS point); the deformable
-            part is ``u_def(p) = affine_ras^-1(q(p)) - p``.
-        disp_ras_mm: ``(K, J, I, 3)`` total displacement on the fixed grid, RAS mm.
-        timings: seconds per stage so far (``metrics`` is added).
-        t_start: ``time.perf_counter()`` at the start of the registration (``runtime_s``).
-
-    The warped image / labels, Jacobian and metrics are computed as ``inference.register`` does.
-    """
-    from DeepRegAblationLib.metrics import registration_metrics
-
-    timings = dict(timings or {})
-    t_start = time.perf_counter() if t_start is None else t_start
-    disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
-    if disp_ras_mm.shape != tuple(fixed.shape) + (3,):
-        raise ValueError(
-            f"disp_ras_mm must be (K, J, I, 3) = {tuple(fixed.shape) + (3,)} on the fixed grid, got {disp_ras_mm.shape}"
-        )
-    affine_ras = np.asarray(affine_ras, dtype=np.float64)
-    if affine_ras.shape != (4, 4):
-        raise ValueError(f"affine_ras must be (4, 4), got {affine_ras.shape}")
-    t0 = time.perf_counter()
-    points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
-    moved = points + disp_ras_mm
-    deform_ras = geometry.apply_affine(moved, np.linalg.inv(affine_ras)) - points
-    warped = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, moved, mode="linear")
-    warped_labels = None
-    if moving_labels is not None:
-        warped_labels = geometry.sample_at_ras(
-            _labels_int32(moving_labels, "moving_labels"), moving_labels.ijk_to_ras, moved, mode="nearest"
-        )
-    disp_fixed_vox = geometry.ras_mm_to_disp_vox(disp_ras_mm, fixed.ijk_to_ras, ndim=3)
-    import torch
-
-    jacobian = fields.jacobian_determinant(torch.from_numpy(disp_fixed_vox)[None])[0].numpy().astype(np.float32)
-    timings["warp"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    fixed_labels_grid = None
-    if fixed_labels is not None and warped_labels is not None:
-        fixed_labels_grid = geometry.resample_to_grid(
-            _labels_int32(fixed_labels, "fixed_labels"), fixed_labels.ijk_to_ras, fixed.ijk_to_ras, fixed.shape,
-            mode="nearest",
-        )
-    metrics = registration_metrics(
-        normalize_intensity(fixed.array),
-        normalize_intensity(warped, window=intensity_window(moving.array)),
-        disp_fixed_vox,
-        spacing=fixed.spacing_kji,
-        fixed_labels=fixed_labels_grid,
-        warped_labels=warped_labels if fixed_labels_grid is not None else None,
-    )
-    timings["metrics"] = time.perf_counter() - t0
-    metrics["runtime_s"] = time.perf_counter() - t_start
-    return RegistrationResult(
-        variant=variant,
-        fixed_ijk_to_ras=fixed.ijk_to_ras.copy(),
-        warped=warped.astype(np.float32),
-        warped_labels=warped_labels,
-        affine_ras=affine_ras,
-        disp_ras_mm=disp_ras_mm.astype(np.float32),
-        deform_disp_ras_mm=deform_ras.astype(np.float32),
-        jacobian=jacobian,
-        metrics={k: float(v) for k, v in metrics.items()},
-        timings=timings,
-    )
-
-
 def _as_image(image: Union[ImageData, PathLike, None], name: str) -> Optional[ImageData]:
     if image is None or isinstance(image, ImageData):
         return image
