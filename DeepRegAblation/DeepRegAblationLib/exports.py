@@ -20,8 +20,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -125,22 +127,28 @@ def write_composite_h5(path: PathLike, result) -> Path:
     return path
 
 
-def write_result_files(out_dir: PathLike, result) -> Dict[str, Path]:
-    """Write every per-variant file of ``result`` into ``out_dir``; returns ``{file name: path}``."""
+def write_result_files(out_dir: PathLike, result, threads: Optional[int] = None) -> Dict[str, Path]:
+    """Write every per-variant file of ``result`` into ``out_dir``; returns ``{file name: path}``.
+
+    The files are written concurrently by ``threads`` threads (default: the CPU count, at most
+    4): SimpleITK compresses and writes without holding Python's lock.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = np.asarray(result.fixed_ijk_to_ras, dtype=np.float64)
-    written: Dict[str, Path] = {}
-    written["warped.nii.gz"] = write_image(out_dir / "warped.nii.gz", ImageData(result.warped, grid, "warped"))
+    jobs: Dict[str, Callable[[Path], Path]] = {
+        "warped.nii.gz": lambda path: write_image(path, ImageData(result.warped, grid, "warped")),
+        "jacobian.nii.gz": lambda path: write_image(path, ImageData(result.jacobian, grid, "jacobian")),
+        "affine.tfm": lambda path: write_affine_tfm(path, result.affine_ras),
+        "displacement.nii.gz": lambda path: write_displacement_field(path, result.disp_ras_mm, grid),
+        "transform.h5": lambda path: write_composite_h5(path, result),
+    }
     if result.warped_labels is not None:
-        written["warped_labels.nii.gz"] = write_image(
-            out_dir / "warped_labels.nii.gz", ImageData(result.warped_labels, grid, "warped_labels")
-        )
-    written["jacobian.nii.gz"] = write_image(out_dir / "jacobian.nii.gz", ImageData(result.jacobian, grid, "jacobian"))
-    written["affine.tfm"] = write_affine_tfm(out_dir / "affine.tfm", result.affine_ras)
-    written["displacement.nii.gz"] = write_displacement_field(out_dir / "displacement.nii.gz", result.disp_ras_mm, grid)
-    written["transform.h5"] = write_composite_h5(out_dir / "transform.h5", result)
-    return written
+        jobs["warped_labels.nii.gz"] = lambda path: write_image(path, ImageData(result.warped_labels, grid, "warped_labels"))
+    workers = max(1, min(4, os.cpu_count() or 1) if threads is None else int(threads))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(job, out_dir / name) for name, job in jobs.items()}
+        return {name: futures[name].result() for name in RESULT_FILES if name in futures}
 
 
 # --------------------------------------------------------------------------- metrics table

@@ -89,11 +89,11 @@ def sample(
         padding: ``"border"`` (clamp to the edge) or ``"zeros"`` (0 outside).
 
     Returns:
-        ``(B, C, *out_spatial)``. Values are computed by integer gathers with fractional
-        weights, so grid points reproduce the input exactly. When gradients are needed the
-        gradient is that of ``torch.nn.functional.grid_sample`` at the same points (fast fused
-        backward); its forward value differs from the exact one by rounding only (~1e-6) and
-        is replaced by the exact value.
+        ``(B, C, *out_spatial)``. Linear values come from ``torch.nn.functional.grid_sample``
+        (fast; its coordinate normalisation rounds, ~1e-7 of a voxel in float32); points whose
+        coordinates are all integers get the voxel values exactly (integer gathers), so an
+        identity or integer-shift field reproduces the input bit for bit. The gradient is
+        grid_sample's everywhere. Nearest values always come from integer gathers.
     """
     ndim = image.dim() - 2
     if ndim not in (2, 3):
@@ -112,13 +112,27 @@ def sample(
     if not image.is_floating_point():
         image = image.float()
     coords_vox = coords_vox.to(image.dtype).expand(image.shape[0], *coords_vox.shape[1:])
-    needs_grad = torch.is_grad_enabled() and (image.requires_grad or coords_vox.requires_grad)
-    if mode == "bilinear" and needs_grad:
-        with torch.no_grad():
-            exact = _gather_sample(image, coords_vox, mode, padding)
-        fast = _grid_sample(image, coords_vox, mode, padding)
-        return fast + (exact - fast).detach()
-    return _gather_sample(image, coords_vox, mode, padding)
+    if mode == "nearest":
+        return _gather_sample(image, coords_vox, mode, padding)
+    out = _grid_sample(image, coords_vox, mode, padding)
+    needs_grad = out.requires_grad
+    with torch.no_grad():
+        flat_coords = coords_vox.detach().reshape(coords_vox.shape[0], ndim, -1)
+        integral = torch.all(flat_coords == torch.round(flat_coords), dim=1)  # (B, N): on a grid point
+        if not bool(integral.any()):
+            return out
+        flat_out = out.detach().reshape(out.shape[0], out.shape[1], -1)
+        correction = torch.zeros_like(flat_out) if needs_grad else None
+        for b in range(out.shape[0]):
+            points = torch.nonzero(integral[b]).squeeze(1)
+            if points.numel() == 0:
+                continue
+            exact = _gather_sample(image[b : b + 1].detach(), flat_coords[b : b + 1, :, points], "nearest", padding)[0]
+            if needs_grad:  # keep grid_sample's gradient, take the exact value
+                correction[b, :, points] = exact - flat_out[b, :, points]
+            else:
+                flat_out[b, :, points] = exact
+    return out + correction.reshape(out.shape) if needs_grad else out
 
 
 def _grid_sample(image: torch.Tensor, coords_vox: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
@@ -327,21 +341,20 @@ def spatial_gradient(field: torch.Tensor, spacing: Spacing = None) -> torch.Tens
     if ndim not in (2, 3):
         raise ValueError(f"field must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(field.shape)}")
     spacing = spacing_tuple(spacing, ndim)
-    grads = []
+    out = field.new_empty((field.shape[0], field.shape[1], ndim) + tuple(field.shape[2:]))
     for axis in range(ndim):
         dim = axis + 2
         n = field.shape[dim]
         if n < 2:
             raise ValueError(f"field needs at least 2 voxels along axis {axis}, got shape {tuple(field.shape)}")
-        first = field.narrow(dim, 1, 1) - field.narrow(dim, 0, 1)
-        last = field.narrow(dim, n - 1, 1) - field.narrow(dim, n - 2, 1)
+        g = out.select(2, axis)  # (B, C, *spatial), written in place
+        g.narrow(dim, 0, 1).copy_(field.narrow(dim, 1, 1) - field.narrow(dim, 0, 1))
+        g.narrow(dim, n - 1, 1).copy_(field.narrow(dim, n - 1, 1) - field.narrow(dim, n - 2, 1))
         if n > 2:
-            inner = (field.narrow(dim, 2, n - 2) - field.narrow(dim, 0, n - 2)) / 2.0
-            g = torch.cat([first, inner, last], dim=dim)
-        else:
-            g = torch.cat([first, last], dim=dim)
-        grads.append(g / spacing[axis])
-    return torch.stack(grads, dim=2)
+            g.narrow(dim, 1, n - 2).copy_((field.narrow(dim, 2, n - 2) - field.narrow(dim, 0, n - 2)) * 0.5)
+        if spacing[axis] != 1.0:
+            g.div_(spacing[axis])
+    return out
 
 
 def jacobian_matrix(disp_vox: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
@@ -353,12 +366,13 @@ def jacobian_matrix(disp_vox: torch.Tensor, spacing: Spacing = None) -> torch.Te
     """
     ndim = ndim_of_disp(disp_vox)
     spacing = spacing_tuple(spacing, ndim)
-    disp_phys = disp_vox * torch.tensor(spacing, dtype=disp_vox.dtype, device=disp_vox.device).view(
-        1, ndim, *([1] * ndim)
-    )
-    grad = spatial_gradient(disp_phys, spacing)
-    eye = torch.eye(ndim, dtype=disp_vox.dtype, device=disp_vox.device).view(1, ndim, ndim, *([1] * ndim))
-    return grad + eye
+    if any(s != 1.0 for s in spacing):
+        disp_vox = disp_vox * torch.tensor(spacing, dtype=disp_vox.dtype, device=disp_vox.device).view(
+            1, ndim, *([1] * ndim)
+        )
+    jac = spatial_gradient(disp_vox, spacing)
+    jac.diagonal(dim1=1, dim2=2).add_(1.0)  # + identity
+    return jac
 
 
 def jacobian_determinant(disp_vox: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:

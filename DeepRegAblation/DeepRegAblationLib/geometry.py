@@ -26,7 +26,8 @@ from . import fields
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
-_SNAP_TOLERANCE_VOX = 1e-8  # continuous indices this close to an integer are exact grid points
+_SNAP_TOLERANCE_VOX = 1e-8  # continuous float64 indices this close to an integer are exact grid points
+_SNAP_TOLERANCE_VOX_FLOAT32 = 5e-5  # the same for float32 indices (one float32 step at index 256 is 1.5e-5)
 _CHUNK_POINTS = 1 << 21  # sampling works on chunks of ~2M points to bound memory
 
 
@@ -259,30 +260,76 @@ def matrix_vox_to_ras(matrix_vox: ArrayLike, grid_ijk_to_ras: ArrayLike) -> np.n
 
 
 # --------------------------------------------------------------------------- sampling
+def _snap_tolerance(dtype: torch.dtype) -> float:
+    """Continuous indices this close to an integer are grid points (exact values)."""
+    return _SNAP_TOLERANCE_VOX if dtype == torch.float64 else _SNAP_TOLERANCE_VOX_FLOAT32
+
+
+def sample_voxels(
+    volume: torch.Tensor, coords_kji: torch.Tensor, mode: str = "linear", fill_value: Optional[float] = 0.0
+) -> torch.Tensor:
+    """Sample a ``(C, K, J, I)`` volume at continuous voxel indices, with ITK semantics.
+
+    The one sampling routine of this module: linear (clamped to the border voxels inside the
+    image) or nearest, ``fill_value`` outside (``-0.5 <= c < n - 0.5`` is inside), or the border
+    values everywhere when ``fill_value`` is ``None`` (fields have no outside). Indices within
+    the snap tolerance of an integer (1e-8 voxel in float64, 5e-5 in float32) are grid points and
+    return the voxel values exactly. Works on chunks of ~2M points to bound memory.
+
+    Args:
+        volume: ``(C, K, J, I)`` float tensor (its dtype is the computation's).
+        coords_kji: ``(3, *out)`` continuous indices ``(k, j, i)`` into ``volume``.
+        mode: ``"linear"`` or ``"nearest"``.
+
+    Returns:
+        ``(C, *out)`` in ``volume.dtype``.
+    """
+    if mode not in ("linear", "nearest"):
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    if volume.dim() != 4 or coords_kji.shape[0] != 3:
+        raise ValueError(f"volume must be (C, K, J, I) and coords_kji (3, ...), got {tuple(volume.shape)}, {tuple(coords_kji.shape)}")
+    out_shape = tuple(coords_kji.shape[1:])
+    flat = coords_kji.reshape(3, -1).to(volume.dtype)
+    sizes = volume.shape[1:]
+    tolerance = _snap_tolerance(volume.dtype)
+    torch_mode = "bilinear" if mode == "linear" else "nearest"
+    out = torch.empty((volume.shape[0], flat.shape[1]), dtype=volume.dtype)
+    for start in range(0, flat.shape[1], _CHUNK_POINTS):
+        chunk = flat[:, start : start + _CHUNK_POINTS]
+        nearest = torch.round(chunk)
+        chunk = torch.where((chunk - nearest).abs_() < tolerance, nearest, chunk)
+        values = fields.sample(volume[None], chunk[None, :, :, None, None], mode=torch_mode, padding="border")
+        values = values.reshape(volume.shape[0], -1)
+        if fill_value is not None:
+            inside = torch.ones(chunk.shape[1], dtype=torch.bool)
+            for axis in range(3):
+                inside &= (chunk[axis] >= -0.5) & (chunk[axis] < sizes[axis] - 0.5)
+            values = torch.where(inside[None], values, torch.tensor(float(fill_value), dtype=values.dtype))
+        out[:, start : start + chunk.shape[1]] = values
+    return out.reshape((volume.shape[0],) + out_shape)
+
+
+def _volume_tensor(volume: np.ndarray, mode: str) -> torch.Tensor:
+    """Channels ``(C, K, J, I)`` as the sampling dtype: float32 for linear, float64 for nearest (exact labels)."""
+    dtype = np.float32 if mode == "linear" else np.float64
+    return torch.from_numpy(np.ascontiguousarray(volume, dtype=dtype))
+
+
 def _sample_channels(
     volume: np.ndarray, ijk_to_ras: np.ndarray, points_ras: np.ndarray, mode: str, fill_value: Optional[float]
 ) -> np.ndarray:
     """Sample a ``(C, K, J, I)`` volume at ``(N, 3)`` RAS points -> ``(N, C)`` float64.
 
-    ``fill_value=None`` extends the border values everywhere (no outside); otherwise ITK semantics.
+    The points are mapped to voxel indices in float64 and sampled by :func:`sample_voxels` in
+    float64, so grid points are exact. ``fill_value=None`` extends the border values everywhere.
     """
     inverse = np.linalg.inv(validate_ijk_to_ras(ijk_to_ras))
-    image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float64))[None]
-    sizes = np.asarray(volume.shape[1:][::-1], dtype=np.float64)  # (I, J, K)
-    torch_mode = "bilinear" if mode == "linear" else "nearest"
+    image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float64))
     out = np.empty((points_ras.shape[0], volume.shape[0]), dtype=np.float64)
     for start in range(0, points_ras.shape[0], _CHUNK_POINTS):
         chunk = points_ras[start : start + _CHUNK_POINTS]
-        ijk = apply_affine(chunk, inverse)
-        nearest = np.round(ijk)
-        ijk = np.where(np.abs(ijk - nearest) < _SNAP_TOLERANCE_VOX, nearest, ijk)
-        coords = torch.from_numpy(np.ascontiguousarray(ijk[:, ::-1].T))  # (3, N) in (k, j, i)
-        values = fields.sample(image, coords[None, :, :, None, None], mode=torch_mode, padding="border")
-        values = values.reshape(volume.shape[0], -1).numpy().T
-        if fill_value is not None:
-            inside = np.all((ijk >= -0.5) & (ijk < sizes - 0.5), axis=-1)
-            values = np.where(inside[:, None], values, fill_value)
-        out[start : start + chunk.shape[0]] = values
+        coords = torch.from_numpy(np.ascontiguousarray(apply_affine(chunk, inverse)[:, ::-1].T))  # (3, N) (k, j, i)
+        out[start : start + chunk.shape[0]] = sample_voxels(image, coords, mode, fill_value).numpy().T
     return out
 
 
@@ -350,7 +397,8 @@ def resample_to_grid(
 ) -> np.ndarray:
     """Resample an image onto another physical grid (any spacing, orientation, oblique).
 
-    ``out[k, j, i] = array(src^-1 @ dst @ (i, j, k))`` sampled as in :func:`sample_at_ras`.
+    ``out[k, j, i] = array(src^-1 @ dst @ (i, j, k))`` with ITK semantics (:func:`resample_channels`:
+    voxels copied when the grids share their lattice, float32 linear interpolation otherwise).
 
     Args:
         array: ``(K, J, I)`` on the source grid ``src_ijk_to_ras``.
@@ -360,10 +408,147 @@ def resample_to_grid(
     Returns:
         ``(K', J', I')``; identical grids reproduce ``array`` exactly.
     """
-    dst_shape = _shape3(dst_shape, "dst_shape")
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    _shape3(array.shape, "array shape")
+    return resample_channels(array[None], src_ijk_to_ras, dst_ijk_to_ras, dst_shape, mode, fill_value)[0]
+
+
+# --------------------------------------------------------------------------- whole grids (the pipeline's fast path)
+def index_map(src_ijk_to_ras: ArrayLike, dst_ijk_to_ras: ArrayLike) -> np.ndarray:
+    """``(4, 4)`` destination voxel ``(i, j, k)`` -> source continuous voxel ``(i, j, k)``: ``src^-1 @ dst``."""
     src = validate_ijk_to_ras(src_ijk_to_ras, "src_ijk_to_ras")
     dst = validate_ijk_to_ras(dst_ijk_to_ras, "dst_ijk_to_ras")
-    return sample_at_ras(array, src, grid_points_ras(dst_shape, dst), mode=mode, fill_value=fill_value)
+    return np.linalg.inv(src) @ dst
+
+
+def affine_on_grid(
+    matrix: Optional[np.ndarray],
+    shape: Sequence[int],
+    linear: Optional[np.ndarray] = None,
+    field: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``matrix @ (i, j, k, 1) + linear @ field`` at every voxel of a ``(K, J, I)`` grid.
+
+    Each output row is computed in float64 from the voxel indices and then rounded to float32
+    (integer results stay exact); the field part is added in float32.
+
+    Args:
+        matrix: ``(3 or 4, 4)``; its first three rows give the three output channels (``None``: 0).
+        shape: ``(K, J, I)``.
+        linear: ``(3, C)`` applied to ``field`` (``None``: no field part).
+        field: ``(C, K, J, I)`` tensor on the same grid.
+
+    Returns:
+        ``(3, K, J, I)`` float32.
+    """
+    k_size, j_size, i_size = _shape3(shape)
+    out = torch.zeros((3, k_size, j_size, i_size), dtype=torch.float32)
+    if matrix is not None:
+        matrix = np.asarray(matrix, dtype=np.float64)
+        i = np.arange(i_size, dtype=np.float64)
+        j = np.arange(j_size, dtype=np.float64)[:, None]
+        k = np.arange(k_size, dtype=np.float64)[:, None, None]
+        for row in range(3):
+            m = matrix[row]
+            out[row] = torch.from_numpy((m[2] * k + m[3]) + (m[1] * j + m[0] * i))
+    if linear is not None:
+        linear = np.asarray(linear, dtype=np.float64)
+        field = field.to(torch.float32)
+        if field.shape[1:] != out.shape[1:] or linear.shape != (3, field.shape[0]):
+            raise ValueError(f"linear {linear.shape} / field {tuple(field.shape)} do not fit a grid of shape {tuple(out.shape[1:])}")
+        for row in range(3):
+            for channel in range(field.shape[0]):
+                if linear[row, channel] != 0.0:
+                    out[row].add_(field[channel], alpha=float(linear[row, channel]))
+    return out
+
+
+def _exact_index_view(
+    volume: np.ndarray, matrix: np.ndarray, dst_shape: Tuple[int, int, int], fill_value: Optional[float]
+) -> Optional[np.ndarray]:
+    """Copy voxels when every destination voxel IS a source voxel (no interpolation), else ``None``.
+
+    That is the case when ``matrix`` (destination ``ijk`` -> source ``ijk``) is a signed
+    permutation with an integer offset: same spacing, axes permuted or flipped, shifted by whole
+    voxels (e.g. a volume and its closest-RAS view, or a crop / pad). Outside the source:
+    ``fill_value``, or the nearest border voxel when ``None``.
+    """
+    linear, offset = matrix[:3, :3], matrix[:3, 3]
+    signs = np.round(linear)
+    if (np.abs(linear - signs).max() > 1e-9 or np.abs(offset - np.round(offset)).max() > 1e-6
+            or not np.all(np.abs(signs).sum(axis=0) == 1) or not np.all(np.abs(signs).sum(axis=1) == 1)):
+        return None
+    src_sizes_ijk = volume.shape[1:][::-1]
+    axes, indices = [], []
+    for dst_axis in (2, 1, 0):  # destination array axes k, j, i
+        src_axis = int(np.argmax(np.abs(signs[:, dst_axis])))
+        axes.append(3 - src_axis)  # array axis of the source (channel axis first)
+        n = dst_shape[2 - dst_axis]
+        indices.append((signs[src_axis, dst_axis] * np.arange(n) + np.round(offset[src_axis])).astype(np.int64))
+    out = np.transpose(volume, [0] + axes)
+    sizes = out.shape[1:]
+    for axis, index in enumerate(indices):
+        out = np.take(out, index, axis=axis + 1, mode="clip")
+    if fill_value is not None:
+        for axis, index in enumerate(indices):
+            outside = (index < 0) | (index >= sizes[axis])
+            if outside.any():
+                where = [slice(None)] * 4
+                where[axis + 1] = outside
+                out[tuple(where)] = fill_value
+    return np.ascontiguousarray(out)
+
+
+def affine_after_displacement(transform: np.ndarray, disp_ras_mm: torch.Tensor, ijk_to_ras: ArrayLike) -> torch.Tensor:
+    """``T(p + v(p)) - p`` at every voxel ``p`` of a grid: a point transform applied after a displacement.
+
+    With ``T`` the affine part ``A`` and ``v`` the deformable part, this is the total
+    displacement; with ``T = A^-1`` and ``v`` the total, it is the deformable part.
+
+    Args:
+        transform: ``(4, 4)`` RAS point transform ``T``.
+        disp_ras_mm: ``(3, K, J, I)`` tensor ``v``, RAS mm, channels ``(x, y, z)``.
+        ijk_to_ras: ``(4, 4)`` of the grid.
+
+    Returns:
+        ``(3, K, J, I)`` float32, RAS mm.
+    """
+    transform = np.asarray(transform, dtype=np.float64)
+    grid = validate_ijk_to_ras(ijk_to_ras)
+    return affine_on_grid((transform - np.eye(4)) @ grid, disp_ras_mm.shape[1:], linear=transform[:3, :3], field=disp_ras_mm)
+
+
+def resample_channels(
+    volume: np.ndarray,
+    src_ijk_to_ras: ArrayLike,
+    dst_ijk_to_ras: ArrayLike,
+    dst_shape: Sequence[int],
+    mode: str = "linear",
+    fill_value: Optional[float] = 0.0,
+) -> np.ndarray:
+    """Resample a ``(C, K, J, I)`` volume onto another grid: ``(C, K', J', I')``.
+
+    Voxels are copied when the grids share their voxel lattice (see ``_exact_index_view``);
+    otherwise the source voxel indices of all destination voxels come from
+    :func:`affine_on_grid` and :func:`sample_voxels` samples them (float32 for linear, float64
+    for nearest so that integer labels stay exact). ``fill_value=None`` extends the border
+    values (fields). Linear results are float32; nearest results keep ``volume.dtype``.
+    """
+    dst_shape = _shape3(dst_shape, "dst_shape")
+    volume = np.asarray(volume)
+    if volume.ndim != 4:
+        raise ValueError(f"volume must be (C, K, J, I), got shape {volume.shape}")
+    if mode not in ("linear", "nearest"):
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    matrix = index_map(src_ijk_to_ras, dst_ijk_to_ras)
+    exact = _exact_index_view(volume, matrix, dst_shape, fill_value)
+    if exact is not None:
+        return exact.astype(np.float32, copy=False) if mode == "linear" else exact
+    coords = affine_on_grid(matrix[[2, 1, 0]], dst_shape)  # (k, j, i) source indices
+    values = sample_voxels(_volume_tensor(volume, mode), coords, mode, fill_value).numpy()
+    return values if mode == "linear" else values.astype(volume.dtype)
 
 
 # --------------------------------------------------------------------------- model grid and overlap

@@ -20,6 +20,11 @@ Pipeline of :func:`register` (every array in numpy axis order ``(K, J, I)``, RAS
    nearest neighbour), zero outside the moving image (``sitk.Resample`` semantics);
 7. Jacobian determinant of ``q`` and ``metrics.registration_metrics`` (intensities normalised
    as in step 3, so ``mse`` is comparable between images).
+
+Steps 5 to 7 work on whole grids in float32 (``geometry.affine_on_grid`` /
+``geometry.sample_voxels``): voxel positions are computed in float64 per axis and rounded
+once, grids that share their voxel lattice are copied without interpolation, and voxels that
+land exactly on moving voxels get their values exactly.
 """
 from __future__ import annotations
 
@@ -485,10 +490,13 @@ def register(
     t0 = time.perf_counter()
     report(0.75, "computing the full-resolution field and the warped image")
     affine_ras = geometry.matrix_vox_to_ras(outputs["affine_matrix_vox"][0], grid_ijk_to_ras)
-    deform_model_ras = geometry.disp_vox_to_ras_mm(outputs["deform_disp_vox"][0], grid_ijk_to_ras)
-    points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
-    deform_ras = geometry.sample_field_at_ras(deform_model_ras, grid_ijk_to_ras, points)
-    disp_ras = geometry.apply_affine(points + deform_ras, affine_ras) - points
+    deform_model_ras = np.moveaxis(geometry.disp_vox_to_ras_mm(outputs["deform_disp_vox"][0], grid_ijk_to_ras), -1, 0)
+    del outputs, moving_grid, fixed_grid  # the model-grid tensors are not needed any more
+    deform_ras = torch.from_numpy(geometry.resample_channels(
+        deform_model_ras, grid_ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode="linear", fill_value=None
+    ))  # (3, K, J, I) RAS mm on the fixed grid; the field extends its border values
+    disp_ras = geometry.affine_after_displacement(affine_ras, deform_ras, fixed.ijk_to_ras)
+    del deform_ras
     timings["upsample"] = time.perf_counter() - t0
     report(0.85, "warped image, Jacobian and metrics")
     result = result_from_mapping(variant_id, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels,
@@ -518,7 +526,8 @@ def result_from_mapping(
     Args:
         affine_ras: ``(4, 4)`` affine part (fixed RAS point -> moving RAS point); the deformable
             part is ``u_def(p) = affine_ras^-1(q(p)) - p``.
-        disp_ras_mm: ``(K, J, I, 3)`` total displacement on the fixed grid, RAS mm.
+        disp_ras_mm: total displacement on the fixed grid, RAS mm: a ``(K, J, I, 3)`` array or a
+            ``(3, K, J, I)`` tensor (channels ``(x, y, z)``). Computed in float32.
         timings: seconds per stage so far (``warp`` and ``metrics`` are added).
         t_start: ``time.perf_counter()`` at the start of the registration (``runtime_s``).
     """
@@ -526,28 +535,40 @@ def result_from_mapping(
 
     timings = dict(timings or {})
     t_start = time.perf_counter() if t_start is None else t_start
-    disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
-    if disp_ras_mm.shape != tuple(fixed.shape) + (3,):
-        raise ValueError(
-            f"disp_ras_mm must be (K, J, I, 3) = {tuple(fixed.shape) + (3,)} on the fixed grid, got {disp_ras_mm.shape}"
-        )
+    shape = tuple(fixed.shape)
+    if isinstance(disp_ras_mm, torch.Tensor):
+        disp = disp_ras_mm.detach().cpu().to(torch.float32)
+        if tuple(disp.shape) != (3,) + shape:
+            raise ValueError(f"a disp_ras_mm tensor must be (3, K, J, I) = {(3,) + shape}, got {tuple(disp.shape)}")
+    else:
+        disp_array = np.asarray(disp_ras_mm, dtype=np.float32)
+        if disp_array.shape != shape + (3,):
+            raise ValueError(f"disp_ras_mm must be (K, J, I, 3) = {shape + (3,)} on the fixed grid, got {disp_array.shape}")
+        disp = torch.from_numpy(np.moveaxis(disp_array, -1, 0))
     affine_ras = np.asarray(affine_ras, dtype=np.float64)
     if affine_ras.shape != (4, 4):
         raise ValueError(f"affine_ras must be (4, 4), got {affine_ras.shape}")
     ndim = 2 if fixed.is_2d else 3
     t0 = time.perf_counter()
-    points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
-    moved = points + disp_ras_mm
-    deform_ras = geometry.apply_affine(moved, np.linalg.inv(affine_ras)) - points
-    warped = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, moved, mode="linear")
+
+    def voxels_of_mapped_points(ijk_to_ras: np.ndarray) -> torch.Tensor:
+        """``(3, K, J, I)`` voxel indices ``(k, j, i)`` in the grid ``ijk_to_ras`` of ``q(p) = p + d(p)``."""
+        ras_to_kji = np.linalg.inv(ijk_to_ras)[[2, 1, 0]]
+        return geometry.affine_on_grid(ras_to_kji @ fixed.ijk_to_ras, shape, linear=ras_to_kji[:, :3], field=disp)
+
+    moving_tensor = torch.from_numpy(np.ascontiguousarray(moving.array, dtype=np.float32))[None]
+    warped = geometry.sample_voxels(moving_tensor, voxels_of_mapped_points(moving.ijk_to_ras), "linear", 0.0)[0].numpy()
     warped_labels = None
     if moving_labels is not None:
-        warped_labels = geometry.sample_at_ras(
-            _labels_array(moving_labels, "moving_labels"), moving_labels.ijk_to_ras, moved, mode="nearest"
-        )
-    disp_fixed_vox = geometry.ras_mm_to_disp_vox(disp_ras_mm, fixed.ijk_to_ras, ndim=ndim)
-    jacobian = fields.jacobian_determinant(torch.from_numpy(disp_fixed_vox)[None])[0].numpy()
-    jacobian = jacobian.reshape(fixed.shape).astype(np.float32)
+        labels = torch.from_numpy(_labels_array(moving_labels, "moving_labels").astype(np.float64))[None]
+        coords = voxels_of_mapped_points(moving_labels.ijk_to_ras)
+        warped_labels = geometry.sample_voxels(labels, coords, "nearest", 0.0)[0].numpy().astype(np.int32)
+    deform_ras = geometry.affine_after_displacement(np.linalg.inv(affine_ras), disp, fixed.ijk_to_ras)
+    # the total displacement in fixed voxels, channels (k, j, i), for the Jacobian and the metrics
+    disp_fixed_vox = geometry.affine_on_grid(None, shape, linear=np.linalg.inv(fixed.ijk_to_ras[:3, :3])[[2, 1, 0]], field=disp)
+    if ndim == 2:
+        disp_fixed_vox = disp_fixed_vox[1:, 0]
+    jacobian = fields.jacobian_determinant(disp_fixed_vox[None])[0].numpy().reshape(shape)
     timings["warp"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -565,17 +586,18 @@ def result_from_mapping(
         spacing=fixed.spacing_kji[-ndim:],
         fixed_labels=None if fixed_labels_grid is None else squeeze(fixed_labels_grid),
         warped_labels=None if fixed_labels_grid is None else squeeze(warped_labels),
+        jacobian=squeeze(jacobian),
     )
     timings["metrics"] = time.perf_counter() - t0
     metrics["runtime_s"] = time.perf_counter() - t_start
     return RegistrationResult(
         variant=variant,
         fixed_ijk_to_ras=fixed.ijk_to_ras.copy(),
-        warped=warped.astype(np.float32),
+        warped=warped,
         warped_labels=warped_labels,
         affine_ras=affine_ras,
-        disp_ras_mm=disp_ras_mm.astype(np.float32),
-        deform_disp_ras_mm=deform_ras.astype(np.float32),
+        disp_ras_mm=np.ascontiguousarray(np.moveaxis(disp.numpy(), 0, -1)),
+        deform_disp_ras_mm=np.ascontiguousarray(np.moveaxis(deform_ras.numpy(), 0, -1)),
         jacobian=jacobian,
         metrics={k: float(v) for k, v in metrics.items()},
         timings=timings,

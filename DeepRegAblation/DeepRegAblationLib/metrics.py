@@ -39,8 +39,12 @@ METRIC_KEYS = (
 
 
 # --------------------------------------------------------------------------- input handling
-def _array(x: ArrayLike, name: str, dtype=np.float64) -> np.ndarray:
-    """``x`` as a finite, non-empty numpy array (torch tensors detached to CPU)."""
+def _array(x: ArrayLike, name: str, dtype="float") -> np.ndarray:
+    """``x`` as a finite, non-empty numpy array (torch tensors detached to CPU).
+
+    ``dtype="float"`` keeps float32 / float64 arrays as they are (the metrics are computed in
+    their precision) and converts anything else to float64; ``None`` keeps any numeric dtype.
+    """
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
@@ -49,7 +53,10 @@ def _array(x: ArrayLike, name: str, dtype=np.float64) -> np.ndarray:
     if dtype is not None:
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
-        x = x.astype(dtype, copy=False)
+        if dtype != "float":
+            x = x.astype(dtype, copy=False)
+        elif x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or inf values (shape {x.shape})")
     return x
@@ -59,7 +66,8 @@ def _image_pair(a: ArrayLike, b: ArrayLike, name_a: str, name_b: str) -> tuple:
     a, b = _array(a, name_a), _array(b, name_b)
     if a.shape != b.shape:
         raise ValueError(f"{name_a} and {name_b} shapes differ: {a.shape} vs {b.shape}")
-    return a, b
+    common = np.result_type(a, b)
+    return a.astype(common, copy=False), b.astype(common, copy=False)
 
 
 def _label_array(x: ArrayLike, name: str) -> np.ndarray:
@@ -188,7 +196,15 @@ def folding_percentage(disp_vox: ArrayLike, spacing: Spacing = None) -> float:
     det = _jacobian_det(disp_vox)
     if spacing is not None:
         _spacing(spacing, det.ndim)
+    return _folding_pct_of(det)
+
+
+def _folding_pct_of(det: np.ndarray) -> float:
     return float(100.0 * np.mean(det <= 0))
+
+
+def _sdlogj_of(det: np.ndarray) -> float:
+    return float(np.std(np.log(np.clip(det, SDLOGJ_CLIP, None))))
 
 
 def sdlogj(disp_vox: ArrayLike) -> float:
@@ -198,8 +214,7 @@ def sdlogj(disp_vox: ArrayLike) -> float:
     a folded voxel contributes ``log(1e-9) ~ -20.7``, so folds inflate SDlogJ strongly
     (they are also reported on their own by :func:`folding_percentage`).
     """
-    det = _jacobian_det(disp_vox)
-    return float(np.std(np.log(np.clip(det, SDLOGJ_CLIP, None))))
+    return _sdlogj_of(_jacobian_det(disp_vox))
 
 
 def anatomical_plausibility(disp_vox: ArrayLike) -> float:
@@ -251,8 +266,9 @@ def ncc(a: ArrayLike, b: ArrayLike) -> float:
 def ssim(a: ArrayLike, b: ArrayLike, data_range: Optional[float] = None) -> float:
     """Gaussian-window SSIM (11 taps, sigma 1.5), 2D or 3D; data range ``max - min`` over both images.
 
-    See ``losses.ssim_index`` (the same computation, in float64 here). Images smaller than
-    11 voxels along an axis use the largest odd window that fits.
+    See ``losses.ssim_index`` (the same computation, in the precision of the inputs: float64, or
+    float32 for two float32 images). Images smaller than 11 voxels along an axis use the
+    largest odd window that fits.
     """
     a, b = _image_pair(a, b, "a", "b")
     if a.ndim not in (2, 3):
@@ -332,8 +348,13 @@ def registration_metrics(
     spacing: Spacing = None,
     fixed_labels: Optional[ArrayLike] = None,
     warped_labels: Optional[ArrayLike] = None,
+    jacobian: Optional[ArrayLike] = None,
 ) -> Dict[str, float]:
     """All summary metrics of one registration, keyed by ``METRIC_KEYS``.
+
+    ``jacobian``: the determinant of ``disp_vox``'s Jacobian when the caller already has it
+    (``fields.jacobian_determinant``), so that it is not computed again. Float32 inputs are
+    evaluated in float32.
 
     ``dice`` (mean over shared labels), ``hd95_mm`` (mean over shared labels) and ``tre_mm``
     (label-centroid TRE) are NaN without both label maps; the rest come from the images and
@@ -350,8 +371,11 @@ def registration_metrics(
         out["dice"] = mean_dice(lab_f, lab_w)
         out["hd95_mm"] = mean_hd95(lab_f, lab_w, sp)
         out["tre_mm"] = tre_centroids(lab_f, lab_w, sp)
-    out["folding_pct"] = folding_percentage(disp)
-    out["sdlogj"] = sdlogj(disp)
+    det = _jacobian_det(disp) if jacobian is None else _array(jacobian, "jacobian")
+    if det.shape != fixed_a.shape:
+        raise ValueError(f"jacobian shape {det.shape} does not match the image shape {fixed_a.shape}")
+    out["folding_pct"] = _folding_pct_of(det)
+    out["sdlogj"] = _sdlogj_of(det)
     out["mse"] = mse(fixed_a, warped_a)
     out["ncc"] = ncc(fixed_a, warped_a)
     out["ssim"] = ssim(fixed_a, warped_a)

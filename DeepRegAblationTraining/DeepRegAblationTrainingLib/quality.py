@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 
 from DeepRegAblationLib import geometry
 from DeepRegAblationLib.imageio import ImageData, itk_image_from_array, normalize_intensity, read_image
@@ -351,9 +352,9 @@ def classical_register(
     if method == "sitk":
         affine_lps, deform_lps = _run_sitk(fixed_itk, moving_itk, deformable, timings)
         affine_ras = geometry.transform_lps_to_ras(affine_lps)
-        points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
-        deform_ras = np.zeros_like(points) if deform_lps is None else _field_lps_to_ras(deform_lps)
-        disp_ras = geometry.apply_affine(points + deform_ras, affine_ras) - points
+        deform_ras = torch.zeros((3,) + tuple(fixed.shape)) if deform_lps is None else torch.from_numpy(
+            np.moveaxis(_field_lps_to_ras(deform_lps).astype(np.float32), -1, 0))
+        disp_ras = geometry.affine_after_displacement(affine_ras, deform_ras, fixed.ijk_to_ras)
         variant = "sitk_demons" if deformable else "sitk_affine"
     else:
         affine_lps, total_lps = _run_ants(fixed_itk, moving_itk, deformable, timings)

@@ -238,3 +238,16 @@ def test_bad_arguments_raise_value_error():
         fields.jacobian_determinant(torch.zeros(1, 3, 4, 4, 4), spacing=(1.0, 2.0))
     with pytest.raises(ValueError, match="steps"):
         fields.integrate_velocity(torch.zeros(1, 2, 4, 4), steps=-1)
+
+
+@pytest.mark.parametrize("padding", ["border", "zeros"])
+def test_sample_exact_on_grid_points_and_interpolated_elsewhere(padding):
+    """grid_sample values off the grid (within rounding of the exact gathers), exact voxel values on it."""
+    image = _random_image((12, 14, 10), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(5)
+    coords = torch.rand(2, 3, 9, 8, 7, generator=gen) * torch.tensor([14.0, 16.0, 12.0]).view(1, 3, 1, 1, 1) - 1.0
+    coords[:, :, :4] = torch.round(coords[:, :, :4])  # a block of grid points, some outside the image
+    out = fields.sample(image, coords, padding=padding)
+    exact = fields._gather_sample(image, coords, "bilinear", padding)
+    assert torch.equal(out[:, :, :4], exact[:, :, :4])
+    torch.testing.assert_close(out, exact, atol=1e-5, rtol=0)

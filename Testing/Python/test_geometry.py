@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from _registration_helpers import label_volume, oblique_matrix, oblique_pair, smooth_volume
 from DeepRegAblationLib import geometry
@@ -190,3 +191,54 @@ def test_model_grid_ras_orientation_oblique_and_lps():
         geometry.model_grid_for(ImageData(np.zeros((1, 8, 8)), np.eye(4)), [1.0, 1.0], [16, 16], orientation="RAS")
     with pytest.raises(ValueError, match="orientation must be one of"):
         geometry.model_grid_for(lps, [1.0, 1.0, 1.0], [16, 16, 16], orientation="LPI")
+
+
+@pytest.mark.parametrize("fill_value", [0.0, None])
+def test_shared_lattice_copies_voxels_without_interpolation(fill_value):
+    """Same spacing, axes permuted / flipped, whole-voxel shift: the fast path copies voxels."""
+    fixed, _ = oblique_pair()
+    labels = label_volume(fixed.array)
+    view, view_shape = geometry.closest_ras_view(fixed.ijk_to_ras, fixed.shape)  # permutation + flips
+    shifted = view.copy()
+    shifted[:3, 3] += view[:3, :3] @ [-2.0, 3.0, 1.0]  # and a shift by whole voxels
+    matrix = geometry.index_map(fixed.ijk_to_ras, shifted)
+    assert geometry._exact_index_view(fixed.array[None], matrix, view_shape, 0.0) is not None  # the fast path
+    for array, mode in ((fixed.array, "linear"), (labels, "nearest")):
+        fast = geometry.resample_to_grid(array, fixed.ijk_to_ras, shifted, view_shape, mode=mode, fill_value=fill_value or 0.0)
+        reference = geometry.sample_at_ras(  # the general float64 path through RAS points
+            array, fixed.ijk_to_ras, geometry.grid_points_ras(view_shape, shifted), mode=mode
+        )
+        np.testing.assert_array_equal(fast, reference)
+    field = np.stack([fixed.array, 2 * fixed.array, labels.astype(np.float32)])
+    out = geometry.resample_channels(field, fixed.ijk_to_ras, shifted, view_shape, fill_value=fill_value)
+    if fill_value is None:  # fields extend their border values
+        points = geometry.grid_points_ras(view_shape, shifted)
+        expected = geometry.sample_field_at_ras(np.moveaxis(field, 0, -1), fixed.ijk_to_ras, points)
+        np.testing.assert_array_equal(out, np.moveaxis(expected, -1, 0).astype(np.float32))
+    else:
+        assert np.any(out == 0.0) and np.array_equal(out[0], geometry.resample_to_grid(
+            fixed.array, fixed.ijk_to_ras, shifted, view_shape))
+
+
+def test_float32_grid_resampling_agrees_with_float64_points():
+    fixed, moving = oblique_pair()
+    fast = geometry.resample_to_grid(moving.array, moving.ijk_to_ras, fixed.ijk_to_ras, fixed.shape)
+    reference = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras))
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(fast, reference, atol=1e-5 * float(np.abs(moving.array).max()))
+
+
+def test_affine_on_grid_and_affine_after_displacement():
+    fixed, _ = oblique_pair()
+    rng = np.random.default_rng(3)
+    disp = torch.from_numpy(rng.normal(0, 2, (3,) + fixed.shape).astype(np.float32))
+    points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
+    np.testing.assert_allclose(
+        np.moveaxis(geometry.affine_on_grid(fixed.ijk_to_ras, fixed.shape).numpy(), 0, -1), points, atol=1e-4
+    )
+    transform = oblique_matrix([1.05, 0.95, 1.0], [4, -3, 2], [2.0, -1.0, 3.0])
+    total = geometry.affine_after_displacement(transform, disp, fixed.ijk_to_ras)
+    expected = geometry.apply_affine(points + np.moveaxis(disp.numpy(), 0, -1), transform) - points
+    np.testing.assert_allclose(np.moveaxis(total.numpy(), 0, -1), expected, atol=1e-3)
+    back = geometry.affine_after_displacement(np.linalg.inv(transform), total, fixed.ijk_to_ras)  # the deformable part again
+    np.testing.assert_allclose(back.numpy(), disp.numpy(), atol=1e-3)

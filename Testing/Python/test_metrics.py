@@ -190,6 +190,26 @@ def test_registration_metrics_keys_and_values():
     assert all(isinstance(v, float) for v in out.values())
 
 
+def test_registration_metrics_reuses_a_given_jacobian_and_float32():
+    shape = (24, 24, 24)
+    fixed = smooth_image(shape, seed=2)
+    rng = np.random.default_rng(0)
+    disp = ndimage.gaussian_filter(rng.normal(0, 20, (3, *shape)), (0, 1.5, 1.5, 1.5))  # folds somewhere
+    warped = fields.warp(torch.from_numpy(fixed)[None, None], torch.from_numpy(disp)[None])[0, 0].numpy()
+    det = fields.jacobian_determinant(torch.from_numpy(disp)[None])[0].numpy()
+    out = metrics.registration_metrics(fixed, warped, disp)
+    assert out["folding_pct"] > 0
+    reused = metrics.registration_metrics(fixed, warped, disp, jacobian=det)
+    assert all(reused[k] == out[k] for k in out if not math.isnan(out[k]))
+    wrong = metrics.registration_metrics(fixed, warped, disp, jacobian=np.ones(shape))
+    assert wrong["folding_pct"] == 0 and wrong["sdlogj"] == 0  # the given determinant is the one used
+    single = metrics.registration_metrics(fixed.astype(np.float32), warped.astype(np.float32), disp.astype(np.float32))
+    for key in ("folding_pct", "mse", "ncc", "ssim", "max_disp_mm"):
+        assert single[key] == pytest.approx(out[key], rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="jacobian shape"):
+        metrics.registration_metrics(fixed, warped, disp, jacobian=np.ones((4, 4, 4)))
+
+
 def test_bad_inputs_raise_value_error_naming_argument():
     a = np.zeros((16, 16))
     with pytest.raises(ValueError, match=r"a and b shapes differ: \(16, 16\) vs \(16, 15\)"):
