@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import geometry
-from .imageio import ImageData, itk_image_from_array, write_image
+from .imageio import ImageData, itk_image_from_array, write_image, write_itk_image
 
 PathLike = Union[str, Path]
 
@@ -109,12 +109,7 @@ def write_affine_tfm(path: PathLike, affine_ras: np.ndarray) -> Path:
 
 def write_displacement_field(path: PathLike, disp_ras_mm: np.ndarray, fixed_ijk_to_ras: np.ndarray) -> Path:
     """Write an ITK displacement-field image (float32 LPS vectors on the fixed grid), e.g. ``.nii.gz``."""
-    import SimpleITK as sitk
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(displacement_image_lps(disp_ras_mm, fixed_ijk_to_ras, np.float32), str(path), True)
-    return path
+    return write_itk_image(displacement_image_lps(disp_ras_mm, fixed_ijk_to_ras, np.float32), path)
 
 
 def write_composite_h5(path: PathLike, result) -> Path:

@@ -445,7 +445,7 @@ def affine_on_grid(
     """
     k_size, j_size, i_size = _shape3(shape)
     out = torch.zeros((3, k_size, j_size, i_size), dtype=torch.float32)
-    if matrix is not None:
+    if matrix is not None and np.any(np.asarray(matrix)[:3] != 0):
         matrix = np.asarray(matrix, dtype=np.float64)
         i = np.arange(i_size, dtype=np.float64)
         j = np.arange(j_size, dtype=np.float64)[:, None]
@@ -490,7 +490,10 @@ def _exact_index_view(
     out = np.transpose(volume, [0] + axes)
     sizes = out.shape[1:]
     for axis, index in enumerate(indices):
-        out = np.take(out, index, axis=axis + 1, mode="clip")
+        if len(index) != sizes[axis] or np.any(index != np.arange(sizes[axis])):  # else: this axis is unchanged
+            out = np.take(out, index, axis=axis + 1, mode="clip")
+    if np.shares_memory(out, volume):
+        out = out.copy()  # never hand back the caller's own array
     if fill_value is not None:
         for axis, index in enumerate(indices):
             outside = (index < 0) | (index >= sizes[axis])

@@ -7,6 +7,10 @@ Files are LPS (ITK); the conversion to and from RAS happens here and nowhere els
 """
 from __future__ import annotations
 
+import os
+import tempfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -237,5 +241,50 @@ def write_image(path: PathLike, image: ImageData, compress: bool = True) -> Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     itk_image = itk_image_from_array(_storable(image.array), image.ijk_to_ras)
-    sitk.WriteImage(itk_image, str(path), useCompression=bool(compress))
+    return write_itk_image(itk_image, path, compress)
+
+
+GZIP_CHUNK_BYTES = 1 << 22
+"""``.nii.gz`` files are compressed in chunks of 4 MiB, each a gzip member, on several threads."""
+
+
+def write_itk_image(itk_image, path: PathLike, compress: bool = True, threads: Optional[int] = None) -> Path:
+    """Write a SimpleITK image; a ``.nii.gz`` is compressed on ``threads`` threads (default: CPU count).
+
+    ITK writes the uncompressed ``.nii`` (same header and data as its own ``.nii.gz``) and the
+    file is then gzip-compressed in independent chunks, one gzip member each (RFC 1952 allows a
+    series of members; ITK, nibabel and ``gzip`` read them as one stream). The file appears
+    atomically. Other formats go through ``sitk.WriteImage``.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not (compress and path.name.endswith(".nii.gz")):
+        sitk.WriteImage(itk_image, str(path), useCompression=bool(compress))
+        return path
+    fd, raw_name = tempfile.mkstemp(prefix=path.name[: -len(".gz")] + ".", suffix=".nii", dir=str(path.parent))
+    os.close(fd)
+    part = path.with_name(path.name + ".part")
+    try:
+        sitk.WriteImage(itk_image, raw_name, useCompression=False)
+        raw = Path(raw_name).read_bytes()
+        chunks = [raw[i : i + GZIP_CHUNK_BYTES] for i in range(0, len(raw), GZIP_CHUNK_BYTES)] or [b""]
+        workers = max(1, min(len(chunks), os.cpu_count() or 1) if threads is None else int(threads))
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # zlib releases Python's lock
+            members = list(pool.map(_gzip_member, chunks))
+        with open(part, "wb") as handle:
+            for member in members:
+                handle.write(member)
+        os.replace(part, path)
+    finally:
+        for leftover in (Path(raw_name), part):
+            if leftover.exists():
+                leftover.unlink()
     return path
+
+
+def _gzip_member(data: bytes) -> bytes:
+    """One complete gzip member (header, deflate stream at level 1: fast, and float images barely compress further)."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()

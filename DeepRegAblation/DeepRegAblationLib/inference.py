@@ -490,8 +490,12 @@ def register(
     t0 = time.perf_counter()
     report(0.75, "computing the full-resolution field and the warped image")
     affine_ras = geometry.matrix_vox_to_ras(outputs["affine_matrix_vox"][0], grid_ijk_to_ras)
-    deform_model_ras = np.moveaxis(geometry.disp_vox_to_ras_mm(outputs["deform_disp_vox"][0], grid_ijk_to_ras), -1, 0)
-    del outputs, moving_grid, fixed_grid  # the model-grid tensors are not needed any more
+    deform_vox = outputs["deform_disp_vox"][0].detach().cpu()  # (ndim, *S), channels in tensor axis order
+    if ndim == 2:  # single-slice grid: channels (j, i) and a k axis of size 1
+        deform_vox = deform_vox[:, None]
+    vox_to_ras = grid_ijk_to_ras[:3, :3][:, ::-1][:, -deform_vox.shape[0]:]  # u_ras = R @ u_ijk, channels (k, j, i)
+    deform_model_ras = geometry.affine_on_grid(None, grid_shape, linear=vox_to_ras, field=deform_vox).numpy()
+    del outputs, moving_grid, fixed_grid, deform_vox  # the model-grid tensors are not needed any more
     deform_ras = torch.from_numpy(geometry.resample_channels(
         deform_model_ras, grid_ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode="linear", fill_value=None
     ))  # (3, K, J, I) RAS mm on the fixed grid; the field extends its border values

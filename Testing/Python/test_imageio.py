@@ -99,3 +99,28 @@ def test_normalize_intensity_robust_range():
     np.testing.assert_allclose(out[5, 5, 5], np.clip((array[5, 5, 5] - low) / (high - low), 0, 1), rtol=1e-6)
     assert np.mean((out > 0) & (out < 1)) > 0.95
     np.testing.assert_array_equal(normalize_intensity(np.full((3, 3, 3), 7.0)), 0.0)
+
+
+def test_nii_gz_is_written_as_parallel_gzip_members_that_readers_accept(tmp_path, monkeypatch):
+    import gzip
+
+    import nibabel as nib
+
+    from DeepRegAblationLib import imageio
+
+    monkeypatch.setattr(imageio, "GZIP_CHUNK_BYTES", 1000)  # many members even for a small image
+    rng = np.random.default_rng(0)
+    array = rng.normal(size=(9, 11, 13)).astype(np.float32)
+    matrix = np.diag([1.5, 0.8, 2.0, 1.0])
+    matrix[:3, 3] = [4.0, -3.0, 7.0]
+    path = imageio.write_image(tmp_path / "image.nii.gz", imageio.ImageData(array, matrix, "image"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.nii.gz"]  # no temporary left behind
+    assert path.read_bytes().count(b"\x1f\x8b\x08") > 3  # several gzip members
+    back = imageio.read_image(path)  # ITK
+    np.testing.assert_array_equal(back.array, array)
+    np.testing.assert_allclose(back.ijk_to_ras, matrix, atol=1e-6)
+    nib_image = nib.load(str(path))  # nibabel: the same voxels (i, j, k order) and the same RAS affine
+    np.testing.assert_array_equal(np.asarray(nib_image.dataobj).transpose(2, 1, 0), array)
+    np.testing.assert_allclose(nib_image.affine, matrix, atol=1e-5)
+    plain = imageio.write_image(tmp_path / "plain.nii", imageio.ImageData(array, matrix, "plain"))
+    assert gzip.decompress(path.read_bytes()) == plain.read_bytes()  # the same file, compressed
