@@ -363,6 +363,20 @@ def _as_image(image: Union[ImageData, PathLike, None], name: str) -> Optional[Im
     raise ValueError(f"{name} must be an ImageData or a file path, got {type(image).__name__}")
 
 
+def run_with_cpu_fallback(work: Callable[[torch.device], Any], device: torch.device, what: str = "the model") -> Tuple[Any, torch.device]:
+    """``(work(device), device)``; when CUDA runs out of memory, warn and return ``(work(cpu), cpu)``."""
+    try:
+        return work(device), device
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if device.type != "cuda" or "out of memory" not in str(exc).lower():
+            raise
+        warnings.warn(f"CUDA ran out of memory for {what}; falling back to the CPU (slower)", RuntimeWarning, stacklevel=3)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cpu = torch.device("cpu")
+        return work(cpu), cpu
+
+
 def _run_model(
     model: torch.nn.Module, moving: np.ndarray, fixed: np.ndarray, device: torch.device
 ) -> Tuple[Dict[str, torch.Tensor], torch.device]:
@@ -375,19 +389,7 @@ def _run_model(
         with torch.no_grad():
             return model(moving_t, fixed_t)
 
-    try:
-        return forward(device), device
-    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        if device.type != "cuda" or "out of memory" not in str(exc).lower():
-            raise
-        warnings.warn(
-            f"CUDA ran out of memory for model input {moving.shape}; falling back to the CPU (slower)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        torch.cuda.empty_cache()
-        cpu = torch.device("cpu")
-        return forward(cpu), cpu
+    return run_with_cpu_fallback(forward, device, f"model input {moving.shape}")
 
 
 def register(

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import torch
 
 from _registration_helpers import label_volume, oblique_matrix, oblique_pair, smooth_volume
-from DeepRegAblationLib import fields, geometry
+from DeepRegAblationLib import fields, geometry, inference
 from DeepRegAblationLib.checkpoints import save_checkpoint
 from DeepRegAblationLib.imageio import ImageData, itk_image_from_array
 from DeepRegAblationLib.inference import RegistrationResult, refine, register, resolve_device
@@ -287,3 +287,29 @@ def test_ras_model_transform_h5_resamples_like_the_warped_image(tmp_path):
     assert inside.mean() > 0.1
     scale = float(np.abs(result.warped[inside]).max())
     np.testing.assert_allclose(resampled[inside], result.warped[inside], atol=1e-3 * scale)
+
+
+def test_cuda_out_of_memory_falls_back_to_cpu_with_a_warning():
+    calls = []
+
+    def work(device):
+        calls.append(device.type)
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "done on cpu"
+
+    with pytest.warns(RuntimeWarning, match="CUDA ran out of memory for the test volume; falling back to the CPU"):
+        result, used = inference.run_with_cpu_fallback(work, torch.device("cuda"), "the test volume")
+    assert (result, used.type, calls) == ("done on cpu", "cpu", ["cuda", "cpu"])
+
+    def other_error(device):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    with pytest.raises(RuntimeError, match="device-side assert"):  # only out-of-memory falls back
+        inference.run_with_cpu_fallback(other_error, torch.device("cuda"))
+
+    def cpu_oom(device):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):  # on the CPU there is nothing to fall back to
+        inference.run_with_cpu_fallback(cpu_oom, torch.device("cpu"))
