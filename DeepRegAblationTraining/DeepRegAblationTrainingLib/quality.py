@@ -443,6 +443,7 @@ def quality_table(
     threads: Optional[int] = None,
     progress: Progress = None,
     untrained: bool = False,
+    refine: int = 0,
 ) -> List[Dict[str, Any]]:
     """Register every pair with every variant and classical method; one row per (pair, method).
 
@@ -455,6 +456,8 @@ def quality_table(
         threads: torch and ITK threads (``None``: leave the defaults).
         progress: ``progress(message)`` after each registration.
         untrained: run untrained networks even where a model is shipped (tests the pipeline only).
+        refine: when > 0, each variant also gets a row ``<variant>+refine<N>``: the network followed
+            by ``refine`` iterations of instance optimisation (``inference.register(refine=...)``).
 
     Returns:
         rows with the keys :data:`QUALITY_COLUMNS`: ``kind`` is ``"reference"`` (identity),
@@ -490,13 +493,16 @@ def quality_table(
             report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
         for variant in variants:
             entry = models[variant]
-            result = register(fixed, moving, model=entry["model"], fixed_labels=fixed_labels,
-                              moving_labels=moving_labels, device=device)
             seen = None if entry["train_ids"] is None else all(i in entry["train_ids"] for i in ids)
-            label = f"{variant} ({'shipped' if entry['trained'] else 'untrained'})"
             model = Path(entry["path"]).name if entry["trained"] else "untrained"
-            rows.append(_row(*ids, variant, label, "ours", model, seen, result))
-            report(f"{ids[1]} -> {ids[0]} {variant}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
+            for iterations in ([0, int(refine)] if refine else [0]):
+                result = register(fixed, moving, model=entry["model"], fixed_labels=fixed_labels,
+                                  moving_labels=moving_labels, device=device, refine=iterations)
+                method = f"{variant}+refine{iterations}" if iterations else variant
+                label = f"{variant} ({'shipped' if entry['trained'] else 'untrained'})" + (
+                    f" + {iterations} refinement steps" if iterations else "")
+                rows.append(_row(*ids, method, label, "ours", model, seen, result))
+                report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
     return rows
 
 

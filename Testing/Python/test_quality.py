@@ -216,3 +216,14 @@ def test_ants_syn_on_the_phantom(pair):
     assert syn.metrics["dice"] > identity.metrics["dice"] + 0.4
     centre = tuple(n // 2 for n in SHAPE)
     assert np.allclose(syn.disp_ras_mm[centre], CENTRE_DISP_RAS, atol=1.5)
+
+
+def test_quality_table_refinement_rows(tmp_path):
+    subjects = _write_subjects(tmp_path)
+    pairs = quality.dataset_pairs(subjects, 1)
+    rows = quality.quality_table(pairs, ["baseline"], ["identity"], threads=1, untrained=True, refine=3)
+    assert [r["method"] for r in rows] == ["identity", "baseline", "baseline+refine3"]
+    plain, refined = rows[1], rows[2]
+    assert refined["label"] == "baseline (untrained) + 3 refinement steps" and refined["kind"] == "ours"
+    assert refined["sdlogj"] != plain["sdlogj"]  # the refinement changed the field
+    assert refined["runtime_s"] > plain["runtime_s"]

@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", default="cycle",
                         help="quality pairs: 'cycle' (each subject fixed once, the next moving), 'all' "
                              "(every ordered pair) or N (the first N of the cycle)")
+    parser.add_argument("--refine", type=int, default=0,
+                        help="quality: also run each variant followed by N refinement iterations (default 0: not)")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
 
 
@@ -72,10 +74,10 @@ def _quality_section(args: argparse.Namespace, variants) -> tuple:
     if len(subjects) < 2:
         raise ValueError(f"--ixi: need at least 2 images with label partners in {args.ixi}, found {len(subjects)}")
     pairs = quality.dataset_pairs(subjects, args.pairs)
-    print(f"quality: {len(pairs)} pairs x {len(methods) + len(variants)} methods", flush=True)
+    print(f"quality: {len(pairs)} pairs x {len(methods) + len(variants) * (2 if args.refine else 1)} methods", flush=True)
     start = time.perf_counter()
     rows = quality.quality_table(
-        pairs, variants, methods, device=args.device, threads=args.threads,
+        pairs, variants, methods, device=args.device, threads=args.threads, refine=args.refine,
         progress=lambda message: print(f"  {message} [{time.perf_counter() - start:.0f} s]", flush=True),
     )
     ants_note = ""
