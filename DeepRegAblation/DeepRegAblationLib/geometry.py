@@ -554,6 +554,25 @@ def resample_channels(
     return values if mode == "linear" else values.astype(volume.dtype)
 
 
+def center_of_mass_ras(weights: np.ndarray, ijk_to_ras: ArrayLike) -> np.ndarray:
+    """Weighted centre ``(3,)`` RAS mm of a ``(K, J, I)`` grid (weights >= 0, e.g. normalised intensities)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    _shape3(weights.shape, "weights shape")
+    total = float(weights.sum())
+    if not total > 0:
+        raise ValueError(f"the centre of mass needs positive weights somewhere (shape {weights.shape})")
+    centre_kji = [float(np.dot(weights.sum(axis=tuple(a for a in range(3) if a != axis)), np.arange(weights.shape[axis])))
+                  / total for axis in range(3)]
+    return voxel_to_ras(np.asarray(centre_kji[::-1]), ijk_to_ras)
+
+
+def translation_matrix(offset_ras: ArrayLike) -> np.ndarray:
+    """``(4, 4)`` point transform ``p -> p + offset``."""
+    matrix = np.eye(4)
+    matrix[:3, 3] = np.asarray(offset_ras, dtype=np.float64)
+    return matrix
+
+
 # --------------------------------------------------------------------------- model grid and overlap
 MODEL_ORIENTATIONS = ("native", "RAS")
 """Axes of a model grid: ``"native"`` along the fixed image's own axes, ``"RAS"`` along +R, +A, +S."""

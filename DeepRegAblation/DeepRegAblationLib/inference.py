@@ -51,6 +51,8 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
 """Shipped weights: ``<MODELS_DIR>/<ndim>d/<variant>.pt``."""
 REFINE_LR = 0.01
 """Default Adam step of :func:`refine`, in voxels of the model grid."""
+INITIAL_ALIGNMENTS = ("none", "com")
+"""``register(initial_alignment=...)``: physical space as is, or centres of mass translated together."""
 
 
 # --------------------------------------------------------------------------- result
@@ -392,6 +394,21 @@ def _run_model(
     return run_with_cpu_fallback(forward, device, f"model input {moving.shape}")
 
 
+def center_of_mass_alignment(
+    fixed: ImageData, moving: ImageData, fixed_norm: Optional[np.ndarray] = None, moving_norm: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """``(4, 4)`` RAS translation taking the fixed image's intensity centre of mass onto the moving image's.
+
+    The weights are the 1-99 percentile normalised intensities (``fixed_norm`` / ``moving_norm``
+    when already computed), so the background counts for little.
+    """
+    fixed_norm = normalize_intensity(fixed.array) if fixed_norm is None else fixed_norm
+    moving_norm = normalize_intensity(moving.array) if moving_norm is None else moving_norm
+    return geometry.translation_matrix(
+        geometry.center_of_mass_ras(moving_norm, moving.ijk_to_ras) - geometry.center_of_mass_ras(fixed_norm, fixed.ijk_to_ras)
+    )
+
+
 def register(
     fixed: Union[ImageData, PathLike],
     moving: Union[ImageData, PathLike],
@@ -402,6 +419,7 @@ def register(
     device: Union[str, torch.device] = "auto",
     progress: Progress = None,
     refine_lr: float = REFINE_LR,
+    initial_alignment: str = "none",
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with one model; results on the full-resolution fixed grid.
 
@@ -417,6 +435,10 @@ def register(
             CUDA out-of-memory falls back to the CPU with a warning.
         progress: ``progress(fraction, message)``.
         refine_lr: Adam step of the refinement, voxels.
+        initial_alignment: ``"none"`` (the images as they lie in physical space) or ``"com"``: first
+            translate the moving image so that its intensity centre of mass (1-99 percentile
+            normalised intensities) falls on the fixed image's, as classical tools initialise
+            inter-subject registration; the translation is part of ``affine_ras``.
 
     Returns:
         :class:`RegistrationResult` (see the module docstring for the pipeline).
@@ -439,6 +461,8 @@ def register(
             )
     if (fixed_labels is None) != (moving_labels is None):
         warnings.warn("only one of fixed_labels / moving_labels was given: label metrics are skipped", stacklevel=2)
+    if initial_alignment not in INITIAL_ALIGNMENTS:
+        raise ValueError(f"initial_alignment must be one of {list(INITIAL_ALIGNMENTS)}, got {initial_alignment!r}")
     torch_device = resolve_device(device)
     net, preprocessing, _ = load_registration_model(model, 2 if fixed.is_2d else 3)
     ndim = int(net.ndim)
@@ -462,8 +486,12 @@ def register(
     moving_window = intensity_window(moving.array)
     fixed_norm = normalize_intensity(fixed.array, window=fixed_window)
     moving_norm = normalize_intensity(moving.array, window=moving_window)
+    # fixed-space point -> moving point, applied after the model's mapping
+    initial_ras = center_of_mass_alignment(fixed, moving, fixed_norm, moving_norm) if initial_alignment == "com" else np.eye(4)
     fixed_grid = geometry.resample_to_grid(fixed_norm, fixed.ijk_to_ras, grid_ijk_to_ras, grid_shape)
-    moving_grid = geometry.resample_to_grid(moving_norm, moving.ijk_to_ras, grid_ijk_to_ras, grid_shape)
+    moving_grid = geometry.resample_to_grid(  # the moving image as seen through the initial alignment
+        moving_norm, np.linalg.inv(initial_ras) @ moving.ijk_to_ras, grid_ijk_to_ras, grid_shape
+    )
     if ndim == 2:
         fixed_grid, moving_grid = fixed_grid[0], moving_grid[0]
     timings["resample"] = time.perf_counter() - t0
@@ -491,7 +519,7 @@ def register(
     # --- back to the full-resolution fixed grid, in RAS mm
     t0 = time.perf_counter()
     report(0.75, "computing the full-resolution field and the warped image")
-    affine_ras = geometry.matrix_vox_to_ras(outputs["affine_matrix_vox"][0], grid_ijk_to_ras)
+    affine_ras = initial_ras @ geometry.matrix_vox_to_ras(outputs["affine_matrix_vox"][0], grid_ijk_to_ras)
     deform_vox = outputs["deform_disp_vox"][0].detach().cpu()  # (ndim, *S), channels in tensor axis order
     if ndim == 2:  # single-slice grid: channels (j, i) and a k axis of size 1
         deform_vox = deform_vox[:, None]
@@ -550,6 +578,8 @@ def result_from_mapping(
         disp_array = np.asarray(disp_ras_mm, dtype=np.float32)
         if disp_array.shape != shape + (3,):
             raise ValueError(f"disp_ras_mm must be (K, J, I, 3) = {shape + (3,)} on the fixed grid, got {disp_array.shape}")
+        if not disp_array.flags.writeable:  # e.g. np.broadcast_to of a constant shift
+            disp_array = disp_array.copy()
         disp = torch.from_numpy(np.moveaxis(disp_array, -1, 0))
     affine_ras = np.asarray(affine_ras, dtype=np.float64)
     if affine_ras.shape != (4, 4):

@@ -50,8 +50,13 @@ CLASSICAL_METHODS = {
     "ants_syn": "ANTs SyN (antspyx)",
 }
 """Classical method id -> row label."""
+COM_LABEL = "centre-of-mass translation only"
+"""Row label of the ``com`` reference row (``quality_table(initial_alignment="com")``)."""
 METHOD_NOTES = {
     "identity": "no registration: the images' own physical alignment.",
+    "com": "the translation that takes the fixed image's intensity centre of mass onto the moving image's "
+           "(`inference.center_of_mass_alignment`, 1-99 percentile normalised intensities as weights): the "
+           "initial alignment our variants start from in this run.",
     "sitk_affine": "SimpleITK affine, Mattes mutual information (32 bins, 25 % random samples, fixed seed), "
                    "regular-step gradient descent, physical-shift scales, centred (moments) initialisation, "
                    "two resolution levels (shrink 4 and 2, smoothing sigmas 2 and 1 voxels).",
@@ -444,6 +449,7 @@ def quality_table(
     progress: Progress = None,
     untrained: bool = False,
     refine: int = 0,
+    initial_alignment: str = "none",
 ) -> List[Dict[str, Any]]:
     """Register every pair with every variant and classical method; one row per (pair, method).
 
@@ -458,6 +464,8 @@ def quality_table(
         untrained: run untrained networks even where a model is shipped (tests the pipeline only).
         refine: when > 0, each variant also gets a row ``<variant>+refine<N>``: the network followed
             by ``refine`` iterations of instance optimisation (``inference.register(refine=...)``).
+        initial_alignment: ``inference.register``'s ``initial_alignment`` for our variants; with
+            ``"com"`` a reference row ``com`` gives the centre-of-mass translation alone.
 
     Returns:
         rows with the keys :data:`QUALITY_COLUMNS`: ``kind`` is ``"reference"`` (identity),
@@ -465,7 +473,7 @@ def quality_table(
         classical package; ``seen_in_training`` tells whether both subjects of the pair were
         training subjects of the shipped model (``None``: unknown or not applicable).
     """
-    from DeepRegAblationLib.inference import register
+    from DeepRegAblationLib.inference import center_of_mass_alignment, register
 
     unknown = [m for m in methods if m not in CLASSICAL_METHODS]
     if unknown:
@@ -491,13 +499,20 @@ def quality_table(
                 kind, model = "classical", "antspyx" if family == "ants" else "SimpleITK"
             rows.append(_row(*ids, method, CLASSICAL_METHODS[method], kind, model, None, result))
             report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
+        if initial_alignment == "com":
+            t0 = time.perf_counter()
+            shift = center_of_mass_alignment(fixed, moving)
+            disp = np.broadcast_to(shift[:3, 3].astype(np.float32), tuple(fixed.shape) + (3,))
+            result = result_from_mapping("com", fixed, moving, shift, disp, fixed_labels, moving_labels, {}, t0)
+            rows.append(_row(*ids, "com", COM_LABEL, "reference", "-", None, result))
         for variant in variants:
             entry = models[variant]
             seen = None if entry["train_ids"] is None else all(i in entry["train_ids"] for i in ids)
             model = Path(entry["path"]).name if entry["trained"] else "untrained"
             for iterations in ([0, int(refine)] if refine else [0]):
                 result = register(fixed, moving, model=entry["model"], fixed_labels=fixed_labels,
-                                  moving_labels=moving_labels, device=device, refine=iterations)
+                                  moving_labels=moving_labels, device=device, refine=iterations,
+                                  initial_alignment=initial_alignment)
                 method = f"{variant}+refine{iterations}" if iterations else variant
                 label = f"{variant} ({'shipped' if entry['trained'] else 'untrained'})" + (
                     f" + {iterations} refinement steps" if iterations else "")

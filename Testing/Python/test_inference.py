@@ -313,3 +313,23 @@ def test_cuda_out_of_memory_falls_back_to_cpu_with_a_warning():
 
     with pytest.raises(RuntimeError, match="out of memory"):  # on the CPU there is nothing to fall back to
         inference.run_with_cpu_fallback(cpu_oom, torch.device("cpu"))
+
+
+def test_center_of_mass_initial_alignment_recovers_a_translation():
+    array = np.zeros((24, 28, 20), np.float32)
+    array[6:18, 8:20, 5:15] = smooth_volume((12, 12, 10), seed=4) + 50.0  # a blob on a zero background
+    grid = oblique_matrix([1.5, 1.0, 2.0], [8, -5, 3], [-10.0, 4.0, 2.0])
+    shift = np.array([6.0, -4.0, 3.0])
+    fixed = ImageData(array, grid, "fixed")
+    moving = ImageData(array, geometry.translation_matrix(shift) @ grid, "moving")  # the same head, moved
+    model = build_model("baseline", 3)
+    set_constant_flow(model, [0.0, 0.0, 0.0])  # identity: only the initial alignment moves the image
+    aligned = register(fixed, moving, model=model, device="cpu", initial_alignment="com")
+    np.testing.assert_allclose(aligned.affine_ras[:3, 3], shift, atol=1e-6)
+    np.testing.assert_allclose(aligned.affine_ras[:3, :3], np.eye(3), atol=1e-9)
+    plain = register(fixed, moving, model=model, device="cpu")
+    np.testing.assert_allclose(plain.affine_ras, np.eye(4), atol=1e-9)
+    error = lambda r: float(np.abs(r.warped - array).mean())  # noqa: E731
+    assert error(aligned) < 0.05 * error(plain)
+    with pytest.raises(ValueError, match="initial_alignment must be one of"):
+        register(fixed, moving, model=model, device="cpu", initial_alignment="moments")

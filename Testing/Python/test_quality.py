@@ -227,3 +227,15 @@ def test_quality_table_refinement_rows(tmp_path):
     assert refined["label"] == "baseline (untrained) + 3 refinement steps" and refined["kind"] == "ours"
     assert refined["sdlogj"] != plain["sdlogj"]  # the refinement changed the field
     assert refined["runtime_s"] > plain["runtime_s"]
+
+
+def test_quality_table_center_of_mass_rows(tmp_path):
+    subjects = _write_subjects(tmp_path)
+    pairs = quality.dataset_pairs(subjects, 1)
+    rows = quality.quality_table(pairs, ["baseline"], ["identity"], threads=1, untrained=True, initial_alignment="com")
+    by = {r["method"]: r for r in rows}
+    assert list(by) == ["identity", "com", "baseline"]
+    assert by["com"]["kind"] == "reference" and by["com"]["label"] == quality.COM_LABEL
+    assert by["com"]["dice"] > by["identity"]["dice"]  # the phantoms are shifted against each other
+    text = quality.markdown_quality(rows, "two phantoms")
+    assert quality.COM_LABEL in text and "intensity centre of mass" in text

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(every ordered pair) or N (the first N of the cycle)")
     parser.add_argument("--refine", type=int, default=0,
                         help="quality: also run each variant followed by N refinement iterations (default 0: not)")
+    parser.add_argument("--init-align", default="none", choices=("none", "com"),
+                        help="quality: initial alignment of our variants (register's --init-align); com also "
+                             "adds a row for the centre-of-mass translation alone")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
 
 
@@ -78,6 +81,7 @@ def _quality_section(args: argparse.Namespace, variants) -> tuple:
     start = time.perf_counter()
     rows = quality.quality_table(
         pairs, variants, methods, device=args.device, threads=args.threads, refine=args.refine,
+        initial_alignment=args.init_align,
         progress=lambda message: print(f"  {message} [{time.perf_counter() - start:.0f} s]", flush=True),
     )
     ants_note = ""
@@ -87,7 +91,9 @@ def _quality_section(args: argparse.Namespace, variants) -> tuple:
         ants_note = f", antspyx {getattr(ants, '__version__', '?')}"
     import SimpleITK as sitk
 
-    setup = (f"Setup: {args.threads} CPU thread(s) for torch and ITK, our models on {args.device}; "
+    setup = (f"Setup: {args.threads} CPU thread(s) for torch and ITK, our models on {args.device} "
+             f"(initial alignment: {'centres of mass' if args.init_align == 'com' else 'none, physical space as is'}"
+             f"{f'; {args.refine} refinement steps in the refined rows' if args.refine else ''}); "
              f"SimpleITK {sitk.Version_VersionString()}{ants_note}; wall time of this part "
              f"{time.perf_counter() - start:.0f} s.")
     description = (f"{len(subjects)} real IXI T1 heads at 2 mm with DLMUSE labels in `{args.ixi}` "

@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint (.pt) of the variant, or a directory holding <variant>.pt files (required form for --variant all)",
     )
     parser.add_argument("--refine", type=int, default=0, metavar="N", help="Adam iterations of instance refinement (default 0)")
+    parser.add_argument(
+        "--init-align", default="none", choices=("none", "com"),
+        help="initial alignment: none (physical space as is, default) or com (translate the moving image's "
+             "intensity centre of mass onto the fixed image's first, for heads of different subjects / scanners)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA if available")
     parser.add_argument("--save-npz", action="store_true", help="also write DIR/<variant>/result.npz (for the Slicer GUI)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
@@ -260,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         result = register(
             fixed, moving, models[variant], fixed_labels=fixed_labels, moving_labels=moving_labels,
             refine=args.refine, device=args.device, progress=_progress_printer(index - 1, len(variants)),
+            initial_alignment=args.init_align,
         )
         result.timings["read"] = read_s
         variant_dir = out / variant
