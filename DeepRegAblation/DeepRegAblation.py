@@ -136,7 +136,10 @@ displacement-magnitude hinge, local rigidity, Jacobian folding penalty, bending 
 <li><b>affine_enhanced</b>: affine stage + U-Net, similarity + the five regularizers.</li>
 </ul>
 <p><b>Compare all</b> runs the four and puts them side by side in one metrics table.
-<b>Refinement iterations</b> optionally optimise the result further on this image pair.</p>
+<b>Refinement iterations</b> optionally optimise the result further on this image pair.
+<b>Align centres first</b> translates the moving image's centre of mass onto the fixed image's before
+the network runs: use it for heads of different subjects or scanners that do not overlap in
+scanner coordinates.</p>
 
 <p><b>Outputs</b> (one subject-hierarchy folder per variant): the warped moving volume, the affine
 transform, the total displacement as a grid transform in the resampling direction (fixed point to
@@ -189,6 +192,8 @@ class DeepRegAblationParameterNode:
         of <variant>.pt checkpoints.
     device - auto / cpu / cuda.
     refineIterations - Adam steps of instance optimisation after the network (0 = none).
+    alignCenters - translate the moving image's intensity centre of mass onto the fixed image's first
+        (for heads of different subjects or scanners, which do not overlap in scanner coordinates).
     outputMode - reuse the output nodes of a previous run, or create new ones.
     showGlyphs, glyphSpacingMm, glyphScalePercent - displacement arrows in the slice views; spacing 0 =
         automatic (about 16 arrows across the image), scale in % of the automatic arrow length.
@@ -206,6 +211,7 @@ class DeepRegAblationParameterNode:
     checkpointPath: str = ""
     device: DeviceChoice = DeviceChoice.auto
     refineIterations: Annotated[int, WithinRange(0, 1000)] = 0
+    alignCenters: bool = False
     outputMode: OutputMode = OutputMode.reuse
     showGlyphs: bool = True
     glyphSpacingMm: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
@@ -437,6 +443,7 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model=parameterNode.checkpointPath if checkpointMode else None,
                 device=parameterNode.device.value,
                 refine=parameterNode.refineIterations,
+                initialAlignment="com" if parameterNode.alignCenters else "none",
                 reuse=parameterNode.outputMode is OutputMode.reuse,
                 metricsTable=parameterNode.metricsTable,
                 onLog=self._log,
@@ -642,14 +649,16 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         import DeepRegAblation
         logic = DeepRegAblation.DeepRegAblationLogic()
         out = logic.process(fixedVolume, movingVolume, variants="all",
-                            fixedLabels=None, movingLabels=None, model=None, device="auto", refine=0)
+                            fixedLabels=None, movingLabels=None, model=None, device="auto", refine=0,
+                            initialAlignment="none")
         out["nodes"]["regloss"]["warped"]          # warped moving volume (vtkMRMLScalarVolumeNode)
         out["nodes"]["regloss"]["transform"]       # grid transform, fixed point -> moving point
         out["metrics"]["regloss"]["folding_pct"]   # % of voxels with det(J) <= 0
         out["table"]                               # vtkMRMLTableNode, one row per variant
 
     ``process(fixedVolume, movingVolume, variants="all", fixedLabels=None, movingLabels=None,
-    model=None, device="auto", refine=0, reuse=True, metricsTable=None, progress=None) -> dict``
+    model=None, device="auto", refine=0, initialAlignment="none", reuse=True, metricsTable=None,
+    progress=None) -> dict``
 
     - fixedVolume, movingVolume: ``vtkMRMLScalarVolumeNode``; results live on the fixed grid.
       Parent transforms of the inputs are ignored (harden them first).
@@ -662,6 +671,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
       ``<variant>.pt`` checkpoints; a checkpoint file or a ``RegistrationModel`` = run that one model
       (its own variant; ``variants`` is then not used).
     - device: ``"auto"``, ``"cpu"`` or ``"cuda"``. refine: Adam steps of instance optimisation.
+    - initialAlignment: ``"none"`` (physical space as is) or ``"com"`` (centres of mass translated
+      together first; part of the affine output).
     - reuse: overwrite the output nodes of a previous run of the same variant and inputs.
     - progress: optional ``progress(fraction, message)``.
 
@@ -905,7 +916,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         return env
 
     def registerCommand(self, files: Dict[str, Path], outDir: Path, variantIds: Sequence[str],
-                        model: Optional[str], device: str, refine: int) -> List[str]:
+                        model: Optional[str], device: str, refine: int, initialAlignment: str = "none") -> List[str]:
         """The ``deepreg-ablation register`` command line for the written input files."""
         command = [self.pythonExecutable(), "-m", "DeepRegAblationTrainingLib.cli", "register",
                    "--fixed", str(files["fixed"]), "--moving", str(files["moving"])]
@@ -923,7 +934,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"the background registration runs one variant or all four, got {list(variantIds)}")
         if model:
             command += ["--model", str(model)]
-        command += ["--device", device, "--refine", str(int(refine)), "--save-npz", "--out", str(outDir)]
+        command += ["--device", device, "--refine", str(int(refine)), "--init-align", initialAlignment,
+                    "--save-npz", "--out", str(outDir)]
         return command
 
     _PROGRESS_PATTERNS = (
@@ -958,7 +970,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     def startRegistration(self, fixedVolume, movingVolume, variants: Union[str, Sequence[str]] = "all",
                           fixedLabels=None, movingLabels=None, model: Optional[str] = None,
-                          device: str = "auto", refine: int = 0, reuse: bool = True, metricsTable=None,
+                          device: str = "auto", refine: int = 0, initialAlignment: str = "none",
+                          reuse: bool = True, metricsTable=None,
                           onLog: Optional[Callable[[str], None]] = None,
                           onProgress: Optional[Callable[[float, str], None]] = None,
                           onFinished: Optional[Callable[[RegistrationOutcome], None]] = None) -> None:
@@ -983,7 +996,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
             log(f"Writing the inputs to {workDir}")
             files = self.writeInputFiles(workDir, fixedVolume, movingVolume, fixedLabels, movingLabels)
             outDir = workDir / "results"
-            command = self.registerCommand(files, outDir, variantIds, model, device, refine)
+            command = self.registerCommand(files, outDir, variantIds, model, device, refine, initialAlignment)
             env = self.processEnvironment()
             self._job = _RegistrationJob(
                 fixedVolume=fixedVolume, movingVolume=movingVolume, workDir=workDir, outDir=outDir,
@@ -1100,7 +1113,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     def process(self, fixedVolume, movingVolume, variants: Union[str, Sequence[str]] = "all",
                 fixedLabels=None, movingLabels=None, model: Any = None, device: str = "auto",
-                refine: int = 0, reuse: bool = True, metricsTable=None,
+                refine: int = 0, initialAlignment: str = "none", reuse: bool = True, metricsTable=None,
                 progress: Optional[Callable[[float, str], None]] = None) -> Dict[str, Any]:
         """Register in this process and add the results to the scene (see the class docstring)."""
         self.ensurePyTorch()
@@ -1127,7 +1140,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
             results.append(inference.register(
                 fixed, moving, model=modelArgument, fixed_labels=fixedLabelImage, moving_labels=movingLabelImage,
-                refine=int(refine), device=device, progress=stepProgress,
+                refine=int(refine), device=device, progress=stepProgress, initial_alignment=initialAlignment,
             ))
         outcome = self._addResultsToScene(results, fixedVolume, movingVolume, reuse, metricsTable)
         for line in outcome.summaryLines():

@@ -721,6 +721,6 @@ def check_overlap(fixed, moving, fixed_name: str = "fixed", moving_name: str = "
             f"{fixed_name} and {moving_name} do not overlap in physical space "
             f"({fixed_name} centre RAS {np.round(fixed_centre, 1).tolist()} mm, shape {np.shape(fixed.array)}; "
             f"{moving_name} centre RAS {np.round(moving_centre, 1).tolist()} mm, shape {np.shape(moving.array)}); "
-            f"check their origins / IJK-to-RAS matrices"
+            f"check their origins / IJK-to-RAS matrices, or align their centres of mass first (--init-align com; 'Align centres first' in Slicer)"
         )
     return fraction

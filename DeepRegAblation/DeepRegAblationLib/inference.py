@@ -468,7 +468,8 @@ def register(
     ndim = int(net.ndim)
     _check_dimension(fixed, "fixed", ndim)
     _check_dimension(moving, "moving", ndim)
-    geometry.check_overlap(fixed, moving)
+    if initial_alignment == "none":  # with "com" the overlap is checked after the translation
+        geometry.check_overlap(fixed, moving)
     if fixed_labels is not None:
         geometry.check_overlap(fixed, fixed_labels, "fixed", "fixed_labels")
     if moving_labels is not None:
@@ -487,7 +488,10 @@ def register(
     fixed_norm = normalize_intensity(fixed.array, window=fixed_window)
     moving_norm = normalize_intensity(moving.array, window=moving_window)
     # fixed-space point -> moving point, applied after the model's mapping
-    initial_ras = center_of_mass_alignment(fixed, moving, fixed_norm, moving_norm) if initial_alignment == "com" else np.eye(4)
+    initial_ras = np.eye(4)
+    if initial_alignment == "com":
+        initial_ras = center_of_mass_alignment(fixed, moving, fixed_norm, moving_norm)
+        geometry.check_overlap(fixed, ImageData(moving.array, np.linalg.inv(initial_ras) @ moving.ijk_to_ras, moving.name))
     fixed_grid = geometry.resample_to_grid(fixed_norm, fixed.ijk_to_ras, grid_ijk_to_ras, grid_shape)
     moving_grid = geometry.resample_to_grid(  # the moving image as seen through the initial alignment
         moving_norm, np.linalg.inv(initial_ras) @ moving.ijk_to_ras, grid_ijk_to_ras, grid_shape

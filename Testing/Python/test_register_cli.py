@@ -170,3 +170,24 @@ def test_console_process_exit_status(inputs, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "error: fixed image (--fixed) file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_init_align_com_puts_the_centre_of_mass_shift_into_the_affine(inputs, tmp_path, capsys):
+    model = build_model("baseline", 3)
+    with torch.no_grad():
+        model.flow.conv.weight.zero_()
+        model.flow.conv.bias.zero_()  # identity network: only the initial alignment moves the image
+    save_checkpoint(tmp_path / "baseline.pt", model)
+    from DeepRegAblationLib import exports, inference
+    from DeepRegAblationLib.imageio import read_image
+
+    code, _, _ = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["far"], "--variant", "baseline",
+                      "--model", tmp_path / "baseline.pt", "--init-align", "com", "--device", "cpu",
+                      "--out", tmp_path / "out")  # fmt: skip
+    assert code == 0
+    import SimpleITK as sitk
+
+    affine = exports.affine_ras_from_itk(sitk.ReadTransform(str(tmp_path / "out" / "baseline" / "affine.tfm")))
+    expected = inference.center_of_mass_alignment(read_image(inputs["fixed"]), read_image(inputs["far"]))
+    np.testing.assert_allclose(affine, expected, atol=1e-4)
+    assert affine[0, 3] > 350  # the moving image lies 400 mm away along R

@@ -135,7 +135,8 @@ def _read_inputs(args: argparse.Namespace):
             f"{two} is a 2D (single-slice) image but {three} is a 3D volume "
             f"(--fixed shape {fixed.shape}, --moving shape {moving.shape}); both must be 2D or both 3D"
         )
-    geometry.check_overlap(fixed, moving, "fixed image (--fixed)", "moving image (--moving)")
+    if args.init_align == "none":  # with --init-align com, register() checks it after the translation
+        geometry.check_overlap(fixed, moving, "fixed image (--fixed)", "moving image (--moving)")
     if fixed_labels is not None:
         geometry.check_overlap(fixed, fixed_labels, "fixed image (--fixed)", "fixed labels (--fixed-labels)")
     if moving_labels is not None:
