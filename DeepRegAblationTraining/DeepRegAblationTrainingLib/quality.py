@@ -51,7 +51,7 @@ CLASSICAL_METHODS = {
 }
 """Classical method id -> row label."""
 COM_LABEL = "centre-of-mass translation only"
-"""Row label of the ``com`` reference row (``quality_table(initial_alignment="com")``)."""
+"""Row label of the ``com`` reference row (``quality_table(initial_alignments=[..., "com"])``)."""
 METHOD_NOTES = {
     "identity": "no registration: the images' own physical alignment.",
     "com": "the translation that takes the fixed image's intensity centre of mass onto the moving image's "
@@ -449,7 +449,7 @@ def quality_table(
     progress: Progress = None,
     untrained: bool = False,
     refine: int = 0,
-    initial_alignment: str = "none",
+    initial_alignments: Sequence[str] = ("none",),
 ) -> List[Dict[str, Any]]:
     """Register every pair with every variant and classical method; one row per (pair, method).
 
@@ -464,8 +464,9 @@ def quality_table(
         untrained: run untrained networks even where a model is shipped (tests the pipeline only).
         refine: when > 0, each variant also gets a row ``<variant>+refine<N>``: the network followed
             by ``refine`` iterations of instance optimisation (``inference.register(refine=...)``).
-        initial_alignment: ``inference.register``'s ``initial_alignment`` for our variants; with
-            ``"com"`` a reference row ``com`` gives the centre-of-mass translation alone.
+        initial_alignments: ``inference.register``'s ``initial_alignment`` values to run our variants
+            with (rows ``<variant>`` for ``"none"``, ``<variant>+com`` for ``"com"``); with ``"com"`` a
+            reference row ``com`` gives the centre-of-mass translation alone.
 
     Returns:
         rows with the keys :data:`QUALITY_COLUMNS`: ``kind`` is ``"reference"`` (identity),
@@ -499,7 +500,7 @@ def quality_table(
                 kind, model = "classical", "antspyx" if family == "ants" else "SimpleITK"
             rows.append(_row(*ids, method, CLASSICAL_METHODS[method], kind, model, None, result))
             report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
-        if initial_alignment == "com":
+        if "com" in initial_alignments:
             t0 = time.perf_counter()
             shift = center_of_mass_alignment(fixed, moving)
             disp = np.broadcast_to(shift[:3, 3].astype(np.float32), tuple(fixed.shape) + (3,))
@@ -509,15 +510,17 @@ def quality_table(
             entry = models[variant]
             seen = None if entry["train_ids"] is None else all(i in entry["train_ids"] for i in ids)
             model = Path(entry["path"]).name if entry["trained"] else "untrained"
-            for iterations in ([0, int(refine)] if refine else [0]):
-                result = register(fixed, moving, model=entry["model"], fixed_labels=fixed_labels,
-                                  moving_labels=moving_labels, device=device, refine=iterations,
-                                  initial_alignment=initial_alignment)
-                method = f"{variant}+refine{iterations}" if iterations else variant
-                label = f"{variant} ({'shipped' if entry['trained'] else 'untrained'})" + (
-                    f" + {iterations} refinement steps" if iterations else "")
-                rows.append(_row(*ids, method, label, "ours", model, seen, result))
-                report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
+            for alignment in initial_alignments:
+                for iterations in ([0, int(refine)] if refine else [0]):
+                    result = register(fixed, moving, model=entry["model"], fixed_labels=fixed_labels,
+                                      moving_labels=moving_labels, device=device, refine=iterations,
+                                      initial_alignment=alignment)
+                    method = variant + ("+com" if alignment == "com" else "") + (f"+refine{iterations}" if iterations else "")
+                    label = (f"{variant} ({'shipped' if entry['trained'] else 'untrained'})"
+                             + (" after centre-of-mass alignment" if alignment == "com" else "")
+                             + (f" + {iterations} refinement steps" if iterations else ""))
+                    rows.append(_row(*ids, method, label, "ours", model, seen, result))
+                    report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
     return rows
 
 

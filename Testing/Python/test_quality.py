@@ -232,9 +232,11 @@ def test_quality_table_refinement_rows(tmp_path):
 def test_quality_table_center_of_mass_rows(tmp_path):
     subjects = _write_subjects(tmp_path)
     pairs = quality.dataset_pairs(subjects, 1)
-    rows = quality.quality_table(pairs, ["baseline"], ["identity"], threads=1, untrained=True, initial_alignment="com")
+    rows = quality.quality_table(pairs, ["baseline"], ["identity"], threads=1, untrained=True,
+                                 initial_alignments=("none", "com"))
     by = {r["method"]: r for r in rows}
-    assert list(by) == ["identity", "com", "baseline"]
+    assert list(by) == ["identity", "com", "baseline", "baseline+com"]
+    assert by["baseline+com"]["label"] == "baseline (untrained) after centre-of-mass alignment"
     assert by["com"]["kind"] == "reference" and by["com"]["label"] == quality.COM_LABEL
     assert by["com"]["dice"] > by["identity"]["dice"]  # the phantoms are shifted against each other
     text = quality.markdown_quality(rows, "two phantoms")

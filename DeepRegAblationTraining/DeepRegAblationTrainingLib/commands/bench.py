@@ -51,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(every ordered pair) or N (the first N of the cycle)")
     parser.add_argument("--refine", type=int, default=0,
                         help="quality: also run each variant followed by N refinement iterations (default 0: not)")
-    parser.add_argument("--init-align", default="none", choices=("none", "com"),
-                        help="quality: initial alignment of our variants (register's --init-align); com also "
-                             "adds a row for the centre-of-mass translation alone")
+    parser.add_argument("--init-align", nargs="+", default=["none"], choices=("none", "com"),
+                        help="quality: initial alignment(s) to run our variants with (register's --init-align; "
+                             "default none); com also adds a row for the centre-of-mass translation alone")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
 
 
@@ -77,11 +77,12 @@ def _quality_section(args: argparse.Namespace, variants) -> tuple:
     if len(subjects) < 2:
         raise ValueError(f"--ixi: need at least 2 images with label partners in {args.ixi}, found {len(subjects)}")
     pairs = quality.dataset_pairs(subjects, args.pairs)
-    print(f"quality: {len(pairs)} pairs x {len(methods) + len(variants) * (2 if args.refine else 1)} methods", flush=True)
+    per_variant = len(args.init_align) * (2 if args.refine else 1)
+    print(f"quality: {len(pairs)} pairs x {len(methods) + len(variants) * per_variant} methods", flush=True)
     start = time.perf_counter()
     rows = quality.quality_table(
         pairs, variants, methods, device=args.device, threads=args.threads, refine=args.refine,
-        initial_alignment=args.init_align,
+        initial_alignments=args.init_align,
         progress=lambda message: print(f"  {message} [{time.perf_counter() - start:.0f} s]", flush=True),
     )
     ants_note = ""
@@ -92,7 +93,7 @@ def _quality_section(args: argparse.Namespace, variants) -> tuple:
     import SimpleITK as sitk
 
     setup = (f"Setup: {args.threads} CPU thread(s) for torch and ITK, our models on {args.device} "
-             f"(initial alignment: {'centres of mass' if args.init_align == 'com' else 'none, physical space as is'}"
+             f"(initial alignment: {' and '.join({'none': 'none (physical space as is)', 'com': 'centres of mass'}[a] for a in args.init_align)}"
              f"{f'; {args.refine} refinement steps in the refined rows' if args.refine else ''}); "
              f"SimpleITK {sitk.Version_VersionString()}{ants_note}; wall time of this part "
              f"{time.perf_counter() - start:.0f} s.")
