@@ -188,48 +188,58 @@ def grid_points_ras(shape: Sequence[int], ijk_to_ras: ArrayLike) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- displacement units
-def disp_vox_to_ras_mm(disp_vox: ArrayLike, ijk_to_ras: ArrayLike) -> np.ndarray:
-    """Voxel displacement in tensor channel order -> RAS mm vectors.
+def disp_vox_to_ras(disp_vox: ArrayLike, ijk_to_ras: ArrayLike, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Voxel displacement in tensor channel order -> RAS mm, channels first: ``(3, K, J, I)``.
 
     Args:
         disp_vox: ``(3, K, J, I)`` with channels ``(k, j, i)``, or a 2D field ``(2, J, I)``
             (channels ``(j, i)``) of a single-slice volume, whose k component is 0.
         ijk_to_ras: ``(4, 4)`` of the grid the field lives on.
+        dtype: of the result (float32 for whole-grid work, float64 for exact conversions).
 
     Returns:
-        ``(K, J, I, 3)`` float64 RAS components, ``u_ras = R @ u_ijk`` (``(1, J, I, 3)`` in 2D).
+        ``u_ras = R @ u_ijk`` with channels ``(x, y, z)`` (``(3, 1, J, I)`` in 2D).
     """
-    if isinstance(disp_vox, torch.Tensor):
-        disp_vox = disp_vox.detach().cpu().numpy()
-    disp_vox = np.asarray(disp_vox, dtype=np.float64)
+    disp = torch.as_tensor(disp_vox).detach().cpu()
     matrix = validate_ijk_to_ras(ijk_to_ras)
-    if disp_vox.ndim == 3 and disp_vox.shape[0] == 2:
-        disp_vox = np.concatenate([np.zeros_like(disp_vox[:1]), disp_vox], axis=0)[:, None]
-    if disp_vox.ndim != 4 or disp_vox.shape[0] != 3:
-        raise ValueError(f"disp_vox must be (3, K, J, I) or (2, J, I), got shape {disp_vox.shape}")
-    disp_ijk = np.moveaxis(disp_vox[::-1], 0, -1)
-    return apply_linear(disp_ijk, matrix[:3, :3])
+    if disp.dim() == 3 and disp.shape[0] == 2:
+        disp = disp[:, None]
+    elif disp.dim() != 4 or disp.shape[0] != 3:
+        raise ValueError(f"disp_vox must be (3, K, J, I) or (2, J, I), got shape {tuple(disp.shape)}")
+    channels_to_ras = matrix[:3, :3][:, ::-1][:, 3 - disp.shape[0]:]  # columns for channels (k, j, i)
+    return affine_on_grid(None, disp.shape[1:], linear=channels_to_ras, field=disp, dtype=dtype)
 
 
-def ras_mm_to_disp_vox(disp_ras_mm: np.ndarray, ijk_to_ras: ArrayLike, ndim: int = 3) -> np.ndarray:
-    """RAS mm vectors ``(K, J, I, 3)`` -> voxel displacement in tensor channel order.
+def disp_vox_to_ras_mm(disp_vox: ArrayLike, ijk_to_ras: ArrayLike) -> np.ndarray:
+    """:func:`disp_vox_to_ras` in float64, channels last: ``(K, J, I, 3)`` (``(1, J, I, 3)`` in 2D)."""
+    return np.moveaxis(disp_vox_to_ras(disp_vox, ijk_to_ras, torch.float64).numpy(), 0, -1)
+
+
+def disp_ras_to_vox(
+    disp_ras: torch.Tensor, ijk_to_ras: ArrayLike, ndim: int = 3, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """RAS mm vectors ``(3, K, J, I)`` (channels ``(x, y, z)``) -> voxel displacement in tensor channel order.
 
     Returns ``(3, K, J, I)`` for ``ndim=3``; for ``ndim=2`` (single-slice volume, ``K == 1``)
     the in-plane field ``(2, J, I)`` with channels ``(j, i)``.
     """
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+    if disp_ras.dim() != 4 or disp_ras.shape[0] != 3:
+        raise ValueError(f"disp_ras must be (3, K, J, I), got shape {tuple(disp_ras.shape)}")
+    if ndim == 2 and disp_ras.shape[1] != 1:
+        raise ValueError(f"a 2D field needs a single-slice volume, got shape {tuple(disp_ras.shape)}")
+    ras_to_kji = np.linalg.inv(validate_ijk_to_ras(ijk_to_ras)[:3, :3])[[2, 1, 0]]
+    disp_kji = affine_on_grid(None, disp_ras.shape[1:], linear=ras_to_kji, field=disp_ras, dtype=dtype)
+    return disp_kji if ndim == 3 else disp_kji[1:, 0]
+
+
+def ras_mm_to_disp_vox(disp_ras_mm: np.ndarray, ijk_to_ras: ArrayLike, ndim: int = 3) -> np.ndarray:
+    """:func:`disp_ras_to_vox` in float64 for channels-last ``(K, J, I, 3)`` RAS vectors (numpy in and out)."""
     disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
     if disp_ras_mm.ndim != 4 or disp_ras_mm.shape[-1] != 3:
         raise ValueError(f"disp_ras_mm must be (K, J, I, 3), got shape {disp_ras_mm.shape}")
-    matrix = validate_ijk_to_ras(ijk_to_ras)
-    disp_ijk = apply_linear(disp_ras_mm, np.linalg.inv(matrix[:3, :3]))
-    disp_kji = np.moveaxis(disp_ijk, -1, 0)[::-1]
-    if ndim == 3:
-        return np.ascontiguousarray(disp_kji)
-    if ndim == 2:
-        if disp_ras_mm.shape[0] != 1:
-            raise ValueError(f"a 2D field needs a single-slice volume, got shape {disp_ras_mm.shape}")
-        return np.ascontiguousarray(disp_kji[1:, 0])
-    raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+    return disp_ras_to_vox(torch.from_numpy(np.moveaxis(disp_ras_mm, -1, 0)), ijk_to_ras, ndim, torch.float64).numpy()
 
 
 def matrix_vox_to_ras(matrix_vox: ArrayLike, grid_ijk_to_ras: ArrayLike) -> np.ndarray:
@@ -372,21 +382,6 @@ def sample_at_ras(
     return values.astype(array.dtype) if mode == "nearest" else values.astype(np.float32)
 
 
-def sample_field_at_ras(field: ArrayLike, ijk_to_ras: ArrayLike, points_ras: np.ndarray) -> np.ndarray:
-    """Linearly interpolate a vector field ``(K, J, I, C)`` at RAS points ``(..., 3)`` -> ``(..., C)`` float64.
-
-    Outside the grid the border values extend (a field has no "outside" value).
-    """
-    if isinstance(field, torch.Tensor):
-        field = field.detach().cpu().numpy()
-    field = np.asarray(field)
-    if field.ndim != 4:
-        raise ValueError(f"field must be (K, J, I, C), got shape {field.shape}")
-    points_ras = _points(points_ras)
-    values = _sample_channels(np.moveaxis(field, -1, 0), ijk_to_ras, points_ras.reshape(-1, 3), "linear", None)
-    return values.reshape(points_ras.shape[:-1] + (field.shape[-1],))
-
-
 def resample_to_grid(
     array: ArrayLike,
     src_ijk_to_ras: ArrayLike,
@@ -428,11 +423,12 @@ def affine_on_grid(
     shape: Sequence[int],
     linear: Optional[np.ndarray] = None,
     field: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``matrix @ (i, j, k, 1) + linear @ field`` at every voxel of a ``(K, J, I)`` grid.
 
-    Each output row is computed in float64 from the voxel indices and then rounded to float32
-    (integer results stay exact); the field part is added in float32.
+    Each output row is computed in float64 from the voxel indices and then rounded to ``dtype``
+    (integer results stay exact); the field part is added in ``dtype``.
 
     Args:
         matrix: ``(3 or 4, 4)``; its first three rows give the three output channels (``None``: 0).
@@ -441,10 +437,10 @@ def affine_on_grid(
         field: ``(C, K, J, I)`` tensor on the same grid.
 
     Returns:
-        ``(3, K, J, I)`` float32.
+        ``(3, K, J, I)`` in ``dtype``.
     """
     k_size, j_size, i_size = _shape3(shape)
-    out = torch.zeros((3, k_size, j_size, i_size), dtype=torch.float32)
+    out = torch.zeros((3, k_size, j_size, i_size), dtype=dtype)
     if matrix is not None and np.any(np.asarray(matrix)[:3] != 0):
         matrix = np.asarray(matrix, dtype=np.float64)
         i = np.arange(i_size, dtype=np.float64)
@@ -455,7 +451,7 @@ def affine_on_grid(
             out[row] = torch.from_numpy((m[2] * k + m[3]) + (m[1] * j + m[0] * i))
     if linear is not None:
         linear = np.asarray(linear, dtype=np.float64)
-        field = field.to(torch.float32)
+        field = field.to(dtype)
         if field.shape[1:] != out.shape[1:] or linear.shape != (3, field.shape[0]):
             raise ValueError(f"linear {linear.shape} / field {tuple(field.shape)} do not fit a grid of shape {tuple(out.shape[1:])}")
         for row in range(3):

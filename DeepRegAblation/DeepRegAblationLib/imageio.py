@@ -185,6 +185,15 @@ def read_image(path: PathLike, name: Optional[str] = None) -> ImageData:
     return validate_image(image, f"{label} {path}")
 
 
+def as_image(image: Union[ImageData, PathLike, None], name: str) -> Optional[ImageData]:
+    """``image`` as an :class:`ImageData`: read when it is a path, passed through when it already is one (or ``None``)."""
+    if image is None or isinstance(image, ImageData):
+        return image
+    if isinstance(image, (str, Path)):
+        return read_image(image, name=name)
+    raise ValueError(f"{name} must be an ImageData or a file path, got {type(image).__name__}")
+
+
 def _nifti_nonfinite_count(path: Path) -> int:
     """Number of NaN / inf voxels stored in a float NIfTI file.
 

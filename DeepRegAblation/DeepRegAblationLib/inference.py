@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from . import fields, geometry
-from .imageio import ImageData, intensity_window, normalize_intensity, read_image, validate_image
+from .imageio import ImageData, as_image, intensity_window, normalize_intensity, validate_image
 
 PathLike = Union[str, Path]
 Progress = Optional[Callable[[float, str], None]]
@@ -357,14 +357,6 @@ def _labels_array(labels: ImageData, name: str) -> np.ndarray:
     return array.astype(np.int32)
 
 
-def _as_image(image: Union[ImageData, PathLike, None], name: str) -> Optional[ImageData]:
-    if image is None or isinstance(image, ImageData):
-        return image
-    if isinstance(image, (str, Path)):
-        return read_image(image, name=name)
-    raise ValueError(f"{name} must be an ImageData or a file path, got {type(image).__name__}")
-
-
 def run_with_cpu_fallback(work: Callable[[torch.device], Any], device: torch.device, what: str = "the model") -> Tuple[Any, torch.device]:
     """``(work(device), device)``; when CUDA runs out of memory, warn and return ``(work(cpu), cpu)``."""
     try:
@@ -446,10 +438,10 @@ def register(
     report = progress or (lambda fraction, message: None)
     timings: Dict[str, float] = {}
     t_start = time.perf_counter()
-    fixed = _as_image(fixed, "fixed")
-    moving = _as_image(moving, "moving")
-    fixed_labels = _as_image(fixed_labels, "fixed_labels")
-    moving_labels = _as_image(moving_labels, "moving_labels")
+    fixed = as_image(fixed, "fixed")
+    moving = as_image(moving, "moving")
+    fixed_labels = as_image(fixed_labels, "fixed_labels")
+    moving_labels = as_image(moving_labels, "moving_labels")
     timings["read"] = time.perf_counter() - t_start
     for image, name in ((fixed, "fixed"), (moving, "moving"), (fixed_labels, "fixed_labels"), (moving_labels, "moving_labels")):
         if image is not None:
@@ -524,12 +516,8 @@ def register(
     t0 = time.perf_counter()
     report(0.75, "computing the full-resolution field and the warped image")
     affine_ras = initial_ras @ geometry.matrix_vox_to_ras(outputs["affine_matrix_vox"][0], grid_ijk_to_ras)
-    deform_vox = outputs["deform_disp_vox"][0].detach().cpu()  # (ndim, *S), channels in tensor axis order
-    if ndim == 2:  # single-slice grid: channels (j, i) and a k axis of size 1
-        deform_vox = deform_vox[:, None]
-    vox_to_ras = grid_ijk_to_ras[:3, :3][:, ::-1][:, -deform_vox.shape[0]:]  # u_ras = R @ u_ijk, channels (k, j, i)
-    deform_model_ras = geometry.affine_on_grid(None, grid_shape, linear=vox_to_ras, field=deform_vox).numpy()
-    del outputs, moving_grid, fixed_grid, deform_vox  # the model-grid tensors are not needed any more
+    deform_model_ras = geometry.disp_vox_to_ras(outputs["deform_disp_vox"][0], grid_ijk_to_ras).numpy()
+    del outputs, moving_grid, fixed_grid  # the model-grid tensors are not needed any more
     deform_ras = torch.from_numpy(geometry.resample_channels(
         deform_model_ras, grid_ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode="linear", fill_value=None
     ))  # (3, K, J, I) RAS mm on the fixed grid; the field extends its border values
@@ -538,7 +526,7 @@ def register(
     timings["upsample"] = time.perf_counter() - t0
     report(0.85, "warped image, Jacobian and metrics")
     result = result_from_mapping(variant_id, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels,
-                                 timings, t_start)
+                                 timings, t_start, windows=(fixed_window, moving_window))
     report(1.0, "done")
     return result
 
@@ -553,6 +541,7 @@ def result_from_mapping(
     moving_labels: Optional[ImageData] = None,
     timings: Optional[Dict[str, float]] = None,
     t_start: Optional[float] = None,
+    windows: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None,
 ) -> RegistrationResult:
     """A :class:`RegistrationResult` from a total mapping ``q(p) = p + disp_ras_mm(p)`` on the fixed grid.
 
@@ -568,6 +557,8 @@ def result_from_mapping(
             ``(3, K, J, I)`` tensor (channels ``(x, y, z)``). Computed in float32.
         timings: seconds per stage so far (``warp`` and ``metrics`` are added).
         t_start: ``time.perf_counter()`` at the start of the registration (``runtime_s``).
+        windows: ``(fixed_window, moving_window)`` of ``imageio.intensity_window`` when the caller
+            has them already (default: computed here).
     """
     from .metrics import registration_metrics
 
@@ -605,9 +596,7 @@ def result_from_mapping(
         warped_labels = geometry.sample_voxels(labels, coords, "nearest", 0.0)[0].numpy().astype(np.int32)
     deform_ras = geometry.affine_after_displacement(np.linalg.inv(affine_ras), disp, fixed.ijk_to_ras)
     # the total displacement in fixed voxels, channels (k, j, i), for the Jacobian and the metrics
-    disp_fixed_vox = geometry.affine_on_grid(None, shape, linear=np.linalg.inv(fixed.ijk_to_ras[:3, :3])[[2, 1, 0]], field=disp)
-    if ndim == 2:
-        disp_fixed_vox = disp_fixed_vox[1:, 0]
+    disp_fixed_vox = geometry.disp_ras_to_vox(disp, fixed.ijk_to_ras, ndim)
     jacobian = fields.jacobian_determinant(disp_fixed_vox[None])[0].numpy().reshape(shape)
     timings["warp"] = time.perf_counter() - t0
 
@@ -619,9 +608,10 @@ def result_from_mapping(
             fixed.shape, mode="nearest",
         )
     squeeze = (lambda a: a[0]) if ndim == 2 else (lambda a: a)
+    fixed_window, moving_window = windows or (intensity_window(fixed.array), intensity_window(moving.array))
     metrics = registration_metrics(
-        squeeze(normalize_intensity(fixed.array)),
-        squeeze(normalize_intensity(warped, window=intensity_window(moving.array))),
+        squeeze(normalize_intensity(fixed.array, window=fixed_window)),
+        squeeze(normalize_intensity(warped, window=moving_window)),
         disp_fixed_vox,
         spacing=fixed.spacing_kji[-ndim:],
         fixed_labels=None if fixed_labels_grid is None else squeeze(fixed_labels_grid),

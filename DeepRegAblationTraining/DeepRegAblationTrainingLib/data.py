@@ -470,16 +470,17 @@ def read_volume(path: PathLike, role: str = "image") -> ImageData:
 
 
 def reorient_to_ras(image: ImageData) -> ImageData:
-    """The same voxels permuted / flipped so that i, j, k point (closest) to R, A, S. Exact (no interpolation)."""
-    from nibabel import orientations
+    """The same voxels permuted / flipped so that i, j, k point (closest) to R, A, S. Exact (no interpolation).
 
-    ornt = orientations.io_orientation(image.ijk_to_ras)
-    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+    The grid is ``geometry.closest_ras_view`` (what ``inference.register`` uses for RAS-trained
+    models); the voxels are copied onto it (``geometry.resample_to_grid`` copies when the grids
+    share their voxel lattice, as here), keeping the dtype.
+    """
+    view, view_shape = geometry.closest_ras_view(image.ijk_to_ras, image.shape)
+    if np.allclose(view, image.ijk_to_ras, atol=1e-12) and tuple(view_shape) == tuple(image.shape):
         return image
-    array_ijk = np.transpose(image.array, (2, 1, 0))
-    out_ijk = orientations.apply_orientation(array_ijk, ornt)
-    ijk_to_ras = image.ijk_to_ras @ orientations.inv_ornt_aff(ornt, array_ijk.shape)
-    return ImageData(np.ascontiguousarray(np.transpose(out_ijk, (2, 1, 0))), ijk_to_ras, image.name)
+    array = geometry.resample_to_grid(image.array, image.ijk_to_ras, view, view_shape, mode="nearest")
+    return ImageData(array, view, image.name)
 
 
 # --------------------------------------------------------------------------- preprocessing

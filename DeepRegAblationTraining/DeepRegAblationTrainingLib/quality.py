@@ -4,17 +4,17 @@ Every method registers the same ordered pairs (moving -> fixed) through the same
 that the numbers differ only by the transform each method found:
 
 - the transform is a mapping of fixed RAS points to moving RAS points, ``q(p) = A (p + u_def(p))``;
-- the warped image and labels are ONE interpolation of the ORIGINAL moving image (linear) and
-  labels (nearest neighbour) at ``q(p)`` on the full-resolution fixed grid (what
-  ``inference.register`` does for our models, with the same sampler);
-- the metrics are ``metrics.registration_metrics`` on intensities normalised by robust
-  percentiles, labels of both images on the fixed grid, and the displacement converted to fixed
-  voxels (``geometry.ras_mm_to_disp_vox``): mean Dice over the labels present in both maps,
-  mean HD95 (mm), folding % (``det J <= 0``, raw), SDlogJ.
+- every result is assembled by ``inference.result_from_mapping`` (what ``inference.register``
+  does for our models): ONE interpolation of the ORIGINAL moving image (linear) and labels
+  (nearest neighbour) at ``q(p)`` on the full-resolution fixed grid, the Jacobian of the total
+  field, and ``metrics.registration_metrics`` on intensities normalised by robust percentiles:
+  mean Dice over the labels present in both maps, mean HD95 (mm), folding % (``det J <= 0``,
+  raw), SDlogJ.
 
 Methods (row ids; :data:`METHOD_NOTES` holds the text the report prints):
 
 - ``identity``, ``sitk_affine``, ``sitk_demons``, ``ants_affine``, ``ants_syn`` (classical);
+- ``com`` (with ``initial_alignments`` holding ``"com"``): the centre-of-mass translation alone;
 - our variants: ``inference.register`` with the shipped 3D model
   ``Resources/Models/3d/<variant>.pt`` when present, else an untrained network (flagged).
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from DeepRegAblationLib import geometry
-from DeepRegAblationLib.imageio import ImageData, itk_image_from_array, normalize_intensity, read_image
+from DeepRegAblationLib.imageio import ImageData, as_image, itk_image_from_array, normalize_intensity, read_image
 from DeepRegAblationLib.inference import RegistrationResult, result_from_mapping
 
 PathLike = Union[str, Path]
@@ -290,14 +290,6 @@ def _run_ants(fixed_itk, moving_itk, deformable: bool, timings: Dict[str, float]
 
 
 # --------------------------------------------------------------------------- common result
-def _as_image(image: Union[ImageData, PathLike, None], name: str) -> Optional[ImageData]:
-    if image is None or isinstance(image, ImageData):
-        return image
-    if isinstance(image, (str, Path)):
-        return read_image(image, name=name)
-    raise ValueError(f"{name} must be an ImageData or a file path, got {type(image).__name__}")
-
-
 def identity_register(
     fixed: Union[ImageData, PathLike],
     moving: Union[ImageData, PathLike],
@@ -306,8 +298,8 @@ def identity_register(
 ) -> RegistrationResult:
     """No registration: ``q(p) = p`` (the images' own physical alignment), same outputs as the others."""
     t_start = time.perf_counter()
-    fixed, moving = _as_image(fixed, "fixed"), _as_image(moving, "moving")
-    fixed_labels, moving_labels = _as_image(fixed_labels, "fixed_labels"), _as_image(moving_labels, "moving_labels")
+    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
+    fixed_labels, moving_labels = as_image(fixed_labels, "fixed_labels"), as_image(moving_labels, "moving_labels")
     _check_inputs(fixed, moving, fixed_labels, moving_labels)
     return result_from_mapping("identity", fixed, moving, np.eye(4), np.zeros(tuple(fixed.shape) + (3,)),
                                fixed_labels, moving_labels, {}, t_start)
@@ -342,8 +334,8 @@ def classical_register(
     if transform not in ("deformable", "affine"):
         raise ValueError(f"transform must be 'deformable' or 'affine', got {transform!r}")
     t_start = time.perf_counter()
-    fixed, moving = _as_image(fixed, "fixed"), _as_image(moving, "moving")
-    fixed_labels, moving_labels = _as_image(fixed_labels, "fixed_labels"), _as_image(moving_labels, "moving_labels")
+    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
+    fixed_labels, moving_labels = as_image(fixed_labels, "fixed_labels"), as_image(moving_labels, "moving_labels")
     _check_inputs(fixed, moving, fixed_labels, moving_labels)
     if method == "auto":
         method = "ants" if ants_available() else "sitk"
