@@ -62,13 +62,47 @@ METRICS_TABLE_NAME = "DeepRegAblation metrics"
 JACOBIAN_COLOR_NAME = "DeepRegAblation Jacobian"
 SCENE_FILE_NAME = "DeepRegAblation-results.mrml"
 SLICE_VIEW_NAMES = ("Red", "Yellow", "Green")
+RESULT_ATTRIBUTE = "DeepRegAblation.variant"
+"""Attribute set on every output node (its value: the variant)."""
 
 
 def _slicer():
-    """The ``slicer`` package (Slicer's own, or ``slicer-core``'s)."""
+    """The ``slicer`` package (Slicer's own, or ``slicer-core``'s), with ``slicer.util`` imported.
+
+    In Slicer's PythonSlicer (the background registration process), ``import slicer`` loads the
+    MRML classes but not ``slicer.util``: only the application's start-up imports it. So the
+    submodule is imported here explicitly.
+    """
     import slicer
+    import slicer.util  # noqa: F401  (not imported by ``import slicer`` in PythonSlicer)
 
     return slicer
+
+
+# --------------------------------------------------------------------------- parent transforms
+def parent_transform_problem(node, role: str = "input") -> str:
+    """Plain-words reason why ``node`` cannot be used as a registration input ("" if it can).
+
+    The one rule of both the blocking and the background path: inputs under a parent transform
+    are refused, linear or not, because the registration works on the voxels as stored (the
+    file written for the background process carries the node's own IJKToRAS only) and its
+    outputs live on the fixed grid without a parent. Hardening the transform first makes the
+    transformed position the stored one.
+    """
+    parent = node.GetParentTransformNode() if node is not None else None
+    if parent is None:
+        return ""
+    return (
+        f"The {role} '{node.GetName()}' is under the transform '{parent.GetName()}'. Harden the transform "
+        f"first (Data module: right-click the transform, 'Harden transform'), or remove it, then run again."
+    )
+
+
+def require_no_parent_transform(node, role: str = "input") -> None:
+    """Raise ``ValueError`` with :func:`parent_transform_problem`'s message when ``node`` has a parent transform."""
+    problem = parent_transform_problem(node, role)
+    if problem:
+        raise ValueError(problem)
 
 
 # --------------------------------------------------------------------------- matrices
@@ -85,23 +119,12 @@ def _numpy_matrix(vtk_matrix) -> np.ndarray:
 
 
 def _node_ijk_to_ras(volume_node) -> np.ndarray:
-    """IJKToRAS of a volume node in world coordinates (a linear parent transform is applied)."""
+    """The volume node's own IJKToRAS (callers refuse nodes under a parent transform)."""
     from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
     matrix = vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
-    ijk_to_ras = _numpy_matrix(matrix)
-    parent = volume_node.GetParentTransformNode()
-    if parent is not None:
-        if not parent.IsTransformToWorldLinear():
-            raise ValueError(
-                f"volume {volume_node.GetName()!r} is under the non-linear transform {parent.GetName()!r}; "
-                f"harden the transform first"
-            )
-        to_world = vtkMatrix4x4()
-        parent.GetMatrixTransformToWorld(to_world)
-        ijk_to_ras = _numpy_matrix(to_world) @ ijk_to_ras
-    return ijk_to_ras
+    return _numpy_matrix(matrix)
 
 
 # --------------------------------------------------------------------------- volumes
@@ -109,8 +132,8 @@ def image_data_from_volume_node(volume_node) -> ImageData:
     """An :class:`ImageData` copy of a scalar or label map volume node.
 
     ``array`` is ``(K, J, I)`` as ``slicer.util.arrayFromVolume`` gives it (copied);
-    ``ijk_to_ras`` is the node's IJKToRAS, with a linear parent transform applied (a
-    non-linear parent raises ``ValueError``: harden it first).
+    ``ijk_to_ras`` is the node's IJKToRAS. A node under a parent transform (linear or not)
+    raises ``ValueError`` asking to harden it (:func:`parent_transform_problem`).
     """
     slicer = _slicer()
     if volume_node is None or not volume_node.IsA("vtkMRMLVolumeNode"):
@@ -122,6 +145,7 @@ def image_data_from_volume_node(volume_node) -> ImageData:
             f"volume_node {volume_node.GetName()!r} is a {volume_node.GetClassName()}; "
             f"a scalar or label map volume is needed"
         )
+    require_no_parent_transform(volume_node, "volume")
     array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
     if array.ndim != 3:
         raise ValueError(
@@ -177,6 +201,24 @@ def add_volume_node(scene, image: ImageData, name: Optional[str] = None, label: 
     node = _get_or_add(scene, class_name, name or image.name or ("labels" if label else "volume"), reuse)
     _set_volume(node, image.array, image.ijk_to_ras, label)
     return node
+
+
+def write_volume_file(volume_node, path: PathLike, role: str = "volume") -> Path:
+    """Write a volume node to ``path`` (NRRD, uncompressed) with a standalone storage node.
+
+    The node's own storage node is left untouched. A node under a parent transform raises
+    ``ValueError`` (the file would hold the untransformed position): the same rule as
+    :func:`image_data_from_volume_node`. Returns ``path``.
+    """
+    slicer = _slicer()
+    require_no_parent_transform(volume_node, role)
+    path = Path(path)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.UseCompressionOff()
+    if not storage.WriteData(volume_node):
+        raise RuntimeError(f"Could not write '{volume_node.GetName()}' to the file {path}.")
+    return path
 
 
 # --------------------------------------------------------------------------- transforms
@@ -320,6 +362,28 @@ def jacobian_color_node(scene):
     return node
 
 
+def add_default_label_colors(scene):
+    """The generic "Labels" colour table, as Slicer's Colors module adds it to every scene.
+
+    Label map display nodes refer to it by ID (``vtkMRMLColorTableNodeLabels``). In Slicer it is
+    always there; a headless ``slicer-core`` scene has none, and every label map would log
+    "the color table node ... can't be found". Added the way ``vtkMRMLColorLogic`` does (same
+    singleton tag, hence the same ID; not saved with the scene: Slicer provides its own).
+    Returns the node (the existing one when present).
+    """
+    slicer = _slicer()
+    labels = slicer.vtkMRMLColorTableNode()
+    labels.SetTypeToLabels()
+    existing = scene.GetNodeByID(f"vtkMRMLColorTableNode{labels.GetTypeAsString()}")
+    if existing is not None:
+        return existing
+    labels.SetAttribute("Category", "Discrete")
+    labels.SaveWithSceneOff()
+    labels.SetName(labels.GetTypeAsString())
+    labels.SetSingletonTag(labels.GetTypeAsString())
+    return scene.AddNode(labels)
+
+
 def jacobian_window_level() -> tuple:
     """``(window, level)`` that spreads the Jacobian colour table over its range: level 1."""
     low, high = snapshots.JACOBIAN_RANGE
@@ -395,6 +459,7 @@ def add_registration_to_scene(scene, result: "RegistrationResult", fixed_node, m
     shape = _check_result(result)
     fixed_matrix = np.asarray(result.fixed_ijk_to_ras, dtype=np.float64)
     if fixed_node is not None:
+        require_no_parent_transform(fixed_node, "fixed volume")
         fixed_image = fixed_node.GetImageData()
         node_shape = tuple(reversed(fixed_image.GetDimensions())) if fixed_image is not None else None
         node_matrix = _node_ijk_to_ras(fixed_node)
@@ -441,7 +506,7 @@ def add_registration_to_scene(scene, result: "RegistrationResult", fixed_node, m
         _set_volume(labels, result.warped_labels, fixed_matrix, label=True)
         nodes["warped_labels"] = labels
     for node in nodes.values():
-        node.SetAttribute("DeepRegAblation.variant", str(result.variant))
+        node.SetAttribute(RESULT_ATTRIBUTE, str(result.variant))
     folder = _folder(scene, base, reuse)
     _put_in_folder(scene, folder, list(nodes.values()))
     nodes["folder"] = int(folder)
@@ -489,7 +554,7 @@ def update_metrics_table(scene, results: Sequence["RegistrationResult"], table_n
             table_node.SetColumnUnitLabel(key, unit)
         table_node.SetColumnDescription(key, description)
     table_node.SetColumnDescription("variant", "model variant")
-    table_node.SetUseColumnNameAsColumnHeader(True)
+    table_node.SetUseColumnTitleAsColumnHeader(True)  # SetUseColumnNameAsColumnHeader is deprecated
     table_node.EndModify(was_modifying)
     return table_node
 
@@ -519,6 +584,19 @@ def show_in_slice_views(scene, background=None, foreground=None, label=None, for
         if label is not None:
             composite.SetLabelVolumeID(label.GetID())
     return composites
+
+
+def result_label_layer(nodes: Dict[str, object], current_label=None):
+    """What the slice views' label layer shows with one result (``slicer.util.setSliceViewerLayers``'s
+    ``label``): the result's warped labels; without them, ``None`` (cleared) when the layer shows an
+    earlier run's output (a node with :data:`RESULT_ATTRIBUTE`), else ``"keep-current"`` (a label map
+    of the user's own stays)."""
+    labels = nodes.get("warped_labels")
+    if labels is not None:
+        return labels
+    if current_label is not None and current_label.GetAttribute(RESULT_ATTRIBUTE) is not None:
+        return None
+    return "keep-current"
 
 
 # --------------------------------------------------------------------------- saving and loading scenes
@@ -599,6 +677,7 @@ def write_results_scene(out_dir: PathLike, fixed: ImageData, moving: ImageData,
                 f"results[{index}].warped shape {np.shape(result.warped)} differs from fixed {np.shape(fixed.array)}"
             )
     scene = slicer.vtkMRMLScene()
+    add_default_label_colors(scene)  # what Slicer's own scenes have; label maps refer to it
     # reuse=False: distinct nodes even when both images carry the same name
     fixed_node = add_volume_node(scene, fixed, fixed.name or "fixed", reuse=False)
     moving_node = add_volume_node(scene, moving, moving.name or "moving", reuse=False)
@@ -616,8 +695,9 @@ def load_results_scene(mrml_path: PathLike):
     if not mrml_path.is_file():
         raise FileNotFoundError(f"scene file not found: {mrml_path}")
     scene = slicer.vtkMRMLScene()
+    add_default_label_colors(scene)  # label maps in the file refer to it, as in Slicer
     scene.SetURL(str(mrml_path.resolve()))
     scene.SetRootDirectory(str(mrml_path.resolve().parent))
-    if not scene.Connect():
+    if not scene.Import():
         raise ValueError(f"could not read the scene file {mrml_path}")
     return scene

@@ -139,17 +139,72 @@ def test_image_data_round_trip_through_volume_node(case):
     np.testing.assert_array_equal(back.array, fixed.array)
     np.testing.assert_allclose(back.ijk_to_ras, FIXED_MATRIX, atol=1e-12)
     assert back.name == "fixed"
-    # a linear parent transform moves the volume in world space: the ImageData follows it
+    with pytest.raises(ValueError, match="volume_node"):
+        scene.image_data_from_volume_node(mrml.AddNewNodeByClass("vtkMRMLLinearTransformNode", "not a volume"))
+    with pytest.raises(ValueError, match="no image data"):
+        scene.image_data_from_volume_node(mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty"))
+
+
+# --------------------------------------------------------------------------- inputs under a parent transform
+def _under_shift(mrml, node):
     shift = np.eye(4)
     shift[:3, 3] = [3.0, -2.0, 5.0]
     parent = mrml.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
     parent.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
     node.SetAndObserveTransformNodeID(parent.GetID())
-    np.testing.assert_allclose(scene.image_data_from_volume_node(node).ijk_to_ras, shift @ FIXED_MATRIX, atol=1e-12)
-    with pytest.raises(ValueError, match="volume_node"):
-        scene.image_data_from_volume_node(parent)
-    with pytest.raises(ValueError, match="no image data"):
-        scene.image_data_from_volume_node(mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty"))
+    return shift
+
+
+def test_fixed_volume_under_a_linear_transform_is_refused_on_both_paths_until_hardened(tmp_path, case):
+    """One rule for the blocking path (volume node -> ImageData in this process) and the background
+    path (volume node -> file for the command line, results back onto the fixed node): a parent
+    transform is refused up front with a message that says to harden it; once hardened, both paths
+    see the same transformed grid and the results go onto the fixed node."""
+    import SimpleITK as sitk
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    shift = _under_shift(mrml, fixed_node)
+    nodes_before = mrml.GetNumberOfNodes()
+
+    assert "Harden the transform" in scene.parent_transform_problem(fixed_node, "fixed volume")
+    assert scene.parent_transform_problem(moving_node, "moving volume") == ""
+    with pytest.raises(ValueError, match="fixed.*under the transform 'shift'.*Harden"):  # blocking path
+        scene.image_data_from_volume_node(fixed_node)
+    with pytest.raises(ValueError, match="under the transform 'shift'.*Harden"):  # background path: input file
+        scene.write_volume_file(fixed_node, tmp_path / "fixed.nrrd", "fixed volume")
+    assert not (tmp_path / "fixed.nrrd").exists()
+    with pytest.raises(ValueError, match="under the transform 'shift'.*Harden"):  # results onto the node
+        scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)
+    assert mrml.GetNumberOfNodes() == nodes_before  # nothing was added
+
+    assert slicer.vtkSlicerTransformLogic.hardenTransform(fixed_node)
+    in_process = scene.image_data_from_volume_node(fixed_node)
+    np.testing.assert_allclose(in_process.ijk_to_ras, shift @ FIXED_MATRIX, atol=1e-9)
+    written = sitk.ReadImage(str(scene.write_volume_file(fixed_node, tmp_path / "fixed.nrrd")))
+    origin_ras = np.asarray(written.GetOrigin()) * [-1, -1, 1]  # the file is LPS
+    np.testing.assert_allclose(origin_ras, in_process.ijk_to_ras[:3, 3], atol=1e-4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), fixed.array)
+    moved = RegistrationResult(**{**result.__dict__, "fixed_ijk_to_ras": in_process.ijk_to_ras})
+    nodes = scene.add_registration_to_scene(mrml, moved, fixed_node, moving_node)
+    np.testing.assert_allclose(scene.image_data_from_volume_node(nodes["warped"]).ijk_to_ras,
+                               in_process.ijk_to_ras, atol=1e-9)
+
+
+def test_label_layer_replaces_only_earlier_results(case):
+    """Showing a result without warped labels clears a label layer left by an earlier run, keeps a
+    label map of the user's own, and a result with labels shows its own."""
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    with_labels = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)
+    no_labels_result = _make_case("regloss", with_labels=False)[2]
+    without_labels = scene.add_registration_to_scene(mrml, no_labels_result, fixed_node, moving_node)
+    users_labels = scene.add_volume_node(mrml, fixed.with_array(fixed.array > 50), "my labels", label=True)
+
+    assert scene.result_label_layer(with_labels, current_label=users_labels) is with_labels["warped_labels"]
+    assert scene.result_label_layer(without_labels, current_label=with_labels["warped_labels"]) is None
+    assert scene.result_label_layer(without_labels, current_label=users_labels) == "keep-current"
+    assert scene.result_label_layer(without_labels, current_label=None) == "keep-current"
 
 
 # --------------------------------------------------------------------------- the grid transform
@@ -493,3 +548,45 @@ def test_write_results_scene_rejects_bad_input(tmp_path, case):
         scene.write_results_scene(tmp_path, fixed.array, moving, [result])
     with pytest.raises(FileNotFoundError):
         scene.load_results_scene(tmp_path / "missing.mrml")
+
+
+@pytest.fixture
+def vtk_messages():
+    """Everything VTK reports (warnings, errors) while the test runs, as one string.
+
+    VTK's messages (``vtkWarningMacro`` in MRML included) go to the ``vtkOutputWindow`` instance;
+    a ``vtkStringOutputWindow`` in its place collects them.
+    """
+    from vtkmodules.vtkCommonCore import vtkOutputWindow, vtkStringOutputWindow
+
+    previous = vtkOutputWindow.GetInstance()
+    window = vtkStringOutputWindow()
+    vtkOutputWindow.SetInstance(window)
+    try:
+        yield window
+    finally:
+        vtkOutputWindow.SetInstance(previous)
+
+
+def test_vtk_message_capture_sees_mrml_warnings(vtk_messages):
+    """The capture works: a label map with no colour table in the scene is what MRML warns about."""
+    mrml = slicer.vtkMRMLScene()
+    node = scene.add_volume_node(mrml, ImageData(np.ones((2, 3, 4), np.int32), np.eye(4), "l"), label=True)
+    node.GetDisplayNode().Modified()
+    assert "color table node" in vtk_messages.GetOutput()
+
+
+def test_writing_and_loading_the_results_scene_prints_no_vtk_warnings(tmp_path, case, vtk_messages):
+    """`register`, `demo` and `bench` write this scene: no "color table node ... can't be found"
+    for the label maps, no deprecated table call, nothing else."""
+    fixed, moving, result = case
+    second = _make_case("affine_basic", amplitude=1.5, with_labels=False)[2]
+    path = scene.write_results_scene(tmp_path / "out", fixed, moving, [result, second])
+    loaded = scene.load_results_scene(path)
+    assert vtk_messages.GetOutput() == ""
+    labels = loaded.GetFirstNode("moving-baseline-warped-labels", "vtkMRMLLabelMapVolumeNode")
+    color = labels.GetDisplayNode().GetColorNode()
+    assert color is not None and color.GetID() == "vtkMRMLColorTableNodeLabels"  # Slicer's own default table
+    assert not any(f.name.startswith("Labels") for f in path.parent.iterdir())  # not saved: Slicer has its own
+    table = loaded.GetFirstNode(scene.METRICS_TABLE_NAME, "vtkMRMLTableNode")
+    assert table.GetUseColumnTitleAsColumnHeader()
