@@ -173,7 +173,7 @@ def _optional_outputs(what: str, func, *args) -> List[Path]:
     except ImportError as exc:
         print(f"warning: {what} skipped: {exc} (install vtk / slicer-core to get them)", file=sys.stderr)
         return []
-    except (RuntimeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001  optional outputs never fail the run (issue 13)
         print(f"warning: {what} failed and were skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
         return []
     if written is None:
