@@ -10,6 +10,10 @@ Two roles in one file:
 
   runs ``DeepRegAblationTrainingLib.cli.main(<arguments after "--">)`` and exits Slicer with its
   status. Outside Slicer (plain Python) the same file runs the CLI and exits with ``sys.exit``.
+  Whatever happens, the launcher exits: with ``--python-script`` Slicer does not quit by itself
+  after the script (``qSlicerCoreApplication`` quits on its own only in testing mode, for ``-c`` or
+  a bare ``.py`` argument), so an exception that escaped would leave a ``--no-main-window`` Slicer
+  running forever. Any error prints its traceback and exits with status 1.
 
 The file imports without Slicer (only the module classes need it), so it can be checked with pytest.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -68,11 +73,15 @@ def script_arguments(argv: Sequence[str], inside_slicer: bool = False) -> List[s
 
 
 def run_cli(args: Sequence[str]) -> int:
-    """``DeepRegAblationTrainingLib.cli.main(args)`` as an exit status (argparse exits included)."""
-    ensure_import_paths()
-    from DeepRegAblationTrainingLib import cli
+    """``DeepRegAblationTrainingLib.cli.main(args)`` as an exit status; never raises.
 
+    argparse exits (``--help``: 0, a usage error: 2) become their status; Ctrl+C is 130; any
+    other exception (an import that fails, a bug) prints its traceback and gives 1.
+    """
     try:
+        ensure_import_paths()
+        from DeepRegAblationTrainingLib import cli
+
         return int(cli.main(list(args)) or 0)
     except SystemExit as exc:  # --help, or an argparse usage error
         code = exc.code
@@ -81,6 +90,13 @@ def run_cli(args: Sequence[str]) -> int:
         if isinstance(code, int):
             return code
         print(code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001  the launcher must reach exit_application
+        traceback.print_exc()
+        print("error: the command failed with the Python error above", file=sys.stderr)
         return 1
 
 
@@ -95,7 +111,7 @@ def exit_application(status: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if in_slicer_application():
-        import slicer
+        import slicer.util
 
         slicer.util.exit(status)
     else:
@@ -103,8 +119,18 @@ def exit_application(status: int) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Launcher entry point: run the CLI with the script arguments of ``argv`` (default ``sys.argv``)."""
+    """Run the CLI with the script arguments of ``argv`` (default ``sys.argv``); returns the exit status."""
     return run_cli(script_arguments(sys.argv if argv is None else argv, inside_slicer=in_slicer_application()))
+
+
+def launch(argv: Optional[Sequence[str]] = None) -> None:
+    """Script entry point: :func:`main`, then :func:`exit_application` with its status, always."""
+    try:
+        status = main(argv)
+    except BaseException:  # noqa: BLE001  (main does not raise; this is the last guard)
+        traceback.print_exc()
+        status = 1
+    exit_application(status)
 
 
 try:
@@ -169,4 +195,4 @@ See the DeepRegAblation module for the ablation design.</p>
 
 
 if __name__ == "__main__":
-    exit_application(main())
+    launch()

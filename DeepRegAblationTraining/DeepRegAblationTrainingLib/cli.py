@@ -1,15 +1,17 @@
 """`deepreg-ablation`: the one command line of the project (also run by the Slicer launchers).
 
 Each command lives in ``DeepRegAblationTrainingLib.commands.<name>`` with
-``add_arguments(parser)`` and ``run(args) -> int``. Bad input ends with ``error: <message>``
-on stderr and exit status 2, never a Python trace.
+``add_arguments(parser)`` and ``run(args) -> int``. Only the command being run is imported
+(``deepreg-ablation --help`` imports none), so one command's dependencies (PyTorch, a
+Unix-only module) never stop another command or the help from working. Bad input ends with
+``error: <message>`` on stderr and exit status 2, never a Python trace.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 COMMANDS = (
     ("train", "train one variant (resumable checkpoints, logs)"),
@@ -22,7 +24,16 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_in(argv: Sequence[str]) -> Optional[str]:
+    """The command named in ``argv`` (its first argument that is not an option), or ``None``."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(commands: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The parser, with the arguments of ``commands`` (default: every command).
+
+    The other commands are listed (name and help) without importing their modules.
+    """
     parser = argparse.ArgumentParser(
         prog="deepreg-ablation",
         description="Learning-based deformable registration of brain MRI: train, evaluate, compare "
@@ -31,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
     sub.required = True
     for name, help_text in COMMANDS:
+        if commands is not None and name not in commands:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         module = importlib.import_module(f"DeepRegAblationTrainingLib.commands.{name}")
         cmd = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(cmd)
@@ -39,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = command_in(argv)
+    parser = build_parser([command] if command in dict(COMMANDS) else [])
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
