@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import ctk
 import qt
 import vtk
 
 import slicer
+import slicer.util
 from slicer import (
     vtkMRMLLabelMapVolumeNode,
     vtkMRMLScalarVolumeNode,
@@ -100,6 +102,38 @@ class DeviceChoice(enum.Enum):
         return {"auto": "Auto (GPU if available)", "cpu": "CPU", "cuda": "CUDA GPU"}[self.value]
 
 
+class RefineChoice(enum.Enum):
+    """Instance optimisation after the network (``DeepRegAblationLib.choices.REFINE_CHOICES``)."""
+
+    off = "off"
+    recommended = "recommended"
+    thorough = "thorough"
+    custom = "custom"
+
+    def label(self) -> str:
+        return {
+            "off": "Off (network only, fastest)",
+            "recommended": "Recommended (fast)",
+            "thorough": "Thorough (slower, to full resolution)",
+            "custom": "Custom iterations",
+        }[self.value]
+
+
+class AlignmentChoice(enum.Enum):
+    """Initial alignment (``DeepRegAblationLib.choices.ALIGNMENT_CHOICES``)."""
+
+    auto = "auto"
+    com = "com"
+    none = "none"
+
+    def label(self) -> str:
+        return {
+            "auto": "Automatic (when the centres are far apart)",
+            "com": "Always align centres of mass",
+            "none": "Never (use the volumes where they lie)",
+        }[self.value]
+
+
 class OutputMode(enum.Enum):
     reuse = "reuse"
     create = "create"
@@ -136,10 +170,12 @@ displacement-magnitude hinge, local rigidity, Jacobian folding penalty, bending 
 <li><b>affine_enhanced</b>: affine stage + U-Net, similarity + the five regularizers.</li>
 </ul>
 <p><b>Compare all</b> runs the four and puts them side by side in one metrics table.
-<b>Refinement iterations</b> optionally optimise the result further on this image pair.
-<b>Align centres first</b> translates the moving image's centre of mass onto the fixed image's before
-the network runs: use it for heads of different subjects or scanners that do not overlap in
-scanner coordinates.</p>
+<b>Refinement</b> optionally optimises the result further on this image pair (off, recommended,
+thorough, or a custom number of iterations). <b>Align centres</b> translates the moving image's centre
+of mass onto the fixed image's before the network runs; <i>Automatic</i> does so for 3D volumes whose
+centres of mass are more than 20 mm apart or that do not overlap (heads of different subjects or
+scanners), and says so in the log.</p>
+<p>Inputs must not be under a parent transform: harden it first (Data module, right-click the transform).</p>
 
 <p><b>Outputs</b> (one subject-hierarchy folder per variant): the warped moving volume, the affine
 transform, the total displacement as a grid transform in the resampling direction (fixed point to
@@ -191,9 +227,10 @@ class DeepRegAblationParameterNode:
     modelSource, checkpointPath - shipped weights, or a checkpoint file of the chosen variant, or a folder
         of <variant>.pt checkpoints.
     device - auto / cpu / cuda.
-    refineIterations - Adam steps of instance optimisation after the network (0 = none).
-    alignCenters - translate the moving image's intensity centre of mass onto the fixed image's first
-        (for heads of different subjects or scanners, which do not overlap in scanner coordinates).
+    refineMode, refineIterationsPerLevel - instance optimisation after the network: off, recommended, thorough, or
+        custom with refineIterationsPerLevel iterations per level (a new name: older scenes stored a bare count).
+    initialAlignment - auto (centres of mass aligned first for 3D pairs whose centres are far apart or that
+        do not overlap), com (always) or none.
     outputMode - reuse the output nodes of a previous run, or create new ones.
     showGlyphs, glyphSpacingMm, glyphScalePercent - displacement arrows in the slice views; spacing 0 =
         automatic (about 16 arrows across the image), scale in % of the automatic arrow length.
@@ -210,8 +247,9 @@ class DeepRegAblationParameterNode:
     modelSource: ModelSource = ModelSource.shipped
     checkpointPath: str = ""
     device: DeviceChoice = DeviceChoice.auto
-    refineIterations: Annotated[int, WithinRange(0, 1000)] = 0
-    alignCenters: bool = False
+    refineMode: RefineChoice = RefineChoice.off
+    refineIterationsPerLevel: Annotated[int, WithinRange(1, 1000)] = 50
+    initialAlignment: AlignmentChoice = AlignmentChoice.auto
     outputMode: OutputMode = OutputMode.reuse
     showGlyphs: bool = True
     glyphSpacingMm: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
@@ -347,6 +385,13 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not parameterNode:
             return
         self.ui.checkpointPathLineEdit.enabled = parameterNode.modelSource is ModelSource.checkpoint
+        # the browse button picks a folder of <variant>.pt for "Compare all", else a checkpoint file
+        # (ctkPathLineEdit browses for files whenever Files is among its filters)
+        wantFolder = parameterNode.variant is VariantChoice.compare_all
+        filters = ctk.ctkPathLineEdit.Dirs if wantFolder else ctk.ctkPathLineEdit.Files
+        if self.ui.checkpointPathLineEdit.filters != (filters | ctk.ctkPathLineEdit.Readable):
+            self.ui.checkpointPathLineEdit.filters = filters | ctk.ctkPathLineEdit.Readable
+        self.ui.refineIterationsSpinBox.enabled = parameterNode.refineMode is RefineChoice.custom
         if self.ui.checkpointPathLineEdit.currentPath != parameterNode.checkpointPath:
             wasBlocked = self.ui.checkpointPathLineEdit.blockSignals(True)
             self.ui.checkpointPathLineEdit.currentPath = parameterNode.checkpointPath
@@ -433,7 +478,11 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log("Checking PyTorch...")
             self.logic.ensurePyTorch()
             self._updateDeviceChoices()
+            from DeepRegAblationLib import choices
+
             checkpointMode = parameterNode.modelSource is ModelSource.checkpoint
+            if checkpointMode:
+                self.ui.checkpointPathLineEdit.addCurrentPathToHistory()  # the settingKey history
             self.logic.startRegistration(
                 parameterNode.fixedVolume,
                 parameterNode.movingVolume,
@@ -442,8 +491,8 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 movingLabels=parameterNode.movingLabels,
                 model=parameterNode.checkpointPath if checkpointMode else None,
                 device=parameterNode.device.value,
-                refine=parameterNode.refineIterations,
-                initialAlignment="com" if parameterNode.alignCenters else "none",
+                refine=choices.refine_argument(parameterNode.refineMode.value, parameterNode.refineIterationsPerLevel),
+                initialAlignment=parameterNode.initialAlignment.value,
                 reuse=parameterNode.outputMode is OutputMode.reuse,
                 metricsTable=parameterNode.metricsTable,
                 onLog=self._log,
@@ -650,18 +699,19 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         logic = DeepRegAblation.DeepRegAblationLogic()
         out = logic.process(fixedVolume, movingVolume, variants="all",
                             fixedLabels=None, movingLabels=None, model=None, device="auto", refine=0,
-                            initialAlignment="none")
+                            initialAlignment="auto")
         out["nodes"]["regloss"]["warped"]          # warped moving volume (vtkMRMLScalarVolumeNode)
         out["nodes"]["regloss"]["transform"]       # grid transform, fixed point -> moving point
         out["metrics"]["regloss"]["folding_pct"]   # % of voxels with det(J) <= 0
         out["table"]                               # vtkMRMLTableNode, one row per variant
 
     ``process(fixedVolume, movingVolume, variants="all", fixedLabels=None, movingLabels=None,
-    model=None, device="auto", refine=0, initialAlignment="none", reuse=True, metricsTable=None,
+    model=None, device="auto", refine=0, initialAlignment="auto", reuse=True, metricsTable=None,
     progress=None) -> dict``
 
     - fixedVolume, movingVolume: ``vtkMRMLScalarVolumeNode``; results live on the fixed grid.
-      Parent transforms of the inputs are ignored (harden them first).
+      Inputs (labels included) under a parent transform are refused with a ``ValueError`` that says
+      to harden it, before anything runs (the same rule on the background path).
     - variants: ``"all"``, one variant id or a list of ids
       (``baseline``, ``regloss``, ``affine_basic``, ``affine_enhanced``).
     - fixedLabels, movingLabels: optional ``vtkMRMLLabelMapVolumeNode`` or
@@ -670,8 +720,12 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
       an untrained network, with a warning, where none are shipped); a folder = its
       ``<variant>.pt`` checkpoints; a checkpoint file or a ``RegistrationModel`` = run that one model
       (its own variant; ``variants`` is then not used).
-    - device: ``"auto"``, ``"cpu"`` or ``"cuda"``. refine: Adam steps of instance optimisation.
-    - initialAlignment: ``"none"`` (physical space as is) or ``"com"`` (centres of mass translated
+    - device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    - refine: instance optimisation after the network: ``0`` (off), ``"recommended"``, ``"thorough"``
+      or a number of iterations per level.
+    - initialAlignment: ``"auto"`` (centres of mass aligned first when far apart or not overlapping,
+      ``DeepRegAblationLib.choices.decide_initial_alignment``; the reason is logged),
+      ``"none"`` (physical space as is) or ``"com"`` (centres of mass translated
       together first; part of the affine output).
     - reuse: overwrite the output nodes of a previous run of the same variant and inputs.
     - progress: optional ``progress(fraction, message)``.
@@ -717,7 +771,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
             if torch is None:
                 raise RuntimeError(
                     "PyTorch is required to run the registration networks and was not installed. "
-                    "Install it with the 'PyTorch Util' module or accept the installation when asked."
+                    "Click Apply again and accept the installation, or install it in the 'PyTorch Utils' module "
+                    "(Utilities category)."
                 )
         import torch
 
@@ -725,7 +780,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         if DeepRegAblationLogic._versionTuple(torch.__version__) < DeepRegAblationLogic._versionTuple(minimum):
             raise RuntimeError(
                 f"PyTorch {torch.__version__} is too old (this module needs {TORCH_VERSION_REQUIREMENT}). "
-                f"Use the 'PyTorch Util' module to install PyTorch with the requirement '{TORCH_VERSION_REQUIREMENT}'."
+                "Open the 'PyTorch Utils' module (Utilities category), click 'Uninstall PyTorch', restart Slicer, "
+                "then click Apply here again: the module offers to install a recent PyTorch."
             )
         return torch
 
@@ -769,7 +825,10 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def checkInputs(fixedVolume, movingVolume, fixedLabels=None, movingLabels=None) -> None:
-        """Plain-words ValueError for missing or unusable inputs; warnings for ignored parent transforms."""
+        """Plain-words ValueError for missing or unusable inputs, and for inputs under a parent transform
+        (the rule of ``scene.parent_transform_problem``, checked before anything runs)."""
+        from DeepRegAblationLib import scene
+
         for node, role in ((fixedVolume, "fixed volume"), (movingVolume, "moving volume")):
             if node is None:
                 raise ValueError(f"No {role} was selected.")
@@ -779,12 +838,26 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(f"The {role} '{node.GetName()}' is not a scalar (single-component) image.")
         if fixedVolume.GetID() == movingVolume.GetID():
             raise ValueError("Fixed and moving volumes must be different volumes.")
-        for node in (fixedVolume, movingVolume, fixedLabels, movingLabels):
-            if node is not None and node.GetParentTransformNode() is not None:
-                logging.warning(
-                    f"DeepRegAblation: the transform applied to '{node.GetName()}' is ignored; harden it first "
-                    "if the registration should start from the transformed position."
-                )
+        for node, role in ((fixedVolume, "fixed volume"), (movingVolume, "moving volume"),
+                           (fixedLabels, "fixed labels"), (movingLabels, "moving labels")):
+            problem = scene.parent_transform_problem(node, role)
+            if problem:
+                raise ValueError(problem)
+
+    @staticmethod
+    def resolveInitialAlignment(fixedVolume, movingVolume, choice: str,
+                                log: Optional[Callable[[str], None]] = None) -> str:
+        """``"com"`` or ``"none"`` for ``choice`` (``"auto"``, ``"com"``, ``"none"``) on these volumes; the
+        reason goes to ``log`` (the status log) when the choice was automatic."""
+        from DeepRegAblationLib import choices, scene
+
+        if choice in ("com", "none"):
+            return choice
+        decision = choices.decide_initial_alignment(  # "auto" (other choices raise ValueError)
+            scene.image_data_from_volume_node(fixedVolume), scene.image_data_from_volume_node(movingVolume), choice
+        )
+        (log or logging.info)(decision.reason)
+        return decision.initial_alignment
 
     def _labelmapForLabels(self, labelsNode, referenceVolume, colorTableNode, tempNodes: list):
         """A labelmap node for ``labelsNode``: itself, or a temporary export of a segmentation.
@@ -855,13 +928,11 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _writeVolume(volumeNode, path: Path) -> Path:
-        """Write a volume with a standalone storage node (the node's own storage is left untouched)."""
-        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        storageNode.SetFileName(str(path))
-        storageNode.UseCompressionOff()
-        if not storageNode.WriteData(volumeNode):
-            raise RuntimeError(f"Could not write '{volumeNode.GetName()}' to the temporary file {path}.")
-        return path
+        """Write a volume for the background process (``scene.write_volume_file``: standalone storage
+        node, refused under a parent transform)."""
+        from DeepRegAblationLib import scene
+
+        return scene.write_volume_file(volumeNode, path, volumeNode.GetName())
 
     def writeInputFiles(self, workDir: Path, fixedVolume, movingVolume,
                         fixedLabels=None, movingLabels=None) -> Dict[str, Path]:
@@ -916,8 +987,15 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         return env
 
     def registerCommand(self, files: Dict[str, Path], outDir: Path, variantIds: Sequence[str],
-                        model: Optional[str], device: str, refine: int, initialAlignment: str = "none") -> List[str]:
-        """The ``deepreg-ablation register`` command line for the written input files."""
+                        model: Optional[str], device: str, refine: Union[int, str] = 0,
+                        initialAlignment: str = "none") -> List[str]:
+        """The ``deepreg-ablation register`` command line for the written input files.
+
+        ``refine``: 0, "recommended", "thorough" or iterations; ``initialAlignment``: "none" or "com"
+        (an "auto" choice is resolved before, by :meth:`resolveInitialAlignment`).
+        """
+        from DeepRegAblationLib import choices
+
         command = [self.pythonExecutable(), "-m", "DeepRegAblationTrainingLib.cli", "register",
                    "--fixed", str(files["fixed"]), "--moving", str(files["moving"])]
         if "fixed_labels" in files:
@@ -934,7 +1012,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"the background registration runs one variant or all four, got {list(variantIds)}")
         if model:
             command += ["--model", str(model)]
-        command += ["--device", device, "--refine", str(int(refine)), "--init-align", initialAlignment,
+        command += ["--device", device, *choices.refine_cli_arguments(refine), "--init-align", initialAlignment,
                     "--save-npz", "--out", str(outDir)]
         return command
 
@@ -970,7 +1048,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     def startRegistration(self, fixedVolume, movingVolume, variants: Union[str, Sequence[str]] = "all",
                           fixedLabels=None, movingLabels=None, model: Optional[str] = None,
-                          device: str = "auto", refine: int = 0, initialAlignment: str = "none",
+                          device: str = "auto", refine: Union[int, str] = 0, initialAlignment: str = "auto",
                           reuse: bool = True, metricsTable=None,
                           onLog: Optional[Callable[[str], None]] = None,
                           onProgress: Optional[Callable[[float, str], None]] = None,
@@ -990,8 +1068,9 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
             problem = self.checkpointProblem(str(model), variantIds)
             if problem:
                 raise ValueError(problem)
-        workDir = Path(slicer.util.tempDirectory("DeepRegAblation"))
         log = onLog or (lambda text: logging.info(text))
+        initialAlignment = self.resolveInitialAlignment(fixedVolume, movingVolume, initialAlignment, log)
+        workDir = Path(slicer.util.tempDirectory("DeepRegAblation"))
         try:
             log(f"Writing the inputs to {workDir}")
             files = self.writeInputFiles(workDir, fixedVolume, movingVolume, fixedLabels, movingLabels)
@@ -1113,7 +1192,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     def process(self, fixedVolume, movingVolume, variants: Union[str, Sequence[str]] = "all",
                 fixedLabels=None, movingLabels=None, model: Any = None, device: str = "auto",
-                refine: int = 0, initialAlignment: str = "none", reuse: bool = True, metricsTable=None,
+                refine: Union[int, str] = 0, initialAlignment: str = "auto", reuse: bool = True, metricsTable=None,
                 progress: Optional[Callable[[float, str], None]] = None) -> Dict[str, Any]:
         """Register in this process and add the results to the scene (see the class docstring)."""
         self.ensurePyTorch()
@@ -1121,6 +1200,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
         self.checkInputs(fixedVolume, movingVolume, fixedLabels, movingLabels)
         report = progress or (lambda fraction, message: logging.info(f"DeepRegAblation {100 * fraction:.0f}% {message}"))
+        initialAlignment = self.resolveInitialAlignment(fixedVolume, movingVolume, initialAlignment)
         fixed = scene.image_data_from_volume_node(fixedVolume)
         moving = scene.image_data_from_volume_node(movingVolume)
         tempNodes: list = []
@@ -1140,7 +1220,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
             results.append(inference.register(
                 fixed, moving, model=modelArgument, fixed_labels=fixedLabelImage, moving_labels=movingLabelImage,
-                refine=int(refine), device=device, progress=stepProgress, initial_alignment=initialAlignment,
+                refine=refine, device=device, progress=stepProgress, initial_alignment=initialAlignment,
             ))
         outcome = self._addResultsToScene(results, fixedVolume, movingVolume, reuse, metricsTable)
         for line in outcome.summaryLines():
@@ -1211,12 +1291,16 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
     def showResults(self, fixedVolume, nodes: Dict[str, Any], display: DisplaySettings, fit: bool = True) -> None:
         """Slice views: fixed volume in the background, warped volume (or the Jacobian) in the foreground."""
         self.applyDisplaySettings(nodes, display)
+        from DeepRegAblationLib import scene
+
         jacobianNode = nodes.get("jacobian")
         useJacobian = display.showJacobian and jacobianNode is not None
         foreground = jacobianNode if useJacobian else nodes.get("warped")
+        composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+        currentLabel = slicer.mrmlScene.GetNodeByID(composite.GetLabelVolumeID() or "") if composite else None
         slicer.util.setSliceViewerLayers(
             background=fixedVolume, foreground=foreground,
-            label=nodes.get("warped_labels") or "keep-current",
+            label=scene.result_label_layer(nodes, currentLabel),
             foregroundOpacity=display.jacobianOpacity if useJacobian else WARPED_FOREGROUND_OPACITY,
             fit=fit,
         )
@@ -1357,4 +1441,14 @@ class DeepRegAblationTest(ScriptedLoadableModuleTest):
         parameterNode.modelSource = ModelSource.shipped
         self.assertTrue(widget.ui.applyButton.enabled)
         self.assertEqual(widget.ui.variantComboBox.count, len(VariantChoice))
+        self.assertEqual(parameterNode.initialAlignment, AlignmentChoice.auto)
+        parameterNode.refineMode = RefineChoice.off
+        self.assertFalse(widget.ui.refineIterationsSpinBox.enabled)
+        parameterNode.refineMode = RefineChoice.custom
+        self.assertTrue(widget.ui.refineIterationsSpinBox.enabled)
+        # an input under a transform is refused before anything runs, with a message to harden it
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        fixed.SetAndObserveTransformNodeID(transform.GetID())
+        with self.assertRaisesRegex(ValueError, "Harden the transform"):
+            DeepRegAblationLogic.checkInputs(fixed, moving)
         self.delayDisplay("Widget test passed")

@@ -519,3 +519,124 @@ def test_training_launcher_as_a_script_exits_with_the_cli_status():
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2, bad.stderr
     assert "usage: deepreg-ablation register" in bad.stderr  # the arguments reached the register command
+
+
+# --------------------------------------------------------------------------- explicit imports (issue 13)
+# Submodules of Slicer's own ``slicer`` package (Base/Python/slicer/ in Slicer 5.8 and main): ``import
+# slicer`` does not import them in PythonSlicer (only the application's start-up imports slicer.util),
+# while the slicer-core package used by these tests imports them all. Whoever uses one imports it.
+SLICER_SUBMODULES = {"util", "ScriptedLoadableModule", "parameterNodeWrapper", "testing", "cli", "logic", "i18n",
+                     "slicerqt"}
+# Set only in the Slicer application (slicer/__init__.py's docstring), never in PythonSlicer, which
+# runs the library code in the background process.
+APPLICATION_ONLY = {"app", "mrmlScene", "modules", "moduleNames"}
+NAMES_TO_IMPORT = ("slicer", "qt", "ctk", "vtk")
+
+
+def imported_names(tree: ast.AST) -> Set[str]:
+    """Dotted modules a file imports anywhere (``import a.b`` gives a and a.b; ``from a import b`` gives a.b too)."""
+    names: Set[str] = set()
+
+    def add(dotted: str) -> None:
+        parts = dotted.split(".")
+        names.update(".".join(parts[:n]) for n in range(1, len(parts) + 1))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            add(node.module)
+            for alias in node.names:
+                add(f"{node.module}.{alias.name}")
+    return names
+
+
+def attribute_uses(tree: ast.AST, root: str) -> List[Tuple[int, str]]:
+    return [(node.lineno, node.attr) for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == root]
+
+
+def import_problems(path: Path) -> List[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported = imported_names(tree)
+    in_library = any(lib in path.parents for lib in LIB_DIRS)
+    problems = []
+    for root in NAMES_TO_IMPORT:
+        uses = attribute_uses(tree, root)
+        if uses and root not in imported:
+            problems.append(f"{path.name}:{uses[0][0]} uses {root}.{uses[0][1]} but never imports {root}")
+        if root != "slicer":
+            continue
+        for lineno, attr in uses:
+            if attr in SLICER_SUBMODULES and f"slicer.{attr}" not in imported:
+                problems.append(f"{path.name}:{lineno} uses slicer.{attr} without importing slicer.{attr}")
+            if attr in APPLICATION_ONLY and in_library:
+                problems.append(f"{path.name}:{lineno} uses slicer.{attr}, which PythonSlicer does not have")
+    return problems
+
+
+def test_import_check_catches_a_missing_submodule_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import slicer\nimport qt\n\ndef f(node):\n    return slicer.util.arrayFromVolume(node), ctk.ctkPathLineEdit\n")
+    assert len(import_problems(bad)) == 2
+    good = tmp_path / "good.py"
+    good.write_text("import ctk\nfrom slicer.util import VTKObservationMixin\n\ndef f(node):\n"
+                    "    import slicer\n    return slicer.util.arrayFromVolume(node), ctk.ctkPathLineEdit\n")
+    assert import_problems(good) == []
+
+
+@pytest.mark.parametrize("path", module_python_files(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_module_imports_the_slicer_submodules_and_qt_names_it_uses(path):
+    problems = import_problems(path)
+    assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- smaller defects of issue 13
+def _function_strings(name: str) -> str:
+    tree = ast.parse(gui_source())
+    function = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
+    return " ".join(n.value for n in ast.walk(function) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+
+
+def test_pytorch_messages_name_the_pytorch_utils_module_and_a_way_out():
+    """SlicerPyTorch's module title is "PyTorch Utils" (PyTorchUtils.py); its Install button only says
+    "already installed" while any torch is installed, so a too-old torch must be uninstalled first."""
+    text = _function_strings("ensurePyTorch")
+    assert "'PyTorch Utils'" in text
+    assert not re.search(r"PyTorch Util(?!s)", text)
+    assert "Uninstall PyTorch" in text and "restart Slicer" in text
+
+
+def test_checkpoint_path_browses_folders_for_compare_all_and_remembers_paths():
+    """ctkPathLineEdit's browse button opens a file dialog whenever Files is among its filters
+    (ctkPathLineEdit::browse), so Files|Dirs can never pick the folder that Compare all needs; its
+    settingKey history is only written by addCurrentPathToHistory()."""
+    widget = ui_widgets(read_ui())["checkpointPathLineEdit"]
+    filters = next(p.findtext("set") for p in widget.findall("property") if p.get("name") == "filters")
+    assert not ("Files" in filters and "Dirs" in filters), filters
+    assert widget_string_property(widget, "settingKey")
+    source = gui_source()
+    assert "ctk.ctkPathLineEdit.Dirs" in source and "ctk.ctkPathLineEdit.Files" in source
+    assert "checkpointPathLineEdit.addCurrentPathToHistory()" in source
+
+
+def test_label_layer_is_chosen_by_the_scene_adapter():
+    """setSliceViewerLayers(label="keep-current") left an earlier run's label map on screen; the choice is
+    scene.result_label_layer's (tested in test_scene.py)."""
+    tree = ast.parse(gui_source())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and decorator_name(n) == "setSliceViewerLayers"]
+    assert calls
+    for call in calls:
+        label = next(k.value for k in call.keywords if k.arg == "label")
+        assert isinstance(label, ast.Call) and decorator_name(label) == "result_label_layer", ast.unparse(label)
+
+
+def test_extension_urls_point_at_files_in_the_repository():
+    """The icon and screenshot URLs of the extension (raw files of the repository) exist here."""
+    sets = cmake_sets(REPO / "CMakeLists.txt")
+    raw = sets["DEEPREGABLATION_RAW"][0]
+    urls = sets["EXTENSION_ICONURL"] + sets["EXTENSION_SCREENSHOTURLS"]
+    for url in urls:
+        assert url.startswith("${DEEPREGABLATION_RAW}/"), url
+        assert (REPO / url[len("${DEEPREGABLATION_RAW}/"):]).is_file(), f"{url} ({raw}) names no file of the repository"
