@@ -7,6 +7,7 @@ Files are LPS (ITK); the conversion to and from RAS happens here and nowhere els
 """
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 import zlib
@@ -64,28 +65,64 @@ class ImageData:
 
 
 # --------------------------------------------------------------------------- validation
-def validate_image(image: ImageData, name: str) -> ImageData:
-    """Check that ``image`` is a usable scalar image; raise ``ValueError`` naming ``name`` otherwise.
+class ImageReadError(ValueError):
+    """An image or label file (or in-memory image) that cannot be used.
+
+    The message names the file (or the argument) and the problem. A ``ValueError``, so that
+    ``except ValueError`` catches it; the command line prints it as one line ``error: <message>``
+    and exits with status 2.
+    """
+
+
+class ImageFileNotFoundError(ImageReadError, FileNotFoundError):
+    """The file does not exist (an :class:`ImageReadError` and a ``FileNotFoundError``)."""
+
+
+def validate_image(image: ImageData, name: str, kind: Optional[str] = None) -> ImageData:
+    """Check that ``image`` is a usable scalar image; raise :class:`ImageReadError` naming ``name`` otherwise.
 
     Rejects: not an ImageData, zero-size / empty arrays, vector or 4D arrays, non-numeric or
-    complex dtypes, NaN / inf values, an invalid IJK-to-RAS matrix. Returns ``image``.
+    complex dtypes, NaN / inf values, an invalid IJK-to-RAS matrix. With ``kind="image"`` also a
+    constant image (no contrast: blank or corrupt); with ``kind="labels"`` non-integer or
+    negative values. Returns ``image``.
     """
     if not isinstance(image, ImageData):
-        raise ValueError(f"{name} must be an ImageData, got {type(image).__name__}")
+        raise ImageReadError(f"{name} must be an ImageData, got {type(image).__name__}")
     array = image.array
     if array.ndim != 3:
-        raise ValueError(
+        raise ImageReadError(
             f"{name} must be a scalar image (K, J, I) (2D images as (1, J, I)); got an array of shape "
             f"{array.shape} (vector, multi-component and 4D images are not supported)"
         )
     if array.size == 0:
-        raise ValueError(f"{name} is empty (shape {array.shape})")
+        raise ImageReadError(f"{name} is empty (shape {array.shape})")
     if array.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype} (shape {array.shape})")
+        raise ImageReadError(f"{name} must hold real numbers, got dtype {array.dtype} (shape {array.shape})")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(f"{name} contains NaN or inf values ({bad} of {array.size} voxels, shape {array.shape})")
-    geometry.validate_ijk_to_ras(image.ijk_to_ras, f"{name} IJK-to-RAS matrix")
+        raise ImageReadError(f"{name} contains NaN or inf values ({bad} of {array.size} voxels, shape {array.shape})")
+    try:
+        geometry.validate_ijk_to_ras(image.ijk_to_ras, f"{name} IJK-to-RAS matrix")
+    except ValueError as exc:
+        raise ImageReadError(str(exc)) from None
+    if kind == "image":
+        low, high = float(np.min(array)), float(np.max(array))
+        if low == high:
+            raise ImageReadError(
+                f"{name} is constant (every voxel is {low:g}, shape {array.shape}): an image without contrast "
+                f"(blank or corrupt)"
+            )
+    elif kind == "labels":
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            raise ImageReadError(
+                f"{name} must hold integer labels, got non-integer values (dtype {array.dtype}, shape {array.shape}): "
+                f"an intensity or probability image?"
+            )
+        low = float(np.min(array))
+        if low < 0:
+            raise ImageReadError(f"{name} holds negative label values (minimum {low:g}); labels are integers >= 0")
+    elif kind is not None:
+        raise ValueError(f"kind must be None or one of {list(IMAGE_KINDS)}, got {kind!r}")
     return image
 
 
@@ -119,6 +156,19 @@ def normalize_intensity(
 
 
 # --------------------------------------------------------------------------- files
+IMAGE_KINDS = ("image", "labels")
+"""What a file must hold: ``"image"`` (intensities with some contrast) or ``"labels"`` (integers >= 0)."""
+
+WORKING_BYTES_PER_VOXEL = 16
+"""Memory a voxel needs while it is registered (the image as stored plus float working copies)."""
+
+MAX_VOXELS_UNKNOWN_MEMORY = 1 << 30
+"""Voxel limit where the available memory cannot be found out (no /proc/meminfo, no sysconf)."""
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_READ_CHUNK_BYTES = 1 << 22
+
+
 def _name_from_path(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
@@ -127,83 +177,249 @@ def _name_from_path(path: Path) -> str:
     return path.stem
 
 
-def read_image(path: PathLike, name: Optional[str] = None) -> ImageData:
-    """Read a scalar NIfTI / NRRD (any SimpleITK format) image into RAS.
+def read_image(path: PathLike, name: Optional[str] = None, kind: str = "image") -> ImageData:
+    """Read a scalar image file (NIfTI, NRRD, MHA: any SimpleITK format) into RAS, checked completely.
+
+    This is the one reading path for every image and label file the project opens. Checked, in
+    this order (so that nothing is decompressed for a file whose header is already wrong):
+
+    1. the file exists, is a regular file and is not empty;
+    2. NIfTI (``.nii`` / ``.nii.gz``): the header (magic, size, finite positive ``pixdim``, a
+       non-singular ``sform``), then the WHOLE byte stream: a truncated or corrupt gzip stream, or
+       fewer bytes than ``vox_offset + prod(dim) * bitpix / 8``, is an error (ITK would fill the
+       missing voxels with zeros), and so are NaN / inf voxels (ITK 5 reads them as 0);
+    3. what ITK reads from the header (every format): one component per voxel, 2 or 3 spatial
+       dimensions after dropping trailing singleton axes (the ``(X, Y, Z, 1)`` headers of some
+       data sets), finite positive spacing, a non-singular direction matrix, a number of voxels
+       that fits in the available memory, a single slice only along k;
+    4. the voxels (:func:`validate_image` with ``kind``): finite; an ``"image"`` is not constant;
+       ``"labels"`` are integers >= 0.
 
     Args:
         path: the file.
-        name: how error messages refer to it (e.g. ``"fixed image (--fixed)"``; default
-            ``"image"``). ``ImageData.name`` is the file name without extension.
+        name: how messages refer to it, e.g. ``"fixed image (--fixed)"`` (default: ``kind``).
+            ``ImageData.name`` is the file name without extension.
+        kind: ``"image"`` or ``"labels"`` (see :data:`IMAGE_KINDS`).
 
     Raises:
-        FileNotFoundError: missing file. ValueError: unreadable, vector or 4D (more than one
-        volume) image, or an image that fails :func:`validate_image`.
+        ImageReadError: (a ``ValueError``) naming ``name``, the file and the problem;
+        :class:`ImageFileNotFoundError` (also a ``FileNotFoundError``) for a missing file.
     """
     import SimpleITK as sitk
 
+    if kind not in IMAGE_KINDS:
+        raise ValueError(f"kind must be one of {list(IMAGE_KINDS)}, got {kind!r}")
     path = Path(path)
-    label = name or "image"
-    if not path.is_file():
-        raise FileNotFoundError(f"{label} file not found: {path}")
+    label = name or kind
+    what = f"{label} {path}"
+    _check_is_file(path, label)
+    if path.name.lower().endswith((".nii", ".nii.gz")) or _starts_with(path, _GZIP_MAGIC):
+        _check_nifti_file(path, what)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        itk_image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        _check_declared_grid(
+            what, reader.GetNumberOfComponents(), reader.GetSize(), reader.GetSpacing(), reader.GetDirection()
+        )
+        itk_image = reader.Execute()
     except RuntimeError as exc:
         message = str(exc).strip().splitlines()
-        raise ValueError(f"cannot read {label} {path}: {message[-1] if message else exc}") from None
-    components = itk_image.GetNumberOfComponentsPerPixel()
+        raise ImageReadError(f"cannot read {what}: {message[-1] if message else exc}") from None
     dim = itk_image.GetDimension()
-    size = tuple(itk_image.GetSize())
-    if components != 1:
-        raise ValueError(
-            f"{label} {path} is a vector image ({components} components per voxel, size {size}); "
-            f"a scalar image is needed"
-        )
     array = sitk.GetArrayFromImage(itk_image)
     direction = np.asarray(itk_image.GetDirection(), dtype=np.float64).reshape(dim, dim)
     spacing = np.asarray(itk_image.GetSpacing(), dtype=np.float64)
     origin = np.asarray(itk_image.GetOrigin(), dtype=np.float64)
-    if dim == 4:
-        if size[3] != 1:
-            raise ValueError(f"{label} {path} is a 4D image (size {size}); a single 2D or 3D image is needed")
-        array = array[0]
+    if dim > 3:  # trailing singleton axes (checked above): numpy puts them first
+        array = array.reshape(array.shape[dim - 3 :])
         direction, spacing, origin = direction[:3, :3], spacing[:3], origin[:3]
     elif dim == 2:
         array = array[None]
         direction = np.block([[direction, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
         spacing = np.append(spacing, 1.0)
         origin = np.append(origin, 0.0)
-    elif dim != 3:
-        raise ValueError(f"{label} {path} has {dim} dimensions (size {size}); 2D or 3D is needed")
-    if array.dtype.kind == "f" and path.name.lower().endswith((".nii", ".nii.gz")):
-        nonfinite = _nifti_nonfinite_count(path)
-        if nonfinite:
-            raise ValueError(f"{label} {path} contains NaN or inf values ({nonfinite} voxels, size {size})")
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = direction * spacing[None, :]
     ijk_to_lps[:3, 3] = origin
     image = ImageData(array, geometry.ijk_to_ras_from_lps(ijk_to_lps), _name_from_path(path))
-    return validate_image(image, f"{label} {path}")
+    return validate_image(image, what, kind)
 
 
-def as_image(image: Union[ImageData, PathLike, None], name: str) -> Optional[ImageData]:
-    """``image`` as an :class:`ImageData`: read when it is a path, passed through when it already is one (or ``None``)."""
+def as_image(image: Union[ImageData, PathLike, None], name: str, kind: str = "image") -> Optional[ImageData]:
+    """``image`` as an :class:`ImageData`: read (:func:`read_image`) when it is a path, passed through
+    when it already is one (or ``None``)."""
     if image is None or isinstance(image, ImageData):
         return image
     if isinstance(image, (str, Path)):
-        return read_image(image, name=name)
+        return read_image(image, name=name, kind=kind)
     raise ValueError(f"{name} must be an ImageData or a file path, got {type(image).__name__}")
 
 
-def _nifti_nonfinite_count(path: Path) -> int:
-    """Number of NaN / inf voxels stored in a float NIfTI file.
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(magic)) == magic
 
-    ITK 5's NIfTI reader silently replaces them with 0 (fixed only in ITK 6), which would turn
-    a broken input into plausible data; the stored values are read again with nibabel.
-    """
+
+def _check_is_file(path: Path, label: str) -> None:
+    if not path.exists():
+        raise ImageFileNotFoundError(f"{label} file not found: {path}")
+    if path.is_dir():
+        raise ImageReadError(f"{label} {path} is a directory, not an image file")
+    if not path.is_file():
+        raise ImageReadError(f"{label} {path} is not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{label} {path} is an empty file (0 bytes)")
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Memory available to a new allocation (Linux ``MemAvailable``, else the physical memory), or ``None``."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_voxel_count(what: str, size: Tuple[int, ...]) -> None:
+    """Refuse a declared size whose voxels do not fit in the available memory (before reading them)."""
+    voxels = int(np.prod([int(n) for n in size], dtype=object))
+    available = available_memory_bytes()
+    needed = voxels * WORKING_BYTES_PER_VOXEL
+    if available is None:
+        if voxels > MAX_VOXELS_UNKNOWN_MEMORY:
+            raise ImageReadError(f"{what} declares {voxels:.3g} voxels (size {tuple(size)}), more than {MAX_VOXELS_UNKNOWN_MEMORY:.3g}")
+    elif needed > available:
+        raise ImageReadError(
+            f"{what} declares {voxels:.3g} voxels (size {tuple(size)}), which need about {needed / 1e9:.3g} GB of "
+            f"memory to register; {available / 1e9:.3g} GB are available (corrupt header, or crop / downsample it)"
+        )
+
+
+def _is_singular(matrix: np.ndarray) -> bool:
+    """A square matrix with non-finite entries, a zero column or (nearly) dependent columns."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if not np.all(np.isfinite(matrix)):
+        return True
+    norms = np.linalg.norm(matrix, axis=0)
+    return bool(np.any(norms == 0) or abs(np.linalg.det(matrix)) < 1e-6 * float(np.prod(norms)))
+
+
+def _check_declared_grid(what: str, components: int, size, spacing, direction) -> None:
+    """The grid a file declares (what ITK reads from any header), before its voxels are read."""
+    size, dim = tuple(int(n) for n in size), len(size)
+    if components != 1:
+        raise ImageReadError(
+            f"{what} is a vector image ({components} components per voxel, size {size}); a scalar image is needed"
+        )
+    if dim < 2 or any(n < 1 for n in size):
+        raise ImageReadError(f"{what} has size {size}; a 2D or 3D image is needed")
+    if any(n != 1 for n in size[3:]):
+        raise ImageReadError(
+            f"{what} is a 4D image with {int(np.prod(size[3:]))} volumes (size {size}); a single 2D or 3D image is needed"
+        )
+    spatial = min(dim, 3)
+    spacing = np.asarray(spacing, dtype=np.float64)[:spatial]
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ImageReadError(
+            f"{what} has voxel spacing {spacing.tolist()} mm: every spacing must be a finite positive number"
+        )
+    direction = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:spatial, :spatial]
+    if _is_singular(direction):
+        raise ImageReadError(f"{what} has a singular direction matrix {np.round(direction, 4).tolist()}: its axes must be independent")
+    _check_voxel_count(what, size[:spatial])
+    thin = [axis for axis, n in zip("ij", size[:2]) if n == 1]
+    if thin:
+        raise ImageReadError(
+            f"{what} is one voxel thick along its {' and '.join(thin)} axis (size {size[:spatial]} in i, j, k): a 2D "
+            f"image must be a single slice along k, its third axis, and a 3D image needs 2 or more voxels along every axis"
+        )
+
+
+def _nifti_header(head: bytes, what: str):
+    """nibabel's NIfTI-1 / NIfTI-2 header of the first bytes of a file, unchecked (``ImageReadError`` if there is none)."""
     import nibabel
 
-    stored = np.asanyarray(nibabel.load(str(path)).dataobj)
-    return int(stored.size - np.count_nonzero(np.isfinite(stored))) if stored.dtype.kind == "f" else 0
+    classes = {348: nibabel.Nifti1Header, 540: nibabel.Nifti2Header}
+    sizes = (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))
+    header_class = classes.get(sizes[0]) or classes.get(sizes[1])
+    if header_class is None or len(head) < header_class.template_dtype.itemsize:
+        raise ImageReadError(f"cannot read {what}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header in its first {len(head)} bytes)")
+    header = header_class(head[: header_class.template_dtype.itemsize], check=False)
+    magic = bytes(header["magic"].item())
+    if not magic.startswith((b"n+1", b"n+2")):
+        raise ImageReadError(f"cannot read {what}: not a single-file NIfTI image (bad magic {magic!r}; expected 'n+1' or 'n+2')")
+    return header
+
+
+def _check_nifti_file(path: Path, what: str) -> None:
+    """Check a NIfTI file against its own header, reading its whole (decompressed) byte stream.
+
+    ITK fills the missing voxels of a truncated file with zeros, replaces zero / negative / NaN
+    ``pixdim`` silently, and ITK 5 reads NaN / inf voxels as 0: each would turn a broken file
+    into plausible data, so they are checked here on the bytes as stored.
+    """
+    data = bytearray()
+    expected = None  # bytes the header declares: vox_offset + prod(dim) * bitpix / 8
+    compressed = _starts_with(path, _GZIP_MAGIC)
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            data += stream.read(544)
+            header = _nifti_header(bytes(data), what)
+            ndim = int(header["dim"][0])
+            shape = tuple(int(n) for n in header["dim"][1 : ndim + 1]) if 1 <= ndim <= 7 else ()
+            if not shape or any(n < 1 for n in shape):
+                raise ImageReadError(f"{what} declares an invalid size (NIfTI dim {header['dim'].tolist()})")
+            spatial = min(ndim, 3)
+            pixdim = np.asarray(header["pixdim"][1 : spatial + 1], dtype=np.float64)
+            if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+                raise ImageReadError(
+                    f"{what} declares voxel spacing {pixdim.tolist()} mm (NIfTI pixdim): every spacing must be a finite "
+                    f"positive number"
+                )
+            if int(header["sform_code"]) > 0:
+                sform = np.stack([header["srow_x"], header["srow_y"], header["srow_z"]]).astype(np.float64)[:, :3]
+                if _is_singular(sform):
+                    raise ImageReadError(
+                        f"{what} has a singular or invalid orientation (NIfTI sform {np.round(sform, 4).tolist()}): "
+                        f"its axes must be independent"
+                    )
+            _check_voxel_count(what, shape)
+            try:
+                dtype = header.get_data_dtype()
+            except (KeyError, ValueError):
+                raise ImageReadError(f"{what} has an unknown NIfTI datatype code {int(header['datatype'])}") from None
+            offset = int(header.get_data_offset())
+            expected = offset + int(np.prod(shape)) * dtype.itemsize
+            while True:
+                chunk = stream.read(_READ_CHUNK_BYTES)
+                if not chunk:
+                    break
+                data += chunk
+    except (EOFError, OSError, zlib.error) as exc:
+        problem = "its gzip stream ends early" if isinstance(exc, EOFError) else f"its data are corrupt ({exc})"
+        declared = f"; its header declares {expected} bytes uncompressed" if expected is not None else ""
+        raise ImageReadError(
+            f"{what} is truncated or corrupt: {problem} ({path.stat().st_size} bytes on disk{declared})"
+        ) from None
+    voxels = int(np.prod(shape))
+    declared = voxels * dtype.itemsize
+    if len(data) < offset + declared:
+        raise ImageReadError(
+            f"{what} is truncated: it holds {max(len(data) - offset, 0)} bytes of voxel data but its header declares "
+            f"{declared} ({'x'.join(map(str, shape))} voxels of {dtype.name})"
+        )
+    if dtype.kind in "fc":
+        values = np.frombuffer(data, dtype=dtype, count=voxels, offset=offset)
+        bad = int(voxels - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ImageReadError(f"{what} contains NaN or inf values ({bad} of {voxels} voxels, size {shape})")
 
 
 def _storable(array: np.ndarray) -> np.ndarray:

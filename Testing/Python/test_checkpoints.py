@@ -129,6 +129,36 @@ def test_interrupted_save_keeps_the_old_file(tmp_path: Path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
 
 
+@pytest.mark.parametrize("stage", ["torch.save", "fsync"])
+def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch, stage):
+    """A write error (OSError ENOSPC) while the new checkpoint is written or flushed: the error
+    reaches the caller, the previous checkpoint is intact and loads, no temporary file is left."""
+    import errno
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _trained_like("baseline", 2), epoch=1)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if stage == "torch.save":
+        def partial_save(obj, handle, *args, **kwargs):
+            handle.write(b"half a checkpoint")
+            disk_full()
+
+        monkeypatch.setattr(checkpoints.torch, "save", partial_save)
+    else:
+        monkeypatch.setattr(checkpoints.os, "fsync", disk_full)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, _trained_like("regloss", 2), epoch=2)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+    assert load_checkpoint(path)["epoch"] == 1 and load_model(path).variant.id == "baseline"
+
+
 def test_checkpoint_of_another_architecture_gives_a_clear_error(tmp_path: Path):
     small = _trained_like("baseline", 2, enc_features=(8, 16), dec_features=(16, 16, 8))
     path = save_checkpoint(tmp_path / "small.pt", small)
