@@ -52,7 +52,9 @@ import torch
 from torch.utils.data import Dataset
 
 from DeepRegAblationLib import geometry
-from DeepRegAblationLib.imageio import ImageData, intensity_window, normalize_intensity, read_image
+from DeepRegAblationLib.imageio import (
+    ImageData, ImageFileNotFoundError, ImageReadError, intensity_window, normalize_intensity, read_image, validate_image,
+)
 
 from .augment import Augment, seed_from, seeded_generator
 
@@ -65,6 +67,7 @@ OASIS_LAYOUT = {
     3: {"image": "aligned_norm.nii.gz", "labels": {"seg4": "aligned_seg4.nii.gz", "seg35": "aligned_seg35.nii.gz"}},
 }
 PAIR_MODES = ("scan_to_scan", "atlas_to_scan", "scan_to_atlas")
+GRID_CENTERS = ("image", "com")
 SPLIT_FORMAT = "deepreg-ablation/split-1"
 PAIRS_FORMAT = "deepreg-ablation/pairs-1"
 MNI_TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -77,25 +80,34 @@ SEG4_T1_INTENSITY = (0.0, 0.55, 0.65, 1.0, 0.25)
 # --------------------------------------------------------------------------- subjects
 @dataclass
 class Subject:
-    """One scan: an intensity image and optionally its label map (same grid)."""
+    """One scan: an intensity image and optionally its label map (same grid).
+
+    ``dataset`` names the collection the scan comes from (``"lpba40"`` ...): a label set belongs
+    to its dataset, so label losses and metrics only compare scans of the same dataset.
+    """
 
     id: str
     image: Path
     labels: Optional[Path] = None
+    dataset: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.id = str(self.id)
         self.image = Path(self.image)
         self.labels = None if self.labels in (None, "") else Path(self.labels)
+        self.dataset = None if self.dataset in (None, "") else str(self.dataset)
 
     def to_dict(self) -> Dict[str, Optional[str]]:
-        return {"id": self.id, "image": str(self.image), "labels": None if self.labels is None else str(self.labels)}
+        d = {"id": self.id, "image": str(self.image), "labels": None if self.labels is None else str(self.labels)}
+        if self.dataset is not None:
+            d["dataset"] = self.dataset
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Subject":
         if not isinstance(d, Mapping) or "id" not in d or "image" not in d:
             raise ValueError(f"a subject entry needs 'id' and 'image', got {d!r}")
-        return cls(d["id"], d["image"], d.get("labels"))
+        return cls(d["id"], d["image"], d.get("labels"), d.get("dataset"))
 
 
 def _strip_extension(name: str) -> str:
@@ -265,7 +277,88 @@ def find_generic_subjects(csv_or_folder: PathLike) -> List[Subject]:
     return subjects
 
 
+# --------------------------------------------------------------------------- public 3D brain datasets
+# kind -> (image file suffix, label file suffix): ``<stem><image suffix>`` with ``<stem><label suffix>``
+DATASET_LAYOUTS: Dict[str, Tuple[str, str]] = {
+    "miccai2012": ("_SS.nii.gz", "_glm.nii.gz"),  # MICCAI 2012 multi-atlas (OASIS brains, ~139 labels)
+    "lpba40": (".delineation.skullstripped.nii.gz", ".delineation.structure.label.nii.gz"),  # 56 labels
+    "ibsr18": (".nii.gz", "_seg.nii.gz"),  # heads with skull, tissue labels for 15 of 18
+    "ixi": ("_ds.nii.gz", "_ds_DLMUSE.nii.gz"),  # IXI heads at 2 mm with DLMUSE labels
+}
+# sub-folder names of each dataset in ``../shared/data`` (for ``brains3d:DIR``)
+DATASET_FOLDERS = {"miccai2012": "miccai2012-oasis", "lpba40": "lpba40", "ibsr18": "ibsr18", "ixi": "ixi-t1-2mm"}
+
+
+def find_dataset_subjects(kind: str, folder: PathLike) -> List[Subject]:
+    """The scans of one public 3D brain dataset in its own file layout (:data:`DATASET_LAYOUTS`).
+
+    Ids are ``<kind>-<stem>`` (e.g. ``lpba40-S01``) and every subject carries ``dataset=kind``.
+    A subject without a label map is kept (image similarity only). ``ValueError`` naming the
+    folder when it holds no scan of that layout.
+    """
+    if kind not in DATASET_LAYOUTS:
+        raise ValueError(f"dataset kind must be one of {sorted(DATASET_LAYOUTS)}, got {kind!r}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{kind} folder not found: {folder}")
+    image_suffix, label_suffix = DATASET_LAYOUTS[kind]
+    subjects = []
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if not path.is_file() or not name.endswith(image_suffix) or name.endswith(label_suffix):
+            continue
+        stem = name[: -len(image_suffix)]
+        labels = folder / (stem + label_suffix)
+        subjects.append(Subject(f"{kind}-{stem}", path, labels if labels.is_file() else None, kind))
+    if not subjects:
+        raise ValueError(f"no {kind} scans (*{image_suffix}) found in {folder}")
+    return subjects
+
+
 # --------------------------------------------------------------------------- splits and pairs
+def split_by_dataset(
+    subjects: Sequence[Subject], n_val: Mapping[str, int], seed: int = 0
+) -> Tuple[List[Subject], List[Subject]]:
+    """Hold ``n_val[dataset]`` labelled subjects of each dataset out for validation (seeded choice).
+
+    Only subjects with a label map are eligible for validation (their numbers are Dice). A
+    dataset missing from ``n_val`` keeps every subject for training.
+    """
+    train: List[Subject] = []
+    val: List[Subject] = []
+    groups: Dict[Optional[str], List[Subject]] = {}
+    for subject in subjects:
+        groups.setdefault(subject.dataset, []).append(subject)
+    for k, (name, members) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        want = int(n_val.get(name, 0)) if name is not None else 0
+        labelled = [s for s in members if s.labels is not None]
+        if want > len(labelled) or (want and want >= len(members) - 1):
+            raise ValueError(
+                f"dataset {name}: {want} validation subjects requested but it has {len(labelled)} labelled of "
+                f"{len(members)} (at least 2 must stay for training)"
+            )
+        order = np.random.default_rng(seed_from(seed, 11, k)).permutation(len(labelled))
+        held = {labelled[i].id for i in order[:want]}
+        val += [s for s in members if s.id in held]
+        train += [s for s in members if s.id not in held]
+    return train, val
+
+
+def dataset_cycle_pairs(subjects: Sequence[Subject]) -> List[Tuple[str, str]]:
+    """Validation pairs within each dataset: ``(s[i], s[i + 1])`` and ``(s[-1], s[0])`` (one pair for two subjects)."""
+    groups: Dict[Optional[str], List[str]] = {}
+    for subject in subjects:
+        groups.setdefault(subject.dataset, []).append(subject.id)
+    pairs: List[Tuple[str, str]] = []
+    for name in sorted(groups, key=str):
+        ids = sorted(groups[name])
+        if len(ids) == 2:
+            pairs.append((ids[0], ids[1]))
+        elif len(ids) > 2:
+            pairs += [(ids[i], ids[(i + 1) % len(ids)]) for i in range(len(ids))]
+    return pairs
+
+
 def split_subjects(
     subjects: Sequence[Subject], val_fraction: float = 0.2, seed: int = 0
 ) -> Tuple[List[Subject], List[Subject]]:
@@ -441,32 +534,74 @@ def render_label_image(labels: np.ndarray, num_labels: Optional[int] = None) -> 
 
 
 def read_volume(path: PathLike, role: str = "image") -> ImageData:
-    """Read one file as an :class:`ImageData` (``(K, J, I)``, RAS).
+    """Read one file as an :class:`ImageData` (``(K, J, I)``, RAS), checked completely.
 
     NIfTI / NRRD / MHA through ``imageio.read_image``; ``.npy`` arrays are taken in tensor axis
     order with 1 mm voxels and an identity IJK->RAS; ``*onehot.npy`` files give the label map
-    (``role="labels"``) or :func:`render_label_image` (``role="image"``). A corrupt or
-    unreadable file raises ``ValueError`` naming it.
+    (``role="labels"``) or :func:`render_label_image` (``role="image"``). ``role`` names the
+    file in messages; ``"labels"`` must hold integers >= 0, any other role an image with some
+    contrast. Every problem raises ``imageio.ImageReadError`` (a ``ValueError``) naming the file.
     """
     path = Path(path)
+    kind = "labels" if role == "labels" else "image"
+    if not path.name.lower().endswith(".npy"):
+        try:
+            return read_image(path, name=role, kind=kind)
+        except ValueError:
+            raise
+        except Exception as exc:  # anything else a corrupt file makes SimpleITK / numpy raise
+            raise ImageReadError(f"cannot read {role} {path}: {type(exc).__name__}: {exc}") from None
     if not path.is_file():
-        raise FileNotFoundError(f"{role} file not found: {path}")
-    if path.name.lower().endswith(".npy"):
+        raise ImageFileNotFoundError(f"{role} file not found: {path}")
+    try:
         array = _read_npy(path, role)
         if _is_one_hot_file(path):
             labels = one_hot_to_labels(array, f"{role} {path}")
             array = labels if role == "labels" else render_label_image(labels, int(np.asarray(array).shape[0]))
-        if array.ndim == 2:
-            array = array[None]
-        if array.ndim != 3 or array.size == 0 or array.dtype.kind not in "biuf":
-            raise ValueError(f"{role} {path} must hold a real 2D or 3D array, got shape {array.shape} dtype {array.dtype}")
-        return ImageData(np.ascontiguousarray(array), np.eye(4), _strip_extension(path.name))
-    try:
-        return read_image(path, name=role)
-    except (ValueError, FileNotFoundError):
-        raise
-    except Exception as exc:  # anything a corrupt file makes SimpleITK / numpy raise
-        raise ValueError(f"cannot read {role} {path}: {exc}") from None
+    except ValueError as exc:
+        raise ImageReadError(str(exc)) from None
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.size == 0 or array.dtype.kind not in "biuf":
+        raise ImageReadError(f"{role} {path} must hold a real 2D or 3D array, got shape {array.shape} dtype {array.dtype}")
+    return validate_image(ImageData(np.ascontiguousarray(array), np.eye(4), _strip_extension(path.name)), f"{role} {path}", kind)
+
+
+def check_subject_files(subjects: Sequence[Subject], where: str, threads: Optional[int] = None) -> None:
+    """Read every image and label file of ``subjects`` and list EVERY one that cannot be used.
+
+    Each file goes through :func:`read_volume` (the whole file is read and checked); a label map
+    must also have its image's shape. Raises ONE ``imageio.ImageReadError`` naming ``where`` and
+    every bad file with its problem, so that training or evaluation stops before its first step
+    with the whole list instead of at the first bad file hours later. Reads on ``threads``
+    threads (default: up to 8).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problems(subject: Subject) -> List[str]:
+        found, read = [], {}
+        for role, path in (("image", subject.image), ("labels", subject.labels)):
+            if path is None:
+                continue
+            try:
+                read[role] = read_volume(path, role)
+            except ValueError as exc:  # ImageReadError
+                found.append(str(exc))
+        if len(read) == 2 and read["labels"].shape != read["image"].shape:
+            found.append(
+                f"labels {subject.labels} have shape {read['labels'].shape} but their image {subject.image} has "
+                f"{read['image'].shape} (subject {subject.id})"
+            )
+        return found
+
+    subjects = list(subjects)
+    with ThreadPoolExecutor(max_workers=max(1, int(threads or min(8, os.cpu_count() or 1)))) as pool:
+        found = [problem for listed in pool.map(problems, subjects) for problem in listed]
+    if found:
+        raise ImageReadError(
+            f"{where}: {len(found)} problem(s) in the files of its {len(subjects)} subject(s), checked before the "
+            f"first step: " + "; ".join(found)
+        )
 
 
 def reorient_to_ras(image: ImageData) -> ImageData:
@@ -498,6 +633,10 @@ class Preprocess:
         ndim: 2 or 3; ``None`` decides per image (a single-slice ``(1, J, I)`` image is 2D).
         reorient: reorient 3D volumes to RAS first (2D single-slice images keep their axes).
         percentiles: ``(low, high)`` of the normalisation window.
+        center: ``"image"``: the grid is centred on the image's field of view; ``"com"`` (3D):
+            on its intensity centre of mass, so that any two training images are aligned by
+            their centres of mass, as ``inference.register`` aligns them (``initial_alignment``
+            ``"com"``, grid centred on the fixed image's centre of mass) for such a model.
 
     The grid is ``geometry.model_grid_for`` (centred on the image, its axes), the resampling
     ``geometry.resample_to_grid`` (linear for images, nearest for labels, 0 outside): when the
@@ -513,7 +652,11 @@ class Preprocess:
         ndim: Optional[int] = None,
         reorient: bool = True,
         percentiles: Tuple[float, float] = (1.0, 99.0),
+        center: str = "image",
     ):
+        if center not in GRID_CENTERS:
+            raise ValueError(f"center must be one of {list(GRID_CENTERS)}, got {center!r}")
+        self.center = center
         if ndim not in (None, 2, 3):
             raise ValueError(f"ndim must be 2, 3 or None, got {ndim!r}")
         if int(divisor) < 1:
@@ -550,7 +693,7 @@ class Preprocess:
     def __repr__(self) -> str:
         return (
             f"Preprocess(spacing_mm={self.spacing_mm}, shape={self.shape}, divisor={self.divisor}, "
-            f"normalize={self.normalize}, ndim={self.ndim}, reorient={self.reorient})"
+            f"normalize={self.normalize}, ndim={self.ndim}, reorient={self.reorient}, center={self.center!r})"
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -562,6 +705,7 @@ class Preprocess:
             "ndim": self.ndim,
             "reorient": self.reorient,
             "percentiles": list(self.percentiles),
+            "center": self.center,
         }
 
     @classmethod
@@ -583,6 +727,8 @@ class Preprocess:
             ),
             "orientation": "RAS" if self.reorient else "native",
             "divisor": self.divisor,
+            "center": self.center,
+            "initial_alignment": "com" if self.center == "com" else "none",
         }
 
     def _image_ndim(self, image: ImageData, where: str) -> int:
@@ -631,7 +777,10 @@ class Preprocess:
             spacing = spacing * ndim
         spec = {"spacing_mm": spacing, "shape": self.shape}
         spacing, shape = model_grid_spec(image, ndim, self.divisor, spec)
-        grid, grid_shape = geometry.model_grid_for(image, spacing, shape)
+        centre = None
+        if self.center == "com" and ndim == 3:
+            centre = geometry.center_of_mass_ras(array if self.normalize else normalize_intensity(array), image.ijk_to_ras)
+        grid, grid_shape = geometry.model_grid_for(image, spacing, shape, center_ras=centre)
         out_image = geometry.resample_to_grid(array, image.ijk_to_ras, grid, grid_shape, mode="linear")
         out_labels = None
         if labels is not None:
@@ -682,6 +831,7 @@ class _SubjectStore:
         if subject is None:
             raise ValueError(f"unknown subject id {sid!r}")
         sample = _loaded_to_sample(self.preprocess.load(subject))
+        sample["dataset"] = subject.dataset
         if self.cache:
             self._memory[sid] = sample
         return sample
@@ -700,8 +850,44 @@ def _pad_to(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, pads) if any(pads) else tensor
 
 
-def make_pair_item(moving: Dict[str, Any], fixed: Dict[str, Any], pair_id: str) -> Dict[str, Any]:
-    """Assemble a dataset item from two preprocessed samples (padded to a common shape if needed)."""
+def compact_label_pair(
+    a: torch.Tensor, b: torch.Tensor, max_labels: Optional[int] = None, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Renumber two label maps jointly to ``0 .. L-1`` (0 stays background).
+
+    Dice per label does not change; a one-hot of the pair then has ``L`` channels, the labels
+    present, instead of ``max label + 1`` (e.g. 140 instead of 208 for the MICCAI labels).
+    With ``max_labels``, only that many structures (drawn with ``generator``) keep their own
+    number and the others join the background: the Dice loss of a training step then costs a
+    ``max_labels + 1`` channel one-hot (the segmentation guidance's main cost), and over many
+    steps every structure is drawn.
+    """
+    values, inverse = torch.unique(torch.cat([a.reshape(-1), b.reshape(-1)]), return_inverse=True)
+    if int(values[0]) != 0:  # keep 0 as background so that label 1.. are structures
+        inverse = inverse + 1
+    structures = len(values) - 1 if int(values[0]) == 0 else len(values)
+    if max_labels is not None and structures > int(max_labels):
+        keep = torch.randperm(structures, generator=generator)[: int(max_labels)] + 1
+        lookup = torch.zeros(structures + 1, dtype=inverse.dtype)
+        lookup[keep] = torch.arange(1, int(max_labels) + 1, dtype=inverse.dtype)
+        inverse = lookup[inverse]
+    return inverse[: a.numel()].reshape(a.shape), inverse[a.numel():].reshape(b.shape)
+
+
+def make_pair_item(
+    moving: Dict[str, Any],
+    fixed: Dict[str, Any],
+    pair_id: str,
+    compact_labels: bool = False,
+    max_labels: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Dict[str, Any]:
+    """Assemble a dataset item from two preprocessed samples (padded to a common shape if needed).
+
+    Label maps are included only when both samples have one and they come from the same
+    dataset (``sample["dataset"]``): a label set belongs to its dataset. ``compact_labels``
+    renumbers them jointly (:func:`compact_label_pair`, with ``max_labels`` and ``generator``).
+    """
     shape_m, shape_f = tuple(moving["image"].shape[1:]), tuple(fixed["image"].shape[1:])
     if len(shape_m) != len(shape_f):
         raise ValueError(f"pair {pair_id}: a {len(shape_m)}D and a {len(shape_f)}D image cannot be paired")
@@ -712,15 +898,18 @@ def make_pair_item(moving: Dict[str, Any], fixed: Dict[str, Any], pair_id: str) 
         "spacing_mm": torch.tensor(fixed["spacing_mm"], dtype=torch.float32),
         "pair_id": pair_id,
     }
-    if moving.get("labels") is not None and fixed.get("labels") is not None:
-        item["moving_labels"] = _pad_to(moving["labels"], common)
-        item["fixed_labels"] = _pad_to(fixed["labels"], common)
+    same_dataset = moving.get("dataset") == fixed.get("dataset")
+    if moving.get("labels") is not None and fixed.get("labels") is not None and same_dataset:
+        moving_labels, fixed_labels = _pad_to(moving["labels"], common), _pad_to(fixed["labels"], common)
+        if compact_labels:
+            moving_labels, fixed_labels = compact_label_pair(moving_labels, fixed_labels, max_labels, generator)
+        item["moving_labels"], item["fixed_labels"] = moving_labels, fixed_labels
     return item
 
 
 def _augment_sample(sample: Dict[str, Any], augment: Augment, generator: torch.Generator) -> Dict[str, Any]:
     out = augment(sample["image"], sample["labels"], sample["spacing_mm"], generator)
-    return {"image": out["image"], "labels": out.get("labels"), "spacing_mm": sample["spacing_mm"]}
+    return {"image": out["image"], "labels": out.get("labels"), "spacing_mm": sample["spacing_mm"], "dataset": sample.get("dataset")}
 
 
 class PairDataset(Dataset):
@@ -737,6 +926,13 @@ class PairDataset(Dataset):
         pairs_per_epoch: ``len(self)`` (default: the number of subjects).
         seed: base seed.
         cache: keep preprocessed subjects in memory (default: for 2D only).
+        dataset_weights: scan-to-scan pairs drawn within datasets (``Subject.dataset``): item
+            ``i`` picks a dataset with these relative weights, then two different subjects of it
+            (label maps are compacted per pair). ``None``: the plain scheme below.
+        cross_dataset: with ``dataset_weights``, the probability that the partner comes from any
+            dataset instead (such pairs carry no labels: image similarity only).
+        max_labels: with ``dataset_weights``, the structures kept per pair for the Dice loss
+            (:func:`compact_label_pair`; ``None``: all).
 
     In each epoch the subjects are visited in a seeded permutation (index ``i`` -> subject
     ``perm[i % n]``); in scan-to-scan mode the partner is another random subject.
@@ -752,8 +948,12 @@ class PairDataset(Dataset):
         pairs_per_epoch: Optional[int] = None,
         seed: int = 0,
         cache: Optional[bool] = None,
+        dataset_weights: Optional[Mapping[str, float]] = None,
+        cross_dataset: float = 0.0,
+        max_labels: Optional[int] = None,
     ):
         subjects = list(subjects)
+        self.max_labels = max_labels
         if mode not in PAIR_MODES:
             raise ValueError(f"mode must be one of {list(PAIR_MODES)}, got {mode!r}")
         if not subjects:
@@ -775,6 +975,25 @@ class PairDataset(Dataset):
         store_subjects = subjects + ([atlas] if atlas is not None else [])
         self.store = _SubjectStore(store_subjects, preprocess, _default_cache(preprocess, cache))
         self._perm = self._permutation(0)
+        self.cross_dataset = float(cross_dataset)
+        self.groups: Dict[str, List[str]] = {}
+        self.group_weights: Optional[np.ndarray] = None
+        if dataset_weights is not None:
+            if mode != "scan_to_scan":
+                raise ValueError("dataset_weights needs scan_to_scan pairs")
+            for subject in subjects:
+                self.groups.setdefault(str(subject.dataset), []).append(subject.id)
+            unknown = sorted(set(dataset_weights) - set(self.groups))
+            small = sorted(g for g in dataset_weights if g in self.groups and len(self.groups[g]) < 2)
+            if unknown or small:
+                raise ValueError(
+                    f"dataset_weights name datasets without 2 training subjects: {unknown + small} "
+                    f"(training subjects per dataset: { {g: len(v) for g, v in self.groups.items()} })"
+                )
+            weights = np.array([max(0.0, float(dataset_weights.get(g, 0.0))) for g in sorted(self.groups)])
+            if not weights.sum() > 0:
+                raise ValueError(f"dataset_weights must have a positive weight, got {dict(dataset_weights)}")
+            self.group_weights = weights / weights.sum()
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng(seed_from(self.seed, epoch, 1)).permutation(len(self.subjects))
@@ -789,6 +1008,15 @@ class PairDataset(Dataset):
 
     def pair_ids(self, index: int) -> Tuple[str, str]:
         """``(moving_id, fixed_id)`` of item ``index`` in the current epoch."""
+        if self.group_weights is not None:
+            rng = np.random.default_rng(seed_from(self.seed, self.epoch, index, 5))
+            names = sorted(self.groups)
+            members = self.groups[names[int(rng.choice(len(names), p=self.group_weights))]]
+            moving_id = members[int(rng.integers(len(members)))]
+            if rng.random() < self.cross_dataset:
+                members = [s.id for s in self.subjects]
+            others = [m for m in members if m != moving_id]
+            return moving_id, others[int(rng.integers(len(others)))]
         n = len(self.subjects)
         subject = self.subjects[int(self._perm[index % n])]
         if self.mode == "atlas_to_scan":
@@ -810,7 +1038,11 @@ class PairDataset(Dataset):
             generator = seeded_generator(self.seed, self.epoch, int(index), 3)
             moving = _augment_sample(moving, self.augment, generator)
             fixed = _augment_sample(fixed, self.augment, generator)
-        return make_pair_item(moving, fixed, f"{moving_id}->{fixed_id}")
+        grouped = self.group_weights is not None
+        return make_pair_item(
+            moving, fixed, f"{moving_id}->{fixed_id}", compact_labels=grouped,
+            max_labels=self.max_labels if grouped else None, generator=seeded_generator(self.seed, self.epoch, int(index), 6),
+        )
 
 
 class FixedPairDataset(Dataset):
@@ -1006,7 +1238,32 @@ def find_mni_ixi_subjects(heads: PathLike) -> List[Subject]:
 
 
 # --------------------------------------------------------------------------- data specs
-DATA_KINDS = ("oasis2d", "oasis3d", "seed", "list", "mni-synthetic", "mni-ixi")
+BRAIN_KINDS = tuple(DATASET_LAYOUTS) + ("mix", "brains3d")
+DATA_KINDS = ("oasis2d", "oasis3d", "seed", "list", "mni-synthetic", "mni-ixi") + BRAIN_KINDS
+# defaults of the 3D brain datasets: 4 mm grids over a 192 x 256 x 192 mm (S, A, R) field of
+# view centred on each brain's centre of mass; validation subjects held out per dataset
+BRAIN_SPACING_MM = 4.0
+BRAIN_FIELD_OF_VIEW_MM = (192.0, 256.0, 192.0)
+BRAIN_VAL_SUBJECTS = {"miccai2012": 5, "lpba40": 5, "ibsr18": 5, "ixi": 2}
+BRAIN_WEIGHTS = {"miccai2012": 1.0, "lpba40": 1.0, "ibsr18": 1.0, "ixi": 0.5}
+BRAIN_MAX_LABELS = 16  # structures per training pair in the Dice loss (see compact_label_pair)
+
+
+def _parse_dataset_part(text: str) -> Dict[str, Any]:
+    kind, _, rest = text.partition(":")
+    kind = kind.strip().lower()
+    path, _, weight = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if kind not in DATASET_LAYOUTS or not path.strip():
+        raise ValueError(
+            f"each part of a mixed --data must be <dataset>:DIR[@WEIGHT] with dataset one of {sorted(DATASET_LAYOUTS)}, got {text!r}"
+        )
+    try:
+        w = float(weight) if weight else 1.0
+    except ValueError:
+        raise ValueError(f"--data {text!r}: the weight after '@' must be a number, got {weight!r}") from None
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"--data {text!r}: the weight must be >= 0, got {w}")
+    return {"kind": kind, "path": path.strip(), "weight": w}
 
 
 def parse_data_argument(text: str) -> Dict[str, Any]:
@@ -1014,15 +1271,26 @@ def parse_data_argument(text: str) -> Dict[str, Any]:
 
     ``oasis2d:/path`` | ``oasis3d:/path`` | ``seed:/paths.txt,/template_seg4_onehot.npy`` |
     ``list:/path.csv`` (or a folder) | ``mni-synthetic`` | ``mni-ixi:/folder`` (the MNI152 template
-    plus the heads of a folder, see :func:`find_mni_ixi_subjects`).
+    plus the heads of a folder, see :func:`find_mni_ixi_subjects`) | one public 3D brain dataset
+    in its own layout, ``miccai2012:DIR``, ``lpba40:DIR``, ``ibsr18:DIR``, ``ixi:DIR``
+    (:func:`find_dataset_subjects`) | several of them mixed with sampling weights,
+    ``miccai2012:DIR@2+lpba40:DIR@1+ibsr18:DIR`` | ``brains3d:DIR``: all four under one folder
+    (``DIR/miccai2012-oasis``, ``DIR/lpba40``, ``DIR/ibsr18``, ``DIR/ixi-t1-2mm``, as in
+    ``../shared/data``) with the weights :data:`BRAIN_WEIGHTS`.
     """
     text = str(text).strip()
+    if "+" in text:
+        return {"kind": "mix", "parts": [_parse_dataset_part(part) for part in text.split("+") if part.strip()]}
     kind, _, rest = text.partition(":")
     kind = kind.strip().lower()
     if kind not in DATA_KINDS:
         raise ValueError(f"--data must start with one of {list(DATA_KINDS)} (e.g. oasis2d:/path), got {text!r}")
     if kind == "mni-synthetic":
         return {"kind": kind}
+    if kind == "mix":
+        raise ValueError("--data: a mix is written <dataset>:DIR[@W]+<dataset>:DIR[@W]..., e.g. lpba40:/a+ibsr18:/b@0.5")
+    if kind in DATASET_LAYOUTS:
+        return {"kind": "mix", "parts": [_parse_dataset_part(text)]}
     if not rest:
         raise ValueError(f"--data {kind}: needs a path, e.g. {kind}:/path/to/data")
     if kind == "seed":
@@ -1060,7 +1328,7 @@ def _subjects_for(spec: Mapping[str, Any], ndim: int) -> Tuple[List[Subject], Op
 
 def data_ndim(spec: Mapping[str, Any], ndim: Optional[int] = None) -> int:
     """The dimension a data spec implies (``oasis2d`` -> 2, ``oasis3d``/``mni-ixi`` -> 3, else ``ndim`` or 3)."""
-    implied = {"oasis2d": 2, "oasis3d": 3, "mni-ixi": 3}.get(spec.get("kind"))
+    implied = {"oasis2d": 2, "oasis3d": 3, "mni-ixi": 3, "mix": 3, "brains3d": 3}.get(spec.get("kind"))
     if implied is not None:
         if ndim is not None and int(ndim) != implied:
             raise ValueError(f"data kind {spec['kind']} is {implied}D but ndim {ndim} was requested")
@@ -1097,6 +1365,8 @@ def build_data(
     kind = spec.get("kind")
     if kind not in DATA_KINDS:
         raise ValueError(f"data kind must be one of {list(DATA_KINDS)}, got {kind!r}")
+    if kind in BRAIN_KINDS:
+        return _build_brain_data(spec, seed, pairs_per_epoch, out_dir, divisor)
     ndim = data_ndim(spec, ndim)
     spacing = spec.get("spacing_mm")
     if spacing is None and kind in ("mni-synthetic", "mni-ixi") and ndim == 3:
@@ -1121,6 +1391,7 @@ def build_data(
     max_subjects = spec.get("max_subjects")
     if max_subjects:
         subjects = subjects[: int(max_subjects)]
+    check_subject_files(subjects + ([atlas] if atlas is not None else []), f"data {kind}:{spec.get('path', '')}")
     mode = spec.get("mode") or ("scan_to_atlas" if kind == "seed" else "scan_to_scan")
     if mode != "scan_to_scan" and atlas is None:
         atlas_id = spec.get("atlas")
@@ -1170,6 +1441,87 @@ def build_data(
         save_split(Path(out_dir) / "split.json", train_subjects, val_subjects, atlas=split["atlas"], mode=mode)
         save_pairs(Path(out_dir) / "val_pairs.json", pairs)
     return DataBundle(train, val, preprocess, ndim, split)
+
+
+def brain_parts(spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The ``{"kind", "path", "weight"}`` parts of a 3D brain data spec (``brains3d`` expanded)."""
+    kind = spec.get("kind")
+    if kind == "brains3d":
+        root = Path(spec["path"])
+        return [{"kind": k, "path": str(root / folder), "weight": BRAIN_WEIGHTS[k]} for k, folder in DATASET_FOLDERS.items()]
+    if kind in DATASET_LAYOUTS:
+        return [{"kind": kind, "path": spec["path"], "weight": float(spec.get("weight", 1.0))}]
+    parts = spec.get("parts")
+    if kind != "mix" or not parts:
+        raise ValueError(f"not a 3D brain data spec (miccai2012/lpba40/ibsr18/ixi, mix or brains3d): {dict(spec)}")
+    return [dict(part) for part in parts]
+
+
+def brain_grid_shape(spacing_mm: float, divisor: int = 16) -> List[int]:
+    """Model grid ``(D, H, W)`` covering :data:`BRAIN_FIELD_OF_VIEW_MM` at ``spacing_mm``, rounded up to ``divisor``."""
+    return [int(-(-int(math.ceil(fov / spacing_mm - 1e-6)) // divisor) * divisor) for fov in BRAIN_FIELD_OF_VIEW_MM]
+
+
+def _build_brain_data(
+    spec: Dict[str, Any], seed: int, pairs_per_epoch: Optional[int], out_dir: Optional[PathLike], divisor: int
+) -> DataBundle:
+    """:func:`build_data` for the 3D brain datasets (one, a weighted mix, or ``brains3d``).
+
+    Defaults: 4 mm grids of :func:`brain_grid_shape` centred on each brain's centre of mass
+    (``Preprocess(center="com")``), subjects kept in memory, scan-to-scan pairs within a
+    dataset (``PairDataset(dataset_weights=...)``), validation subjects per dataset
+    (:func:`split_by_dataset`, ``val_per_dataset`` overrides :data:`BRAIN_VAL_SUBJECTS`) and
+    their cycle pairs within each dataset (:func:`dataset_cycle_pairs`).
+    """
+    parts = brain_parts(spec)
+    subjects: List[Subject] = []
+    for part in parts:
+        subjects += find_dataset_subjects(part["kind"], part["path"])
+    _check_unique(subjects, "the 3D brain data spec")
+    spacing = spec.get("spacing_mm") or [BRAIN_SPACING_MM]
+    spacing = [float(x) for x in (spacing if isinstance(spacing, (list, tuple)) else [spacing])]
+    shape = spec.get("shape") or brain_grid_shape(min(spacing), divisor)
+    preprocess = Preprocess(spacing_mm=spacing, shape=shape, divisor=divisor, ndim=3, center=spec.get("center", "com"))
+    aug_spec = spec.get("augment", {})
+    augment = Augment(**aug_spec) if isinstance(aug_spec, Mapping) else (Augment() if aug_spec else None)
+    split_file = spec.get("split")
+    if split_file and Path(split_file).is_file():
+        train_subjects, val_subjects = load_split(split_file, subjects)
+    else:
+        n_val = dict(BRAIN_VAL_SUBJECTS)
+        n_val.update(spec.get("val_per_dataset") or {})
+        train_subjects, val_subjects = split_by_dataset(subjects, n_val, seed)
+        if split_file:  # ids only: the files are found again from the data spec on any machine
+            _write_json(split_file, {
+                "format": SPLIT_FORMAT, "train": [s.id for s in train_subjects], "val": [s.id for s in val_subjects],
+                "mode": "scan_to_scan", "seed": int(seed), "val_per_dataset": n_val,
+            })
+    pairs = dataset_cycle_pairs(val_subjects)
+    max_pairs = spec.get("val_pairs")
+    if max_pairs is not None:
+        pairs = pairs[: int(max_pairs)]
+    weights = {p["kind"]: float(p["weight"]) for p in parts}
+    trainable = {s.dataset for s in train_subjects}
+    weights = {k: w for k, w in weights.items() if k in trainable and sum(t.dataset == k for t in train_subjects) >= 2}
+    cache = spec.get("cache", True)
+    train = PairDataset(
+        train_subjects, preprocess, "scan_to_scan", None, augment, pairs_per_epoch, seed, cache,
+        dataset_weights=weights, cross_dataset=float(spec.get("cross_dataset", 0.0)),
+        max_labels=spec.get("max_labels", BRAIN_MAX_LABELS),
+    )
+    val = FixedPairDataset(val_subjects, pairs, preprocess, cache) if pairs else None
+    split: Dict[str, Any] = {
+        "kind": spec["kind"],
+        "train": [s.to_dict() for s in train_subjects],
+        "val": [s.to_dict() for s in val_subjects],
+        "atlas": None,
+        "mode": "scan_to_scan",
+        "val_pairs": [[m, f] for m, f in pairs],
+    }
+    if out_dir is not None:
+        save_split(Path(out_dir) / "split.json", train_subjects, val_subjects, atlas=None, mode="scan_to_scan")
+        save_pairs(Path(out_dir) / "val_pairs.json", pairs)
+    return DataBundle(train, val, preprocess, 3, split)
 
 
 def validation_dataset_from_split(split: Mapping[str, Any], preprocess: Preprocess) -> FixedPairDataset:
