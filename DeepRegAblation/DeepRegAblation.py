@@ -996,25 +996,9 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         """
         from DeepRegAblationLib import choices
 
-        command = [self.pythonExecutable(), "-m", "DeepRegAblationTrainingLib.cli", "register",
-                   "--fixed", str(files["fixed"]), "--moving", str(files["moving"])]
-        if "fixed_labels" in files:
-            command += ["--fixed-labels", str(files["fixed_labels"])]
-        if "moving_labels" in files:
-            command += ["--moving-labels", str(files["moving_labels"])]
-        from DeepRegAblationLib.variants import VARIANTS
-
-        if list(variantIds) == list(VARIANTS):
-            command += ["--variant", "all"]
-        elif len(variantIds) == 1:
-            command += ["--variant", variantIds[0]]
-        else:
-            raise ValueError(f"the background registration runs one variant or all four, got {list(variantIds)}")
-        if model:
-            command += ["--model", str(model)]
-        command += ["--device", device, *choices.refine_cli_arguments(refine), "--init-align", initialAlignment,
-                    "--save-npz", "--out", str(outDir)]
-        return command
+        return [self.pythonExecutable(), "-m", "DeepRegAblationTrainingLib.cli"] + choices.register_arguments(
+            files, outDir, variantIds, model, device, refine, initialAlignment
+        )
 
     _PROGRESS_PATTERNS = (
         re.compile(r"^\s*progress\s*[:=]?\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<percent>%?)\s*[:\-]?\s*(?P<message>.*)$", re.I),

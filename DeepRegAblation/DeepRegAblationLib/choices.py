@@ -3,6 +3,7 @@
 - Refinement: ``off`` / ``recommended`` / ``thorough`` / ``custom`` (iterations per level) ->
   ``register(refine=0 | "recommended" | "thorough" | N)`` and the matching ``--refine`` arguments
   of the command line.
+- The background run's ``register`` command line (:func:`register_arguments`).
 - Initial alignment: ``auto`` / ``com`` / ``none``. ``auto`` translates the moving image's
   intensity centre of mass onto the fixed image's for 3D pairs whose centres lie more than
   :data:`COM_DISTANCE_MM` apart or that do not overlap in physical space (scans of different
@@ -11,12 +12,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Union
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import geometry
 from .imageio import ImageData, normalize_intensity
+from .variants import VARIANTS
 
 REFINE_CHOICES = ("off", "recommended", "thorough", "custom")
 ALIGNMENT_CHOICES = ("auto", "com", "none")
@@ -50,6 +53,32 @@ def refine_cli_arguments(refine: RefineArgument) -> List[str]:
     if isinstance(refine, str) or int(refine) < 0:
         raise ValueError(f"refine must be 'recommended', 'thorough' or a number of iterations >= 0, got {refine!r}")
     return ["--refine", str(int(refine))] if int(refine) > 0 else []
+
+
+def register_arguments(files: Dict[str, Path], out_dir: Path, variant_ids: Sequence[str], model: Optional[str],
+                       device: str, refine: RefineArgument = 0, initial_alignment: str = "none") -> List[str]:
+    """``register`` and its arguments for the panel's background run (the input files written by the
+    panel: ``files["fixed"]``, ``["moving"]``, optional ``["fixed_labels"]``, ``["moving_labels"]``).
+
+    ``variant_ids``: one variant or all four; ``initial_alignment``: "none" or "com" (an "auto"
+    choice is resolved first, with :func:`decide_initial_alignment`).
+    """
+    args = ["register", "--fixed", str(files["fixed"]), "--moving", str(files["moving"])]
+    for role in ("fixed_labels", "moving_labels"):
+        if role in files:
+            args += [f"--{role.replace('_', '-')}", str(files[role])]
+    if list(variant_ids) == list(VARIANTS):
+        args += ["--variant", "all"]
+    elif len(variant_ids) == 1:
+        args += ["--variant", variant_ids[0]]
+    else:
+        raise ValueError(f"the background registration runs one variant or all four, got {list(variant_ids)}")
+    if model:
+        args += ["--model", str(model)]
+    if initial_alignment not in ("com", "none"):
+        raise ValueError(f"initial_alignment must be 'com' or 'none' here, got {initial_alignment!r}")
+    return args + ["--device", device, *refine_cli_arguments(refine), "--init-align", initial_alignment,
+                   "--save-npz", "--out", str(out_dir)]
 
 
 @dataclass(frozen=True)

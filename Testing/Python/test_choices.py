@@ -85,3 +85,27 @@ def test_real_ixi_heads_of_different_subjects(ixi_dir):
         decision = choices.decide_initial_alignment(fixed, moving)
         assert choices.center_distance_mm(fixed, moving) == pytest.approx(distance, abs=1e-3)
         assert decision.initial_alignment == ("com" if distance > choices.COM_DISTANCE_MM else "none"), decision.reason
+
+
+@pytest.mark.parametrize("variants, refine, labels", [
+    (["baseline"], 0, False),
+    (["baseline", "regloss", "affine_basic", "affine_enhanced"], 25, True),
+])
+def test_background_command_is_understood_by_the_register_command(tmp_path, variants, refine, labels):
+    """What the panel's background run passes is what `deepreg-ablation register` parses."""
+    from DeepRegAblationTrainingLib import cli
+
+    files = {"fixed": tmp_path / "fixed.nrrd", "moving": tmp_path / "moving.nrrd"}
+    if labels:
+        files.update(fixed_labels=tmp_path / "fl.nrrd", moving_labels=tmp_path / "ml.nrrd")
+    args = choices.register_arguments(files, tmp_path / "out", variants, str(tmp_path / "models"), "cpu", refine, "com")
+    parsed = cli.build_parser(["register"]).parse_args(args)
+    assert parsed.command == "register" and parsed.fixed == files["fixed"] and parsed.moving == files["moving"]
+    assert parsed.fixed_labels == files.get("fixed_labels") and parsed.moving_labels == files.get("moving_labels")
+    assert parsed.variant == (variants[0] if len(variants) == 1 else "all")
+    assert str(parsed.model) == str(tmp_path / "models") and parsed.device == "cpu"
+    assert parsed.refine == refine and parsed.init_align == "com" and parsed.save_npz and parsed.out == tmp_path / "out"
+    with pytest.raises(ValueError, match="one variant or all four"):
+        choices.register_arguments(files, tmp_path, ["baseline", "regloss"], None, "cpu")
+    with pytest.raises(ValueError, match="initial_alignment"):
+        choices.register_arguments(files, tmp_path, ["baseline"], None, "cpu", 0, "auto")
