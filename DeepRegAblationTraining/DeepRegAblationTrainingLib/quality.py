@@ -299,7 +299,8 @@ def identity_register(
     """No registration: ``q(p) = p`` (the images' own physical alignment), same outputs as the others."""
     t_start = time.perf_counter()
     fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
-    fixed_labels, moving_labels = as_image(fixed_labels, "fixed_labels"), as_image(moving_labels, "moving_labels")
+    fixed_labels = as_image(fixed_labels, "fixed_labels", "labels")
+    moving_labels = as_image(moving_labels, "moving_labels", "labels")
     _check_inputs(fixed, moving, fixed_labels, moving_labels)
     return result_from_mapping("identity", fixed, moving, np.eye(4), np.zeros(tuple(fixed.shape) + (3,)),
                                fixed_labels, moving_labels, {}, t_start)
@@ -335,7 +336,8 @@ def classical_register(
         raise ValueError(f"transform must be 'deformable' or 'affine', got {transform!r}")
     t_start = time.perf_counter()
     fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
-    fixed_labels, moving_labels = as_image(fixed_labels, "fixed_labels"), as_image(moving_labels, "moving_labels")
+    fixed_labels = as_image(fixed_labels, "fixed_labels", "labels")
+    moving_labels = as_image(moving_labels, "moving_labels", "labels")
     _check_inputs(fixed, moving, fixed_labels, moving_labels)
     if method == "auto":
         method = "ants" if ants_available() else "sitk"
@@ -476,10 +478,15 @@ def quality_table(
     rows: List[Dict[str, Any]] = []
     report = progress or (lambda message: None)
     for fixed_subject, moving_subject in pairs:
-        fixed = read_image(fixed_subject.image)
-        moving = read_image(moving_subject.image)
-        fixed_labels = read_image(fixed_subject.labels) if getattr(fixed_subject, "labels", None) else None
-        moving_labels = read_image(moving_subject.labels) if getattr(moving_subject, "labels", None) else None
+        fixed = read_image(fixed_subject.image, "fixed image")
+        moving = read_image(moving_subject.image, "moving image")
+        fixed_labels, moving_labels = (
+            read_image(subject.labels, f"{role} labels", "labels") if getattr(subject, "labels", None) else None
+            for subject, role in ((fixed_subject, "fixed"), (moving_subject, "moving"))
+        )
+        for image, labels, subject in ((fixed, fixed_labels, fixed_subject), (moving, moving_labels, moving_subject)):
+            if labels is not None:  # a label map may have its own grid, but it must cover its image
+                geometry.check_overlap(image, labels, f"image {subject.image}", f"labels {subject.labels}")
         ids = (str(fixed_subject.id), str(moving_subject.id))
         for method in methods:
             if method == "identity":
