@@ -213,7 +213,7 @@ def read_image(path: PathLike, name: Optional[str] = None, kind: str = "image") 
     label = name or kind
     what = f"{label} {path}"
     _check_is_file(path, label)
-    if path.name.lower().endswith((".nii", ".nii.gz")) or _starts_with(path, _GZIP_MAGIC):
+    if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_file(path, what)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
