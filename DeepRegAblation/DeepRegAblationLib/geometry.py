@@ -621,7 +621,11 @@ def is_axis_aligned(ijk_to_ras: ArrayLike) -> bool:
 
 
 def model_grid_for(
-    fixed, spacing_mm: Sequence[float], shape: Sequence[int], orientation: Optional[str] = None
+    fixed,
+    spacing_mm: Sequence[float],
+    shape: Sequence[int],
+    orientation: Optional[str] = None,
+    center_ras: Optional[ArrayLike] = None,
 ) -> Tuple[np.ndarray, Tuple[int, int, int]]:
     """The grid a model runs on: its spacing and shape, centred on ``fixed``.
 
@@ -634,6 +638,8 @@ def model_grid_for(
             ``"RAS"`` (3D only; what a model trained on RAS-reoriented volumes expects, see the
             checkpoint's ``preprocessing["orientation"]``): axis-aligned with RAS, array axes
             ``(K, J, I) = (S, A, R)`` with ``i -> +R``, ``j -> +A``, ``k -> +S`` (identity direction).
+        center_ras: ``(3,)`` RAS mm point the grid is centred on instead of the fixed image's
+            centre (e.g. its intensity centre of mass, for models trained on grids centred so).
 
     Returns:
         ``(ijk_to_ras, shape_kji)``: the grid's ``(4, 4)`` matrix and its volume shape
@@ -669,14 +675,18 @@ def model_grid_for(
     model_shape = np.asarray(shape[::-1], dtype=np.float64)
     fixed_size = np.asarray(fixed_shape[::-1], dtype=np.float64)
     direction = direction_from_matrix(fixed_matrix)
+    centre_vox = (fixed_size - 1) / 2
+    if center_ras is not None:
+        centre_vox = np.array(ras_to_voxel(np.asarray(center_ras, dtype=np.float64).reshape(3), fixed_matrix), dtype=np.float64)
+        centre_vox[2] = (fixed_size[2] - 1) / 2 if fixed_shape[0] == 1 else centre_vox[2]  # a single slice stays put
     if orientation == "RAS" and not is_axis_aligned(fixed_matrix):
-        centre = voxel_to_ras((fixed_size - 1) / 2, fixed_matrix)
+        centre = voxel_to_ras(centre_vox, fixed_matrix)
         origin = centre - model_spacing * (model_shape - 1) / 2
         return matrix_from_geometry(model_spacing, np.eye(3), origin), (shape[0], shape[1], shape[2])
     if orientation == "RAS":
         direction = np.round(direction)  # the view of an axis-aligned image: the identity, exactly
     # first model voxel, in continuous fixed voxel indices, so that the centres coincide
-    start_vox = (fixed_size - 1) / 2 - (model_shape - 1) / 2 * model_spacing / fixed_spacing
+    start_vox = centre_vox - (model_shape - 1) / 2 * model_spacing / fixed_spacing
     same = np.isclose(model_spacing, fixed_spacing, rtol=1e-6, atol=0.0)
     start_vox = np.where(same, np.floor(start_vox + 1e-9), start_vox)
     origin = voxel_to_ras(start_vox, fixed_matrix)

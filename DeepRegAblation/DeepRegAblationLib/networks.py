@@ -10,9 +10,14 @@ displacements are ``(B, ndim, *spatial)`` in voxels (see ``fields``).
 - :class:`FlowHead`: one convolution to ``ndim`` channels, weights ``Normal(0, 1e-5)``, zero
   bias. Its output is the displacement (or velocity) in voxels as is: no tanh, no scaling,
   no cap, identical for every variant.
-- :class:`AffineStage`: stride-2 convolutions (``affine_features``), global average pooling,
-  a linear layer to ``ndim * ndim + ndim`` parameters, initialised to zero so that the stage
-  starts as exactly the identity.
+- :class:`KeypointAffineStage` (``affine_kind="keypoints"``, the default): a shared encoder
+  finds ``affine_keypoints`` keypoints in each image (spatial soft-argmax of heat maps) and
+  the affine is their least-squares fit, solved in closed form. Translation, rotation, scale
+  and shear follow the keypoints, so a shift of the image shifts the answer exactly.
+- :class:`AffineStage` (``affine_kind="regression"``, checkpoints made before the keypoint
+  stage): stride-2 convolutions, global average pooling, a linear layer to
+  ``ndim * ndim + ndim`` parameters, initialised to zero so that the stage starts as exactly
+  the identity.
 - :class:`RegistrationModel`: optional affine stage, then the U-Net on
   ``concat(affinely warped moving, fixed)``; total displacement
   ``compose(affine_disp_vox, deform_disp_vox)`` and one interpolation of the original moving
@@ -42,7 +47,12 @@ DEFAULT_ARCH: Dict[str, Any] = dict(
     diffeomorphic=False,
     int_steps=7,
     affine_features=(16, 32, 64, 64),
+    affine_kind="keypoints",
+    affine_keypoints=32,
 )
+AFFINE_KINDS = ("keypoints", "regression")
+KEYPOINT_STRIDES = 3  # stride-2 layers of the keypoint encoder (the rest keep the resolution)
+KEYPOINT_RIDGE = 1e-3  # ridge towards the identity, per keypoint, in half-extent units
 LEAKY_SLOPE = 0.2
 FLOW_INIT_STD = 1e-5
 IN_CHANNELS = 2  # concat(moving, fixed), one channel each
@@ -222,6 +232,86 @@ class AffineStage(nn.Module):
         return fields.centered_affine_matrix(linear, translation_vox, shape)
 
 
+class KeypointAffineStage(nn.Module):
+    """Affine from matched keypoints: ``(B, 2, *S)`` = ``cat(moving, fixed)`` -> ``matrix_vox`` ``(B, nd+1, nd+1)``.
+
+    One encoder (the same weights for both images: ``affine_features`` 3x3 convolutions, the
+    first :data:`KEYPOINT_STRIDES` with stride 2) ends in a 1x1 convolution to ``K`` heat maps;
+    a spatial softmax of each map gives one keypoint per map as the expected voxel position
+    (cell ``o`` of a stride-``s`` map stands for voxel ``s * o``). With fixed keypoints
+    ``q_k`` and moving keypoints ``p_k`` (voxels, in half-extent units about the grid
+    centre), the fixed -> moving affine ``A`` (``nd x (nd+1)``) is the ridge least-squares fit
+
+        ``A = (P Q^T + r K A0) (Q Q^T + r K I)^-1``,  ``Q = [q; 1]``, ``A0 = [I | 0]``,
+
+    which is ``A0`` exactly when the two images are the same, and well defined whatever the
+    keypoints (``r`` = :data:`KEYPOINT_RIDGE`). Gradients flow through the solve to the
+    heat maps. Keypoints move with the image content, so the stage can express any
+    translation, rotation, scale and shear, unlike a globally pooled regression.
+    """
+
+    def __init__(self, ndim: int, features: Sequence[int], keypoints: int):
+        super().__init__()
+        self.ndim = _check_ndim(ndim)
+        feats = _features(features, "affine_features")
+        keypoints = int(keypoints)
+        if keypoints < self.ndim + 1:
+            raise ValueError(f"affine_keypoints must be >= ndim + 1 = {self.ndim + 1}, got {keypoints}")
+        self.keypoints = keypoints
+        self.stride = 2 ** min(KEYPOINT_STRIDES, len(feats))
+        layers, prev = [], 1
+        for level, nf in enumerate(feats):
+            layers.append(ConvAct(ndim, prev, nf, stride=2 if level < KEYPOINT_STRIDES else 1))
+            prev = nf
+        self.features = nn.Sequential(*layers)
+        self.heatmaps = _CONV[ndim](prev, keypoints, kernel_size=1)
+
+    def keypoints_vox(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, *S)`` -> ``(B, K, ndim)`` keypoints in voxels of the input grid (tensor axis order)."""
+        logits = _conv(self.heatmaps, self.features(image))
+        batch, k, cells = logits.shape[0], logits.shape[1], logits.shape[2:]
+        weights = torch.softmax(logits.reshape(batch, k, -1).float(), dim=-1)
+        axes = [torch.arange(n, dtype=weights.dtype, device=weights.device) * self.stride for n in cells]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.ndim)
+        return weights @ grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = self.keypoints_vox(torch.cat([x[:, :1], x[:, 1:2]], dim=0))
+        moving_kp, fixed_kp = both.chunk(2, dim=0)
+        return affine_from_keypoints(moving_kp, fixed_kp, x.shape[2:], KEYPOINT_RIDGE * self.keypoints).to(x.dtype)
+
+
+def affine_from_keypoints(
+    moving_kp: torch.Tensor, fixed_kp: torch.Tensor, shape: Sequence[int], ridge: float = 0.0
+) -> torch.Tensor:
+    """Least-squares affine taking fixed keypoints onto moving ones, as a voxel matrix ``(B, nd+1, nd+1)``.
+
+    Args:
+        moving_kp, fixed_kp: ``(B, K, nd)`` matched keypoints in voxels (tensor axis order), ``K >= nd + 1``.
+        shape: the grid's spatial shape; the fit is done in half-extent units about its centre.
+        ridge: weight of the pull towards the identity (``0``: plain least squares).
+
+    Returns:
+        ``A`` with ``A @ [q; 1] ~= [p; 1]`` for fixed keypoint ``q`` and moving keypoint ``p``.
+    """
+    nd = len(shape)
+    centre = torch.tensor([(int(n) - 1) / 2.0 for n in shape], dtype=fixed_kp.dtype, device=fixed_kp.device)
+    half = torch.clamp(centre, min=0.5)
+    p = ((moving_kp - centre) / half).transpose(1, 2)  # (B, nd, K)
+    q = ((fixed_kp - centre) / half).transpose(1, 2)
+    q1 = torch.cat([q, torch.ones_like(q[:, :1])], dim=1)  # (B, nd+1, K)
+    eye = torch.eye(nd + 1, dtype=q.dtype, device=q.device)
+    gram = q1 @ q1.transpose(1, 2) + ridge * eye
+    rhs = p @ q1.transpose(1, 2) + ridge * eye[:nd]  # ridge towards A0 = [I | 0]
+    a_norm = torch.linalg.solve(gram, rhs.transpose(1, 2)).transpose(1, 2)  # gram is symmetric; (B, nd, nd+1)
+    # back to voxels: x_n = (x - c) / h, so A_vox = D^-1 [A_n; 0 1] D
+    linear = half[:, None] * a_norm[:, :, :nd] / half[None, :]
+    offset = centre + half * a_norm[:, :, nd] - (linear @ centre[:, None])[..., 0]
+    top = torch.cat([linear, offset[..., None]], dim=-1)
+    bottom = eye[nd:].expand(top.shape[0], 1, nd + 1)
+    return torch.cat([top, bottom], dim=1)
+
+
 # --------------------------------------------------------------------------- model
 class RegistrationModel(nn.Module):
     """Pairwise registration network of one ablation variant.
@@ -231,7 +321,7 @@ class RegistrationModel(nn.Module):
         variant: the :class:`VariantSpec` it was built for (``variant.affine`` adds the affine stage).
         arch: the architecture constants (see :data:`DEFAULT_ARCH`).
         unet, flow: deformable part (same for every variant).
-        affine: :class:`AffineStage` or ``None``.
+        affine: :class:`KeypointAffineStage` / :class:`AffineStage` (``arch["affine_kind"]``) or ``None``.
     """
 
     def __init__(self, variant: Union[str, VariantSpec], ndim: int, arch: Mapping[str, Any]):
@@ -241,7 +331,7 @@ class RegistrationModel(nn.Module):
         self.arch = _normalize_arch(arch)
         self.unet = UNet(ndim, IN_CHANNELS, self.arch["enc_features"], self.arch["dec_features"])
         self.flow = FlowHead(ndim, self.unet.out_channels)
-        self.affine = AffineStage(ndim, IN_CHANNELS, self.arch["affine_features"]) if self.variant.affine else None
+        self.affine = _affine_stage(ndim, self.arch) if self.variant.affine else None
 
     @property
     def size_multiple(self) -> int:
@@ -339,6 +429,12 @@ class RegistrationModel(nn.Module):
         return f"variant={self.variant.id!r}, ndim={self.ndim}, diffeomorphic={self.arch['diffeomorphic']}"
 
 
+def _affine_stage(ndim: int, arch: Mapping[str, Any]) -> nn.Module:
+    if arch["affine_kind"] == "keypoints":
+        return KeypointAffineStage(ndim, arch["affine_features"], arch["affine_keypoints"])
+    return AffineStage(ndim, IN_CHANNELS, arch["affine_features"])
+
+
 def _normalize_arch(arch: Mapping[str, Any]) -> Dict[str, Any]:
     """Complete ``arch`` with :data:`DEFAULT_ARCH`, validate it, feature lists as tuples."""
     if not isinstance(arch, Mapping):
@@ -353,6 +449,11 @@ def _normalize_arch(arch: Mapping[str, Any]) -> Dict[str, Any]:
     merged["affine_features"] = _features(merged["affine_features"], "affine_features")
     if not isinstance(merged["diffeomorphic"], bool):
         raise ValueError(f"diffeomorphic must be True or False, got {merged['diffeomorphic']!r}")
+    if merged["affine_kind"] not in AFFINE_KINDS:
+        raise ValueError(f"affine_kind must be one of {list(AFFINE_KINDS)}, got {merged['affine_kind']!r}")
+    keypoints = merged["affine_keypoints"]
+    if isinstance(keypoints, bool) or not isinstance(keypoints, int) or keypoints < 4:
+        raise ValueError(f"affine_keypoints must be an int >= 4, got {keypoints!r}")
     steps = merged["int_steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"int_steps must be an int >= 0, got {steps!r}")
@@ -369,10 +470,16 @@ def build_model(variant: Union[str, VariantSpec], ndim: int, **arch_overrides: A
 
 
 def model_from_config(config: Mapping[str, Any]) -> RegistrationModel:
-    """Rebuild a model from :meth:`RegistrationModel.config` (untrained weights)."""
+    """Rebuild a model from :meth:`RegistrationModel.config` (untrained weights).
+
+    A config without ``affine_kind`` comes from a checkpoint made before the keypoint stage:
+    its affine stage is the ``"regression"`` one.
+    """
     if not isinstance(config, Mapping):
         raise ValueError(f"model config must be a mapping, got {type(config).__name__}")
     missing = sorted({"variant", "ndim", "arch"} - set(config))
     if missing:
         raise ValueError(f"model config misses {missing}; got keys {sorted(config)}")
-    return RegistrationModel(VariantSpec.from_dict(config["variant"]), config["ndim"], config["arch"])
+    arch = dict(config["arch"])
+    arch.setdefault("affine_kind", "regression")
+    return RegistrationModel(VariantSpec.from_dict(config["variant"]), config["ndim"], arch)

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 
 COMMANDS = (
     ("train", "train one variant (resumable checkpoints, logs)"),
+    ("pretrain", "pretrain the affine stage on random affines of real scans (for the affine variants)"),
     ("evaluate", "evaluate checkpoints on the fixed validation pairs (per-pair CSV)"),
     ("ablation", "train and evaluate the four variants and write the ablation report"),
     ("sweep", "regulariser type / weight sweep with accuracy-versus-folding curves"),

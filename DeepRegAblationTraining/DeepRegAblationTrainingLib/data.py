@@ -1486,7 +1486,20 @@ def _build_brain_data(
     augment = Augment(**aug_spec) if isinstance(aug_spec, Mapping) else (Augment() if aug_spec else None)
     split_file = spec.get("split")
     if split_file and Path(split_file).is_file():
-        train_subjects, val_subjects = load_split(split_file, subjects)
+        # a split of several datasets also serves a run on some of them: ids of the others are skipped
+        kinds = {part["kind"] for part in parts}
+        by_id = {s.id: s for s in subjects}
+        payload = _read_json(split_file, "split")
+        chosen = []
+        for key in ("train", "val"):
+            ids = [i for i in payload.get(key, []) if isinstance(i, str) and i.split("-", 1)[0] in kinds]
+            unknown = [i for i in ids if i not in by_id]
+            if unknown:
+                raise ValueError(f"split file {split_file}: {key} ids not found among the subjects: {unknown}")
+            chosen.append([by_id[i] for i in ids])
+        train_subjects, val_subjects = chosen
+        if not train_subjects:
+            raise ValueError(f"split file {split_file} has no training subject of the datasets {sorted(kinds)}")
     else:
         n_val = dict(BRAIN_VAL_SUBJECTS)
         n_val.update(spec.get("val_per_dataset") or {})

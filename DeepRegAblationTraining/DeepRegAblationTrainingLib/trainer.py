@@ -93,6 +93,9 @@ class TrainConfig:
         seg_weight: weight of the Dice loss on warped labels (needs labelled data).
         similarity: similarity override (a key of ``losses.SIMILARITIES``).
         regularizers: regulariser weights replacing the variant's (``{}`` = none).
+        schedule: regulariser schedule replacing the variant's (``"reference"`` or ``"constant"``).
+        reg_scale: every regulariser weight (the variant's or ``regularizers``) times this; with
+            ``schedule="constant"`` this is the "tuned" setting of the 3D models (see ``docs/models.md``).
         arch: architecture overrides for ``networks.build_model`` (``enc_features`` ...).
         max_nonfinite: skipped steps tolerated before the run aborts.
         log_tensorboard: TensorBoard events when ``torch.utils.tensorboard`` imports.
@@ -123,6 +126,8 @@ class TrainConfig:
     seg_weight: float = 0.0
     similarity: Optional[str] = None
     regularizers: Optional[Dict[str, float]] = None
+    schedule: Optional[str] = None
+    reg_scale: float = 1.0
     arch: Optional[Dict[str, Any]] = None
     max_nonfinite: int = 20
     log_tensorboard: bool = True
@@ -164,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"finetune must be one of {list(FINETUNE_MODES)}, got {self.finetune!r}")
         if not (math.isfinite(float(self.seg_weight)) and float(self.seg_weight) >= 0):
             raise ValueError(f"seg_weight must be a number >= 0, got {self.seg_weight!r}")
+        if not (math.isfinite(float(self.reg_scale)) and float(self.reg_scale) >= 0):
+            raise ValueError(f"reg_scale must be a number >= 0, got {self.reg_scale!r}")
         if not (math.isfinite(float(self.grad_clip)) and float(self.grad_clip) > 0):
             raise ValueError(f"grad_clip must be a positive number, got {self.grad_clip!r}")
         if self.similarity is not None and self.similarity not in SIMILARITIES:
@@ -182,6 +189,11 @@ class TrainConfig:
             overrides["similarity"] = self.similarity
         if self.regularizers is not None:
             overrides["regularizers"] = dict(self.regularizers)
+        if self.schedule is not None:
+            overrides["schedule"] = self.schedule
+        if float(self.reg_scale) != 1.0:
+            base = overrides.get("regularizers", get_variant(self.variant).regularizers)
+            overrides["regularizers"] = {k: float(v) * float(self.reg_scale) for k, v in base.items()}
         return get_variant(self.variant, **overrides)
 
 

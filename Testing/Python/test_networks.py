@@ -63,13 +63,14 @@ def test_forward_backward_shapes_finite_and_gradients(variant, ndim, batch):
     for name, param in list(model.unet.named_parameters()) + list(model.flow.named_parameters()):
         assert bool((param.grad != 0).any()), f"no gradient reaches {name}"
     if VARIANTS[variant].affine:
-        # the zero-initialised head gets a gradient at once (the convs below it after one step)
-        assert bool((model.affine.head.weight.grad != 0).any())
-        assert bool((model.affine.head.bias.grad != 0).any())
+        # the keypoint heat maps and the first convolution of the affine stage get a gradient at once
+        assert bool((model.affine.heatmaps.weight.grad != 0).any())
+        assert bool((model.affine.features[0].conv.weight.grad != 0).any())
 
 
-def test_one_optimizer_step_moves_the_affine_stage():
-    model = _build("affine_basic", 2)
+@pytest.mark.parametrize("kind", ["keypoints", "regression"])
+def test_one_optimizer_step_moves_the_affine_stage(kind):
+    model = _build("affine_basic", 2, affine_kind=kind)
     moving, fixed = _pair(1, (64, 64))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(2):
@@ -77,8 +78,12 @@ def test_one_optimizer_step_moves_the_affine_stage():
         out = model(moving, fixed)
         ((out["warped"] - fixed) ** 2).mean().backward()
         opt.step()
+    before = model(moving, fixed)["affine_matrix_vox"].detach()
+    opt.zero_grad()
     out = model(moving, fixed)
-    assert not torch.equal(out["affine_matrix_vox"], fields.identity_matrix(1, 2))
+    ((out["warped"] - fixed) ** 2).mean().backward()
+    opt.step()
+    assert not torch.equal(model(moving, fixed)["affine_matrix_vox"], before)
     assert bool((model.affine.features[0].conv.weight.grad != 0).any())
 
 
@@ -98,10 +103,10 @@ def test_deterministic_under_a_fixed_seed(ndim):
 
 @pytest.mark.parametrize("variant", ["affine_basic", "affine_enhanced"])
 @pytest.mark.parametrize("ndim", [3, 2])
-def test_affine_variants_start_as_exact_identity(variant, ndim):
+def test_regression_affine_variants_start_as_exact_identity(variant, ndim):
     shape = SHAPES[ndim]
     moving, fixed = _pair(2, shape)
-    model = _build(variant, ndim)
+    model = _build(variant, ndim, affine_kind="regression")
     out = model(moving, fixed)
     eye = torch.eye(ndim + 1).expand(2, ndim + 1, ndim + 1)
     assert torch.equal(out["affine_matrix_vox"], eye)
@@ -181,7 +186,7 @@ def test_flow_head_is_near_zero_and_uncapped():
 
 
 def test_affine_parameters_map_to_a_centred_voxel_matrix():
-    model = _build("affine_basic", 2)
+    model = _build("affine_basic", 2, affine_kind="regression")
     linear = torch.tensor([[1.1, 0.2], [-0.1, 0.9]])
     translation = torch.tensor([0.25, -0.5])  # in half-extents
     with torch.no_grad():
@@ -201,7 +206,7 @@ def test_affine_parameters_map_to_a_centred_voxel_matrix():
 
 
 def test_affine_then_deformable_composition():
-    model = _build("affine_enhanced", 2)
+    model = _build("affine_enhanced", 2, affine_kind="regression")
     with torch.no_grad():
         model.affine.head.bias.copy_(torch.tensor([0.05, 0.1, -0.08, 0.02, 0.1, -0.05]))
     _, fixed = _pair(1, (64, 64))
@@ -295,18 +300,25 @@ def test_module_constants_match_the_contract():
         diffeomorphic=False,
         int_steps=7,
         affine_features=(16, 32, 64, 64),
+        affine_kind="keypoints",
+        affine_keypoints=32,
     )
     assert networks.LEAKY_SLOPE == 0.2
 
 
 @pytest.mark.parametrize("ndim", [3, 2])
 def test_cpu_channels_last_path_matches_the_plain_path(ndim, monkeypatch):
-    """The CPU speed path (channels-last convolutions) computes the same values and gradients."""
+    """The CPU speed path (channels-last convolutions) computes the same values and gradients.
+
+    (With the regression affine stage: the untrained keypoint stage fits keypoints that all sit
+    within a voxel of the centre, so float rounding of the layouts is amplified in its answer;
+    its layouts are compared on keypoints in the next test.)
+    """
     moving, fixed = _pair(2, SHAPES[ndim])
     results = {}
     for flag in (True, False):
         monkeypatch.setattr(networks, "CPU_CHANNELS_LAST", flag)
-        model = _build("affine_enhanced", ndim, seed=9)
+        model = _build("affine_enhanced", ndim, seed=9, affine_kind="regression")
         _scale_flow_head(model, moving, fixed, 2.0)
         out = model(moving, fixed)
         assert out["disp_vox"].is_contiguous() and out["deform_disp_vox"].is_contiguous()
@@ -319,3 +331,77 @@ def test_cpu_channels_last_path_matches_the_plain_path(ndim, monkeypatch):
     for key in grad_cl:
         scale = float(grad_plain[key].abs().max()) + 1e-30
         assert float((grad_cl[key] - grad_plain[key]).abs().max()) <= 1e-3 * scale, key
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_cpu_channels_last_keypoints_match_the_plain_path(ndim, monkeypatch):
+    image, _ = _pair(2, SHAPES[ndim])
+    keypoints = {}
+    for flag in (True, False):
+        monkeypatch.setattr(networks, "CPU_CHANNELS_LAST", flag)
+        keypoints[flag] = _build("affine_basic", ndim, seed=9).affine.keypoints_vox(image).detach()
+    assert torch.allclose(keypoints[True], keypoints[False], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- keypoint affine stage
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_affine_from_keypoints_recovers_a_known_affine(ndim):
+    g = torch.Generator().manual_seed(3)
+    shape = (40, 48, 36)[:ndim]
+    matrix = torch.eye(ndim + 1, dtype=torch.float64)
+    matrix[:ndim, :ndim] += 0.15 * torch.randn(ndim, ndim, generator=g, dtype=torch.float64)
+    matrix[:ndim, ndim] = torch.tensor([6.0, -4.0, 2.5][:ndim], dtype=torch.float64)
+    fixed_kp = torch.rand(2, 12, ndim, generator=g, dtype=torch.float64) * torch.tensor(shape, dtype=torch.float64)
+    moving_kp = (matrix[:ndim, :ndim] @ fixed_kp[..., None])[..., 0] + matrix[:ndim, ndim]
+    est = networks.affine_from_keypoints(moving_kp, fixed_kp, shape)
+    assert torch.allclose(est, matrix.expand(2, -1, -1), atol=1e-9)
+    # the ridge pulls towards the identity (and keeps degenerate keypoints solvable)
+    same = torch.full((1, 12, ndim), 10.0, dtype=torch.float64)
+    assert torch.allclose(networks.affine_from_keypoints(same, same, shape, ridge=0.01), torch.eye(ndim + 1, dtype=torch.float64)[None])
+    shifted = networks.affine_from_keypoints(fixed_kp + 3.0, fixed_kp, shape, ridge=1e-3)
+    assert torch.allclose(shifted[:, :ndim, ndim], torch.full((2, ndim), 3.0, dtype=torch.float64), atol=0.05)
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_keypoint_stage_is_the_identity_for_identical_images_and_follows_its_keypoints(ndim):
+    model = _build("affine_basic", ndim)
+    assert isinstance(model.affine, networks.KeypointAffineStage)
+    image, _ = _pair(1, SHAPES[ndim])
+    out = model(image, image)
+    assert torch.allclose(out["affine_matrix_vox"], torch.eye(ndim + 1)[None], atol=1e-3)
+    # the answer is the keypoints' least-squares fit
+    other, _ = _pair(1, SHAPES[ndim], seed=7)
+    stage = model.affine
+    moving_kp, fixed_kp = stage.keypoints_vox(torch.cat([other, image])).chunk(2)
+    expected = networks.affine_from_keypoints(moving_kp, fixed_kp, SHAPES[ndim], networks.KEYPOINT_RIDGE * stage.keypoints)
+    assert torch.allclose(model(other, image)["affine_matrix_vox"], expected, atol=1e-6)
+
+
+def test_keypoints_follow_a_shifted_image():
+    """Sharp heat maps on a bright blob: its keypoints move with it by whole strides."""
+    model = _build("affine_basic", 3)
+    stage = model.affine
+    with torch.no_grad():  # make every heat map respond to intensity only, strongly
+        for layer in stage.features:
+            layer.conv.weight.zero_()
+            layer.conv.bias.zero_()
+            centre = tuple(k // 2 for k in layer.conv.weight.shape[2:])
+            layer.conv.weight[(slice(None), slice(None)) + centre] = 1.0
+        stage.heatmaps.weight.fill_(1.0)
+        stage.heatmaps.bias.zero_()
+    image = torch.zeros(1, 1, 32, 32, 32)
+    image[..., 8:12, 8:12, 8:12] = 1.0
+    shifted = torch.roll(image, shifts=(8, 0, 8), dims=(2, 3, 4))
+    moved = stage.keypoints_vox(shifted) - stage.keypoints_vox(image)
+    assert torch.allclose(moved, torch.tensor([8.0, 0.0, 8.0]).expand_as(moved), atol=0.05)
+
+
+def test_old_checkpoint_configs_rebuild_the_regression_stage():
+    model = _build("affine_basic", 2, affine_kind="regression")
+    config = model.config()
+    del config["arch"]["affine_kind"], config["arch"]["affine_keypoints"]
+    rebuilt = model_from_config(config)
+    assert isinstance(rebuilt.affine, networks.AffineStage)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match="affine_kind"):
+        build_model("affine_basic", 2, affine_kind="moments")

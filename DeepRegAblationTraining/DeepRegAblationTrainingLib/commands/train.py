@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--similarity", choices=sorted(SIMILARITIES), default=None, help="similarity loss (default: the variant's, lncc)")
     p.add_argument("--reg", nargs="+", default=None, metavar="NAME=W",
                    help=f"regulariser weights replacing the variant's ({', '.join(sorted(REGULARIZERS))}); 'none' for none")
+    p.add_argument("--schedule", choices=("reference", "constant"), default=None,
+                   help="regulariser schedule (default: the variant's, reference = max(0.01, 0.1 * (1 - epoch/epochs)))")
+    p.add_argument("--reg-scale", type=float, default=1.0, metavar="M",
+                   help="multiply every regulariser weight by M (with --schedule constant: the tuned 3D setting)")
     p.add_argument("--features-enc", type=int, nargs="+", default=None, help="U-Net encoder features")
     p.add_argument("--features-dec", type=int, nargs="+", default=None, help="U-Net decoder features")
     p.add_argument("--diffeomorphic", action="store_true", help="integrate a stationary velocity field")
@@ -141,6 +145,8 @@ def config_from_args(args: argparse.Namespace):
         seg_weight=args.seg_weight,
         similarity=args.similarity,
         regularizers=parse_regularizers(args.reg, args.variant),
+        schedule=args.schedule,
+        reg_scale=args.reg_scale,
         arch=arch or None,
         max_nonfinite=args.max_nonfinite,
         log_tensorboard=not args.no_tensorboard,
