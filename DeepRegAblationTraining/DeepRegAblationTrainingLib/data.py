@@ -1478,6 +1478,7 @@ def _build_brain_data(
     for part in parts:
         subjects += find_dataset_subjects(part["kind"], part["path"])
     _check_unique(subjects, "the 3D brain data spec")
+    check_subject_files(subjects, "the 3D brain data spec")
     spacing = spec.get("spacing_mm") or [BRAIN_SPACING_MM]
     spacing = [float(x) for x in (spacing if isinstance(spacing, (list, tuple)) else [spacing])]
     shape = spec.get("shape") or brain_grid_shape(min(spacing), divisor)
