@@ -88,6 +88,22 @@ def test_training_data_lists_every_bad_file_at_once(inputs, tmp_path):
     assert "truncated" in message and "negative label values" in message
 
 
+def test_brain_dataset_lists_every_bad_file_at_once(inputs, tmp_path):
+    """The 3D brain data path (a dataset folder in its own layout, here ibsr18's) checks every file too."""
+    import shutil
+
+    for stem in ("S1", "S2", "S3", "S4"):
+        shutil.copyfile(inputs.fixed, tmp_path / f"{stem}.nii.gz")
+        shutil.copyfile(inputs.fixed_labels, tmp_path / f"{stem}_seg.nii.gz")
+    CASES_BY_ID["short-data-gz"].write(tmp_path / "S2.nii.gz")
+    CASES_BY_ID["float-labels"].write(tmp_path / "S4_seg.nii.gz")
+    with pytest.raises(ImageReadError) as info:
+        data.build_data({"kind": "ibsr18", "path": str(tmp_path)}, ndim=3)
+    message = str(info.value)
+    assert "2 problem(s)" in message and str(tmp_path / "S2.nii.gz") in message
+    assert str(tmp_path / "S4_seg.nii.gz") in message and "integer labels" in message
+
+
 def _run_register(capsys, inputs, out, fixed=None):
     code = cli.main([str(a) for a in (
         "register", "--fixed", fixed or inputs.fixed, "--moving", inputs.moving, "--variant", "baseline",
