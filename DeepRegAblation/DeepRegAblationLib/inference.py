@@ -438,10 +438,13 @@ def register(
     report = progress or (lambda fraction, message: None)
     timings: Dict[str, float] = {}
     t_start = time.perf_counter()
+    # messages name each input, and its file when it was given as a path
+    names = {key: f"{key} {value}" if isinstance(value, (str, os.PathLike)) else key for key, value in (
+        ("fixed", fixed), ("moving", moving), ("fixed_labels", fixed_labels), ("moving_labels", moving_labels))}
     fixed = as_image(fixed, "fixed")
     moving = as_image(moving, "moving")
-    fixed_labels = as_image(fixed_labels, "fixed_labels")
-    moving_labels = as_image(moving_labels, "moving_labels")
+    fixed_labels = as_image(fixed_labels, "fixed_labels", kind="labels")
+    moving_labels = as_image(moving_labels, "moving_labels", kind="labels")
     timings["read"] = time.perf_counter() - t_start
     for image, name in ((fixed, "fixed"), (moving, "moving"), (fixed_labels, "fixed_labels"), (moving_labels, "moving_labels")):
         if image is not None:
@@ -458,14 +461,14 @@ def register(
     torch_device = resolve_device(device)
     net, preprocessing, _ = load_registration_model(model, 2 if fixed.is_2d else 3)
     ndim = int(net.ndim)
-    _check_dimension(fixed, "fixed", ndim)
-    _check_dimension(moving, "moving", ndim)
+    _check_dimension(fixed, names["fixed"], ndim)
+    _check_dimension(moving, names["moving"], ndim)
     if initial_alignment == "none":  # with "com" the overlap is checked after the translation
-        geometry.check_overlap(fixed, moving)
+        geometry.check_overlap(fixed, moving, names["fixed"], names["moving"])
     if fixed_labels is not None:
-        geometry.check_overlap(fixed, fixed_labels, "fixed", "fixed_labels")
+        geometry.check_overlap(fixed, fixed_labels, names["fixed"], names["fixed_labels"])
     if moving_labels is not None:
-        geometry.check_overlap(moving, moving_labels, "moving", "moving_labels")
+        geometry.check_overlap(moving, moving_labels, names["moving"], names["moving_labels"])
     variant_id = net.variant.id if hasattr(net, "variant") else str(model)
 
     # --- resample both images onto the model grid

@@ -19,10 +19,13 @@ network (with a warning) when none are shipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -127,20 +130,20 @@ def _read_inputs(args: argparse.Namespace):
 
     fixed = read_image(args.fixed, name="fixed image (--fixed)")
     moving = read_image(args.moving, name="moving image (--moving)")
-    fixed_labels = read_image(args.fixed_labels, name="fixed labels (--fixed-labels)") if args.fixed_labels else None
-    moving_labels = read_image(args.moving_labels, name="moving labels (--moving-labels)") if args.moving_labels else None
+    fixed_labels = read_image(args.fixed_labels, "fixed labels (--fixed-labels)", "labels") if args.fixed_labels else None
+    moving_labels = read_image(args.moving_labels, "moving labels (--moving-labels)", "labels") if args.moving_labels else None
     if fixed.is_2d != moving.is_2d:
         two, three = ("--fixed", "--moving") if fixed.is_2d else ("--moving", "--fixed")
         raise ValueError(
-            f"{two} is a 2D (single-slice) image but {three} is a 3D volume "
-            f"(--fixed shape {fixed.shape}, --moving shape {moving.shape}); both must be 2D or both 3D"
+            f"{two} is a 2D (single-slice) image but {three} is a 3D volume (--fixed {args.fixed} shape "
+            f"{fixed.shape}, --moving {args.moving} shape {moving.shape}); both must be 2D or both 3D"
         )
-    if args.init_align == "none":  # with --init-align com, register() checks it after the translation
-        geometry.check_overlap(fixed, moving, "fixed image (--fixed)", "moving image (--moving)")
+    if args.init_align == "none":  # otherwise register() checks it after the translation
+        geometry.check_overlap(fixed, moving, f"--fixed {args.fixed}", f"--moving {args.moving}")
     if fixed_labels is not None:
-        geometry.check_overlap(fixed, fixed_labels, "fixed image (--fixed)", "fixed labels (--fixed-labels)")
+        geometry.check_overlap(fixed, fixed_labels, f"--fixed {args.fixed}", f"--fixed-labels {args.fixed_labels}")
     if moving_labels is not None:
-        geometry.check_overlap(moving, moving_labels, "moving image (--moving)", "moving labels (--moving-labels)")
+        geometry.check_overlap(moving, moving_labels, f"--moving {args.moving}", f"--moving-labels {args.moving_labels}")
     return fixed, moving, fixed_labels, moving_labels
 
 
@@ -220,9 +223,46 @@ def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dic
     print()
     print(format_table(records, extra=sorted({k for cols in (extra_columns or {}).values() for k in cols})))
     print()
-    print(f"metrics: {csv_path} {json_path}")
+    print(f"metrics: {csv_path.name} {json_path.name}")
     if scene_files:
-        print(f"Slicer scene: {scene_files[0]}")
+        print(f"Slicer scene: {scene_files[0].relative_to(out)}")
+
+
+@contextlib.contextmanager
+def staged_output(out: Path):
+    """Write into a new folder beside ``out`` and rename it to ``out`` only when everything is written.
+
+    Yields the temporary folder (``.<name>.partial-*`` in ``out``'s parent, on the same file
+    system). When the block ends normally, earlier results in ``out`` are replaced by renames; on
+    any failure (bad input, a write error such as a full disk, Ctrl-C) the temporary folder is
+    removed and ``out`` is left as it was. A killed process leaves only the hidden temporary
+    folder, never a half-written ``out``. A write error is raised as ``RuntimeError`` (the
+    command line's ``error:`` line).
+    """
+    out = Path(out).resolve()  # "." or a symbolic link: the folder itself is replaced
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()  # the usual permissions, as --out itself would get
+    try:
+        try:
+            yield staging
+        except OSError as exc:
+            if isinstance(exc, ValueError):  # imageio.ImageFileNotFoundError: a bad input, not a write error
+                raise
+            raise RuntimeError(f"writing the results for {out} failed ({exc}); nothing was written to {out}") from None
+        previous = out.with_name(f".{out.name}.previous-{uuid.uuid4().hex[:12]}") if out.exists() else None
+        if previous is not None:
+            out.replace(previous)
+        try:
+            staging.replace(out)
+        except OSError:
+            if previous is not None:
+                previous.replace(out)
+            raise
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_marker(out: Path, **info) -> None:
@@ -259,19 +299,20 @@ def run(args: argparse.Namespace) -> int:
 
     if rerun:
         print(f"note: replacing the earlier 'deepreg-ablation register' results in {out}")
-    write_marker(out, fixed=str(args.fixed), moving=str(args.moving), variants=variants)
-    results = []
-    for index, variant in enumerate(variants, 1):
-        print(f"[{index}/{len(variants)}] {variant}: registering {args.moving.name} -> {args.fixed.name}", flush=True)
-        result = register(
-            fixed, moving, models[variant], fixed_labels=fixed_labels, moving_labels=moving_labels,
-            refine=args.refine, device=args.device, progress=_progress_printer(index - 1, len(variants)),
-            initial_alignment=args.init_align,
-        )
-        result.timings["read"] = read_s
-        variant_dir = out / variant
-        written = write_variant_outputs(variant_dir, fixed, moving, result, args.save_npz)
-        print(f"      wrote {', '.join(p.name for p in written)} in {variant_dir}", flush=True)
-        results.append(result)
-    write_summary(out, fixed, moving, results)
+    with staged_output(out) as staging:  # --out appears only once everything is written
+        write_marker(staging, fixed=str(args.fixed), moving=str(args.moving), variants=variants)
+        results = []
+        for index, variant in enumerate(variants, 1):
+            print(f"[{index}/{len(variants)}] {variant}: registering {args.moving.name} -> {args.fixed.name}", flush=True)
+            result = register(
+                fixed, moving, models[variant], fixed_labels=fixed_labels, moving_labels=moving_labels,
+                refine=args.refine, device=args.device, progress=_progress_printer(index - 1, len(variants)),
+                initial_alignment=args.init_align,
+            )
+            result.timings["read"] = read_s
+            written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
+            print(f"      wrote {', '.join(p.name for p in written)} in {out / variant}", flush=True)
+            results.append(result)
+        write_summary(staging, fixed, moving, results)
+    print(f"results: {out}")
     return 0
