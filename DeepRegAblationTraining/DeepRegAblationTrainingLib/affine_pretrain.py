@@ -1,8 +1,9 @@
 """Pretraining of the affine stage on random affines of real scans, whose answer is known.
 
-Each step takes a training scan (preprocessed, in memory), draws a random affine ``A_true``
-(rotation, scale, shear, translation; :func:`random_affine_vox`), makes the moving image by
-resampling the scan through it, changes the intensities of both images independently, and
+Each step takes a training scan (preprocessed, in memory) as the moving image, draws a random
+affine ``A_true`` (rotation, scale, shear, translation; :func:`random_affine_vox`), makes the
+fixed image by resampling the scan through it (so ``A_true`` is the fixed -> moving map that
+registration must find, :func:`synthetic_affine_pair`), changes the intensities of both images independently, and
 trains the affine stage alone to predict ``A_true``: the loss is the mean squared distance, in
 mm, between the points that ``A_pred`` and ``A_true`` map a regular lattice of the model grid
 to (:func:`affine_point_error_mm`). The deformable part of the model is not touched.
@@ -83,13 +84,15 @@ def affine_point_error_mm(
 def synthetic_affine_pair(
     image: torch.Tensor, spacing_mm: Sequence[float], generator: torch.Generator, intensity: Augment, ranges: Mapping[str, float]
 ) -> Dict[str, torch.Tensor]:
-    """``{"moving", "fixed": (1, *S), "matrix_vox": (nd+1, nd+1)}`` with ``warp(fixed-like scan, A) = moving``."""
+    """``{"moving", "fixed": (1, *S), "matrix_vox": (nd+1, nd+1)}``: the scan is the moving image, the fixed
+    image is the scan resampled through ``A``, ``fixed(x) = scan(A x)``, so ``A`` is the fixed -> moving
+    voxel map that registration must find (``warp(moving, affine_to_disp(A)) = fixed``)."""
     shape = tuple(image.shape[1:])
     matrix = random_affine_vox(shape, spacing_mm, generator, **ranges)
-    moving = fields.warp(image[None], fields.affine_to_disp(matrix[None], shape), padding="zeros")[0]
+    fixed = fields.warp(image[None], fields.affine_to_disp(matrix[None], shape), padding="zeros")[0]
     return {
-        "moving": intensity.intensity(moving, generator),
-        "fixed": intensity.intensity(image, generator),
+        "moving": intensity.intensity(image, generator),
+        "fixed": intensity.intensity(fixed, generator),
         "matrix_vox": matrix,
     }
 

@@ -197,3 +197,37 @@ def test_shipped_split_holds_validation_subjects_of_every_dataset_out():
     assert counts["miccai2012"] >= 5 and counts["lpba40"] >= 5 and counts["ibsr18"] >= 5 and counts["ixi"] >= 1
     subjects = {s.id for k, f in data.DATASET_FOLDERS.items() for s in data.find_dataset_subjects(k, SHARED_DATA / f)}
     assert val | train == subjects
+
+
+def test_register_follows_the_checkpoints_initial_alignment_and_grid_centre(tmp_path):
+    """A model trained on COM-centred grids is run the same way: COM alignment and a grid on the fixed COM."""
+    from DeepRegAblationLib.checkpoints import save_checkpoint
+    from DeepRegAblationLib.inference import register
+    from DeepRegAblationLib.networks import build_model
+
+    fixed = ImageData((_blob((24, 24, 24), (12, 12, 12), 6) * 100).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), "fixed")
+    moved = np.diag([2.0, 2.0, 2.0, 1.0])
+    moved[:3, 3] = [100.0, -20.0, 10.0]  # 100 mm away: no overlap in physical space
+    moving = ImageData(fixed.array.copy(), moved, "moving")
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model("baseline", 3), preprocessing={
+        "spacing_mm": [4.0, 4.0, 4.0], "shape": [16, 16, 16], "orientation": "RAS", "center": "com", "initial_alignment": "com"})
+    result = register(fixed, moving, model=str(ckpt), device="cpu")
+    assert np.allclose(result.affine_ras[:3, 3], [100.0, -20.0, 10.0], atol=1e-3)
+    with pytest.raises(ValueError, match="do not overlap"):
+        register(fixed, moving, model=str(ckpt), device="cpu", initial_alignment="none")
+
+
+def test_synthetic_affine_pairs_are_in_the_registration_direction():
+    """The target matrix maps fixed voxels to moving voxels: warping the moving image through it gives the fixed one."""
+    from DeepRegAblationTrainingLib.augment import Augment
+
+    scan = torch.from_numpy(_blob((24, 28, 20), (12, 14, 10), 7).astype(np.float32) + _blob((24, 28, 20), (9, 10, 8), 3))[None]
+    scan = torch.nn.functional.avg_pool3d(scan[None], 3, 1, 1)[0]  # smooth, so interpolation is nearly exact
+    pair = affine_pretrain.synthetic_affine_pair(
+        scan, (2.0, 2.0, 2.0), torch.Generator().manual_seed(5), Augment(gamma=(1.0, 1.0), brightness=0.0),
+        dict(affine_pretrain.DEFAULT_RANGES),
+    )
+    assert not torch.allclose(pair["matrix_vox"], torch.eye(4), atol=0.05)
+    warped = fields.warp(pair["moving"][None], fields.affine_to_disp(pair["matrix_vox"][None], scan.shape[1:]), padding="zeros")[0]
+    inverse = fields.warp(pair["moving"][None], fields.affine_to_disp(torch.linalg.inv(pair["matrix_vox"])[None], scan.shape[1:]), padding="zeros")[0]
+    assert float((warped - pair["fixed"]).abs().mean()) < 0.2 * float((inverse - pair["fixed"]).abs().mean())
