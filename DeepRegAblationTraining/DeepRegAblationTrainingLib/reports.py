@@ -215,6 +215,106 @@ def ablation_markdown_tables(
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- per dataset
+PER_DATASET_METRICS = ("dice", "hd95_mm", "folding_pct", "sdlogj")
+PER_DATASET_MIN_TEST_PAIRS = 5
+MIXED_DATASETS = "mixed"
+
+
+def _known_datasets() -> Tuple[str, ...]:
+    from .data import DATASET_LAYOUTS
+
+    return tuple(DATASET_LAYOUTS)
+
+
+def pair_dataset(pair_id: Any, datasets: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The dataset of a pair id ``<dataset>-<subject>-><dataset>-<subject>`` (e.g. ``lpba40-S05->lpba40-S18``).
+
+    ``datasets``: the known dataset names (default the keys of ``data.DATASET_LAYOUTS``:
+    miccai2012, lpba40, ibsr18, ixi). Returns the dataset when both subjects belong to the same
+    known one, :data:`MIXED_DATASETS` when they belong to two different known ones, ``None``
+    when the id does not look like that (e.g. OASIS ids, synthetic pairs).
+    """
+    names = tuple(datasets) if datasets is not None else _known_datasets()
+    moving, sep, fixed = str(pair_id).partition("->")
+    if not sep:
+        return None
+    found = []
+    for subject in (moving.strip(), fixed.strip()):
+        kind, dash, stem = subject.partition("-")
+        if not dash or not stem or kind not in names:
+            return None
+        found.append(kind)
+    return found[0] if found[0] == found[1] else MIXED_DATASETS
+
+
+def rows_by_dataset(rows: Sequence[Mapping[str, Any]], datasets: Optional[Sequence[str]] = None
+                    ) -> "OrderedDict[str, List[Mapping[str, Any]]]":
+    """Rows grouped by :func:`pair_dataset` of their ``pair_id`` when they come from at least two datasets, else empty.
+
+    Groups follow the order of ``datasets`` (default ``data.DATASET_LAYOUTS``), then
+    ``"mixed"`` (pairs across two datasets) and ``"other"`` (ids of no known dataset).
+    """
+    names = tuple(datasets) if datasets is not None else _known_datasets()
+    groups: Dict[str, List[Mapping[str, Any]]] = {}
+    for row in rows:
+        key = pair_dataset(row.get("pair_id", ""), names) or "other"
+        groups.setdefault(key, []).append(row)
+    if sum(1 for k in groups if k in names) < 2:
+        return OrderedDict()
+    order = list(names) + [MIXED_DATASETS, "other"]
+    return OrderedDict((k, groups[k]) for k in order if k in groups)
+
+
+def summarize_per_dataset(
+    rows: Sequence[Mapping[str, Any]],
+    baseline: str = "baseline",
+    metrics: Sequence[str] = PER_DATASET_METRICS,
+    min_test_pairs: int = PER_DATASET_MIN_TEST_PAIRS,
+    reference_variants: Sequence[str] = ("identity",),
+    datasets: Optional[Sequence[str]] = None,
+) -> List[Dict[str, Any]]:
+    """:func:`summarize_ablation` within each dataset (see :func:`rows_by_dataset`), with a ``dataset`` key first.
+
+    Paired tests (p, and BH q over the variants of one dataset and metric) only where the
+    dataset has at least ``min_test_pairs`` pairs; below that p/q are NaN and ``m_n`` is 0.
+    Empty when the rows do not come from several datasets.
+    """
+    out: List[Dict[str, Any]] = []
+    for dataset, drows in rows_by_dataset(rows, datasets).items():
+        shown = [m for m in metrics if _finite(_values(drows, m).tolist())]
+        if not shown or baseline not in group_by_variant(drows):
+            continue
+        summary = summarize_ablation(drows, baseline=baseline, metrics=shown, reference_variants=reference_variants)
+        n_pairs = max((e["n_pairs"] for e in summary), default=0)
+        for e in summary:
+            if n_pairs < int(min_test_pairs):
+                for m in shown:
+                    e[f"{m}_p"], e[f"{m}_q"], e[f"{m}_n"] = math.nan, math.nan, 0
+            out.append(OrderedDict([("dataset", dataset)] + list(e.items())))
+    return out
+
+
+def per_dataset_markdown(
+    summary: Sequence[Mapping[str, Any]], baseline: str, min_test_pairs: int = PER_DATASET_MIN_TEST_PAIRS,
+    reference_variants: Sequence[str] = ("identity",),
+) -> str:
+    """The "Per dataset" section body: one mean ± std table (and a p / q table where tested) per dataset."""
+    lines: List[str] = []
+    datasets = list(dict.fromkeys(e["dataset"] for e in summary))
+    for dataset in datasets:
+        entries = [e for e in summary if e["dataset"] == dataset]
+        metrics = [k[: -len("_mean")] for k in entries[0] if k.endswith("_mean")]
+        n_pairs = max(e["n_pairs"] for e in entries)
+        title = {MIXED_DATASETS: "pairs across two datasets", "other": "pairs of no known dataset"}.get(dataset, dataset)
+        lines += [f"### {title}: {n_pairs} pairs", ""]
+        lines.append(ablation_markdown_tables(entries, baseline, metrics, reference_variants))
+        if n_pairs < int(min_test_pairs):
+            lines += ["", f"No paired tests: fewer than {int(min_test_pairs)} pairs."]
+        lines.append("")
+    return "\n".join(lines)
+
+
 STATS_EXPLANATION = (
     "Statistics: two-sided paired Wilcoxon signed-rank test of each variant against `{baseline}` on the same "
     "validation pairs (p), Benjamini–Hochberg adjusted over the variants compared on one metric (q). "
@@ -503,6 +603,11 @@ def write_ablation_report(
         examples: ``variant -> PairPrediction`` of one validation pair for the example figure.
         notes: extra paragraphs (e.g. the honest statement of the training budget).
 
+    When the pair ids name subjects of several datasets (``lpba40-S05->lpba40-S18``, see
+    :func:`pair_dataset`), a "Per dataset" section adds Dice, HD95, folding % and SDlogJ per
+    dataset and variant (paired tests where a dataset has at least 5 pairs) and
+    ``summary_per_dataset.csv``.
+
     Returns:
         ``{"report": ..., "summary": ..., "<figure name>": ...}`` paths.
     """
@@ -536,7 +641,17 @@ def write_ablation_report(
         shown = [m for m in group if m in metrics]
         if shown:
             md += [f"### {heading}", "", ablation_markdown_tables(summary, baseline, shown), ""]
-    md += ["Per-pair values: `per_pair.csv`; all summary numbers (means, stds, changes, p, q, pairs tested): `summary.csv`.", ""]
+    per_dataset = summarize_per_dataset(rows, baseline=baseline)
+    if per_dataset:
+        paths["summary_per_dataset"] = write_summary_csv(per_dataset, out_dir / "summary_per_dataset.csv")
+        md += ["## Per dataset", "",
+               "The validation pairs come from several datasets (each pair within one dataset, labels of that dataset). "
+               f"Mean ± sample std over the pairs of each dataset; in brackets the change of the mean against `{baseline}` "
+               f"on the same pairs. Paired Wilcoxon tests against `{baseline}` where a dataset has at least "
+               f"{PER_DATASET_MIN_TEST_PAIRS} pairs, Benjamini–Hochberg adjusted over the variants within one dataset "
+               "and metric.", "", per_dataset_markdown(per_dataset, baseline)]
+    md += ["Per-pair values: `per_pair.csv`; all summary numbers (means, stds, changes, p, q, pairs tested): `summary.csv`"
+           + ("; per dataset: `summary_per_dataset.csv`." if per_dataset else "."), ""]
     md += ["## Figures", ""]
     captions = {
         "training_curves": "Left: training loss per step (thin) and its running mean over 25 steps (thick). Right: the trainer's "
@@ -634,10 +749,13 @@ def summarize_sweep(
     return out
 
 
-def plot_sweep_curves(summary: Sequence[Mapping[str, Any]], out_path: PathLike) -> Path:
+def plot_sweep_curves(summary: Sequence[Mapping[str, Any]], out_path: PathLike, param_label: str = "λ",
+                      folding_target: Optional[float] = None) -> Path:
     """Three panels: accuracy (Dice, else NCC) vs folding %, folding % vs λ, MSE vs λ; one line per type.
 
-    Reference figures (``ref_*``) are drawn as black crosses.
+    Reference figures (``ref_*``) are drawn as black crosses. ``param_label`` names the swept
+    parameter (``"λ"``: a regulariser weight; ``"M"``: a multiplier of a variant's weights);
+    ``folding_target`` draws the folding limit as a dashed line.
     """
     fig = _new_figure(15, 4.3)
     acc = "dice" if any(math.isfinite(e.get("dice_mean", math.nan)) for e in summary) else "ncc"
@@ -656,7 +774,7 @@ def plot_sweep_curves(summary: Sequence[Mapping[str, Any]], out_path: PathLike) 
         (line,) = ax_acc.plot(fold, accv, marker, label=reg_type)
         for e, x, y in zip(entries, fold, accv):
             if math.isfinite(x) and math.isfinite(y):
-                ax_acc.annotate(f"λ={e['lambda']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax_acc.annotate(f"{param_label}={e['lambda']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax_fold.plot(lam, fold, marker, color=line.get_color(), label=reg_type)
         ax_mse.plot(lam, msev, marker, color=line.get_color(), label=reg_type)
     refs = [e for e in summary if any(k.startswith("ref_") for k in e)]
@@ -670,15 +788,27 @@ def plot_sweep_curves(summary: Sequence[Mapping[str, Any]], out_path: PathLike) 
     ax_acc.set_xlabel(METRIC_LABELS["folding_pct"])
     ax_acc.set_ylabel(METRIC_LABELS.get(acc, acc))
     ax_acc.set_title("accuracy versus folding")
+    if folding_target is not None:
+        ax_fold.axhline(float(folding_target), color="k", ls="--", lw=0.8, label=f"target {float(folding_target):g} %")
+        ax_acc.axvline(float(folding_target), color="k", ls="--", lw=0.8, label=f"target {float(folding_target):g} %")
+    xlabel = "regularisation weight λ" if param_label == "λ" else f"regulariser multiplier {param_label}"
     for ax, name in ((ax_fold, "folding_pct"), (ax_mse, "mse")):
-        ax.set_xscale("log")
-        ax.set_xlabel("regularisation weight λ")
+        if all(e["lambda"] > 0 for e in summary):
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(METRIC_LABELS[name])
-        ax.set_title(f"{METRIC_LABELS[name]} versus λ")
+        ax.set_title(f"{METRIC_LABELS[name]} versus {param_label}")
     for ax in (ax_acc, ax_fold, ax_mse):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, out_path)
+
+
+def choose_smallest_below(summary: Sequence[Mapping[str, Any]], target_pct: float,
+                          metric: str = "folding_pct_mean") -> Optional[Mapping[str, Any]]:
+    """The entry with the smallest ``lambda`` whose ``metric`` (mean folding %) is finite and ``< target_pct``; else ``None``."""
+    ok = [e for e in summary if math.isfinite(float(e.get(metric, math.nan))) and float(e[metric]) < float(target_pct)]
+    return min(ok, key=lambda e: float(e["lambda"])) if ok else None
 
 
 def write_sweep_report(
@@ -694,10 +824,16 @@ def write_sweep_report(
     notes: Sequence[str] = (),
     title: str = "DeepRegAblation regulariser sweep",
     identity_rows: Optional[Sequence[Mapping[str, Any]]] = None,
+    param_label: str = "λ",
+    folding_target: Optional[float] = None,
 ) -> Dict[str, Path]:
     """Write the sweep's ``report.md``, ``summary.csv`` and ``figures/*.png`` (type × λ table, curves).
 
     ``identity_rows`` (the unregistered pairs) add a column "MSE vs no registration".
+    ``param_label`` names the swept value in the table and figures (``"λ"`` or ``"M"``).
+    With ``folding_target`` (%), the report states the chosen value: the smallest whose mean
+    folding % is below the target (:func:`choose_smallest_below`), and ``summary.csv`` gets a
+    ``chosen`` column.
     """
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
@@ -705,8 +841,16 @@ def write_sweep_report(
     summary = summarize_sweep(rows, runs, reference, identity_rows=identity_rows)
     if not summary:
         raise ValueError("runs is empty: nothing to report")
+    chosen = None
+    if folding_target is not None:
+        if not (math.isfinite(float(folding_target)) and float(folding_target) > 0):
+            raise ValueError(f"folding_target must be a positive percentage, got {folding_target!r}")
+        chosen = choose_smallest_below(summary, float(folding_target))
+        for e in summary:
+            e["chosen"] = e is chosen
     paths: Dict[str, Path] = {"summary": write_summary_csv(summary, out_dir / "summary.csv")}
-    paths["sweep_curves"] = plot_sweep_curves(summary, fig_dir / "sweep_curves.png")
+    paths["sweep_curves"] = plot_sweep_curves(summary, fig_dir / "sweep_curves.png", param_label=param_label,
+                                              folding_target=folding_target)
     logs = {k: v for k, v in (training_logs or {}).items() if v is not None and Path(v).exists()}
     if logs:
         paths["training_curves"] = plot_training_curves(logs, fig_dir / "training_curves.png", smooth=25)
@@ -731,21 +875,42 @@ def write_sweep_report(
         md += [f"Columns *ref.*: reference figures ({reference_source or 'user supplied'}), printed beside ours."]
     md.append("")
     vs_identity = "mse_vs_identity" in summary[0]
-    header = (["type", "λ", "n"] + [_md_label(m) for m in metrics] + (["MSE vs no registration"] if vs_identity else [])
+    header = (["type", param_label, "n"] + [_md_label(m) for m in metrics] + (["MSE vs no registration"] if vs_identity else [])
               + [f"ref. {_md_label(m)}" for m in ref_metrics])
     md.append("| " + " | ".join(header) + " |")
     md.append("|" + "---|" * len(header))
     for e in summary:
-        cells = [str(e["reg_type"]), f"{e['lambda']:g}", str(e["n_pairs"])]
+        label = f"**{e['lambda']:g}** (chosen)" if chosen is not None and e is chosen else f"{e['lambda']:g}"
+        cells = [str(e["reg_type"]), label, str(e["n_pairs"])]
         cells += [f"{_fmt(e[f'{m}_mean'])} ± {_fmt(e[f'{m}_std'], 3)}" for m in metrics]
         if vs_identity:
             cells.append(_fmt_pct(e["mse_vs_identity"]))
         cells += [_fmt(e.get(f"ref_{m}", math.nan)) if f"ref_{m}" in e else "" for m in ref_metrics]
         md.append("| " + " | ".join(cells) + " |")
-    md += ["", "Per-pair values: `per_pair.csv`; summary numbers: `summary.csv`.", "", "## Figures", ""]
+    md += ["", "Per-pair values: `per_pair.csv`; summary numbers: `summary.csv`.", ""]
+    if folding_target is not None:
+        md += [f"## Chosen {param_label}", ""]
+        if chosen is not None:
+            fold_max = float(np.nanmax(_values(group_by_variant(rows).get(str(chosen["variant"]), []), "folding_pct")))
+            line = (f"**{param_label} = {chosen['lambda']:g}**: the smallest {param_label} of this sweep whose mean folding over "
+                    f"the validation pairs is below {float(folding_target):g} % ({_fmt(chosen['folding_pct_mean'])} % mean, "
+                    f"{_fmt(fold_max)} % on the worst pair")
+            if "dice_mean" in chosen:
+                line += f"; Dice {_fmt(chosen['dice_mean'])} ± {_fmt(chosen['dice_std'], 3)}"
+            md += [line + ")."]
+            smaller = [e for e in summary if float(e["lambda"]) < float(chosen["lambda"])]
+            if not smaller:
+                md += ["", f"It is the smallest {param_label} tried: a smaller value below the target may exist; "
+                       "extend the sweep downwards to be sure."]
+        else:
+            md += [f"No {param_label} of this sweep keeps the mean folding below {float(folding_target):g} %; "
+                   f"extend the sweep to larger values."]
+        md.append("")
+    md += ["## Figures", ""]
     md += ["![sweep_curves](figures/sweep_curves.png)", "",
-           "Left: accuracy versus folding, one point per λ; middle and right: folding % and MSE versus λ "
-           "(black crosses: reference figures).", ""]
+           f"Left: accuracy versus folding, one point per {param_label}; middle and right: folding % and MSE versus "
+           f"{param_label}" + (" (black crosses: reference figures)." if ref_metrics else
+                               (" (dashed: the folding target)." if folding_target is not None else ".")), ""]
     if "training_curves" in paths:
         md += ["![training_curves](figures/training_curves.png)", "", "Left: training loss per step (thin) and its running mean "
                "over 25 steps (thick). Right: the trainer's validation Dice after every epoch on its first validation pairs.", ""]

@@ -158,3 +158,61 @@ def test_ablation_on_real_oasis_crops(oasis_2d_dir, tmp_path):
     assert all(s["id"].startswith("OASIS_OAS1_") for s in split["train"] + split["val"])
     rows = _csv(out / "per_pair.csv")
     assert all(not math.isnan(float(r["dice"])) for r in rows)
+
+
+def test_ablation_with_the_tuned_arm(toy_ablation, tmp_path):
+    """--tuned-reg-scale: regloss_tuned (reg_scale M, constant schedule) beside regloss (reference) in one report."""
+    root, _, _ = toy_ablation
+    out = tmp_path / "tuned"
+    argv = ["ablation", "--data", f"oasis2d:{root / 'toy'}", "--variants", "baseline", "regloss", "affine_basic", "--tuned-reg-scale", "3",
+            "--steps", "2", "--steps-per-epoch", "1", "--val-pairs", "3", "--val-fraction", "0.5", "--train-val-pairs", "0",
+            "--device", "cpu", "--threads", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    _check_report_folder(out, ["baseline", "regloss", "regloss_tuned", "affine_basic"], n_pairs=3)
+    saved = {n: json.loads((out / "runs" / n / "config.json").read_text()) for n in ("regloss", "regloss_tuned", "affine_basic")}
+    assert saved["regloss"]["schedule"] is None and saved["regloss"]["reg_scale"] == 1.0
+    assert saved["regloss_tuned"]["schedule"] == "constant" and saved["regloss_tuned"]["reg_scale"] == 3.0
+    assert saved["regloss_tuned"]["variant"] == "regloss" and saved["affine_basic"]["reg_scale"] == 1.0  # no tuned affine_basic
+    assert saved["regloss_tuned"]["seed"] == saved["regloss"]["seed"] and saved["regloss_tuned"]["steps"] == saved["regloss"]["steps"]
+    summary = {r["variant"]: r for r in _csv(out / "summary.csv")}
+    assert math.isfinite(float(summary["regloss_tuned"]["dice_p"]))  # compared with baseline like the others
+    text = (out / "report.md").read_text()
+    assert "--tuned-reg-scale 3" in text and "**regularisation arms**" in text
+    assert "**tuned arm**: the regularisers of `regloss` x 3 = {'grad_l2': 0.03, 'displacement_hinge': 0.03, " in text
+    assert "`regloss`: U-Net" in text and "**reference arm**: regularisers" in text
+    runs = json.loads((out / "runs.json").read_text())
+    assert runs["regloss_tuned"]["schedule"] == "constant" and runs["regloss_tuned"]["reg_scale"] == 3.0
+    # rerun: reused, not retrained; another M into the same runs folder is refused, not silently reused
+    mtime = (out / "runs" / "regloss_tuned" / "last.pt").stat().st_mtime_ns
+    assert cli.main(argv) == 0
+    assert (out / "runs" / "regloss_tuned" / "last.pt").stat().st_mtime_ns == mtime
+    other = list(argv)
+    other[other.index("--tuned-reg-scale") + 1] = "4"
+    assert cli.main(other) == 2
+    # no regularised variant to tune; a bad multiplier
+    assert cli.main(argv[:4] + ["baseline", "affine_basic"] + argv[7:]) == 2
+    bad = list(argv)
+    bad[bad.index("--tuned-reg-scale") + 1] = "-1"
+    assert cli.main(bad) == 2
+
+
+def test_sweep_over_regulariser_multipliers(toy_ablation, tmp_path):
+    root, _, _ = toy_ablation
+    out = tmp_path / "scales"
+    argv = ["sweep", "--data", f"oasis2d:{root / 'toy'}", "--reg-scales", "2,0.5", "--steps", "2", "--val-pairs", "3",
+            "--val-fraction", "0.5", "--train-val-pairs", "0", "--device", "cpu", "--threads", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    summary = _csv(out / "summary.csv")
+    assert [(r["variant"], float(r["lambda"])) for r in summary] == [("regloss_x0.5", 0.5), ("regloss_x2", 2.0)]
+    assert [r["chosen"] for r in summary] == ["True", "False"]  # 2 steps: nothing folds, the smallest M is chosen
+    for name, m in (("regloss_x0.5", 0.5), ("regloss_x2", 2.0)):
+        config = json.loads((out / "runs" / name / "config.json").read_text())
+        assert config["variant"] == "regloss" and config["schedule"] == "constant" and config["reg_scale"] == m
+        assert config["similarity"] is None and config["lr"] is None  # the variant's own lncc / lr, as in the ablation
+    text = (out / "report.md").read_text()
+    assert "## Chosen M" in text and "**M = 0.5**" in text and "| type | M | n |" in text
+    assert "--reg-scales 2,0.5" in (out / "command.txt").read_text()
+    # the λ-grid options do not mix with --reg-scales; the variant must have regularisers
+    assert cli.main(argv[:-2] + ["--lambdas", "0.1", "--out", str(tmp_path / "bad1")]) == 2
+    assert cli.main(argv[:-2] + ["--scale-variant", "baseline", "--out", str(tmp_path / "bad2")]) == 2
+    assert cli.main(argv[:-2] + ["--folding-target", "0", "--out", str(tmp_path / "bad3")]) == 2

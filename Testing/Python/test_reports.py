@@ -168,3 +168,106 @@ def test_parse_reference_and_sweep_report(tmp_path):
     assert float(table[0]["mse_vs_identity"]) == pytest.approx((0.002 + 0.0001 - 0.01) / 0.01)
     text = paths["report"].read_text()
     assert "ref. MSE" in text and "| l2 | 0.001 | 5 |" in text and "MSE vs no registration" in text
+
+
+def test_pair_dataset_parses_the_brain_pair_ids():
+    assert reports.pair_dataset("lpba40-S05->lpba40-S18") == "lpba40"
+    assert reports.pair_dataset("miccai2012-1000_3->miccai2012-1017_3") == "miccai2012"
+    assert reports.pair_dataset("ixi-IXI002-Guys-0828-T1->ixi-IXI012-HH-1211-T1") == "ixi"
+    assert reports.pair_dataset("lpba40-S05->ibsr18-IBSR_01") == reports.MIXED_DATASETS
+    for not_brain in ("OASIS_OAS1_0001_MR1->OASIS_OAS1_0002_MR1", "p3", "lpba40->lpba40", "oasis-1->oasis-2", ""):
+        assert reports.pair_dataset(not_brain) is None, not_brain
+
+
+def _dataset_rows():
+    """baseline / regloss on 6 lpba40, 7 miccai2012 and 2 ixi pairs (+ identity), with known differences."""
+    rng = np.random.default_rng(3)
+    pairs = ([("lpba40", f"lpba40-S{i:02d}->lpba40-S{i + 10:02d}") for i in range(6)]
+             + [("miccai2012", f"miccai2012-10{i:02d}_3->miccai2012-11{i:02d}_3") for i in range(7)]
+             + [("ixi", f"ixi-IXI00{i}-T1->ixi-IXI01{i}-T1") for i in range(2)])
+    # regloss: Dice +0.05 on every lpba40 pair, -0.02 on every miccai2012 pair; folding / 2 everywhere
+    dice_shift = {"lpba40": 0.05, "miccai2012": -0.02, "ixi": 0.01}
+    rows = []
+    for variant in ("identity", "baseline", "regloss"):
+        for k, (dataset, pid) in enumerate(pairs):
+            base_dice = 0.5 + 0.02 * k
+            dice = base_dice - 0.1 if variant == "identity" else base_dice + (dice_shift[dataset] if variant == "regloss" else 0.0)
+            fold = 0.0 if variant == "identity" else (2.0 + 0.1 * k) * (0.5 if variant == "regloss" else 1.0)
+            rows.append({"variant": variant, "pair_id": pid, "dice": dice, "hd95_mm": 3.0 + rng.uniform(0, 1),
+                         "folding_pct": fold, "sdlogj": 0.1 * fold, "mse": 0.01, "tre_true_mm": math.nan})
+    return rows, pairs
+
+
+def test_per_dataset_summary_means_counts_and_tests():
+    rows, pairs = _dataset_rows()
+    groups = reports.rows_by_dataset(rows)
+    assert list(groups) == ["miccai2012", "lpba40", "ixi"]  # data.DATASET_LAYOUTS order
+    summary = reports.summarize_per_dataset(rows, baseline="baseline")
+    by = {(e["dataset"], e["variant"]): e for e in summary}
+    assert set(by) == {(d, v) for d in ("miccai2012", "lpba40", "ixi") for v in ("identity", "baseline", "regloss")}
+    for dataset, n in (("lpba40", 6), ("miccai2012", 7), ("ixi", 2)):
+        expected = [0.5 + 0.02 * k for k, (d, _) in enumerate(pairs) if d == dataset]
+        assert by[(dataset, "baseline")]["n_pairs"] == n
+        assert by[(dataset, "baseline")]["dice_mean"] == pytest.approx(np.mean(expected))
+        assert by[(dataset, "baseline")]["dice_std"] == pytest.approx(np.std(expected, ddof=1))
+        fold = [2.0 + 0.1 * k for k, (d, _) in enumerate(pairs) if d == dataset]
+        assert by[(dataset, "regloss")]["folding_pct_mean"] == pytest.approx(0.5 * np.mean(fold))
+        assert by[(dataset, "regloss")]["sdlogj_mean"] == pytest.approx(0.05 * np.mean(fold))
+        assert "mse_mean" not in by[(dataset, "regloss")]  # Dice, HD95, folding, SDlogJ only
+    # every lpba40 pair better (exact two-sided Wilcoxon p = 2 / 2**6), every miccai2012 pair worse (2 / 2**7)
+    assert by[("lpba40", "regloss")]["dice_p"] == pytest.approx(2.0 / 2**6)
+    assert by[("miccai2012", "regloss")]["dice_p"] == pytest.approx(2.0 / 2**7)
+    assert by[("lpba40", "regloss")]["dice_rel_change"] > 0 > by[("miccai2012", "regloss")]["dice_rel_change"]
+    # 2 ixi pairs: no tests
+    assert math.isnan(by[("ixi", "regloss")]["dice_p"]) and math.isnan(by[("ixi", "regloss")]["dice_q"])
+    assert math.isnan(by[("lpba40", "identity")]["dice_p"])  # the reference row is never tested
+    # one dataset only, or ids of no known dataset: no per-dataset summary
+    assert reports.summarize_per_dataset([r for r in rows if r["pair_id"].startswith("lpba40")]) == []
+    assert reports.summarize_per_dataset(_rows()) == []
+
+
+def test_ablation_report_has_a_per_dataset_section(tmp_path):
+    rows, _ = _dataset_rows()
+    paths = reports.write_ablation_report(tmp_path / "multi", rows, baseline="baseline", command="deepreg-ablation ablation")
+    text = paths["report"].read_text()
+    assert "## Per dataset" in text
+    section = text[text.index("## Per dataset"):text.index("Per-pair values")]
+    assert [ln for ln in section.splitlines() if ln.startswith("### ")] == [
+        "### miccai2012: 7 pairs", "### lpba40: 6 pairs", "### ixi: 2 pairs"]
+    lpba = section[section.index("### lpba40"):section.index("### ixi")]
+    assert "| regloss | 6 |" in lpba and "| p / q vs baseline | Dice | HD95 (mm) | folding (% det<=0) | SDlogJ |" in lpba
+    assert "↑ 0.0312 / " in lpba  # Dice up on all 6 pairs, p = 2 / 64
+    ixi = section[section.index("### ixi"):]
+    assert "p / q vs" not in ixi and "No paired tests: fewer than 5 pairs." in ixi
+    with open(paths["summary_per_dataset"], newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [(r["dataset"], r["variant"]) for r in table][:3] == [("miccai2012", "identity"), ("miccai2012", "baseline"),
+                                                                  ("miccai2012", "regloss")]
+    assert len(table) == 9 and float(table[1]["n_pairs"]) == 7
+    # single-dataset rows: no section, no file
+    single = reports.write_ablation_report(tmp_path / "single", _rows(), baseline="baseline")
+    assert "## Per dataset" not in single["report"].read_text() and "summary_per_dataset" not in single
+    assert not (tmp_path / "single" / "summary_per_dataset.csv").exists()
+
+
+def test_sweep_report_states_the_chosen_multiplier(tmp_path):
+    runs, rows = [], []
+    folding = {0.5: 2.0, 1.0: 0.7, 2.0: 0.3, 5.0: 0.05}  # smallest M below 0.5 %: 2
+    for m, fold in folding.items():
+        vid = f"regloss_x{m:g}"
+        runs.append({"variant": vid, "reg_type": "regloss (constant)", "lambda": m})
+        for i in range(4):
+            rows.append({"variant": vid, "pair_id": f"p{i}", "dice": 0.8 - 0.01 * m, "folding_pct": fold + 0.01 * i, "mse": 0.01})
+    paths = reports.write_sweep_report(tmp_path / "a", rows, runs, param_label="M", folding_target=0.5)
+    text = paths["report"].read_text()
+    assert "## Chosen M" in text and "**M = 2**" in text and "| regloss (constant) | **2** (chosen) | 4 |" in text
+    assert "| type | M | n |" in text and "0.33 % on the worst pair" in text
+    with open(paths["summary"], newline="") as fh:
+        assert [r["chosen"] for r in csv.DictReader(fh)] == ["False", "False", "True", "False"]
+    assert reports.choose_smallest_below(reports.summarize_sweep(rows, runs), 0.01) is None
+    none = reports.write_sweep_report(tmp_path / "b", rows, runs, param_label="M", folding_target=0.01)
+    assert "No M of this sweep keeps the mean folding below 0.01 %" in none["report"].read_text()
+    first = reports.write_sweep_report(tmp_path / "c", rows, runs, param_label="M", folding_target=5.0)
+    assert "**M = 0.5**" in first["report"].read_text() and "extend the sweep downwards" in first["report"].read_text()
+    with pytest.raises(ValueError, match="folding_target"):
+        reports.write_sweep_report(tmp_path / "d", rows, runs, folding_target=0.0)

@@ -14,6 +14,12 @@ val_pairs.json (the split and pairs used), runs.json (per-variant timing) and co
 exact command that reproduces the report). Checkpoints and training logs go to --runs-dir
 (default <out>/runs).
 
+Two regularisation arms: --tuned-reg-scale M adds, after every regularised variant V
+(regloss, affine_enhanced), a run V_tuned trained with every regulariser weight x M and a
+constant schedule (TrainConfig schedule="constant", reg_scale=M) beside V with its reference
+weights and schedule; same data, split, seed and steps, evaluated on the same pairs and
+compared with --baseline like every other run. Choose M with `sweep --reg-scales`.
+
 Resumable: a variant whose final checkpoint exists is not retrained; --resume continues a
 partly trained one from its last epoch.
 
@@ -37,6 +43,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 DEFAULT_VARIANTS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
 DEFAULT_VAL_PAIRS = 16
+TUNED_SUFFIX = "_tuned"
+TUNED_SCHEDULE = "constant"
 
 
 # --------------------------------------------------------------------------- arguments (shared with sweep)
@@ -80,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="variant ids (default: the four)")
     parser.add_argument("--baseline", default="baseline", help="variant the others are compared with (default baseline)")
+    parser.add_argument("--tuned-reg-scale", dest="tuned_reg_scale", type=float, default=None, metavar="M",
+                        help="add the tuned arm: for every regularised variant V (regloss, affine_enhanced) also train "
+                        f"V{TUNED_SUFFIX} with every regulariser weight x M and a constant schedule (TrainConfig "
+                        "schedule='constant', reg_scale=M), beside V with its reference weights and schedule; choose M "
+                        "with `sweep --reg-scales`")
     add_training_arguments(parser)
     parser.add_argument("--example-pair", dest="example_pair", type=int, default=0,
                         help="index of the validation pair shown in the example figure (default 0)")
@@ -202,10 +215,24 @@ def _final_state(run_dir: Path, steps: int) -> str:
     raise ValueError(f"{last} holds a run of {done} steps, more than --steps {steps}; use another --runs-dir")
 
 
-def train_variant(exp: Experiment, name: str, variant: Any, args: argparse.Namespace) -> Dict[str, Any]:
+def _check_regularisation(saved: Mapping[str, Any], schedule: Optional[str], reg_scale: float, path: Path) -> None:
+    """The saved run must have the same ``schedule`` / ``reg_scale`` (the trainer's resume check does not compare them)."""
+    saved_schedule = saved.get("schedule")
+    saved_scale = float(saved.get("reg_scale", 1.0) if saved.get("reg_scale") is not None else 1.0)
+    if saved_schedule != schedule or not math.isclose(saved_scale, float(reg_scale), rel_tol=1e-12, abs_tol=0.0):
+        raise ValueError(
+            f"cannot reuse {path}: it was trained with schedule {saved_schedule!r}, reg_scale {saved_scale:g}; "
+            f"this run asks for schedule {schedule!r}, reg_scale {float(reg_scale):g} (use another --runs-dir)"
+        )
+
+
+def train_variant(exp: Experiment, name: str, variant: Any, args: argparse.Namespace,
+                  schedule: Optional[str] = None, reg_scale: float = 1.0) -> Dict[str, Any]:
     """Train ``variant`` (id or VariantSpec dict) into ``<runs_dir>/<name>`` unless its final checkpoint exists.
 
-    Returns ``{"name", "checkpoint", "run_dir", "trained_now", "wall_s", "mean_step_s", "steps"}``.
+    ``schedule`` / ``reg_scale``: ``TrainConfig.schedule`` / ``TrainConfig.reg_scale`` (``None`` / 1:
+    the variant's own; ``"constant"`` / M: the "tuned" arm). Returns ``{"name", "checkpoint",
+    "run_dir", "trained_now", "wall_s", "mean_step_s", "steps", "schedule", "reg_scale"}``.
     """
     from .. import trainer
     from DeepRegAblationLib.checkpoints import load_checkpoint
@@ -218,12 +245,16 @@ def train_variant(exp: Experiment, name: str, variant: Any, args: argparse.Names
         variant=variant, out_dir=str(run_dir), data=data, steps=exp.steps, steps_per_epoch=exp.steps_per_epoch,
         batch_size=int(args.batch_size), seed=exp.seed, device=args.device, threads=args.threads, resume=bool(args.resume),
         checkpoint_every=0, val_every=1 if args.train_val_pairs > 0 else 0, log_tensorboard=False, progress_bar=False,
+        schedule=schedule, reg_scale=float(reg_scale),
     )
     state = _final_state(run_dir, exp.steps)
     if state == "partial" and not args.resume:
         raise ValueError(f"{run_dir} holds a partly trained run; add --resume to continue it (or remove the folder)")
-    if state == "done":
-        trainer._check_resumable(load_checkpoint(run_dir / "last.pt"), config, run_dir / "last.pt")
+    if state in ("done", "partial"):
+        saved = load_checkpoint(run_dir / "last.pt")
+        _check_regularisation(saved.get("config") or {}, schedule, reg_scale, run_dir / "last.pt")
+        if state == "done":
+            trainer._check_resumable(saved, config, run_dir / "last.pt")
     t0 = time.perf_counter()
     trained_now = state != "done"
     if trained_now:
@@ -234,7 +265,7 @@ def train_variant(exp: Experiment, name: str, variant: Any, args: argparse.Names
     wall = time.perf_counter() - t0 if trained_now else _logged_training_seconds(run_dir / "epochs.csv")
     step_s = _mean_step_seconds(run_dir / "steps.csv")
     info = {"name": name, "checkpoint": str(run_dir / "last.pt"), "run_dir": str(run_dir), "trained_now": trained_now,
-            "wall_s": wall, "mean_step_s": step_s, "steps": exp.steps}
+            "wall_s": wall, "mean_step_s": step_s, "steps": exp.steps, "schedule": schedule, "reg_scale": float(reg_scale)}
     exp.runs[name] = info
     return info
 
@@ -376,6 +407,50 @@ def schedule_description(exp: Experiment, specs: Sequence[Any]) -> str:
     )
 
 
+def ablation_runs(variants: Sequence[str], tuned_reg_scale: Optional[float] = None) -> "List[Dict[str, Any]]":
+    """The runs of an ablation, in report order: ``{"name", "variant", "schedule", "reg_scale", "arm"}``.
+
+    Every variant is one run with its own (reference) regularisation, ``arm`` ``"reference"``
+    for the regularised ones and ``None`` for the others. With ``tuned_reg_scale`` M every
+    regularised variant V is followed by ``V_tuned``: V with every regulariser weight x M and
+    a constant schedule (``arm`` ``"tuned"``).
+    """
+    from DeepRegAblationLib.variants import get_variant
+
+    if tuned_reg_scale is not None and not (math.isfinite(float(tuned_reg_scale)) and float(tuned_reg_scale) > 0):
+        raise ValueError(f"--tuned-reg-scale must be a number > 0, got {tuned_reg_scale!r}")
+    out: List[Dict[str, Any]] = []
+    for v in variants:
+        spec = get_variant(v)  # ValueError naming the valid ids
+        out.append({"name": v, "variant": v, "schedule": None, "reg_scale": 1.0,
+                    "arm": "reference" if spec.regularized else None})
+        if tuned_reg_scale is not None and spec.regularized:
+            name = f"{v}{TUNED_SUFFIX}"
+            if name in variants:
+                raise ValueError(f"--variants names {name!r}, which is the name of the tuned run of {v!r}")
+            out.append({"name": name, "variant": v, "schedule": TUNED_SCHEDULE, "reg_scale": float(tuned_reg_scale), "arm": "tuned"})
+    if tuned_reg_scale is not None and not any(r["arm"] == "tuned" for r in out):
+        raise ValueError(f"--tuned-reg-scale needs a regularised variant among --variants {list(variants)} (regloss, affine_enhanced)")
+    return out
+
+
+def describe_run(run_entry: Mapping[str, Any]) -> str:
+    """One "variants" entry of the report's setup: what the run trains and with which regularisation."""
+    from DeepRegAblationLib.variants import get_variant
+
+    spec = get_variant(run_entry["variant"])
+    text = f"`{run_entry['name']}`: {spec.description} (lr {spec.lr:g}, similarity {spec.similarity}"
+    if spec.regularized:
+        if run_entry["arm"] == "tuned":
+            m = float(run_entry["reg_scale"])
+            weights = {k: float(f"{float(w) * m:.6g}") for k, w in spec.regularizers.items()}
+            text += (f"; **tuned arm**: the regularisers of `{spec.id}` x {m:g} = {weights}, constant schedule "
+                     f"(multiplier 1 in every epoch)")
+        else:
+            text += (f"; **reference arm**: regularisers {dict(spec.regularizers)} x schedule {spec.schedule}")
+    return text + ")"
+
+
 def run(args: argparse.Namespace) -> int:
     from DeepRegAblationLib.variants import get_variant
 
@@ -383,34 +458,50 @@ def run(args: argparse.Namespace) -> int:
     from ..reports import write_ablation_report
 
     variants = list(dict.fromkeys(args.variants))
-    for v in variants:
-        get_variant(v)  # ValueError naming the valid ids
+    tuned = getattr(args, "tuned_reg_scale", None)
+    runs = ablation_runs(variants, tuned)
     if args.baseline not in variants:
         raise ValueError(f"--baseline {args.baseline!r} must be one of --variants {variants}")
+    names = [r["name"] for r in runs]
     command = canonical_command("ablation", args)
     exp = prepare_experiment(args)
-    write_command_file(exp, command, "DeepRegAblation four-variant ablation")
+    write_command_file(exp, command, "DeepRegAblation four-variant ablation"
+                       + (f", reference and tuned (x{tuned:g}, constant schedule) regularisation arms" if tuned is not None else ""))
     t0 = time.perf_counter()
-    for v in variants:
-        train_variant(exp, v, v, args)
-    rows, examples = evaluate_runs(exp, args, variants)
+    for r in runs:
+        train_variant(exp, r["name"], r["variant"], args, schedule=r["schedule"], reg_scale=r["reg_scale"])
+    rows, examples = evaluate_runs(exp, args, names)
     write_rows_csv(rows, exp.out_dir / "per_pair.csv")
     (exp.out_dir / "runs.json").write_text(json.dumps(exp.runs, indent=1, default=str) + "\n")
-    notes = [budget_note(exp, args)] + list(args.note or [])
+    notes = [budget_note(exp, args)]
     setup = setup_lines(exp, args, "ablation")
-    setup["variants"] = "; ".join(
-        f"`{v}`: {get_variant(v).description} (lr {get_variant(v).lr:g}, similarity {get_variant(v).similarity}"
-        + (f", regularisers {dict(get_variant(v).regularizers)} x schedule {get_variant(v).schedule}" if get_variant(v).regularized else "")
-        + ")"
-        for v in variants
-    )
+    setup["variants"] = "; ".join(describe_run(r) for r in runs)
     schedule = schedule_description(exp, [get_variant(v) for v in variants])
     if schedule:
         setup["regularisation schedule"] = schedule
+    if tuned is not None:
+        ref_names = ", ".join(f"`{r['name']}`" for r in runs if r["arm"] == "reference")
+        tuned_names = ", ".join(f"`{r['name']}`" for r in runs if r["arm"] == "tuned")
+        setup["regularisation arms"] = (
+            f"reference arm {ref_names}: the variant's reference weights and schedule (the study's setting); "
+            f"tuned arm {tuned_names}: the same variant, data, split, seed, augmentation and step budget, every "
+            f"regulariser weight x {tuned:g} and a constant schedule (multiplier 1 in every epoch instead of 0.1 -> 0.01), "
+            f"(M = {tuned:g} from `--tuned-reg-scale`; `deepreg-ablation sweep --reg-scales` picks it as the smallest "
+            "multiplier whose validation folding stays under 0.5 %). `baseline` and `affine_basic` are unregularised in both arms and "
+            "trained once"
+        )
+        notes.append(
+            f"**Two regularisation arms in one report.** Every run, tuned or not, is compared with `{args.baseline}` on the "
+            f"same validation pairs; the Benjamini–Hochberg family of a metric is all {len(runs) - 1} comparisons, so "
+            "q-values of the reference-arm rows are not the same as in a report without the tuned arm (means, stds and p "
+            "are). When the multiplier is chosen by a sweep on these validation pairs, the tuned arm's folding is the "
+            "selection criterion, not an independent test."
+        )
+    notes += list(args.note or [])
     paths = write_ablation_report(
         exp.out_dir, rows, baseline=args.baseline, command=command, setup=setup,
-        training_logs={v: exp.runs_dir / v for v in variants}, examples=examples, notes=notes,
-        title="DeepRegAblation: four-variant ablation",
+        training_logs={n: exp.runs_dir / n for n in names}, examples=examples, notes=notes,
+        title="DeepRegAblation: four-variant ablation" + (" (reference and tuned regularisation)" if tuned is not None else ""),
     )
     print(f"ablation report: {paths['report']} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0

@@ -16,6 +16,17 @@ command.txt. Reference figures: --reference TYPE:LAMBDA:METRIC=VALUE,... or, by 
 published L2 sweep on neurite-OASIS 2D (λ 0.001: 4.1 % non-positive Jacobians, val MSE
 0.00222; λ 0.01: 0.21 %, 0.00296; λ >= 0.1: 0 %); --reference none omits them.
 
+Multiplier sweep (--reg-scales M1,M2,...): instead of the λ grid, one run per M of an
+ablation variant with regularisers (--scale-variant, default regloss) trained exactly as the
+ablation trains it (its architecture, lr, similarity and augmentation) except that its own
+five regulariser weights are multiplied by M and the schedule is constant
+(TrainConfig schedule="constant", reg_scale=M: the "tuned" arm of `ablation
+--tuned-reg-scale M`). The report shows folding, Dice, SDlogJ... per M and states the chosen
+M: the smallest whose mean validation folding (% det J <= 0) is under --folding-target
+(default 0.5 %). Runs are named <variant>_x<M>.
+Example: deepreg-ablation sweep --data oasis2d:../shared/data/neurite-oasis-2d
+--reg-scales 0.5,1,2,5,10 --steps 1000 --out sweep-regscale
+
 Resumable like the ablation: finished runs are not retrained, --resume continues partial ones.
 
 Example: deepreg-ablation sweep --data oasis2d:../shared/data/neurite-oasis-2d --reg-types l2
@@ -41,16 +52,28 @@ from .ablation import (
 )
 
 REG_TYPES = {"l2": "grad_l2", "l1": "grad_l1", "bending": "bending_energy"}
+DEFAULT_REG_TYPES = "l1,l2,bending"
+DEFAULT_LAMBDAS = "0.001,0.01,0.1"
+DEFAULT_SIMILARITY = "mse"
+DEFAULT_LR = 1e-4
+DEFAULT_FOLDING_TARGET = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
-    parser.add_argument("--reg-types", dest="reg_types", default="l1,l2,bending",
-                        help="comma-separated regulariser types: l1, l2, bending or a losses.REGULARIZERS name (default l1,l2,bending)")
-    parser.add_argument("--lambdas", default="0.001,0.01,0.1", help="comma-separated weights λ (default 0.001,0.01,0.1)")
+    parser.add_argument("--reg-types", dest="reg_types", default=None,
+                        help=f"comma-separated regulariser types: l1, l2, bending or a losses.REGULARIZERS name (default {DEFAULT_REG_TYPES})")
+    parser.add_argument("--lambdas", default=None, help=f"comma-separated weights λ (default {DEFAULT_LAMBDAS})")
     parser.add_argument("--runs", default=None, help="extra single runs TYPE:LAMBDA,... (e.g. l1:0.01,bending:0.01)")
-    parser.add_argument("--similarity", default="mse", help="similarity loss (default mse)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    parser.add_argument("--similarity", default=None, help=f"similarity loss of the λ grid (default {DEFAULT_SIMILARITY})")
+    parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate of the λ grid (default {DEFAULT_LR:g})")
+    parser.add_argument("--reg-scales", dest="reg_scales", default=None, metavar="M,...",
+                        help="multiplier sweep instead of the λ grid: one run of --scale-variant per M with its own "
+                        "regulariser weights x M and a constant schedule (e.g. 0.5,1,2,5,10)")
+    parser.add_argument("--scale-variant", dest="scale_variant", default=None,
+                        help="the regularised variant of --reg-scales (default regloss)")
+    parser.add_argument("--folding-target", dest="folding_target", type=float, default=None,
+                        help=f"--reg-scales chooses the smallest M whose mean folding %% is below this (default {DEFAULT_FOLDING_TARGET:g})")
     parser.add_argument("--reference", default=None,
                         help="reference figures TYPE:LAMBDA:METRIC=VALUE,... ; default: the published L2 sweep; 'none': no reference")
     add_training_arguments(parser)
@@ -77,6 +100,25 @@ def regularizer_name(reg_type: str) -> str:
     if name not in REGULARIZERS:
         raise ValueError(f"unknown regulariser type {reg_type!r}; use one of {sorted(REG_TYPES)} or {sorted(REGULARIZERS)}")
     return name
+
+
+def scale_runs(args: argparse.Namespace) -> List[Tuple[str, float]]:
+    """``(run name, M)`` of a ``--reg-scales`` sweep, M ascending, without repeats (``ValueError`` on bad input)."""
+    from DeepRegAblationLib.variants import get_variant
+
+    for flag, value in (("--reg-types", args.reg_types), ("--lambdas", args.lambdas), ("--runs", args.runs),
+                        ("--similarity", args.similarity), ("--lr", args.lr)):
+        if value is not None:
+            raise ValueError(f"{flag} belongs to the λ grid; --reg-scales trains the variant with its own regularisers, "
+                             "similarity and lr (leave {flag} out)".replace("{flag}", flag))
+    variant = args.scale_variant or "regloss"
+    spec = get_variant(variant)  # ValueError naming the valid ids
+    if not spec.regularized:
+        raise ValueError(f"--scale-variant {variant!r} has no regularisers to scale; use regloss or affine_enhanced")
+    scales = sorted(set(_floats(args.reg_scales, "--reg-scales")))
+    if not scales:
+        raise ValueError(f"--reg-scales must name at least one multiplier, got {args.reg_scales!r}")
+    return [(f"{variant}_x{m:g}", m) for m in scales]
 
 
 def sweep_runs(args: argparse.Namespace) -> List[Tuple[str, float]]:
@@ -180,10 +222,74 @@ def movement_note(identity_rows, rows, threshold: float = 0.10) -> str:
     )
 
 
+def run_scales(args: argparse.Namespace) -> int:
+    """The ``--reg-scales`` sweep: one run per multiplier M, folding / Dice per M, the chosen M."""
+    from DeepRegAblationLib.variants import get_variant
+
+    from ..evaluation import write_rows_csv
+    from ..reports import write_sweep_report
+    from ..stats import format_mean_std
+
+    if args.reference is not None and str(args.reference).strip().lower() != "none":
+        raise ValueError("--reference belongs to the λ grid; leave it out with --reg-scales")
+    runs = scale_runs(args)
+    variant = args.scale_variant or "regloss"
+    spec = get_variant(variant)
+    target = DEFAULT_FOLDING_TARGET if args.folding_target is None else float(args.folding_target)
+    if not (target > 0):
+        raise ValueError(f"--folding-target must be > 0, got {args.folding_target!r}")
+    command = canonical_command("sweep", args)
+    exp = prepare_experiment(args)
+    write_command_file(exp, command, f"DeepRegAblation regulariser-multiplier sweep ({variant}, constant schedule)")
+    t0 = time.perf_counter()
+    for name, m in runs:
+        train_variant(exp, name, variant, args, schedule="constant", reg_scale=m)
+    names = [n for n, _ in runs]
+    rows, examples = evaluate_runs(exp, args, names, identity=True)
+    write_rows_csv(rows, exp.out_dir / "per_pair.csv")
+    (exp.out_dir / "runs.json").write_text(json.dumps(exp.runs, indent=1, default=str) + "\n")
+    identity = [r for r in rows if r["variant"] == "identity"]
+    sweep_rows = [r for r in rows if r["variant"] != "identity"]
+    setup = setup_lines(exp, args, "sweep")
+    setup["model and loss"] = (
+        f"`{variant}`: {spec.description} (lr {spec.lr:g}, similarity {spec.similarity}), trained as the ablation trains "
+        f"it except for the regularisation: its regulariser weights {dict(spec.regularizers)} x M and a constant schedule "
+        f"(multiplier 1 in every epoch; TrainConfig schedule='constant', reg_scale=M). For comparison, the reference "
+        f"setting is M = 1 with the schedule max(0.01, 0.1 (1 - epoch / epochs)), i.e. 0.1 falling to 0.01"
+    )
+    setup["choice of M"] = (f"the smallest M whose mean folding (% of det J <= 0) over the validation pairs is below "
+                            f"{target:g} %; it is the tuned setting of `ablation --tuned-reg-scale M`")
+    if identity:
+        setup["no registration (identity)"] = ", ".join(
+            f"{m} {format_mean_std([r[m] for r in identity])}" for m in ("dice", "mse") if m in identity[0]
+        )
+    notes = [budget_note(exp, args)]
+    movement = movement_note(identity, sweep_rows)
+    if movement:
+        notes.append(movement)
+    notes += list(args.note or [])
+    paths = write_sweep_report(
+        exp.out_dir, sweep_rows, [{"variant": n, "reg_type": f"{variant} (constant)", "lambda": m} for n, m in runs],
+        command=command, setup=setup, training_logs={n: exp.runs_dir / n for n in names},
+        examples=example_subset(examples, {n: (variant, m, None) for n, m in runs}), notes=notes, identity_rows=identity,
+        title=f"DeepRegAblation regulariser-multiplier sweep ({variant})", param_label="M", folding_target=target,
+    )
+    print(f"sweep report: {paths['report']} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import write_rows_csv
     from ..reports import BUILTIN_SWEEP_REFERENCE, BUILTIN_SWEEP_REFERENCE_SOURCE, parse_reference, write_sweep_report
 
+    if args.reg_scales is not None:
+        return run_scales(args)
+    if args.scale_variant is not None or args.folding_target is not None:
+        raise ValueError("--scale-variant and --folding-target belong to --reg-scales")
+    args.reg_types = DEFAULT_REG_TYPES if args.reg_types is None else args.reg_types
+    args.lambdas = DEFAULT_LAMBDAS if args.lambdas is None else args.lambdas
+    args.similarity = DEFAULT_SIMILARITY if args.similarity is None else args.similarity
+    args.lr = DEFAULT_LR if args.lr is None else args.lr
     runs = sweep_runs(args)
     variants = {f"{t}_{lam:g}": (t, lam, run_variant(t, lam, args.similarity, args.lr)) for t, lam in runs}
     if args.reference is None:
