@@ -175,7 +175,9 @@ def _architecture(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The parts of a model config that decide the weights' names and shapes."""
     variant = config.get("variant", {}) if isinstance(config, Mapping) else {}
     arch = dict(DEFAULT_ARCH)
-    arch.update(config.get("arch", {}) if isinstance(config, Mapping) else {})
+    saved = dict(config.get("arch", {}) if isinstance(config, Mapping) else {})
+    saved.setdefault("affine_kind", "regression")  # configs from before the keypoint stage (networks.model_from_config)
+    arch.update(saved)
     arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in arch.items()}
     affine = variant.get("affine") if isinstance(variant, Mapping) else None
     return {"ndim": config.get("ndim") if isinstance(config, Mapping) else None, "affine": affine, "arch": arch}

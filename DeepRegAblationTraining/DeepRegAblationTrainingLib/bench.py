@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 VARIANT_IDS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
-SIZES = {"2d": (160, 192), "3d128": (128, 128, 128), "3d160": (160, 192, 224)}
+SIZES = {"2d": (160, 192), "3d128": (128, 128, 128), "3d160": (160, 192, 224),
+         # the 3D brain models' grid (192 x 256 x 192 mm, data.brain_grid_shape) at 4, 3 and 2 mm
+         "brain4mm": (48, 64, 48), "brain3mm": (64, 96, 64), "brain2mm": (96, 128, 96)}
 VXM = "VxmPairwise"
 
 

@@ -23,7 +23,7 @@ def registered(tmp_path_factory):
     on anisotropic oblique fixed and moving grids that differ; files written by exports."""
     torch.manual_seed(0)
     fixed, moving = oblique_pair()
-    model = build_model("affine_basic", 3)
+    model = build_model("affine_basic", 3, affine_kind="regression")  # the test sets the regression head
     with torch.no_grad():
         model.affine.head.weight.zero_()
         model.affine.head.bias.copy_(torch.tensor([0.05, 0.02, 0, 0, -0.03, 0.01, 0.02, 0, 0.04, 0.1, -0.05, 0.08]))

@@ -35,7 +35,7 @@ def set_constant_flow(model, flow_vox):
 
 def test_known_translation_matches_simpleitk():
     fixed, moving = oblique_pair()
-    model = build_model("affine_basic", 3)
+    model = build_model("affine_basic", 3, affine_kind="regression")  # the test sets the regression head
     translation_vox = np.array([1.0, -2.0, 1.5])  # (k, j, i) voxels of the model grid (fixed spacing)
     set_affine(model, np.zeros((3, 3)), translation_vox / ((np.array(MODEL_SHAPE) - 1) / 2.0))
     set_constant_flow(model, [0.0, 0.0, 0.0])
@@ -63,7 +63,7 @@ def test_known_translation_matches_simpleitk():
 def test_known_affine_and_field_match_the_network_output():
     """Full-resolution RAS mapping == the network's voxel mapping on the model grid, carried through IJKToRAS."""
     fixed, moving = oblique_pair()
-    model = build_model("affine_basic", 3)
+    model = build_model("affine_basic", 3, affine_kind="regression")  # the test sets the regression head
     set_affine(model, [[0.04, 0.02, 0.0], [0.0, -0.03, 0.01], [0.02, 0.0, 0.05]], [0.08, -0.05, 0.06])
     set_constant_flow(model, [0.5, -0.25, 0.75])
     result = register(fixed, moving, model, device="cpu")
@@ -268,7 +268,7 @@ def test_ras_model_transform_h5_resamples_like_the_warped_image(tmp_path):
 
     torch.manual_seed(0)
     fixed, moving = oblique_pair()
-    model = build_model("affine_basic", 3)
+    model = build_model("affine_basic", 3, affine_kind="regression")  # the test sets the regression head
     set_affine(model, [[0.04, 0.02, 0.0], [0.0, -0.03, 0.01], [0.02, 0.0, 0.05]], [0.08, -0.05, 0.06])
     with torch.no_grad():
         model.flow.conv.weight.mul_(2e5)  # the untrained U-Net's output, scaled to a few voxels
