@@ -847,17 +847,19 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def resolveInitialAlignment(fixedVolume, movingVolume, choice: str,
                                 log: Optional[Callable[[str], None]] = None) -> str:
-        """``"com"`` or ``"none"`` for ``choice`` (``"auto"``, ``"com"``, ``"none"``) on these volumes; the
-        reason goes to ``log`` (the status log) when the choice was automatic."""
-        from DeepRegAblationLib import choices, scene
+        """The ``initial_alignment`` to pass to ``register`` for ``choice`` (``"auto"``, ``"com"``, ``"none"``).
 
-        if choice in ("com", "none"):
-            return choice
-        decision = choices.decide_initial_alignment(  # "auto" (other choices raise ValueError)
-            scene.image_data_from_volume_node(fixedVolume), scene.image_data_from_volume_node(movingVolume), choice
-        )
-        (log or logging.info)(decision.reason)
-        return decision.initial_alignment
+        ``"auto"`` is passed on: ``register`` decides per model (what it was trained with, else
+        ``choices.decide_initial_alignment``) and says why in a progress line (the status log).
+        """
+        from DeepRegAblationLib import choices
+
+        if choice not in choices.ALIGNMENT_CHOICES:
+            raise ValueError(f"alignment choice must be one of {choices.ALIGNMENT_CHOICES}, got {choice!r}")
+        if choice == "auto":
+            (log or logging.info)("Initial alignment: automatic (what the model was trained with; the centres of "
+                                  "mass for the shipped 3D models)")
+        return choice
 
     def _labelmapForLabels(self, labelsNode, referenceVolume, colorTableNode, tempNodes: list):
         """A labelmap node for ``labelsNode``: itself, or a temporary export of a segmentation.

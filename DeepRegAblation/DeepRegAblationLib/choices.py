@@ -4,10 +4,12 @@
   ``register(refine=0 | "recommended" | "thorough" | N)`` and the matching ``--refine`` arguments
   of the command line.
 - The background run's ``register`` command line (:func:`register_arguments`).
-- Initial alignment: ``auto`` / ``com`` / ``none``. ``auto`` translates the moving image's
-  intensity centre of mass onto the fixed image's for 3D pairs whose centres lie more than
-  :data:`COM_DISTANCE_MM` apart or that do not overlap in physical space (scans of different
-  subjects or scanners); the decision comes with one line for the status log.
+- Initial alignment: ``auto`` / ``com`` / ``none``. ``auto`` is decided by ``register``: what the
+  model was trained with (the shipped 3D models: centres of mass), and for a model that does not
+  record it :func:`decide_initial_alignment`, which translates the moving image's intensity centre
+  of mass onto the fixed image's for 3D pairs whose centres lie more than :data:`COM_DISTANCE_MM`
+  apart or that do not overlap in physical space (scans of different subjects or scanners); the
+  decision comes with one line for the status log.
 """
 from __future__ import annotations
 
@@ -60,8 +62,8 @@ def register_arguments(files: Dict[str, Path], out_dir: Path, variant_ids: Seque
     """``register`` and its arguments for the panel's background run (the input files written by the
     panel: ``files["fixed"]``, ``["moving"]``, optional ``["fixed_labels"]``, ``["moving_labels"]``).
 
-    ``variant_ids``: one variant or all four; ``initial_alignment``: "none" or "com" (an "auto"
-    choice is resolved first, with :func:`decide_initial_alignment`).
+    ``variant_ids``: one variant or all four; ``initial_alignment``: "auto" (``register`` decides:
+    what the model was trained with, else :func:`decide_initial_alignment`), "none" or "com".
     """
     args = ["register", "--fixed", str(files["fixed"]), "--moving", str(files["moving"])]
     for role in ("fixed_labels", "moving_labels"):
@@ -75,8 +77,8 @@ def register_arguments(files: Dict[str, Path], out_dir: Path, variant_ids: Seque
         raise ValueError(f"the background registration runs one variant or all four, got {list(variant_ids)}")
     if model:
         args += ["--model", str(model)]
-    if initial_alignment not in ("com", "none"):
-        raise ValueError(f"initial_alignment must be 'com' or 'none' here, got {initial_alignment!r}")
+    if initial_alignment not in ALIGNMENT_CHOICES:
+        raise ValueError(f"initial_alignment must be one of {ALIGNMENT_CHOICES}, got {initial_alignment!r}")
     return args + ["--device", device, *refine_cli_arguments(refine), "--init-align", initial_alignment,
                    "--save-npz", "--out", str(out_dir)]
 

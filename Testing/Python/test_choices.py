@@ -108,4 +108,6 @@ def test_background_command_is_understood_by_the_register_command(tmp_path, vari
     with pytest.raises(ValueError, match="one variant or all four"):
         choices.register_arguments(files, tmp_path, ["baseline", "regloss"], None, "cpu")
     with pytest.raises(ValueError, match="initial_alignment"):
-        choices.register_arguments(files, tmp_path, ["baseline"], None, "cpu", 0, "auto")
+        choices.register_arguments(files, tmp_path, ["baseline"], None, "cpu", 0, "always")
+    auto = choices.register_arguments(files, tmp_path / "out", ["baseline"], None, "cpu", 0, "auto")
+    assert cli.build_parser(["register"]).parse_args(auto).init_align == "auto"  # register decides per model
