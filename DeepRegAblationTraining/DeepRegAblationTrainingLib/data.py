@@ -1246,6 +1246,7 @@ BRAIN_SPACING_MM = 4.0
 BRAIN_FIELD_OF_VIEW_MM = (192.0, 256.0, 192.0)
 BRAIN_VAL_SUBJECTS = {"miccai2012": 5, "lpba40": 5, "ibsr18": 5, "ixi": 2}
 BRAIN_WEIGHTS = {"miccai2012": 1.0, "lpba40": 1.0, "ibsr18": 1.0, "ixi": 0.5}
+BRAIN_TRANSLATION_MM = 4.0  # largest random shift of each training image (augmentation)
 BRAIN_MAX_LABELS = 16  # structures per training pair in the Dice loss (see compact_label_pair)
 
 
@@ -1484,6 +1485,9 @@ def _build_brain_data(
     shape = spec.get("shape") or brain_grid_shape(min(spacing), divisor)
     preprocess = Preprocess(spacing_mm=spacing, shape=shape, divisor=divisor, ndim=3, center=spec.get("center", "com"))
     aug_spec = spec.get("augment", {})
+    if isinstance(aug_spec, Mapping):  # shifts in mm, not voxels of the coarse grid (4 voxels would be 16 mm)
+        aug_spec = dict(aug_spec)
+        aug_spec.setdefault("translation_vox", BRAIN_TRANSLATION_MM / min(spacing))
     augment = Augment(**aug_spec) if isinstance(aug_spec, Mapping) else (Augment() if aug_spec else None)
     split_file = spec.get("split")
     if split_file and Path(split_file).is_file():
