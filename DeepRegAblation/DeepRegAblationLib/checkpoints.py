@@ -178,6 +178,7 @@ def _architecture(config: Mapping[str, Any]) -> Dict[str, Any]:
     saved = dict(config.get("arch", {}) if isinstance(config, Mapping) else {})
     saved.setdefault("affine_kind", "regression")  # configs from before the keypoint stage (networks.model_from_config)
     arch.update(saved)
+    arch.pop("affine_passes", None)  # how often the stage runs, not which weights it has
     arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in arch.items()}
     affine = variant.get("affine") if isinstance(variant, Mapping) else None
     return {"ndim": config.get("ndim") if isinstance(config, Mapping) else None, "affine": affine, "arch": arch}

@@ -18,6 +18,8 @@ displacements are ``(B, ndim, *spatial)`` in voxels (see ``fields``).
   stage): stride-2 convolutions, global average pooling, a linear layer to
   ``ndim * ndim + ndim`` parameters, initialised to zero so that the stage starts as exactly
   the identity.
+- ``affine_passes`` > 1 runs the affine stage again on the moving image as the last pass left
+  it and composes the answers (``A = A_1 @ A_2 ...``), the same weights in every pass.
 - :class:`RegistrationModel`: optional affine stage, then the U-Net on
   ``concat(affinely warped moving, fixed)``; total displacement
   ``compose(affine_disp_vox, deform_disp_vox)`` and one interpolation of the original moving
@@ -49,6 +51,7 @@ DEFAULT_ARCH: Dict[str, Any] = dict(
     affine_features=(16, 32, 64, 64),
     affine_kind="keypoints",
     affine_keypoints=32,
+    affine_passes=1,
 )
 AFFINE_KINDS = ("keypoints", "regression")
 KEYPOINT_STRIDES = 3  # stride-2 layers of the keypoint encoder (the rest keep the resolution)
@@ -394,6 +397,9 @@ class RegistrationModel(nn.Module):
         batch, shape = moving.shape[0], tuple(moving.shape[2:])
         if self.affine is not None:
             matrix_vox = self.affine(torch.cat([moving, fixed], dim=1))
+            for _ in range(self.arch["affine_passes"] - 1):  # each pass corrects what the last one left
+                seen = fields.warp(moving, fields.affine_to_disp(matrix_vox, shape))
+                matrix_vox = matrix_vox @ self.affine(torch.cat([seen, fixed], dim=1))
             affine_disp_vox = fields.affine_to_disp(matrix_vox, shape)
             moving_affine = fields.warp(moving, affine_disp_vox)
         else:
@@ -454,6 +460,9 @@ def _normalize_arch(arch: Mapping[str, Any]) -> Dict[str, Any]:
     keypoints = merged["affine_keypoints"]
     if isinstance(keypoints, bool) or not isinstance(keypoints, int) or keypoints < 4:
         raise ValueError(f"affine_keypoints must be an int >= 4, got {keypoints!r}")
+    passes = merged["affine_passes"]
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"affine_passes must be an int >= 1, got {passes!r}")
     steps = merged["int_steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"int_steps must be an int >= 0, got {steps!r}")

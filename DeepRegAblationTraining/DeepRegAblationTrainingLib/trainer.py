@@ -242,7 +242,8 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- helpers
 def _arch_key(config: Mapping[str, Any]) -> Tuple[Any, ...]:
     variant = config.get("variant", {}) or {}
-    arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in (config.get("arch") or {}).items()}
+    arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in (config.get("arch") or {}).items()
+            if k != "affine_passes"}  # the passes share the weights: a 1-pass checkpoint initialises a 2-pass model
     return config.get("ndim"), bool(variant.get("affine")), json.dumps(arch, sort_keys=True)
 
 

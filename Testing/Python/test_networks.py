@@ -302,6 +302,7 @@ def test_module_constants_match_the_contract():
         affine_features=(16, 32, 64, 64),
         affine_kind="keypoints",
         affine_keypoints=32,
+        affine_passes=1,
     )
     assert networks.LEAKY_SLOPE == 0.2
 
@@ -405,3 +406,16 @@ def test_old_checkpoint_configs_rebuild_the_regression_stage():
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
     with pytest.raises(ValueError, match="affine_kind"):
         build_model("affine_basic", 2, affine_kind="moments")
+
+
+def test_affine_passes_compose_the_stage_on_what_the_last_pass_left():
+    one = _build("affine_basic", 3, seed=4)
+    two = _build("affine_basic", 3, seed=4, affine_passes=2)
+    two.load_state_dict(one.state_dict())  # same weights: the passes share them
+    moving, fixed = _pair(1, SHAPES[3])
+    first = one.affine(torch.cat([moving, fixed], dim=1))
+    seen = fields.warp(moving, fields.affine_to_disp(first, SHAPES[3]))
+    expected = first @ one.affine(torch.cat([seen, fixed], dim=1))
+    assert torch.allclose(two(moving, fixed)["affine_matrix_vox"], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="affine_passes"):
+        build_model("affine_basic", 3, affine_passes=0)

@@ -67,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--features-enc", type=int, nargs="+", default=None, help="U-Net encoder features")
     p.add_argument("--features-dec", type=int, nargs="+", default=None, help="U-Net decoder features")
     p.add_argument("--diffeomorphic", action="store_true", help="integrate a stationary velocity field")
+    p.add_argument("--affine-passes", type=int, default=None, metavar="N",
+                   help="run the affine stage N times, each on what the last pass left (default 1; shared weights)")
     p.add_argument("--val-every", type=int, default=1, help="epochs between validations (default 1)")
     p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between epoch_XXXX.pt files (default 10)")
     p.add_argument("--max-nonfinite", type=int, default=20, help="non-finite steps tolerated before aborting")
@@ -124,6 +126,8 @@ def config_from_args(args: argparse.Namespace):
         arch["dec_features"] = list(args.features_dec)
     if args.diffeomorphic:
         arch["diffeomorphic"] = True
+    if args.affine_passes is not None:
+        arch["affine_passes"] = int(args.affine_passes)
     return TrainConfig(
         variant=args.variant,
         ndim=args.ndim,
