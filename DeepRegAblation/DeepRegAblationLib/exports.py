@@ -33,7 +33,7 @@ from .imageio import ImageData, itk_image_from_array, write_image, write_itk_ima
 PathLike = Union[str, Path]
 
 METRIC_COLUMNS = (
-    "variant", "dice", "hd95_mm", "folding_pct", "sdlogj", "mse", "ncc", "ssim", "max_disp_mm", "runtime_s",
+    "variant", "dice", "hd95_mm", "folding_pct", "sdlogj", "mse", "ncc", "ssim", "max_disp_mm", "runtime_s", "metrics_s",
 )  # fmt: skip
 """Columns of ``metrics.csv`` / keys of each ``metrics.json`` record, in order."""
 

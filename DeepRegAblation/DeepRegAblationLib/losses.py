@@ -140,11 +140,12 @@ def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float 
     if int(window) < 1 or int(window) % 2 == 0:
         raise ValueError(f"window must be a positive odd integer, got {window}")
     window = int(window)
-    mean_f = _box_mean(fixed, window)
-    mean_w = _box_mean(warped, window)
-    var_f = (_box_mean(fixed * fixed, window) - mean_f * mean_f).clamp_min(0.0)
-    var_w = (_box_mean(warped * warped, window) - mean_w * mean_w).clamp_min(0.0)
-    cov = _box_mean(fixed * warped, window) - mean_f * mean_w
+    # the five local means in one pass (channels stacked): three pooling calls instead of fifteen
+    stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
+    mean_f, mean_w, mean_ff, mean_ww, mean_fw = torch.split(_box_mean(stacked, window), fixed.shape[1], dim=1)
+    var_f = (mean_ff - mean_f * mean_f).clamp_min(0.0)
+    var_w = (mean_ww - mean_w * mean_w).clamp_min(0.0)
+    cov = mean_fw - mean_f * mean_w
     cc = cov / torch.sqrt(var_f * var_w + eps)
     return 1.0 - torch.mean(cc)
 

@@ -18,6 +18,7 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from . import fields
 from .losses import ssim_index
@@ -150,13 +151,16 @@ def hd95_mm(mask_a: ArrayLike, mask_b: ArrayLike, spacing: Spacing = None) -> fl
     """95th percentile of the symmetric surface distances between two masks, in mm.
 
     Surface voxels are mask voxels with a face neighbour outside the mask. The distances
-    from every surface voxel of A to the nearest surface voxel of B and from B to A (scipy
-    EDT with ``sampling=spacing``) are pooled and their 95th percentile (linear
+    from every surface voxel of A to the nearest surface voxel of B and from B to A (in mm,
+    by a k-d tree of the surface points) are pooled and their 95th percentile (linear
     interpolation) returned. NaN when either mask is empty.
     """
     a, b = _label_pair(mask_a, mask_b, "mask_a", "mask_b")
-    a, b = a != 0, b != 0
-    sp = _spacing(spacing, a.ndim)
+    return _hd95_of_masks(a != 0, b != 0, _spacing(spacing, a.ndim))
+
+
+def _hd95_of_masks(a: np.ndarray, b: np.ndarray, sp: np.ndarray) -> float:
+    """:func:`hd95_mm` of two boolean masks (no conversion)."""
     if not a.any() or not b.any():
         return float("nan")
     # Work inside the bounding box of both masks grown by one voxel: every surface voxel lies
@@ -165,18 +169,40 @@ def hd95_mm(mask_a: ArrayLike, mask_b: ArrayLike, spacing: Spacing = None) -> fl
     box = ndimage.find_objects((a | b).astype(np.uint8))[0]
     box = tuple(slice(max(sl.start - 1, 0), min(sl.stop + 1, n)) for sl, n in zip(box, a.shape))
     a, b = a[box], b[box]
-    surf_a, surf_b = _surface(a), _surface(b)
-    to_b = ndimage.distance_transform_edt(~surf_b, sampling=sp)[surf_a]
-    to_a = ndimage.distance_transform_edt(~surf_a, sampling=sp)[surf_b]
+    # nearest surface voxel of the other mask by a k-d tree of the surface points (mm): the same
+    # distances as the Euclidean distance transform of the other surface, at a fraction of its cost
+    points_a = np.argwhere(_surface(a)) * sp
+    points_b = np.argwhere(_surface(b)) * sp
+    to_b = cKDTree(points_b).query(points_a)[0]
+    to_a = cKDTree(points_a).query(points_b)[0]
     return float(np.percentile(np.concatenate([to_b, to_a]), 95))
 
 
 def hd95_per_label(
     labels_a: ArrayLike, labels_b: ArrayLike, spacing: Spacing = None, labels: Optional[Iterable[int]] = None
 ) -> Dict[int, float]:
-    """:func:`hd95_mm` per label present in both maps (background 0 skipped)."""
+    """:func:`hd95_mm` per label present in both maps (background 0 skipped).
+
+    Each label is compared inside the union of its bounding boxes in the two maps (grown by one
+    voxel), found for all labels in one pass (``ndimage.find_objects``): the same values as on
+    the whole image, without a full-image mask per label (~140 labels at 1 mm).
+    """
     a, b = _label_pair(labels_a, labels_b, "labels_a", "labels_b")
-    return {lab: hd95_mm(a == lab, b == lab, spacing) for lab in _labels_to_score(a, b, labels)}
+    sp = _spacing(spacing, a.ndim)
+    keep = _labels_to_score(a, b, labels)
+    if not keep:
+        return {}
+    if min(keep) < 1 or int(a.min()) < 0 or int(b.min()) < 0:  # find_objects needs non-negative labels
+        return {lab: _hd95_of_masks(a == lab, b == lab, sp) for lab in keep}
+    boxes_a = ndimage.find_objects(a, max_label=max(keep))
+    boxes_b = ndimage.find_objects(b, max_label=max(keep))
+    out = {}
+    for lab in keep:
+        box_a, box_b = boxes_a[lab - 1], boxes_b[lab - 1]
+        box = tuple(slice(max(min(sa.start, sb.start) - 1, 0), min(max(sa.stop, sb.stop) + 1, n))
+                    for sa, sb, n in zip(box_a, box_b, a.shape))
+        out[lab] = _hd95_of_masks(a[box] == lab, b[box] == lab, sp)
+    return out
 
 
 def mean_hd95(

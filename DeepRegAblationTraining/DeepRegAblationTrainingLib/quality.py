@@ -289,6 +289,140 @@ def _run_ants(fixed_itk, moving_itk, deformable: bool, timings: Dict[str, float]
     return affine_lps, total_lps
 
 
+# --------------------------------------------------------------------------- peers: elastix and FireANTs
+PEER_METHODS = {
+    "elastix": "elastix affine + B-spline (itk-elastix)",
+    "fireants": "FireANTs affine + greedy (fireants)",
+}
+"""Optional peers (row id -> label); each runs only when its package imports (:func:`peer_status`)."""
+PEER_PACKAGES = {"elastix": ("itk", "itk-elastix"), "fireants": ("fireants", "fireants")}
+FIREANTS_AFFINE = ([8, 4, 2, 1], [100, 50, 25, 20])
+"""FireANTs affine scales and iterations (its LPBA40 script), after a centre-of-mass moments initialisation."""
+FIREANTS_GREEDY = ([4, 2, 1], [200, 100, 50])
+"""FireANTs greedy deformable scales and iterations (its LPBA40 script: cc window 7, gradient smoothing 2,
+warp smoothing 0.5, Adam lr 0.5)."""
+
+
+def peer_status(method: str) -> Optional[str]:
+    """``None`` when the peer ``method`` can run here, else why not (a sentence for the report)."""
+    module, package = PEER_PACKAGES[method]
+    try:
+        imported = __import__(module)
+        if method == "elastix" and not hasattr(imported, "elastix_registration_method"):
+            return f"{PEER_METHODS[method]} skipped: the itk package here has no elastix (pip install {package})"
+    except Exception as exc:  # ImportError, or a broken install of an optional package
+        return f"{PEER_METHODS[method]} skipped: `import {module}` failed ({type(exc).__name__}: {exc}); pip install {package}"
+    return None
+
+
+def _itk_from_sitk(image, keep: List[np.ndarray]):
+    """An ITK Python image with the pixels and geometry of a SimpleITK image (float32); its pixel array is
+    appended to ``keep``, which the caller holds while ITK uses the image."""
+    import itk
+    import SimpleITK as sitk
+
+    keep.append(np.ascontiguousarray(sitk.GetArrayFromImage(image), dtype=np.float32))
+    out = itk.image_from_array(keep[-1])
+    out.SetSpacing([float(v) for v in image.GetSpacing()])
+    out.SetOrigin([float(v) for v in image.GetOrigin()])
+    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)))
+    return out
+
+
+def _run_elastix(fixed_itk, moving_itk, threads: Optional[int], timings: Dict[str, float]) -> np.ndarray:
+    """elastix with its default affine then B-spline parameter maps -> total displacement (K, J, I, 3) LPS mm."""
+    import itk
+
+    arrays: List[np.ndarray] = []
+    fixed_image, moving_image = _itk_from_sitk(fixed_itk, arrays), _itk_from_sitk(moving_itk, arrays)
+    parameters = itk.ParameterObject.New()
+    for name in ("affine", "bspline"):
+        parameters.AddParameterMap(parameters.GetDefaultParameterMap(name))
+    t0 = time.perf_counter()
+    method = itk.ElastixRegistrationMethod.New(fixed_image, moving_image)
+    method.SetParameterObject(parameters)
+    method.SetLogToConsole(False)
+    if threads:  # (the filter's SetNumberOfThreads crashed itk-elastix 0.25 with the B-spline map here)
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(int(threads))
+    method.UpdateLargestPossibleRegion()
+    timings["registration"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    field = itk.transformix_deformation_field(moving_image, method.GetTransformParameterObject())
+    timings["field"] = time.perf_counter() - t0
+    return np.asarray(itk.GetArrayFromImage(field), dtype=np.float64)
+
+
+def _run_fireants(fixed_itk, moving_itk, timings: Dict[str, float]) -> np.ndarray:
+    """FireANTs (CPU): moments (centre of mass), affine, greedy deformable -> total displacement LPS mm."""
+    from fireants.io import BatchedImages, Image
+    from fireants.registration.affine import AffineRegistration
+    from fireants.registration.greedy import GreedyRegistration
+    from fireants.registration.moments import MomentsRegistration
+
+    fixed_images = BatchedImages([Image(fixed_itk, device="cpu")])
+    moving_images = BatchedImages([Image(moving_itk, device="cpu")])
+    t0 = time.perf_counter()
+    moments = MomentsRegistration(1, fixed_images, moving_images, moments=1, transl_mode="com")
+    moments.optimize()
+    affine = AffineRegistration(*FIREANTS_AFFINE, fixed_images, moving_images, loss_type="cc", optimizer="Adam",
+                                optimizer_lr=3e-4, cc_kernel_size=5, init_rigid=moments.get_affine_init())
+    affine.optimize()
+    timings["affine"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    greedy = GreedyRegistration(*FIREANTS_GREEDY, fixed_images, moving_images, loss_type="cc", cc_kernel_size=7,
+                                deformation_type="compositive", smooth_grad_sigma=2, smooth_warp_sigma=0.5,
+                                optimizer="adam", optimizer_lr=0.5, init_affine=affine.get_affine_matrix().detach())
+    greedy.optimize()
+    timings["deformable"] = time.perf_counter() - t0
+    with torch.no_grad():
+        coords = greedy.get_warped_coordinates(fixed_images, moving_images)[0].double()  # (K, J, I, 3) xyz in [-1, 1]
+        to_physical = moving_images.images[0].torch2phy[0].double()
+        moved = coords @ to_physical[:3, :3].T + to_physical[:3, 3]  # moving LPS points
+        fixed_to_physical = fixed_images.images[0].torch2phy[0].double()
+        shape = coords.shape[:3]
+        axes = [torch.linspace(-1.0, 1.0, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+                for n in shape]
+        k, j, i = torch.meshgrid(*axes, indexing="ij")
+        grid = torch.stack([i, j, k], dim=-1)
+        points = grid @ fixed_to_physical[:3, :3].T + fixed_to_physical[:3, 3]
+    return (moved - points).numpy()
+
+
+def peer_register(
+    fixed: Union[ImageData, PathLike],
+    moving: Union[ImageData, PathLike],
+    fixed_labels: Union[ImageData, PathLike, None] = None,
+    moving_labels: Union[ImageData, PathLike, None] = None,
+    method: str = "elastix",
+    threads: Optional[int] = None,
+) -> RegistrationResult:
+    """Register with a peer (``"elastix"`` or ``"fireants"``, :data:`PEER_METHODS`); same outputs as the others.
+
+    The images are given to the peer as the classical methods get them (robust-normalised intensities,
+    their own grids); its total mapping becomes the result (``affine_ras`` is the identity: the whole
+    mapping is in the field). ``ValueError`` naming the package when it is not installed.
+    """
+    if method not in PEER_METHODS:
+        raise ValueError(f"method must be one of {list(PEER_METHODS)}, got {method!r}")
+    status = peer_status(method)
+    if status is not None:
+        raise ValueError(status)
+    t_start = time.perf_counter()
+    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
+    fixed_labels, moving_labels = as_image(fixed_labels, "fixed_labels"), as_image(moving_labels, "moving_labels")
+    _check_inputs(fixed, moving, fixed_labels, moving_labels)
+    set_threads(threads)
+    timings: Dict[str, float] = {}
+    fixed_itk = itk_image_from_array(normalize_intensity(fixed.array), fixed.ijk_to_ras)
+    moving_itk = itk_image_from_array(normalize_intensity(moving.array), moving.ijk_to_ras)
+    if method == "elastix":
+        total_lps = _run_elastix(fixed_itk, moving_itk, threads, timings)
+    else:
+        total_lps = _run_fireants(fixed_itk, moving_itk, timings)
+    return result_from_mapping(method, fixed, moving, np.eye(4), _field_lps_to_ras(total_lps), fixed_labels,
+                               moving_labels, timings, t_start)
+
+
 # --------------------------------------------------------------------------- common result
 def identity_register(
     fixed: Union[ImageData, PathLike],

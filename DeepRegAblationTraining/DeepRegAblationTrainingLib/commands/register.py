@@ -46,11 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", type=Path, default=None,
         help="checkpoint (.pt) of the variant, or a directory holding <variant>.pt files (required form for --variant all)",
     )
-    parser.add_argument("--refine", type=int, default=0, metavar="N", help="Adam iterations of instance refinement (default 0)")
     parser.add_argument(
-        "--init-align", default="none", choices=("none", "com"),
-        help="initial alignment: none (physical space as is, default) or com (translate the moving image's "
-             "intensity centre of mass onto the fixed image's first, for heads of different subjects / scanners)",
+        "--refine", nargs="?", const="recommended", default="off", type=refine_argument, metavar="SCHEDULE",
+        help="instance optimisation on this pair after the network: --refine alone = recommended (fast: affine at "
+             "8 and 4 mm, deformable at 8, 4 and 2 mm), --refine thorough (down to 1 mm / the image resolution), "
+             "--refine N (N iterations per level of the recommended levels), off or 0 (default)",
+    )
+    parser.add_argument(
+        "--init-align", default="auto", choices=("auto", "none", "com"),
+        help="initial alignment: auto (default: what the model was trained with; centres of mass for the shipped "
+             "3D models), none (physical space as is) or com (translate the moving image's intensity centre of "
+             "mass onto the fixed image's first, for heads of different subjects / scanners)",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA if available")
     parser.add_argument("--save-npz", action="store_true", help="also write DIR/<variant>/result.npz (for the Slicer GUI)")
@@ -58,6 +64,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- checks
+def refine_argument(text: str):
+    """``--refine`` value: ``"off"`` / ``"recommended"`` / ``"thorough"`` or an iteration count (``int``).
+
+    Raises ``argparse.ArgumentTypeError`` (reported as ``error: ...``) for anything else or a negative count.
+    """
+    value = str(text).strip().lower()
+    if value in ("off", "recommended", "thorough"):
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be off, recommended, thorough or a number of iterations per level, got {text!r}"
+        ) from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"iterations must be >= 0, got {count}")
+    return count
+
+
 def prepare_out_dir(out: Path) -> bool:
     """Refuse a non-empty DIR not made by this command. Returns True when DIR holds earlier results."""
     if out.exists() and not out.is_dir():
@@ -285,8 +310,6 @@ def _progress_printer(done: int, total: int):
 def run(args: argparse.Namespace) -> int:
     from DeepRegAblationLib.inference import register, resolve_device
 
-    if args.refine < 0:
-        raise ValueError(f"--refine must be >= 0, got {args.refine}")
     resolve_device(args.device)  # "cuda" without CUDA fails before any work
     out: Path = args.out
     rerun = prepare_out_dir(out)

@@ -1,0 +1,165 @@
+"""inference.refine: coarse-to-fine instance optimisation (affine, then a stationary velocity field)."""
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from _registration_helpers import smooth_volume
+from DeepRegAblationLib import fields, geometry, inference
+from DeepRegAblationLib.imageio import ImageData
+from DeepRegAblationLib.inference import REFINE_SCHEDULES, RefineSchedule, refine, refine_schedule
+
+SHAPE = (40, 40, 40)
+SPACING_MM = 2.0
+
+
+def _blob(shape=SHAPE, seed=1) -> np.ndarray:
+    """A smooth textured 'head': random texture inside a ball, zero outside (normalised to [0, 1])."""
+    texture = smooth_volume(shape, seed=seed, sigma=2.0, scale=1.0)
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    ball = (k**2 + j**2 + i**2) < 0.75**2
+    return (0.3 + 0.7 * texture) * ball.astype(np.float32)
+
+
+def _known_pair():
+    """Fixed image, moving image = fixed under a known mapping q(p) = A(p + u(p)), and that mapping (RAS mm)."""
+    matrix = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
+    matrix[:3, 3] = -SPACING_MM * (np.asarray(SHAPE) - 1) / 2
+    fixed = ImageData(_blob(), matrix, "fixed")
+    angle = np.deg2rad(4.0)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) * 1.03
+    affine[:3, 3] = [3.0, -2.0, 2.5]
+    grid = geometry.grid_points_ras(SHAPE, matrix)  # (K, J, I, 3)
+    bump = 2.5 * np.exp(-np.sum((grid - [5.0, 0.0, -4.0]) ** 2, axis=-1) / (2 * 12.0**2))
+    deform = np.stack([bump, 0.5 * bump, -bump], axis=-1)  # RAS mm
+    moved_points = geometry.apply_affine(grid + deform, affine)
+    # the moving image is the fixed one seen through the inverse mapping: moving(q(p)) = fixed(p),
+    # so it is sampled at q^-1 of its own grid points, approximated by one fixed-point iteration
+    inverse = np.linalg.inv(affine)
+    back = geometry.apply_affine(grid, inverse)
+    for _ in range(3):
+        bump_back = 2.5 * np.exp(-np.sum((back - [5.0, 0.0, -4.0]) ** 2, axis=-1) / (2 * 12.0**2))
+        back = geometry.apply_affine(grid, inverse) - np.stack([bump_back, 0.5 * bump_back, -bump_back], axis=-1)
+    moving_array = geometry.sample_at_ras(fixed.array, matrix, back)
+    moving = ImageData(moving_array.astype(np.float32), matrix, "moving")
+    _known_pair.parts = (affine, deform)
+    return fixed, moving, moved_points - grid
+
+
+def _total_disp(result: inference.RefineResult, fixed: ImageData) -> np.ndarray:
+    deform = geometry.resample_channels(result.deform_ras.numpy(), result.grid_ijk_to_ras, fixed.ijk_to_ras, fixed.shape,
+                                        fill_value=None)
+    total = geometry.affine_after_displacement(result.affine_ras, torch.from_numpy(deform), fixed.ijk_to_ras)
+    return np.moveaxis(total.numpy(), 0, -1)
+
+
+def _error_mm(disp: np.ndarray, true: np.ndarray, fixed: ImageData) -> float:
+    inside = fixed.array > 0.05
+    return float(np.linalg.norm(disp - true, axis=-1)[inside].mean())
+
+
+def test_refine_recovers_a_known_affine_and_deformation_without_folding():
+    fixed, moving, true = _known_pair()
+    start = _error_mm(np.zeros_like(true), true, fixed)
+    assert start > 4.0
+    schedule = RefineSchedule("test", (8.0, 4.0), (8.0, 4.0), 60, 60, min_factor=1)
+    seen = []
+    result = refine(fixed, moving, np.eye(4), schedule=schedule, progress=lambda f, m: seen.append((f, m)))
+    disp = _total_disp(result, fixed)
+    assert _error_mm(disp, true, fixed) < 0.35 * start
+    det = fields.jacobian_determinant(torch.from_numpy(geometry.ras_mm_to_disp_vox(disp, fixed.ijk_to_ras)).float()[None])
+    assert float((det <= 0).float().mean()) == 0.0
+    assert {h["level"] for h in result.history} == {"affine_8mm", "affine_4mm", "deform_8mm", "deform_4mm"}
+    assert all(h["loss_end"] <= h["loss_start"] for h in result.history)
+    assert set(result.timings) >= {"refine_affine_8mm", "refine_deform_4mm"}
+    assert seen and seen[-1][0] == 1.0 and all(0.0 <= f <= 1.0 for f, _ in seen)
+
+
+def test_refine_starts_from_a_given_mapping():
+    """Started at the true mapping, refinement stays close to it (it does not undo a good start)."""
+    fixed, moving, true = _known_pair()
+    affine, deform = _known_pair.parts
+    deform = torch.from_numpy(np.moveaxis(deform, -1, 0).astype(np.float32))
+    result = refine(fixed, moving, affine, deform, fixed.ijk_to_ras, schedule=5)
+    assert _error_mm(_total_disp(result, fixed), true, fixed) < 1.0  # half a voxel: it keeps a good start
+
+
+def test_refine_recovers_the_last_finite_state_after_a_nan(monkeypatch):
+    fixed, moving, _ = _known_pair()
+    real_lncc = inference_losses_lncc = __import__("DeepRegAblationLib.losses", fromlist=["lncc"]).lncc
+    calls = {"n": 0}
+
+    def flaky(a, b, window=9):
+        calls["n"] += 1
+        value = real_lncc(a, b, window)
+        return value * float("nan") if calls["n"] > 6 else value
+
+    monkeypatch.setattr("DeepRegAblationLib.losses.lncc", flaky)
+    with pytest.warns(RuntimeWarning, match="last finite state"):
+        result = refine(fixed, moving, np.eye(4), schedule=10)
+    assert np.all(np.isfinite(result.affine_ras)) and bool(torch.isfinite(result.deform_ras).all())
+    monkeypatch.setattr("DeepRegAblationLib.losses.lncc", lambda a, b, window=9: real_lncc(a, b, window) * float("nan"))
+    with pytest.raises(ValueError, match="not finite from the start"):
+        refine(fixed, moving, np.eye(4), schedule=3)
+    assert inference_losses_lncc is real_lncc
+
+
+def test_refine_refuses_bad_input():
+    fixed, moving, _ = _known_pair()
+    far = np.eye(4)
+    far[:3, 3] = [500.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="do not overlap"):
+        refine(fixed, moving, far, schedule=3)
+    with pytest.raises(ValueError, match=">= 0"):
+        refine(fixed, moving, np.eye(4), schedule=-1)
+    with pytest.raises(ValueError, match="needs a schedule"):
+        refine(fixed, moving, np.eye(4), schedule=0)
+
+
+def test_refine_schedule_parsing():
+    assert refine_schedule(0) is None and refine_schedule("off") is None and refine_schedule(None) is None
+    assert refine_schedule("recommended") is REFINE_SCHEDULES["recommended"]
+    assert refine_schedule(True) is REFINE_SCHEDULES["recommended"]
+    assert refine_schedule("Thorough") is REFINE_SCHEDULES["thorough"]
+    custom = refine_schedule(7)
+    assert custom.affine_iterations == custom.deform_iterations == 7 and refine_schedule("7") == custom
+    thorough = REFINE_SCHEDULES["thorough"]
+    assert thorough.min_factor == 1 and min(thorough.deform_levels_mm) <= 1.0
+    for bad in (-1, "-3", "fast", 2.5):
+        with pytest.raises(ValueError, match="refine"):
+            refine_schedule(bad)
+
+
+def test_register_cli_refine_argument():
+    from DeepRegAblationTrainingLib.commands import register as register_command
+
+    parser = argparse.ArgumentParser()
+    register_command.add_arguments(parser)
+    base = ["--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--out", "o"]
+    assert parser.parse_args(base).refine == "off"
+    assert parser.parse_args(base + ["--refine"]).refine == "recommended"
+    assert parser.parse_args(["--refine"] + base).refine == "recommended"
+    assert parser.parse_args(base + ["--refine", "thorough"]).refine == "thorough"
+    assert parser.parse_args(base + ["--refine", "25"]).refine == 25
+    assert parser.parse_args(base + ["--refine", "0"]).refine == 0
+    for bad in ("-2", "fast"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + ["--refine", bad])
+
+
+def test_refine_2d_single_slice():
+    """Single-slice images (2D models) refine in-plane."""
+    image = smooth_volume((1, 48, 48), seed=4, sigma=2.0, scale=1.0)
+    matrix = np.diag([1.0, 1.0, 1.0, 1.0])
+    fixed = ImageData(image, matrix)
+    shifted = np.roll(image, 2, axis=2)
+    moving = ImageData(shifted, matrix)
+    result = refine(fixed, moving, np.eye(4), schedule=RefineSchedule("t", (4.0, 2.0), (4.0, 2.0), 40, 20, min_factor=1))
+    disp = _total_disp(result, fixed)
+    assert abs(float(np.median(disp[0, 10:38, 10:38, 0])) - 2.0) < 0.6  # +i is +R here: moving(p + 2) = fixed(p)
+    assert np.all(np.isfinite(disp))
