@@ -283,7 +283,7 @@ class RefineSchedule:
 
 
 REFINE_SCHEDULES: Dict[str, RefineSchedule] = {
-    "recommended": RefineSchedule("recommended", (8.0, 4.0), (8.0, 4.0, 2.0), 40, 30),
+    "recommended": RefineSchedule("recommended", (8.0, 4.0), (8.0, 4.0, 2.0), 30, 25),
     "thorough": RefineSchedule("thorough", (8.0, 4.0, 2.0), (8.0, 4.0, 2.0, 1.0), 60, 60, min_factor=1),
 }
 """The two named schedules: ``recommended`` (fast: 8, 4 and 2 mm, never the image's own resolution) and

@@ -69,14 +69,25 @@ METHOD_NOTES = {
                 "that antsApplyTransforms writes on the fixed grid.",
     "ours": "`inference.register` (model grid, network, full-resolution field) with the shipped 3D model "
             "`Resources/Models/3d/<variant>.pt`, or an untrained network where none is shipped.",
+    "refine": "Refined rows add `inference.refine` (instance optimisation on the pair: affine at 8 and 4 mm, then a "
+              "stationary velocity field at 8, 4 and 2 mm but never the image's own resolution for `recommended`, "
+              "down to 1 mm / full resolution for `thorough`; LNCC + diffusion + folding penalty, Adam, early stop).",
+    "elastix": "elastix through itk-elastix with its default `affine` then `bspline` parameter maps (the engine of "
+               "SlicerElastix); the total mapping is transformix's deformation field on the fixed grid.",
+    "fireants": "FireANTs on the CPU: moments (centre of mass) initialisation, affine (scales 8/4/2/1, 100/50/25/20 "
+                "iterations, CC window 5, Adam lr 3e-4) and greedy deformable registration (scales 4/2/1, 200/100/50 "
+                "iterations, CC window 7, gradient smoothing 2, warp smoothing 0.5, Adam lr 0.5): the settings of its "
+                "LPBA40 script.",
 }
 """Method id (and ``"ours"`` for the variants) -> one-sentence description for reports."""
 QUALITY_COLUMNS = (
-    "fixed", "moving", "method", "label", "kind", "model", "seen_in_training",
-    "dice", "hd95_mm", "folding_pct", "sdlogj", "runtime_s",
+    "dataset", "fixed", "moving", "method", "label", "kind", "model", "seen_in_training",
+    "dice", "hd95_mm", "folding_pct", "sdlogj", "runtime_s", "network_s", "refine_s",
 )  # fmt: skip
-"""Keys of every row of :func:`quality_table`."""
-SUMMARY_METRICS = ("dice", "hd95_mm", "folding_pct", "sdlogj", "runtime_s")
+"""Keys of every row of :func:`quality_table`: ``runtime_s`` = ``network_s`` (everything but the
+refinement: resampling, network, full-resolution field and warping; the whole registration for the
+other methods) + ``refine_s``."""
+SUMMARY_METRICS = ("dice", "hd95_mm", "folding_pct", "sdlogj", "runtime_s", "network_s", "refine_s")
 
 # SimpleITK settings (see the module docstring)
 AFFINE_SHRINK = (4, 2)
@@ -347,13 +358,18 @@ def _run_elastix(fixed_itk, moving_itk, threads: Optional[int], timings: Dict[st
     method.UpdateLargestPossibleRegion()
     timings["registration"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    field = itk.transformix_deformation_field(moving_image, method.GetTransformParameterObject())
+    with tempfile.TemporaryDirectory(prefix="deepreg-transformix-") as tmp:  # transformix writes its field file there
+        field = itk.transformix_deformation_field(moving_image, method.GetTransformParameterObject(), output_directory=tmp)
     timings["field"] = time.perf_counter() - t0
     return np.asarray(itk.GetArrayFromImage(field), dtype=np.float64)
 
 
 def _run_fireants(fixed_itk, moving_itk, timings: Dict[str, float]) -> np.ndarray:
     """FireANTs (CPU): moments (centre of mass), affine, greedy deformable -> total displacement LPS mm."""
+    import logging
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # its per-iteration progress bars
+    logging.getLogger("fireants").setLevel(logging.WARNING)
     from fireants.io import BatchedImages, Image
     from fireants.registration.affine import AffineRegistration
     from fireants.registration.greedy import GreedyRegistration
@@ -557,15 +573,46 @@ def load_variant_models(variants: Sequence[str], ndim: int = 3, untrained: bool 
 
 
 def _row(fixed_id: str, moving_id: str, method: str, label: str, kind: str, model: str,
-         seen: Optional[bool], result: RegistrationResult) -> Dict[str, Any]:
+         seen: Optional[bool], result: RegistrationResult, dataset: str = "") -> Dict[str, Any]:
     metrics = result.metrics
-    runtime = float(metrics["runtime_s"]) - float(result.timings.get("metrics", 0.0))
-    row = {"fixed": fixed_id, "moving": moving_id, "method": method, "label": label, "kind": kind,
-           "model": model, "seen_in_training": seen}
+    runtime = float(metrics["runtime_s"])  # the registration, metrics excluded (``metrics_s``)
+    refine_s = float(result.timings.get("refine", 0.0))
+    row = {"dataset": dataset, "fixed": fixed_id, "moving": moving_id, "method": method, "label": label,
+           "kind": kind, "model": model, "seen_in_training": seen}
     for key in ("dice", "hd95_mm", "folding_pct", "sdlogj"):
         row[key] = float(metrics.get(key, float("nan")))
     row["runtime_s"] = runtime
+    row["network_s"] = runtime - refine_s
+    row["refine_s"] = refine_s
     return row
+
+
+def refine_schedules(refine: Union[int, str, Sequence[Union[int, str]], None]) -> List[Union[int, str]]:
+    """The refinement schedules of :func:`quality_table`'s rows (``0`` / ``"off"`` first: the plain network)."""
+    from DeepRegAblationLib.inference import refine_schedule
+
+    values = list(refine) if isinstance(refine, (list, tuple)) else [refine]
+    out: List[Union[int, str]] = [0]
+    for value in values:
+        schedule = str(value).split("@")[0]  # "thorough@affine_enhanced": that variant only
+        if refine_schedule(schedule) is not None and value not in out:  # ValueError for a bad value
+            out.append(int(value) if str(value).strip().isdigit() else str(value))
+    return out
+
+
+def _schedule_for(schedule: Union[int, str], variant: str) -> Optional[Union[int, str]]:
+    """The schedule to run for ``variant`` (``None`` when ``schedule`` is ``<name>@<other variants>``)."""
+    if isinstance(schedule, str) and "@" in schedule:
+        name, only = schedule.split("@", 1)
+        return name if variant in only.split("+") else None
+    return schedule
+
+
+def _refine_names(schedule: Union[int, str]) -> Tuple[str, str]:
+    """``(method suffix, label suffix)`` of a refinement schedule."""
+    if isinstance(schedule, int):
+        return f"+refine{schedule}", f" + {schedule} refinement steps"
+    return f"+refine-{schedule}", f" + {schedule} refinement"
 
 
 def quality_table(
@@ -576,8 +623,9 @@ def quality_table(
     threads: Optional[int] = None,
     progress: Progress = None,
     untrained: bool = False,
-    refine: int = 0,
+    refine: Union[int, str, Sequence[Union[int, str]]] = 0,
     initial_alignments: Sequence[str] = ("none",),
+    dataset: str = "",
 ) -> List[Dict[str, Any]]:
     """Register every pair with every variant and classical method; one row per (pair, method).
 
@@ -585,13 +633,17 @@ def quality_table(
         pairs: ``(fixed, moving)`` subjects, each with ``id``, ``image`` and ``labels`` (paths;
             ``data.Subject``), e.g. from :func:`dataset_pairs`.
         variants: our variant ids (shipped 3D models, or untrained networks where none is shipped).
-        methods: classical method ids (keys of :data:`CLASSICAL_METHODS`), e.g. :func:`classical_methods`.
+        methods: classical method ids (keys of :data:`CLASSICAL_METHODS`), e.g. :func:`classical_methods`,
+            and peers (keys of :data:`PEER_METHODS`: ``elastix``, ``fireants``; see :func:`peer_status`).
         device: device of our models (``inference.register``).
         threads: torch and ITK threads (``None``: leave the defaults).
         progress: ``progress(message)`` after each registration.
         untrained: run untrained networks even where a model is shipped (tests the pipeline only).
-        refine: when > 0, each variant also gets a row ``<variant>+refine<N>``: the network followed
-            by ``refine`` iterations of instance optimisation (``inference.register(refine=...)``).
+        refine: refinement schedule(s) (``inference.register(refine=...)``): each variant also gets a
+            row ``<variant>+refine<N>`` (an iteration count) or ``<variant>+refine-<name>``
+            (``recommended``, ``thorough``) per schedule; ``0`` / ``"off"``: none;
+            ``"<name>@<variant>[+<variant>]"`` runs that schedule for those variants only.
+        dataset: the dataset name written in every row.
         initial_alignments: ``inference.register``'s ``initial_alignment`` values to run our variants
             with (rows ``<variant>`` for ``"none"``, ``<variant>+com`` for ``"com"``); with ``"com"`` a
             reference row ``com`` gives the centre-of-mass translation alone.
@@ -604,9 +656,10 @@ def quality_table(
     """
     from DeepRegAblationLib.inference import center_of_mass_alignment, register
 
-    unknown = [m for m in methods if m not in CLASSICAL_METHODS]
+    unknown = [m for m in methods if m not in CLASSICAL_METHODS and m not in PEER_METHODS]
     if unknown:
-        raise ValueError(f"methods: unknown id(s) {unknown}; choose from {list(CLASSICAL_METHODS)}")
+        raise ValueError(f"methods: unknown id(s) {unknown}; choose from {list(CLASSICAL_METHODS) + list(PEER_METHODS)}")
+    schedules = refine_schedules(refine)
     set_threads(threads)
     models = load_variant_models(variants, 3, untrained)
     rows: List[Dict[str, Any]] = []
@@ -626,33 +679,40 @@ def quality_table(
             if method == "identity":
                 result = identity_register(fixed, moving, fixed_labels, moving_labels)
                 kind, model = "reference", "-"
+            elif method in PEER_METHODS:
+                result = peer_register(fixed, moving, fixed_labels, moving_labels, method=method, threads=threads)
+                kind, model = "peer", PEER_PACKAGES[method][1]
             else:
                 family, stage = method.split("_", 1)
                 result = classical_register(fixed, moving, fixed_labels, moving_labels, method=family,
                                             transform="affine" if stage == "affine" else "deformable", threads=threads)
                 kind, model = "classical", "antspyx" if family == "ants" else "SimpleITK"
-            rows.append(_row(*ids, method, CLASSICAL_METHODS[method], kind, model, None, result))
+            label = PEER_METHODS[method] if method in PEER_METHODS else CLASSICAL_METHODS[method]
+            rows.append(_row(*ids, method, label, kind, model, None, result, dataset))
             report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
         if "com" in initial_alignments:
             t0 = time.perf_counter()
             shift = center_of_mass_alignment(fixed, moving)
             disp = np.broadcast_to(shift[:3, 3].astype(np.float32), tuple(fixed.shape) + (3,))
             result = result_from_mapping("com", fixed, moving, shift, disp, fixed_labels, moving_labels, {}, t0)
-            rows.append(_row(*ids, "com", COM_LABEL, "reference", "-", None, result))
+            rows.append(_row(*ids, "com", COM_LABEL, "reference", "-", None, result, dataset))
         for variant in variants:
             entry = models[variant]
             seen = None if entry["train_ids"] is None else all(i in entry["train_ids"] for i in ids)
             model = Path(entry["path"]).name if entry["trained"] else "untrained"
             for alignment in initial_alignments:
-                for iterations in ([0, int(refine)] if refine else [0]):
+                for schedule in schedules:
+                    schedule = _schedule_for(schedule, variant)
+                    if schedule is None:
+                        continue
                     result = register(fixed, moving, model=entry["model"], fixed_labels=fixed_labels,
-                                      moving_labels=moving_labels, device=device, refine=iterations,
+                                      moving_labels=moving_labels, device=device, refine=schedule,
                                       initial_alignment=alignment)
-                    method = variant + ("+com" if alignment == "com" else "") + (f"+refine{iterations}" if iterations else "")
+                    method_suffix, label_suffix = _refine_names(schedule) if schedule else ("", "")
+                    method = variant + ("+com" if alignment == "com" else "") + method_suffix
                     label = (f"{variant} ({'shipped' if entry['trained'] else 'untrained'})"
-                             + (" after centre-of-mass alignment" if alignment == "com" else "")
-                             + (f" + {iterations} refinement steps" if iterations else ""))
-                    rows.append(_row(*ids, method, label, "ours", model, seen, result))
+                             + (" after centre-of-mass alignment" if alignment == "com" else "") + label_suffix)
+                    rows.append(_row(*ids, method, label, "ours", model, seen, result, dataset))
                     report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
     return rows
 
@@ -749,4 +809,116 @@ def markdown_quality(rows: Sequence[Dict[str, Any]], data_description: str, setu
     elif None in seen_values and any(s["kind"] == "ours" and s["model"] != "untrained" for s in summary):
         out += ["The shipped checkpoints do not record their training subjects: whether these pairs were seen "
                 "in training is unknown here (see the model cards).", ""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- per-dataset report with ratios
+def _summary_by_method(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    return {s["method"]: s for s in summarize_quality(rows)}
+
+
+def _pick(summary: Dict[str, Dict[str, Any]], prefix: str, suffix: str) -> Optional[Dict[str, Any]]:
+    """The summary entry whose method starts with ``prefix`` and ends with ``suffix`` (first found)."""
+    for method, entry in summary.items():
+        if method.startswith(prefix) and method.endswith(suffix):
+            return entry
+    return None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b <= 0:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def _delta(a: Optional[float], b: Optional[float]) -> str:
+    if a is None or b is None or math.isnan(a) or math.isnan(b):
+        return "-"
+    return f"{a - b:+.3f}"
+
+
+def goal_lines(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """The issue's goals per dataset, met or missed, from the rows of one dataset."""
+    summary = _summary_by_method(rows)
+    syn, fireants = summary.get("ants_syn"), summary.get("fireants")
+    recommended = _pick(summary, "affine_enhanced", "+refine-recommended")
+    thorough = _pick(summary, "affine_enhanced", "+refine-thorough")
+    out = []
+    if recommended and syn:
+        dice_ok = recommended["dice_mean"] >= syn["dice_mean"]
+        fold_ok = recommended["folding_pct_mean"] < 0.1
+        time_ok = recommended["runtime_s_mean"] <= syn["runtime_s_mean"] / 3.0
+        out.append(
+            f"- `affine_enhanced` + recommended refinement against ANTs SyN: Dice {recommended['dice_mean']:.3f} vs "
+            f"{syn['dice_mean']:.3f} ({'met' if dice_ok else 'missed'}), folding {recommended['folding_pct_mean']:.3f} % "
+            f"({'met' if fold_ok else 'missed'}: < 0.1 %), time {recommended['runtime_s_mean']:.1f} s = "
+            f"{recommended['runtime_s_mean'] / syn['runtime_s_mean']:.2f} x SyN's {syn['runtime_s_mean']:.1f} s "
+            f"({'met' if time_ok else 'missed'}: <= 0.33)."
+        )
+    if thorough and fireants:
+        dice_ok = thorough["dice_mean"] >= fireants["dice_mean"]
+        time_ok = thorough["runtime_s_mean"] <= fireants["runtime_s_mean"]
+        out.append(
+            f"- `affine_enhanced` + thorough refinement against FireANTs: Dice {thorough['dice_mean']:.3f} vs "
+            f"{fireants['dice_mean']:.3f} ({'met' if dice_ok else 'missed'}), time {thorough['runtime_s_mean']:.1f} s vs "
+            f"{fireants['runtime_s_mean']:.1f} s ({'met' if time_ok else 'missed'})."
+        )
+    return out
+
+
+def markdown_quality_datasets(rows: Sequence[Dict[str, Any]], setup: str = "", notes: Sequence[str] = ()) -> str:
+    """Per dataset: the pairs, a table (mean over pairs) with the ratios to ANTs SyN, elastix and FireANTs
+    on the same pairs, and the goals. ``notes``: lines such as skipped peers."""
+    datasets: List[str] = []
+    for row in rows:
+        if row["dataset"] not in datasets:
+            datasets.append(row["dataset"])
+    out = ["## Registration quality per dataset", ""]
+    if setup:
+        out += [setup, ""]
+    out += list(notes) + ([""] if notes else [])
+    methods_seen = {r["method"] for r in rows}
+    out += ["Methods:", ""]
+    for method in list(CLASSICAL_METHODS) + ["com"]:
+        if method in methods_seen:
+            out.append(f"- `{method}`: {METHOD_NOTES[method]}")
+    for method in PEER_METHODS:
+        if method in methods_seen:
+            out.append(f"- `{method}`: {METHOD_NOTES[method]}")
+    if any(r["kind"] == "ours" for r in rows):
+        out.append(f"- our variants: {METHOD_NOTES['ours']} {METHOD_NOTES['refine']}")
+    out += ["", "Every method ends the same way (one interpolation of the original moving image and labels on the "
+            "fixed grid); Dice is the mean over the labels present in both maps, folding the % of voxels with "
+            "det J <= 0. Time: the registration from images in memory to the full-resolution field and warped "
+            "image/labels, metrics excluded; for our rows network (resampling, network, full-resolution field, "
+            "warping) + refinement. Ratios compare the mean times on the same pairs (time / SyN < 1: faster), "
+            "Dice differences the mean Dice.", ""]
+    for dataset in datasets:
+        drows = [r for r in rows if r["dataset"] == dataset]
+        pairs = []
+        for row in drows:
+            if (row["moving"], row["fixed"]) not in pairs:
+                pairs.append((row["moving"], row["fixed"]))
+        summary = _summary_by_method(drows)
+        syn, elastix, fireants = summary.get("ants_syn"), summary.get("elastix"), summary.get("fireants")
+        out += [f"### {dataset}", "", f"{len(pairs)} validation pair(s) (moving -> fixed): "
+                + ", ".join(f"{m} -> {f}" for m, f in pairs) + ".", ""]
+        out += ["| method | Dice | HD95 (mm) | folding (%) | time (s) | network + refine (s) | Dice - SyN | time / SyN "
+                "| Dice - elastix | time / elastix | time / FireANTs |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for entry in summary.values():
+            split_time = (f"{entry['network_s_mean']:.1f} + {entry['refine_s_mean']:.1f}" if entry["kind"] == "ours"
+                          else "-")
+            out.append(
+                f"| {entry['label']} | {_pm(entry['dice_mean'], entry['dice_std'], 3)} | "
+                f"{_pm(entry['hd95_mm_mean'], float('nan'), 2)} | {entry['folding_pct_mean']:.3f} | "
+                f"{entry['runtime_s_mean']:.1f} | {split_time} | "
+                f"{_delta(entry['dice_mean'], syn and syn['dice_mean'])} | "
+                f"{_ratio(entry['runtime_s_mean'], syn and syn['runtime_s_mean'])} | "
+                f"{_delta(entry['dice_mean'], elastix and elastix['dice_mean'])} | "
+                f"{_ratio(entry['runtime_s_mean'], elastix and elastix['runtime_s_mean'])} | "
+                f"{_ratio(entry['runtime_s_mean'], fireants and fireants['runtime_s_mean'])} |"
+            )
+        goals = goal_lines(drows)
+        out += [""] + (["Goals:", ""] + goals + [""] if goals else [])
     return "\n".join(out)

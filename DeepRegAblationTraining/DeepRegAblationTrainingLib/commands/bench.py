@@ -21,11 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-from DeepRegAblationTrainingLib import bench
+# PyTorch's OpenMP threads wait passively: on a shared, busy machine spinning threads made small tensor
+# operations many times slower (set before torch is imported; an explicit setting wins)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from DeepRegAblationTrainingLib import bench  # noqa: E402
 
 DEFAULT_REPORT = Path("docs/benchmarks.md")
 _SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # beside the repository
 DEFAULT_IXI = Path(os.environ.get("DEEPREG_SHARED_DATA", _SHARED_DATA)) / "ixi-t1-2mm"
+DEFAULT_SPLIT = Path(__file__).resolve().parents[3] / "DeepRegAblation" / "Resources" / "Models" / "3d" / "split.json"
+DATASETS = ("miccai2012", "lpba40", "ibsr18", "ixi")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per case (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case after one warm-up (default 3)")
     parser.add_argument("--quality", action="store_true",
-                        help="registration quality on real IXI pairs beside classical registration")
+                        help="registration quality on real pairs beside classical registration and the peers")
     parser.add_argument("--ixi", type=Path, default=DEFAULT_IXI,
                         help=f"folder of IXI heads with *_DLMUSE label partners (default {DEFAULT_IXI}, "
                              "or $DEEPREG_SHARED_DATA/ixi-t1-2mm)")
@@ -49,8 +55,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", default="cycle",
                         help="quality pairs: 'cycle' (each subject fixed once, the next moving), 'all' "
                              "(every ordered pair) or N (the first N of the cycle)")
-    parser.add_argument("--refine", type=int, default=0,
-                        help="quality: also run each variant followed by N refinement iterations (default 0: not)")
+    parser.add_argument("--refine", nargs="*", default=[], metavar="SCHEDULE",
+                        help="quality: also run each variant followed by instance refinement with each schedule "
+                             "(recommended, thorough, or N iterations per level); default: none")
+    parser.add_argument("--datasets", default=None,
+                        help="quality per dataset: comma-separated from miccai2012, lpba40, ibsr18, ixi (or 'all'), "
+                             "the validation subjects of --split in each, pairs from --pairs (replaces --ixi)")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_IXI.parent,
+                        help=f"folder holding the datasets' folders (default {DEFAULT_IXI.parent})")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="quality with --datasets: datasets run in this many processes at a time (default 1)")
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT,
+                        help=f"split file whose validation subjects are used with --datasets (default {DEFAULT_SPLIT})")
+    parser.add_argument("--peers", nargs="*", default=None, metavar="PEER",
+                        help="quality: optional peers to run beside ANTs (elastix, fireants; default both with "
+                             "--datasets, none with --ixi; each skipped with a line in the report when its package "
+                             "is missing)")
     parser.add_argument("--init-align", nargs="+", default=["none"], choices=("none", "com"),
                         help="quality: initial alignment(s) to run our variants with (register's --init-align; "
                              "default none); com also adds a row for the centre-of-mass translation alone")
@@ -65,19 +85,133 @@ def _sizes(arg, default):
     return sizes
 
 
+def _peer_methods(args: argparse.Namespace) -> tuple:
+    """``(peer method ids that can run, report lines for those skipped)``."""
+    from DeepRegAblationTrainingLib import quality
+
+    if args.peers is None:
+        args.peers = list(quality.PEER_METHODS) if args.datasets else []
+    unknown = [p for p in args.peers if p not in quality.PEER_METHODS]
+    if unknown:
+        raise ValueError(f"--peers: unknown peer(s) {unknown}; choose from {list(quality.PEER_METHODS)}")
+    methods, notes = [], []
+    for peer in args.peers:
+        status = quality.peer_status(peer)
+        if status is None:
+            methods.append(peer)
+        else:
+            notes.append(f"Note: {status}.")
+    return methods, notes
+
+
+def _versions(methods) -> str:
+    import SimpleITK as sitk
+
+    parts = [f"SimpleITK {sitk.Version_VersionString()}"]
+    for method, module in (("ants", "ants"), ("elastix", "itk"), ("fireants", "fireants")):
+        if any(m.startswith(method) for m in methods):
+            try:
+                from importlib.metadata import version
+
+                package = {"ants": "antspyx", "itk": "itk-elastix", "fireants": "fireants"}[module]
+                parts.append(f"{package} {version(package)}")
+            except Exception:  # noqa: BLE001 (a version is only informative)
+                parts.append(f"{module} (version unknown)")
+    return ", ".join(parts)
+
+
+def _load_average() -> str:
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _datasets_section(args: argparse.Namespace, variants) -> tuple:
+    """``bench --quality --datasets``: the validation pairs of each dataset; returns ``(markdown, rows)``."""
+    from DeepRegAblationTrainingLib import data, quality
+
+    names = list(DATASETS) if args.datasets.strip() == "all" else [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [d for d in names if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"--datasets: unknown dataset(s) {unknown}; choose from {list(DATASETS)} or 'all'")
+    if not args.split.is_file():
+        raise FileNotFoundError(f"--split: split file not found: {args.split}")
+    peers, notes = _peer_methods(args)
+    methods = quality.classical_methods(args.classical) + peers
+    start = time.perf_counter()
+    jobs = max(1, min(int(args.jobs), len(names)))
+    if jobs == 1:
+        results = [_dataset_rows(args, variants, methods, name) for name in names]
+    else:  # datasets in parallel processes; each dataset's methods still run one after the other
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_dataset_rows, *zip(*[(args, variants, methods, name) for name in names])))
+    rows, loads = [], []
+    for name, (dataset_rows, note, load) in zip(names, results):
+        rows += dataset_rows
+        notes += [note] if note else []
+        loads.append(f"{name}: {load}")
+    setup = (f"Setup: {args.threads} CPU thread(s) for torch, ITK and the peers (the refinement itself runs on one, "
+             f"see `inference.REFINE_THREADS`), our models on {args.device} (initial alignment: "
+             f"{' and '.join(args.init_align)}); {_versions(methods)}; {jobs} dataset(s) at a time; wall time of this "
+             f"part {time.perf_counter() - start:.0f} s. The 2-core machine is shared with other work: load average "
+             f"(1, 5, 15 min) before and after each dataset: {'; '.join(loads)}. Times from one dataset's run are "
+             f"comparable with each other (same pairs, same load), not with other runs.")
+    return quality.markdown_quality_datasets(rows, setup, notes), rows
+
+
+def _dataset_rows(args: argparse.Namespace, variants, methods, name: str) -> tuple:
+    """The quality rows of one dataset's validation pairs -> ``(rows, note or None, load averages text)``."""
+    from DeepRegAblationTrainingLib import data, quality
+
+    quality.set_threads(args.threads)  # before antspyx first runs
+    start, before = time.perf_counter(), _load_average()
+    subjects = data.find_dataset_subjects(name, args.data_root / data.DATASET_FOLDERS[name])
+    val_ids = _validation_ids(args.split)
+    val = [s for s in subjects if s.id in val_ids and s.labels is not None]
+    if len(val) < 2:
+        return [], f"Note: {name} skipped: fewer than 2 labelled validation subjects in {args.split}.", before
+    pairs = quality.dataset_pairs(val, args.pairs)
+    schedules = quality.refine_schedules(args.refine)
+    print(f"quality {name}: {len(pairs)} pairs x ({len(methods)} methods + {len(variants)} variants x "
+          f"{len(schedules)} schedule(s) x {len(args.init_align)} alignment(s))", flush=True)
+    rows = quality.quality_table(
+        pairs, variants, methods, device=args.device, threads=args.threads, refine=schedules,
+        initial_alignments=args.init_align, dataset=name,
+        progress=lambda message: print(f"  {name}: {message} [{time.perf_counter() - start:.0f} s]", flush=True),
+    )
+    return rows, None, f"{before} -> {_load_average()}"
+
+
+def _validation_ids(path: Path) -> set:
+    """The subject ids of a split file's ``val`` list (bare ids or subject records)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+        entries = payload["val"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--split {path}: not a split file with a 'val' list ({exc})") from None
+    return {str(e["id"]) if isinstance(e, dict) else str(e) for e in entries}
+
+
 def _quality_section(args: argparse.Namespace, variants) -> tuple:
     """Run the quality part; returns ``(markdown, rows)``."""
     from DeepRegAblationTrainingLib import data, quality
 
+    if args.datasets:
+        return _datasets_section(args, variants)
     if not args.ixi.is_dir():
         raise FileNotFoundError(f"--ixi: folder of IXI heads not found: {args.ixi}")
     quality.set_threads(args.threads)  # before antspyx first runs
-    methods = quality.classical_methods(args.classical)
+    peers, notes = _peer_methods(args)
+    methods = quality.classical_methods(args.classical) + peers
     subjects = [s for s in data.find_generic_subjects(args.ixi) if s.labels is not None]
     if len(subjects) < 2:
         raise ValueError(f"--ixi: need at least 2 images with label partners in {args.ixi}, found {len(subjects)}")
     pairs = quality.dataset_pairs(subjects, args.pairs)
-    per_variant = len(args.init_align) * (2 if args.refine else 1)
+    per_variant = len(args.init_align) * len(quality.refine_schedules(args.refine))
     print(f"quality: {len(pairs)} pairs x {len(methods) + len(variants) * per_variant} methods", flush=True)
     start = time.perf_counter()
     rows = quality.quality_table(
@@ -94,12 +228,13 @@ def _quality_section(args: argparse.Namespace, variants) -> tuple:
 
     setup = (f"Setup: {args.threads} CPU thread(s) for torch and ITK, our models on {args.device} "
              f"(initial alignment: {' and '.join({'none': 'none (physical space as is)', 'com': 'centres of mass'}[a] for a in args.init_align)}"
-             f"{f'; {args.refine} refinement steps in the refined rows' if args.refine else ''}); "
+             f"{f'; refinement in the refined rows: {args.refine}' if args.refine else ''}); "
              f"SimpleITK {sitk.Version_VersionString()}{ants_note}; wall time of this part "
              f"{time.perf_counter() - start:.0f} s.")
     description = (f"{len(subjects)} real IXI T1 heads at 2 mm with DLMUSE labels in `{args.ixi}` "
                    f"({', '.join(s.id for s in subjects)})")
-    return quality.markdown_quality(rows, description, setup), rows
+    text = quality.markdown_quality(rows, description, setup)
+    return text + ("\n" + "\n".join(notes) + "\n" if notes else ""), rows
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,12 +22,17 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
+
+# PyTorch's OpenMP threads wait passively (before torch is imported): on a busy machine (the Slicer
+# background run shares it) spinning threads made the small operations of the refinement many times slower
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 VARIANT_IDS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
 MARKER = ".deepreg-ablation-register"
