@@ -259,6 +259,17 @@ def _text_actor(text: str, position: Tuple[float, float], size: int = 18):
     return actor
 
 
+TITLE_HEIGHT = 0.07
+"""Fraction of a snapshot's height kept above the images for the title line (titles never cover the image)."""
+
+
+def _title_panel(text: str, x0: float = 0.0, x1: float = 1.0) -> "_Panel":
+    """A strip of the window above the image panels that holds ``text``."""
+    panel = _Panel((x0, 1.0 - TITLE_HEIGHT, x1, 1.0), (1.0, 1.0))
+    panel.renderer.AddViewProp(_text_actor(text, (0.01, 0.3), 16))
+    return panel
+
+
 def _scalar_bar(lookup_table, title: str, labels: int = 5):
     from vtkmodules.vtkRenderingAnnotation import vtkScalarBarActor
 
@@ -437,15 +448,13 @@ def render_glyphs(path: PathLike, fixed: "ImageData", result: "RegistrationResul
     arrows.SetMapper(mapper)
     arrows.GetProperty().SetLineWidth(2.0)
 
-    panel = _Panel((0.0, 0.0, 1.0, 1.0), view.size_mm, bar_fraction=0.16)
+    panel = _Panel((0.0, 0.0, 1.0, 1.0 - TITLE_HEIGHT), view.size_mm, bar_fraction=0.16)
     renderer = panel.renderer
     renderer.AddActor(_image_actor(background, (view.col_spacing_mm, view.row_spacing_mm), _grey_table(), True))
     renderer.AddActor(arrows)
     renderer.AddViewProp(_scalar_bar(table, "|u| mm"))
-    renderer.AddViewProp(_text_actor(
-        f"{result.variant}: displacement, {view.describe()}; max {max_mm:.2f} mm; arrows x{scale:.2g}",
-        (0.01, 0.95), 16))
-    return _render_to_png([panel], size, Path(path))
+    title = _title_panel(f"{result.variant}: displacement, {view.describe()}; max {max_mm:.2f} mm; arrows x{scale:.2g}")
+    return _render_to_png([panel, title], size, Path(path))
 
 
 def render_jacobian(path: PathLike, fixed: "ImageData", result: "RegistrationResult",
@@ -462,7 +471,7 @@ def render_jacobian(path: PathLike, fixed: "ImageData", result: "RegistrationRes
     view = SliceView(result.fixed_ijk_to_ras, np.shape(fixed.array))
     jacobian = view.extract(np.asarray(result.jacobian, dtype=np.float64))
     table = jacobian_lookup_table()
-    panel = _Panel((0.0, 0.0, 1.0, 1.0), view.size_mm, bar_fraction=0.16)
+    panel = _Panel((0.0, 0.0, 1.0, 1.0 - TITLE_HEIGHT), view.size_mm, bar_fraction=0.16)
     renderer = panel.renderer
     renderer.AddActor(_image_actor(jacobian, (view.col_spacing_mm, view.row_spacing_mm), table, False))
 
@@ -495,10 +504,9 @@ def render_jacobian(path: PathLike, fixed: "ImageData", result: "RegistrationRes
 
     folded_pct = 100.0 * float(np.mean(np.asarray(result.jacobian) <= 0.0))
     renderer.AddViewProp(_scalar_bar(table, "det J", labels=5))
-    renderer.AddViewProp(_text_actor(
-        f"{result.variant}: Jacobian determinant, {view.describe()}; folded (green) "
-        f"{folded_rows.size} px here, {folded_pct:.3g} % of volume", (0.01, 0.95), 16))
-    return _render_to_png([panel], size, Path(path))
+    title = _title_panel(f"{result.variant}: Jacobian determinant, {view.describe()}; folded (green) "
+                         f"{folded_rows.size} px here, {folded_pct:.3g} % of volume")
+    return _render_to_png([panel, title], size, Path(path))
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
@@ -526,10 +534,9 @@ def render_checkerboard(path: PathLike, fixed: "ImageData", moving: "ImageData",
     panels = []
     for column, (plane, title) in enumerate(((before, "before: fixed | moving"),
                                               (after, f"after ({result.variant}): fixed | warped"))):
-        panel = _Panel((0.5 * column, 0.0, 0.5 * column + 0.5, 1.0), view.size_mm)
+        panel = _Panel((0.5 * column, 0.0, 0.5 * column + 0.5, 1.0 - TITLE_HEIGHT), view.size_mm)
         panel.renderer.AddActor(_image_actor(plane, (view.col_spacing_mm, view.row_spacing_mm), _grey_table(), True))
-        panel.renderer.AddViewProp(_text_actor(f"{title}, {view.describe()}", (0.02, 0.95), 16))
-        panels.append(panel)
+        panels += [panel, _title_panel(f"{title}, {view.describe()}", 0.5 * column, 0.5 * column + 0.5)]
     return _render_to_png(panels, size, Path(path))
 
 
