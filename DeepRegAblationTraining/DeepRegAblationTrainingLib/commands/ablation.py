@@ -485,10 +485,10 @@ def run(args: argparse.Namespace) -> int:
         setup["regularisation arms"] = (
             f"reference arm {ref_names}: the variant's reference weights and schedule (the study's setting); "
             f"tuned arm {tuned_names}: the same variant, data, split, seed, augmentation and step budget, every "
-            f"regulariser weight x {tuned:g} and a constant schedule (multiplier 1 in every epoch instead of 0.1 -> 0.01), "
-            f"(M = {tuned:g} from `--tuned-reg-scale`; `deepreg-ablation sweep --reg-scales` picks it as the smallest "
-            "multiplier whose validation folding stays under 0.5 %). `baseline` and `affine_basic` are unregularised in both arms and "
-            "trained once"
+            f"regulariser weight x {tuned:g} and a constant schedule (multiplier 1 in every epoch instead of 0.1 -> 0.01); "
+            f"M = {tuned:g} is given with `--tuned-reg-scale` (`deepreg-ablation sweep --reg-scales` picks it as the smallest "
+            "multiplier whose validation folding stays under 0.5 %). `baseline` and `affine_basic` are unregularised in both arms "
+            "and trained once"
         )
         notes.append(
             f"**Two regularisation arms in one report.** Every run, tuned or not, is compared with `{args.baseline}` on the "
