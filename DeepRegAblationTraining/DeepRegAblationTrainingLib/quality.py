@@ -604,7 +604,9 @@ def _schedule_for(schedule: Union[int, str], variant: str) -> Optional[Union[int
     """The schedule to run for ``variant`` (``None`` when ``schedule`` is ``<name>@<other variants>``)."""
     if isinstance(schedule, str) and "@" in schedule:
         name, only = schedule.split("@", 1)
-        return name if variant in only.split("+") else None
+        if variant not in only.split("+"):
+            return None
+        return int(name) if name.strip().isdigit() else name
     return schedule
 
 

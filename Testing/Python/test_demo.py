@@ -38,6 +38,7 @@ def test_known_displacement_maps_fixed_points_to_matching_moving_points():
 def test_demo_command_end_to_end_small(tmp_path, capsys):
     out = tmp_path / "demo"
     status = main(["demo", "--out", str(out), "--spacing-mm", "8", "--refine", "2", "--device", "cpu"])
+    assert demo_parser().parse_args([]).refine == "recommended"  # the refined row runs the recommended schedule
     assert status == 0
     text = capsys.readouterr().out
     assert "epe_mean_mm" in text and "affine_enhanced+refine2" in text
@@ -48,3 +49,11 @@ def test_demo_command_end_to_end_small(tmp_path, capsys):
         for f in ("warped.nii.gz", "transform.h5", "displacement.nii.gz", "jacobian.nii.gz"):
             assert (out / name / f).is_file(), (name, f)
     assert (out / "inputs" / "known_displacement.nii.gz").is_file()
+
+
+def demo_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    return parser

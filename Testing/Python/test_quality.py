@@ -241,3 +241,78 @@ def test_quality_table_center_of_mass_rows(tmp_path):
     assert by["com"]["dice"] > by["identity"]["dice"]  # the phantoms are shifted against each other
     text = quality.markdown_quality(rows, "two phantoms")
     assert quality.COM_LABEL in text and "intensity centre of mass" in text
+
+
+def test_quality_table_schedules_and_time_split(tmp_path):
+    subjects = _write_subjects(tmp_path)
+    pairs = quality.dataset_pairs(subjects, 1)
+    rows = quality.quality_table(pairs, ["baseline", "regloss"], ["identity"], threads=1, untrained=True,
+                                 refine=["recommended", "2@regloss"], dataset="phantoms")
+    assert [r["method"] for r in rows] == ["identity", "baseline", "baseline+refine-recommended", "regloss",
+                                           "regloss+refine-recommended", "regloss+refine2"]
+    for row in rows:
+        assert row["dataset"] == "phantoms"
+        assert row["runtime_s"] == pytest.approx(row["network_s"] + row["refine_s"])
+    refined = rows[2]
+    assert refined["label"] == "baseline (untrained) + recommended refinement" and refined["refine_s"] > 0
+    assert rows[1]["refine_s"] == 0.0 and refined["dice"] > rows[1]["dice"]  # the phantoms are shifted
+    with pytest.raises(ValueError, match="refine"):
+        quality.refine_schedules(["fast"])
+
+
+def test_peer_status_and_missing_peer(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_fireants(name, *args, **kwargs):
+        if name.startswith("fireants"):
+            raise ImportError("No module named 'fireants'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_fireants)
+    status = quality.peer_status("fireants")
+    assert status is not None and "skipped" in status and "pip install fireants" in status
+    with pytest.raises(ValueError, match="fireants"):
+        quality.peer_register(None, None, method="fireants")
+    with pytest.raises(ValueError, match="method"):
+        quality.peer_register(None, None, method="greedy")
+
+
+def test_markdown_per_dataset_ratios_and_goals():
+    def row(method, kind, dice, runtime, refine_s=0.0, folding=0.0):
+        return {"dataset": "ixi", "fixed": "a", "moving": "b", "method": method, "label": method, "kind": kind,
+                "model": "-", "seen_in_training": None, "dice": dice, "hd95_mm": 3.0, "folding_pct": folding,
+                "sdlogj": 0.1, "runtime_s": runtime, "network_s": runtime - refine_s, "refine_s": refine_s}
+
+    rows = [row("ants_syn", "classical", 0.57, 30.0), row("elastix", "peer", 0.60, 60.0),
+            row("fireants", "peer", 0.66, 90.0), row("affine_enhanced+com+refine-recommended", "ours", 0.61, 9.0, 7.0),
+            row("affine_enhanced+com+refine-thorough", "ours", 0.65, 40.0, 38.0, folding=0.2)]
+    text = quality.markdown_quality_datasets(rows, "setup line", ["Note: a peer skipped."])
+    assert "### ixi" in text and "setup line" in text and "Note: a peer skipped." in text
+    line = next(l for l in text.splitlines() if l.startswith("| affine_enhanced+com+refine-recommended"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[5] == "2.0 + 7.0" and cells[6] == "+0.040" and cells[7] == "0.30" and cells[9] == "0.15"
+    goals = quality.goal_lines(rows)
+    assert "Dice 0.610 vs 0.570 (met)" in goals[0] and "0.30 x SyN" in goals[0] and "(met: <= 0.33)" in goals[0]
+    assert "Dice 0.650 vs 0.660 (missed)" in goals[1] and "40.0 s vs 90.0 s (met)" in goals[1]
+
+
+def test_bench_quality_per_dataset_from_a_split(tmp_path):
+    folder = tmp_path / "data" / "ixi-t1-2mm"
+    for i in range(3):
+        image, labels = _phantom(SHIFT_RAS if i % 2 else (0.0, 0.0, 0.0), bend_mm=BEND_MM * (i % 2))
+        write_image(folder / f"s{i}_ds.nii.gz", image)
+        write_image(folder / f"s{i}_ds_DLMUSE.nii.gz", labels)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["ixi-s2"], "val": ["ixi-s0", "ixi-s1"]}))
+    report = tmp_path / "out" / "bench.md"
+    status = cli.main(["bench", "--quality", "--datasets", "ixi", "--data-root", str(tmp_path / "data"),
+                       "--split", str(split), "--classical", "sitk", "--variants", "baseline", "--refine", "2",
+                       "--peers", "--pairs", "1", "--threads", "1", "--report", str(report)])
+    assert status == 0
+    text = report.read_text()
+    assert "### ixi" in text and "ixi-s1 -> ixi-s0" in text and "time / SyN" in text and "load average" in text
+    rows = json.loads(report.with_suffix(".quality.json").read_text())
+    assert {r["dataset"] for r in rows} == {"ixi"} and "baseline+refine2" in {r["method"] for r in rows}
+    assert cli.main(["bench", "--quality", "--datasets", "nope", "--report", str(report)]) == 2
