@@ -573,8 +573,10 @@ def _check_resumable(ckpt: Mapping[str, Any], config: TrainConfig, path: Path) -
     saved = ckpt.get("config") or {}
     mine = config.to_dict()
     keys = ("variant", "ndim", "data", "steps_per_epoch", "batch_size", "lr", "seed", "uncertainty",
-            "seg_weight", "similarity", "regularizers", "arch", "finetune")
-    differ = [k for k in keys if json.dumps(saved.get(k), sort_keys=True) != json.dumps(mine.get(k), sort_keys=True)]
+            "seg_weight", "similarity", "regularizers", "schedule", "reg_scale", "arch", "finetune")
+    defaults = {"reg_scale": 1.0}  # checkpoints written before the field existed
+    differ = [k for k in keys if json.dumps(saved.get(k, defaults.get(k)), sort_keys=True)
+              != json.dumps(mine.get(k, defaults.get(k)), sort_keys=True)]
     if differ:
         details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {mine.get(k)!r}" for k in differ)
         raise ValueError(f"cannot resume {path}: the configuration differs ({details})")

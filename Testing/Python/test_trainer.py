@@ -174,6 +174,9 @@ def test_resume_and_overwrite_guards(toy_root, baseline_run, tmp_path):
         trainer.train(config(argv(toy_root, out, "baseline", 4, 2)))
     with pytest.raises(ValueError, match="configuration differs.*lr"):
         trainer.train(config(argv(toy_root, out, "baseline", 4, 2, "--resume", "--lr", "0.01")))
+    for flags, field in ((["--reg-scale", "10"], "reg_scale"), (["--schedule", "constant"], "schedule")):
+        with pytest.raises(ValueError, match=f"configuration differs.*{field}"):
+            trainer.train(config(argv(toy_root, out, "baseline", 4, 2, "--resume", *flags)))
     # resuming a finished run with more steps continues it
     extended = tmp_path / "extended"
     trainer.train(config(argv(toy_root, extended, "baseline", 2, 2)))
@@ -197,6 +200,9 @@ def test_command_line_arguments(toy_root, tmp_path, capsys):
     spec = cfg.variant_spec()
     assert spec.regularizers["grad_l2"] == 0.5 and spec.regularizers["jacobian_penalty"] == 0.1
     assert spec.similarity == "mse" and spec.lr == 5e-4
+    tuned = config(argv(toy_root, tmp_path / "t", "regloss", 4, 2, "--schedule", "constant", "--reg-scale", "10")).variant_spec()
+    assert tuned.schedule == "constant" and tuned.regularizers["jacobian_penalty"] == pytest.approx(1.0)
+    assert tuned.regularizers["grad_l2"] == pytest.approx(0.1)
     assert cfg.data["shape"] == [32, 32] and cfg.data["spacing_mm"] == [1.0]
     assert config(argv(toy_root, tmp_path / "c", "regloss", 4, 2, "--reg", "none")).variant_spec().regularizers == {}
     assert cli.main(argv(toy_root, tmp_path / "d", "regloss", 4, 2, "--reg", "smoothness=1")) == 2
