@@ -254,3 +254,21 @@ def load_model(
         raise ValueError(f"checkpoint {path} has an invalid model_config: {exc}") from exc
     load_model_state(model, ckpt, source=f"checkpoint {path}")
     return model.to(device).eval()
+
+
+TRAINING_STATE_KEYS = ("optimizer_state", "rng_state", "scaler_state", "loss_state")
+
+
+def ship_checkpoint(source: PathLike, destination: PathLike) -> Path:
+    """Copy a training checkpoint for shipping: the same model, preprocessing, config, split and history,
+    without the state that only resuming needs (optimiser moments, RNG, scaler, learned loss weights).
+
+    About a third of the size; ``train --init-from`` still starts from it (``--resume`` needs the
+    run's own file). Written atomically; ``destination["shipped_from"]`` names the source.
+    """
+    ckpt = load_checkpoint(source)
+    model = model_from_config(ckpt["model_config"])
+    load_model_state(model, ckpt, source=f"checkpoint {source}")
+    extra = {k: v for k, v in ckpt.items() if k not in RESERVED_KEYS and k not in TRAINING_STATE_KEYS}
+    extra["shipped_from"] = {"path": str(source), "global_step": ckpt.get("global_step")}
+    return save_checkpoint(destination, model, **extra)

@@ -241,3 +241,23 @@ def test_load_model_from_a_variant_id_builds_an_untrained_model():
     assert model.ndim == 3 and model.variant.id == "affine_basic" and model.affine is not None
     with pytest.raises(ValueError, match="ndim"):
         load_model("baseline")
+
+
+def test_ship_checkpoint_keeps_the_model_and_drops_the_resume_state(tmp_path):
+    from DeepRegAblationLib.checkpoints import ship_checkpoint
+
+    torch.manual_seed(3)
+    model = build_model("affine_basic", 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))["warped"].mean().backward()
+    optimizer.step()
+    source = save_checkpoint(tmp_path / "run" / "epoch_0003.pt", model, optimizer, global_step=300,
+                             rng_state={"torch": torch.get_rng_state()}, preprocessing={"spacing_mm": [4.0, 4.0]})
+    shipped = ship_checkpoint(source, tmp_path / "affine_basic.pt")
+    ckpt = torch.load(shipped, weights_only=True)
+    assert "optimizer_state" not in ckpt and "rng_state" not in ckpt
+    assert ckpt["preprocessing"] == {"spacing_mm": [4.0, 4.0]} and ckpt["global_step"] == 300
+    assert ckpt["shipped_from"] == {"path": str(source), "global_step": 300}
+    for key, value in model.state_dict().items():
+        assert torch.equal(ckpt["model_state"][key], value), key
+    assert shipped.stat().st_size < 0.5 * source.stat().st_size
