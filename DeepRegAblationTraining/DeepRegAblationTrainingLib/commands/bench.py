@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ixi", type=Path, default=DEFAULT_IXI,
                         help=f"folder of IXI heads with *_DLMUSE label partners (default {DEFAULT_IXI}, "
                              "or $DEEPREG_SHARED_DATA/ixi-t1-2mm)")
-    parser.add_argument("--classical", default="auto", choices=("auto", "ants", "sitk", "all"),
-                        help="classical method: ANTs (antspyx) when importable, else SimpleITK (auto); all: both")
+    parser.add_argument("--classical", default="auto", choices=("auto", "ants", "sitk", "all", "syn"),
+                        help="classical method: ANTs (antspyx) when importable, else SimpleITK (auto); all: both; "
+                             "syn: ANTs SyN alone")
     parser.add_argument("--pairs", default="cycle",
                         help="quality pairs: 'cycle' (each subject fixed once, the next moving), 'all' "
                              "(every ordered pair) or N (the first N of the cycle)")
@@ -68,12 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT,
                         help=f"split file whose validation subjects are used with --datasets (default {DEFAULT_SPLIT})")
     parser.add_argument("--peers", nargs="*", default=None, metavar="PEER",
-                        help="quality: optional peers to run beside ANTs (elastix, fireants; default both with "
-                             "--datasets, none with --ixi; each skipped with a line in the report when its package "
-                             "is missing)")
-    parser.add_argument("--init-align", nargs="+", default=["none"], choices=("none", "com"),
+                        help="quality: optional peers to run beside ANTs (elastix, fireants; PEER@DATASET[+DATASET] "
+                             "on those datasets only; default both with --datasets, none with --ixi; each skipped "
+                             "with a line in the report when its package is missing)")
+    parser.add_argument("--init-align", nargs="+", default=["auto"], choices=("auto", "none", "com"),
                         help="quality: initial alignment(s) to run our variants with (register's --init-align; "
-                             "default none); com also adds a row for the centre-of-mass translation alone")
+                             "default auto: what each model was trained with); com also adds a row for the centre-of-mass translation alone")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
 
 
@@ -91,14 +92,15 @@ def _peer_methods(args: argparse.Namespace) -> tuple:
 
     if args.peers is None:
         args.peers = list(quality.PEER_METHODS) if args.datasets else []
-    unknown = [p for p in args.peers if p not in quality.PEER_METHODS]
+    unknown = [p for p in args.peers if p.split("@")[0] not in quality.PEER_METHODS]
     if unknown:
         raise ValueError(f"--peers: unknown peer(s) {unknown}; choose from {list(quality.PEER_METHODS)}")
     methods, notes = [], []
-    for peer in args.peers:
+    for entry in args.peers:
+        peer = entry.split("@")[0]
         status = quality.peer_status(peer)
         if status is None:
-            methods.append(peer)
+            methods.append(entry)
         else:
             notes.append(f"Note: {status}.")
     return methods, notes
@@ -176,6 +178,8 @@ def _dataset_rows(args: argparse.Namespace, variants, methods, name: str) -> tup
         return [], f"Note: {name} skipped: fewer than 2 labelled validation subjects in {args.split}.", before
     pairs = quality.dataset_pairs(val, args.pairs)
     schedules = quality.refine_schedules(args.refine)
+    # "fireants@ixi+lpba40": that peer on those datasets only
+    methods = [m.split("@")[0] for m in methods if "@" not in m or name in m.split("@", 1)[1].split("+")]
     print(f"quality {name}: {len(pairs)} pairs x ({len(methods)} methods + {len(variants)} variants x "
           f"{len(schedules)} schedule(s) x {len(args.init_align)} alignment(s))", flush=True)
     rows = quality.quality_table(
@@ -227,7 +231,7 @@ def _quality_section(args: argparse.Namespace, variants) -> tuple:
     import SimpleITK as sitk
 
     setup = (f"Setup: {args.threads} CPU thread(s) for torch and ITK, our models on {args.device} "
-             f"(initial alignment: {' and '.join({'none': 'none (physical space as is)', 'com': 'centres of mass'}[a] for a in args.init_align)}"
+             f"(initial alignment: {' and '.join({'auto': 'as each model was trained (auto)', 'none': 'none (physical space as is)', 'com': 'centres of mass'}[a] for a in args.init_align)}"
              f"{f'; refinement in the refined rows: {args.refine}' if args.refine else ''}); "
              f"SimpleITK {sitk.Version_VersionString()}{ants_note}; wall time of this part "
              f"{time.perf_counter() - start:.0f} s.")
