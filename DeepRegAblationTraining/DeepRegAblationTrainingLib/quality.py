@@ -15,11 +15,15 @@ Methods (row ids; :data:`METHOD_NOTES` holds the text the report prints):
 
 - ``identity``, ``sitk_affine``, ``sitk_demons``, ``ants_affine``, ``ants_syn`` (classical);
 - ``com`` (with ``initial_alignments`` holding ``"com"``): the centre-of-mass translation alone;
+- ``elastix``, ``fireants`` (optional peers, :data:`PEER_METHODS`): itk-elastix with its default affine
+  + B-spline maps, FireANTs with the settings of its LPBA40 script; skipped when not installed;
 - our variants: ``inference.register`` with the shipped 3D model
-  ``Resources/Models/3d/<variant>.pt`` when present, else an untrained network (flagged).
+  ``Resources/Models/3d/<variant>.pt`` when present, else an untrained network (flagged), with and
+  without instance refinement (``refine``: schedules such as ``recommended`` / ``thorough``).
 
 Runtime is the registration alone, from images in memory to the full-resolution field, warped
-image and warped labels (metrics excluded): ``metrics["runtime_s"] - timings["metrics"]``.
+image and warped labels (metrics excluded): ``metrics["runtime_s"]``, split for our rows into the
+network part (``network_s``: resampling, network, full-resolution field, warping) and ``refine_s``.
 """
 from __future__ import annotations
 

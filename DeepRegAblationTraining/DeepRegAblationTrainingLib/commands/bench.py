@@ -4,10 +4,13 @@ registration quality beside classical registration on real IXI pairs.
 --train: training steps per second and peak memory (2D 160x192 and 3D 128^3 by default).
 --infer: model-only and full-pipeline (read to written) time and peak memory (2D 160x192, 3D
 128^3 and 3D 160x192x224). Each case runs in its own process.
---quality: Dice (DLMUSE labels), HD95, folding % and runtime of the variants (shipped 3D models,
-or untrained networks where none is shipped), no registration, a classical affine and a
-classical deformable registration (--classical: ANTs SyN through antspyx when installed, else
-SimpleITK affine + diffeomorphic demons) on ordered pairs of the IXI heads (--ixi, --pairs).
+--quality: Dice, HD95, folding % and runtime of the variants (shipped 3D models, or untrained
+networks where none is shipped), with and without instance refinement (--refine recommended
+thorough@affine_enhanced), beside no registration, classical registration (--classical: ANTs SyN
+through antspyx when installed, else SimpleITK affine + diffeomorphic demons) and the optional
+peers elastix and FireANTs (--peers), either on the validation pairs of each 3D dataset of a saved
+split (--datasets all --split, --pairs, --jobs; a section per dataset with the ratios to SyN,
+elastix and FireANTs) or on ordered pairs of one folder of IXI heads (--ixi, --pairs).
 
 Writes one Markdown report with a section per part (--report, default docs/benchmarks.md), the
 speed rows as JSON beside it (<report>.json) and the quality rows per pair (<report>.quality.json).
