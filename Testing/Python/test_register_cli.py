@@ -191,3 +191,14 @@ def test_init_align_com_puts_the_centre_of_mass_shift_into_the_affine(inputs, tm
     expected = inference.center_of_mass_alignment(read_image(inputs["fixed"]), read_image(inputs["far"]))
     np.testing.assert_allclose(affine, expected, atol=1e-4)
     assert affine[0, 3] > 350  # the moving image lies 400 mm away along R
+
+
+def test_relative_out_folder(inputs, tmp_path, capsys, monkeypatch):
+    """`make demo` passes a relative --out: the summary's scene path must not need both paths absolute."""
+    monkeypatch.chdir(tmp_path)
+    model = save_checkpoint(tmp_path / "b.pt", build_model("baseline", 3))
+    code, out, err = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["moving"], "--model", model,
+                          "--variant", "baseline", "--out", "relative_out")
+    assert code == 0, err
+    assert (tmp_path / "relative_out" / "scene" / "DeepRegAblation-results.mrml").is_file()
+    assert "Slicer scene: scene/DeepRegAblation-results.mrml" in out

@@ -255,7 +255,7 @@ def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dic
     print()
     print(f"metrics: {csv_path.name} {json_path.name}")
     if scene_files:
-        print(f"Slicer scene: {scene_files[0].relative_to(out)}")
+        print(f"Slicer scene: {os.path.relpath(scene_files[0], out)}")  # one path may be absolute, the other relative
 
 
 @contextlib.contextmanager
