@@ -125,7 +125,7 @@ def test_metrics_table_columns_and_nan(tmp_path, registered):
     csv_path, json_path = exports.write_metrics(tmp_path, [result, second])
     with open(csv_path, newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["variant", "dice", "hd95_mm", "folding_pct", "sdlogj", "mse", "ncc", "ssim", "max_disp_mm", "runtime_s"]
+    assert rows[0] == ["variant", "dice", "hd95_mm", "folding_pct", "sdlogj", "mse", "ncc", "ssim", "max_disp_mm", "runtime_s", "metrics_s"]
     assert [r[0] for r in rows[1:]] == ["affine_basic", "regloss"]
     records = json.loads(json_path.read_text())
     assert [list(r) for r in records] == [list(exports.METRIC_COLUMNS)] * 2

@@ -38,7 +38,7 @@ def test_known_translation_matches_simpleitk():
     translation_vox = np.array([1.0, -2.0, 1.5])  # (k, j, i) voxels of the model grid (fixed spacing)
     set_affine(model, np.zeros((3, 3)), translation_vox / ((np.array(MODEL_SHAPE) - 1) / 2.0))
     set_constant_flow(model, [0.0, 0.0, 0.0])
-    result = register(fixed, moving, model, device="cpu")
+    result = register(fixed, moving, model, device="cpu", initial_alignment="none")
 
     expected_ras = fixed.ijk_to_ras[:3, :3] @ translation_vox[::-1]
     np.testing.assert_allclose(result.disp_ras_mm, np.broadcast_to(expected_ras, result.disp_ras_mm.shape), atol=1e-4)
@@ -65,7 +65,7 @@ def test_known_affine_and_field_match_the_network_output():
     model = build_model("affine_basic", 3, affine_kind="regression")  # the test sets the regression head
     set_affine(model, [[0.04, 0.02, 0.0], [0.0, -0.03, 0.01], [0.02, 0.0, 0.05]], [0.08, -0.05, 0.06])
     set_constant_flow(model, [0.5, -0.25, 0.75])
-    result = register(fixed, moving, model, device="cpu")
+    result = register(fixed, moving, model, device="cpu", initial_alignment="none")
 
     grid, grid_shape = geometry.model_grid_for(fixed, fixed.spacing_kji, MODEL_SHAPE)
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_checkpoint_preprocessing_sets_the_model_grid(tmp_path):
     flow = np.array([0.5, 1.0, -0.75])
     set_constant_flow(model, flow)
     path = save_checkpoint(tmp_path / "baseline.pt", model, preprocessing={"spacing_mm": [2.0, 2.0, 2.0], "shape": [16, 16, 16]})
-    result = register(fixed, moving, str(path), device="cpu")
+    result = register(fixed, moving, str(path), device="cpu", initial_alignment="none")
     direction = geometry.direction_from_matrix(fixed.ijk_to_ras)
     expected = direction @ (2.0 * flow[::-1])
     assert result.variant == "baseline" and result.warped.shape == fixed.shape
@@ -131,7 +131,7 @@ def test_2d_model_on_single_slice_images_and_dimension_errors():
     moving = ImageData(smooth_volume((1, 30, 20), seed=2), matrix, "moving")
     model = build_model("baseline", 2)
     set_constant_flow(model, [1.0, -0.5])  # (j, i)
-    result = register(fixed, moving, model, device="cpu")
+    result = register(fixed, moving, model, device="cpu", initial_alignment="none")
     assert result.warped.shape == (1, 30, 20) and result.disp_ras_mm.shape == (1, 30, 20, 3)
     np.testing.assert_allclose(result.disp_ras_mm[0, 3, 4], matrix[:3, :3] @ [-0.5, 1.0, 0.0], atol=1e-5)
     np.testing.assert_allclose(result.jacobian, 1.0, atol=1e-5)
@@ -155,7 +155,7 @@ def test_bad_inputs_and_devices():
     far = ImageData(moving.array, moving.ijk_to_ras.copy())
     far.ijk_to_ras[:3, 3] += 1000.0
     with pytest.raises(ValueError, match="do not overlap"):
-        register(fixed, far, "baseline")
+        register(fixed, far, "baseline", initial_alignment="none")
     with pytest.raises(FileNotFoundError, match="no_such.pt"):
         register(fixed, moving, "no_such.pt")
     with pytest.raises(ValueError, match="device"):
@@ -216,11 +216,11 @@ def test_ras_checkpoint_runs_on_a_ras_grid(tmp_path):
     flow = np.array([0.5, 1.0, -0.75])  # (k, j, i) voxels of the 2 mm RAS grid
     set_constant_flow(model, flow)
     path = save_checkpoint(tmp_path / "baseline.pt", model, preprocessing=RAS_PREPROCESSING)
-    result = register(fixed, moving, str(path), device="cpu")
+    result = register(fixed, moving, str(path), device="cpu", initial_alignment="none")
     expected = 2.0 * flow[::-1]  # (R, A, S) mm: no rotation by the fixed image's oblique axes
     np.testing.assert_allclose(result.disp_ras_mm, np.broadcast_to(expected, fixed.shape + (3,)), atol=1e-5)
     native = dict(RAS_PREPROCESSING, orientation="native")
-    other = register(fixed, moving, str(save_checkpoint(tmp_path / "native.pt", model, preprocessing=native)), device="cpu")
+    other = register(fixed, moving, str(save_checkpoint(tmp_path / "native.pt", model, preprocessing=native)), device="cpu", initial_alignment="none")
     assert np.abs(other.disp_ras_mm[0, 0, 0] - expected).max() > 0.2  # the fixed axes: another displacement
     bad = save_checkpoint(tmp_path / "bad.pt", model, preprocessing=dict(RAS_PREPROCESSING, orientation="LPI"))
     with pytest.raises(ValueError, match="orientation"):
@@ -310,7 +310,7 @@ def test_center_of_mass_initial_alignment_recovers_a_translation():
     aligned = register(fixed, moving, model=model, device="cpu", initial_alignment="com")
     np.testing.assert_allclose(aligned.affine_ras[:3, 3], shift, atol=1e-6)
     np.testing.assert_allclose(aligned.affine_ras[:3, :3], np.eye(3), atol=1e-9)
-    plain = register(fixed, moving, model=model, device="cpu")
+    plain = register(fixed, moving, model=model, device="cpu", initial_alignment="none")
     np.testing.assert_allclose(plain.affine_ras, np.eye(4), atol=1e-9)
     error = lambda r: float(np.abs(r.warped - array).mean())  # noqa: E731
     assert error(aligned) < 0.05 * error(plain)

@@ -141,7 +141,7 @@ def test_register_cli_refine_argument():
     parser = argparse.ArgumentParser()
     register_command.add_arguments(parser)
     base = ["--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--out", "o"]
-    assert parser.parse_args(base).refine == "off"
+    assert parser.parse_args(base).refine == 0
     assert parser.parse_args(base + ["--refine"]).refine == "recommended"
     assert parser.parse_args(["--refine"] + base).refine == "recommended"
     assert parser.parse_args(base + ["--refine", "thorough"]).refine == "thorough"

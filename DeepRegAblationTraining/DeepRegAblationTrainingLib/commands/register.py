@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint (.pt) of the variant, or a directory holding <variant>.pt files (required form for --variant all)",
     )
     parser.add_argument(
-        "--refine", nargs="?", const="recommended", default="off", type=refine_argument, metavar="SCHEDULE",
+        "--refine", nargs="?", const="recommended", default=0, type=refine_argument, metavar="SCHEDULE",
         help="instance optimisation on this pair after the network: --refine alone = recommended (fast: affine at "
              "8 and 4 mm, deformable at 8, 4 and 2 mm), --refine thorough (down to 1 mm / the image resolution), "
              "--refine N (N iterations per level of the recommended levels), off or 0 (default)",
