@@ -540,15 +540,17 @@ def refine(
     """Instance optimisation of one pair, from any start (a network's output, the identity, a centre-of-mass shift).
 
     The mapping is ``q(p) = A (p + u(p))`` (fixed RAS point -> moving RAS point). On a pyramid of
-    grids covering the fixed image (block means of the fixed image at about ``s`` mm, the moving
-    image likewise), first the 12 affine parameters are optimised (``A = A0 . D``, ``D`` an affine
-    correction about the fixed image's centre, Adam steps of ``affine_step_vox`` voxels) with ``u``
-    held at its start, on ``schedule.affine_levels_mm``; then ``u = exp(v)``, a stationary velocity
-    field on each level's grid (``fields.integrate_velocity``), ``v = v_start + G * w`` with ``w``
-    optimised (``G`` a Gaussian of ``REFINE_SMOOTHING_VOX``) and ``v`` carried up to the next level.
-    The start ``v_start`` of the first level is the starting ``u`` (``exp(u) ~ u`` for small ``u``).
-    Loss: ``losses.lncc`` (window ``REFINE_LNCC_WINDOW``) + ``REFINE_DIFFUSION_WEIGHT * grad_l2(v)``
-    + ``REFINE_FOLDING_WEIGHT * jacobian_penalty(u)``, the same for every variant.
+    grids covering the fixed image (block means of the fixed image at about ``s`` mm, cropped to its
+    foreground, the moving image likewise), first the 12 affine parameters are optimised
+    (``A = A0 . D``, ``D`` an affine correction about the fixed image's centre, Adam steps of
+    ``affine_step_vox`` voxels) with ``u`` held at its start, on ``schedule.affine_levels_mm``; then
+    ``u = exp(v)``: a stationary velocity field ``v`` on each level's control grid (every other level
+    voxel), integrated by scaling and squaring there (``fields.integrate_velocity``) and upsampled
+    linearly to the level grid (``fields.resize_field``); ``v`` is carried up to the next level. The
+    first level starts at ``v = u_start`` (``exp(u) ~ u`` for small ``u``). Loss: ``losses.lncc``
+    (window ``REFINE_LNCC_WINDOW``) + ``REFINE_DIFFUSION_WEIGHT * grad_l2(v)`` +
+    ``REFINE_FOLDING_WEIGHT * jacobian_penalty(u)``, the same for every variant. Each level stops
+    early when the loss stops improving (``patience``) and keeps its lowest-loss state.
 
     Args:
         fixed, moving: the images, intensities normalised to about [0, 1] (e.g. ``imageio.normalize_intensity``).
