@@ -912,8 +912,12 @@ def markdown_quality_datasets(rows: Sequence[Dict[str, Any]], setup: str = "", n
                 pairs.append((row["moving"], row["fixed"]))
         summary = _summary_by_method(drows)
         syn, elastix, fireants = summary.get("ants_syn"), summary.get("elastix"), summary.get("fireants")
+        seen = {r["seen_in_training"] for r in drows if r["kind"] == "ours" and r["model"] != "untrained"}
+        seen_text = {frozenset([False]): "no pair (no subject of these pairs is a training subject of the shipped models)",
+                     frozenset([True]): "every pair", frozenset(): "not applicable (no trained model)"}.get(
+            frozenset(seen), "some pairs or unknown")
         out += [f"### {dataset}", "", f"{len(pairs)} validation pair(s) (moving -> fixed): "
-                + ", ".join(f"{m} -> {f}" for m, f in pairs) + ".", ""]
+                + ", ".join(f"{m} -> {f}" for m, f in pairs) + f". Seen in training: {seen_text}.", ""]
         out += ["| method | Dice | HD95 (mm) | folding (%) | time (s) | network + refine (s) | Dice - SyN | time / SyN "
                 "| Dice - elastix | time / elastix | time / FireANTs |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]

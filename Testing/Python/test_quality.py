@@ -290,6 +290,9 @@ def test_markdown_per_dataset_ratios_and_goals():
             row("affine_enhanced+com+refine-thorough", "ours", 0.65, 40.0, 38.0, folding=0.2)]
     text = quality.markdown_quality_datasets(rows, "setup line", ["Note: a peer skipped."])
     assert "### ixi" in text and "setup line" in text and "Note: a peer skipped." in text
+    assert "Seen in training: some pairs or unknown." in text  # seen_in_training None: not known
+    unseen = [dict(r, seen_in_training=False) for r in rows]
+    assert "Seen in training: no pair" in quality.markdown_quality_datasets(unseen, "setup line", [])
     line = next(l for l in text.splitlines() if l.startswith("| affine_enhanced+com+refine-recommended"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[5] == "2.0 + 7.0" and cells[6] == "+0.040" and cells[7] == "0.30" and cells[9] == "0.15"
