@@ -80,7 +80,7 @@ def register_arguments(files: Dict[str, Path], out_dir: Path, variant_ids: Seque
     if initial_alignment not in ALIGNMENT_CHOICES:
         raise ValueError(f"initial_alignment must be one of {ALIGNMENT_CHOICES}, got {initial_alignment!r}")
     return args + ["--device", device, *refine_cli_arguments(refine), "--init-align", initial_alignment,
-                   "--save-npz", "--out", str(out_dir)]
+                   "--save-npz", "--no-scene", "--out", str(out_dir)]  # the panel builds its nodes from result.npz
 
 
 @dataclass(frozen=True)

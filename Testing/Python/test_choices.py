@@ -105,6 +105,10 @@ def test_background_command_is_understood_by_the_register_command(tmp_path, vari
     assert parsed.variant == (variants[0] if len(variants) == 1 else "all")
     assert str(parsed.model) == str(tmp_path / "models") and parsed.device == "cpu"
     assert parsed.refine == refine and parsed.init_align == "com" and parsed.save_npz and parsed.out == tmp_path / "out"
+    assert parsed.no_scene  # the panel builds its nodes from result.npz: no scene in the background run
+    for schedule in ("recommended", "thorough"):
+        named = choices.register_arguments(files, tmp_path / "out", variants, None, "cpu", schedule, "auto")
+        assert cli.build_parser(["register"]).parse_args(named).refine == schedule
     with pytest.raises(ValueError, match="one variant or all four"):
         choices.register_arguments(files, tmp_path, ["baseline", "regloss"], None, "cpu")
     with pytest.raises(ValueError, match="initial_alignment"):

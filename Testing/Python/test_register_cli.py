@@ -202,3 +202,12 @@ def test_relative_out_folder(inputs, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert (tmp_path / "relative_out" / "scene" / "DeepRegAblation-results.mrml").is_file()
     assert "Slicer scene: scene/DeepRegAblation-results.mrml" in out
+
+
+def test_no_scene_skips_only_the_slicer_scene(inputs, tmp_path, capsys):
+    model = save_checkpoint(tmp_path / "b.pt", build_model("baseline", 3))
+    code, out, err = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["moving"], "--model", model,
+                          "--variant", "baseline", "--save-npz", "--no-scene", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert not (tmp_path / "out" / "scene").exists() and "Slicer scene" not in out
+    assert (tmp_path / "out" / "baseline" / "result.npz").is_file() and (tmp_path / "out" / "metrics.json").is_file()

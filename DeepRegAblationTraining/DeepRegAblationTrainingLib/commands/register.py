@@ -10,7 +10,7 @@ Writes into --out DIR (refused if DIR exists, is not empty and was not made by t
       field, total, LPS), transform.h5 (ITK composite: affine then deformable field),
       glyphs.png, jacobian.png, checkerboard.png, result.npz (with --save-npz)
   DIR/metrics.csv, DIR/metrics.json   one record per variant
-  DIR/scene/DeepRegAblation-results.mrml   a Slicer scene with every result (and its data files)
+  DIR/scene/DeepRegAblation-results.mrml   a Slicer scene with every result (and its data files; not with --no-scene)
 
 Models: --model CKPT (one variant) or a directory of <variant>.pt files; without --model the
 weights shipped in DeepRegAblation/Resources/Models/<2|3>d/<variant>.pt, or an UNTRAINED
@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA if available")
     parser.add_argument("--save-npz", action="store_true", help="also write DIR/<variant>/result.npz (for the Slicer GUI)")
+    parser.add_argument("--no-scene", action="store_true",
+                        help="do not write DIR/scene/ (the Slicer panel's background run builds its nodes from result.npz)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
 
 
@@ -237,8 +239,9 @@ def write_variant_outputs(variant_dir: Path, fixed, moving, result, save_npz: bo
     return written
 
 
-def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dict[str, Dict[str, float]]] = None) -> None:
-    """metrics.csv / metrics.json, the Slicer scene, and the table printed to stdout.
+def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dict[str, Dict[str, float]]] = None,
+                  scene: bool = True) -> None:
+    """metrics.csv / metrics.json, the Slicer scene (unless ``scene`` is false), and the table printed to stdout.
 
     ``extra_columns``: optional ``{variant: {column: value}}`` printed beside the table (the demo's
     error against the known displacement); the files keep the standard columns.
@@ -246,7 +249,7 @@ def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dic
     from DeepRegAblationLib import exports
 
     csv_path, json_path = exports.write_metrics(out, results)
-    scene_files = _optional_outputs("Slicer scene", _write_scene, out / "scene", fixed, moving, results)
+    scene_files = _optional_outputs("Slicer scene", _write_scene, out / "scene", fixed, moving, results) if scene else []
     records = [exports.metrics_record(r) for r in results]
     for record in records:
         record.update((extra_columns or {}).get(str(record["variant"]), {}))
@@ -341,6 +344,6 @@ def run(args: argparse.Namespace) -> int:
             written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
             print(f"      wrote {', '.join(p.name for p in written)} in {out / variant}", flush=True)
             results.append(result)
-        write_summary(staging, fixed, moving, results)
+        write_summary(staging, fixed, moving, results, scene=not args.no_scene)
     print(f"results: {out}")
     return 0
