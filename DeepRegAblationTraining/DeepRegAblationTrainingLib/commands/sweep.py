@@ -226,7 +226,6 @@ def run_scales(args: argparse.Namespace) -> int:
     """The ``--reg-scales`` sweep: one run per multiplier M, folding / Dice per M, the chosen M."""
     from DeepRegAblationLib.variants import get_variant
 
-    from ..evaluation import write_rows_csv
     from ..reports import write_sweep_report
     from ..stats import format_mean_std
 
@@ -244,12 +243,7 @@ def run_scales(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for name, m in runs:
         train_variant(exp, name, variant, args, schedule="constant", reg_scale=m)
-    names = [n for n, _ in runs]
-    rows, examples = evaluate_runs(exp, args, names, identity=True)
-    write_rows_csv(rows, exp.out_dir / "per_pair.csv")
-    (exp.out_dir / "runs.json").write_text(json.dumps(exp.runs, indent=1, default=str) + "\n")
-    identity = [r for r in rows if r["variant"] == "identity"]
-    sweep_rows = [r for r in rows if r["variant"] != "identity"]
+    rows, examples, identity, sweep_rows = _evaluate_and_save(exp, args, [n for n, _ in runs])
     setup = setup_lines(exp, args, "sweep")
     setup["model and loss"] = (
         f"`{variant}`: {spec.description} (lr {spec.lr:g}, similarity {spec.similarity}), trained as the ablation trains "
@@ -270,7 +264,7 @@ def run_scales(args: argparse.Namespace) -> int:
     notes += list(args.note or [])
     paths = write_sweep_report(
         exp.out_dir, sweep_rows, [{"variant": n, "reg_type": f"{variant} (constant)", "lambda": m} for n, m in runs],
-        command=command, setup=setup, training_logs={n: exp.runs_dir / n for n in names},
+        command=command, setup=setup, training_logs={n: exp.runs_dir / n for n, _ in runs},
         examples=example_subset(examples, {n: (variant, m, None) for n, m in runs}), notes=notes, identity_rows=identity,
         title=f"DeepRegAblation regulariser-multiplier sweep ({variant})", param_label="M", folding_target=target,
     )
@@ -278,8 +272,21 @@ def run_scales(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+
+def _evaluate_and_save(exp, args, names):
+    """Evaluate the trained runs (and the identity) on the pairs; write per_pair.csv and runs.json.
+
+    Returns ``(rows, examples, identity_rows, sweep_rows)``.
+    """
     from ..evaluation import write_rows_csv
+
+    rows, examples = evaluate_runs(exp, args, names, identity=True)
+    write_rows_csv(rows, exp.out_dir / "per_pair.csv")
+    (exp.out_dir / "runs.json").write_text(json.dumps(exp.runs, indent=1, default=str) + "\n")
+    identity = [r for r in rows if r["variant"] == "identity"]
+    return rows, examples, identity, [r for r in rows if r["variant"] != "identity"]
+
+def run(args: argparse.Namespace) -> int:
     from ..reports import BUILTIN_SWEEP_REFERENCE, BUILTIN_SWEEP_REFERENCE_SOURCE, parse_reference, write_sweep_report
 
     if args.reg_scales is not None:
@@ -304,11 +311,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for name, (_, _, spec) in variants.items():
         train_variant(exp, name, spec, args)
-    rows, examples = evaluate_runs(exp, args, list(variants), identity=True)
-    write_rows_csv(rows, exp.out_dir / "per_pair.csv")
-    (exp.out_dir / "runs.json").write_text(json.dumps(exp.runs, indent=1, default=str) + "\n")
-    identity = [r for r in rows if r["variant"] == "identity"]
-    sweep_rows = [r for r in rows if r["variant"] != "identity"]
+    rows, examples, identity, sweep_rows = _evaluate_and_save(exp, args, list(variants))
     setup = setup_lines(exp, args, "sweep")
     setup["model and loss"] = (
         f"baseline architecture (U-Net + spatial transformer, no affine stage), similarity {args.similarity}, "
