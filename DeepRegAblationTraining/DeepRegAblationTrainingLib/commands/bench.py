@@ -134,7 +134,7 @@ def _load_average() -> str:
 
 def _datasets_section(args: argparse.Namespace, variants) -> tuple:
     """``bench --quality --datasets``: the validation pairs of each dataset; returns ``(markdown, rows)``."""
-    from DeepRegAblationTrainingLib import data, quality
+    from DeepRegAblationTrainingLib import quality
 
     names = list(DATASETS) if args.datasets.strip() == "all" else [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = [d for d in names if d not in DATASETS]

@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 # PyTorch's OpenMP threads wait passively (before torch is imported): on a busy machine (the Slicer
 # background run shares it) spinning threads made the small operations of the refinement many times slower
