@@ -1497,7 +1497,8 @@ def _build_brain_data(
         payload = _read_json(split_file, "split")
         chosen = []
         for key in ("train", "val"):
-            ids = [i for i in payload.get(key, []) if isinstance(i, str) and i.split("-", 1)[0] in kinds]
+            entries = [e if isinstance(e, str) else (e or {}).get("id") for e in payload.get(key, [])]  # ids or subject dicts
+            ids = [i for i in entries if isinstance(i, str) and i.split("-", 1)[0] in kinds]
             unknown = [i for i in ids if i not in by_id]
             if unknown:
                 raise ValueError(f"split file {split_file}: {key} ids not found among the subjects: {unknown}")

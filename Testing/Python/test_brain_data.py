@@ -231,3 +231,13 @@ def test_synthetic_affine_pairs_are_in_the_registration_direction():
     warped = fields.warp(pair["moving"][None], fields.affine_to_disp(pair["matrix_vox"][None], scan.shape[1:]), padding="zeros")[0]
     inverse = fields.warp(pair["moving"][None], fields.affine_to_disp(torch.linalg.inv(pair["matrix_vox"])[None], scan.shape[1:]), padding="zeros")[0]
     assert float((warped - pair["fixed"]).abs().mean()) < 0.2 * float((inverse - pair["fixed"]).abs().mean())
+
+
+def test_a_brain_run_resumes_from_its_own_split_file(brains, tmp_path):
+    """The run folder's split.json holds subject dicts (save_split); the shipped one holds ids: both load."""
+    spec = {"kind": "brains3d", "path": str(brains), "val_per_dataset": {"miccai2012": 1, "lpba40": 1, "ibsr18": 1, "ixi": 0},
+            "spacing_mm": [4.0], "shape": [16, 16, 16]}
+    first = data.build_data(spec, seed=1, out_dir=tmp_path / "run")
+    again = data.build_data(dict(spec, split=str(tmp_path / "run" / "split.json")), seed=7)
+    assert [s["id"] for s in again.split["train"]] == [s["id"] for s in first.split["train"]]
+    assert again.split["val_pairs"] == first.split["val_pairs"]
