@@ -44,7 +44,7 @@ from DeepRegAblationLib.inference import RegistrationResult, result_from_mapping
 PathLike = Union[str, Path]
 Progress = Optional[Callable[[str], None]]
 
-CLASSICAL_CHOICES = ("auto", "ants", "sitk", "all", "syn")
+CLASSICAL_CHOICES = ("auto", "ants", "sitk", "all", "syn", "affine")
 """``--classical``: ``auto`` = ANTs when ``antspyx`` is importable, else SimpleITK; ``all`` = both;
 ``syn`` = ANTs SyN alone (no affine-only row)."""
 CLASSICAL_METHODS = {
@@ -147,10 +147,10 @@ def classical_methods(choice: str = "auto") -> List[str]:
     """Classical method ids for a ``--classical`` choice: identity, then affine-only and deformable rows."""
     if choice not in CLASSICAL_CHOICES:
         raise ValueError(f"classical must be one of {list(CLASSICAL_CHOICES)}, got {choice!r}")
-    if choice == "syn":
+    if choice in ("syn", "affine"):  # one ANTs method alone (the 3D models' bar is ANTs affine)
         if not ants_available():
-            raise ValueError("classical='syn' needs the antspyx package (pip install antspyx)")
-        return ["identity", "ants_syn"]
+            raise ValueError(f"classical={choice!r} needs the antspyx package (pip install antspyx)")
+        return ["identity", "ants_syn" if choice == "syn" else "ants_affine"]
     if choice == "auto":
         choice = "ants" if ants_available() else "sitk"
     if choice == "ants" and not ants_available():

@@ -109,6 +109,12 @@ def test_classical_method_choice():
     auto = quality.classical_methods("auto")
     assert auto[0] == "identity" and len(auto) == 3
     assert auto[1] == ("ants_affine" if quality.ants_available() else "sitk_affine")
+    for choice, method in (("affine", "ants_affine"), ("syn", "ants_syn")):  # one ANTs method alone
+        if quality.ants_available():
+            assert quality.classical_methods(choice) == ["identity", method]
+        else:
+            with pytest.raises(ValueError, match="antspyx"):
+                quality.classical_methods(choice)
 
 
 def test_dataset_pairs():

@@ -53,9 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ixi", type=Path, default=DEFAULT_IXI,
                         help=f"folder of IXI heads with *_DLMUSE label partners (default {DEFAULT_IXI}, "
                              "or $DEEPREG_SHARED_DATA/ixi-t1-2mm)")
-    parser.add_argument("--classical", default="auto", choices=("auto", "ants", "sitk", "all", "syn"),
+    parser.add_argument("--classical", default="auto", choices=("auto", "ants", "sitk", "all", "syn", "affine"),
                         help="classical method: ANTs (antspyx) when importable, else SimpleITK (auto); all: both; "
-                             "syn: ANTs SyN alone")
+                             "syn: ANTs SyN alone; affine: ANTs affine alone")
     parser.add_argument("--pairs", default="cycle",
                         help="quality pairs: 'cycle' (each subject fixed once, the next moving), 'all' "
                              "(every ordered pair) or N (the first N of the cycle)")
