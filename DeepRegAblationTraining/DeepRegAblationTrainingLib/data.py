@@ -1373,8 +1373,7 @@ def build_data(
     if spacing is None and kind in ("mni-synthetic", "mni-ixi") and ndim == 3:
         spacing = [2.0]  # the 1 mm template at 2 mm: a 3D volume a CPU can train on
     preprocess = Preprocess(spacing_mm=spacing, shape=spec.get("shape"), divisor=divisor, ndim=ndim)
-    aug_spec = spec.get("augment", {})
-    augment = Augment(**aug_spec) if isinstance(aug_spec, Mapping) else (Augment() if aug_spec else None)
+    augment = _augment_from_spec(spec.get("augment", {}))
     n_val_pairs = int(spec.get("val_pairs", 8))
     split: Dict[str, Any] = {"kind": kind}
 
@@ -1438,10 +1437,24 @@ def build_data(
         mode=mode,
         val_pairs=[[m, f] for m, f in pairs],
     )
-    if out_dir is not None:
-        save_split(Path(out_dir) / "split.json", train_subjects, val_subjects, atlas=split["atlas"], mode=mode)
-        save_pairs(Path(out_dir) / "val_pairs.json", pairs)
+    _write_run_split(out_dir, train_subjects, val_subjects, pairs, split)
     return DataBundle(train, val, preprocess, ndim, split)
+
+
+def _augment_from_spec(aug_spec: Any, **defaults: Any) -> Optional[Augment]:
+    """The spec's ``augment`` entry: a dict of :class:`Augment` arguments (``defaults`` fill the missing
+    ones), a true value for the defaults, or ``None``/``False`` for no augmentation."""
+    if isinstance(aug_spec, Mapping):
+        return Augment(**dict(defaults, **aug_spec))
+    return Augment(**defaults) if aug_spec else None
+
+
+def _write_run_split(out_dir: Optional[PathLike], train: Sequence[Subject], val: Sequence[Subject],
+                     pairs: Sequence[Tuple[str, str]], split: Mapping[str, Any]) -> None:
+    """``split.json`` and ``val_pairs.json`` of a run folder (nothing without ``out_dir``)."""
+    if out_dir is not None:
+        save_split(Path(out_dir) / "split.json", train, val, atlas=split.get("atlas"), mode=split.get("mode"))
+        save_pairs(Path(out_dir) / "val_pairs.json", pairs)
 
 
 def brain_parts(spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
@@ -1484,11 +1497,8 @@ def _build_brain_data(
     spacing = [float(x) for x in (spacing if isinstance(spacing, (list, tuple)) else [spacing])]
     shape = spec.get("shape") or brain_grid_shape(min(spacing), divisor)
     preprocess = Preprocess(spacing_mm=spacing, shape=shape, divisor=divisor, ndim=3, center=spec.get("center", "com"))
-    aug_spec = spec.get("augment", {})
-    if isinstance(aug_spec, Mapping):  # shifts in mm, not voxels of the coarse grid (4 voxels would be 16 mm)
-        aug_spec = dict(aug_spec)
-        aug_spec.setdefault("translation_vox", BRAIN_TRANSLATION_MM / min(spacing))
-    augment = Augment(**aug_spec) if isinstance(aug_spec, Mapping) else (Augment() if aug_spec else None)
+    # shifts in mm, not voxels of the coarse grid (4 voxels would be 16 mm)
+    augment = _augment_from_spec(spec.get("augment", {}), translation_vox=BRAIN_TRANSLATION_MM / min(spacing))
     split_file = spec.get("split")
     if split_file and Path(split_file).is_file():
         # a split of several datasets also serves a run on some of them: ids of the others are skipped
@@ -1537,9 +1547,7 @@ def _build_brain_data(
         "mode": "scan_to_scan",
         "val_pairs": [[m, f] for m, f in pairs],
     }
-    if out_dir is not None:
-        save_split(Path(out_dir) / "split.json", train_subjects, val_subjects, atlas=None, mode="scan_to_scan")
-        save_pairs(Path(out_dir) / "val_pairs.json", pairs)
+    _write_run_split(out_dir, train_subjects, val_subjects, pairs, split)
     return DataBundle(train, val, preprocess, 3, split)
 
 

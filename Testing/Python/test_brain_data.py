@@ -166,7 +166,7 @@ def test_random_affines_and_point_error():
     assert float(affine_pretrain.affine_point_error_mm(shift[None], torch.eye(4)[None], shape, spacing)[0]) == pytest.approx(9.0)
 
 
-def test_affine_pretraining_learns_resumes_and_gives_an_init_checkpoint(brains, tmp_path):
+def test_affine_pretraining_resumes_to_the_same_weights_and_gives_an_init_checkpoint(brains, tmp_path):
     spec = {"kind": "mix", "parts": [{"kind": "lpba40", "path": str(brains / "lpba40"), "weight": 1.0},
                                      {"kind": "miccai2012", "path": str(brains / "miccai2012-oasis"), "weight": 1.0}],
             "val_per_dataset": {"lpba40": 1, "miccai2012": 0}, "spacing_mm": [4.0], "shape": [16, 16, 16]}
