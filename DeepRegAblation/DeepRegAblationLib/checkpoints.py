@@ -171,8 +171,9 @@ def describe_architecture(config: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _architecture(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """The parts of a model config that decide the weights' names and shapes."""
+def architecture(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The parts of a model config that decide the weights' names, shapes and meaning (options a config
+    does not record take their defaults; ``affine_passes`` is left out: every pass uses the same weights)."""
     variant = config.get("variant", {}) if isinstance(config, Mapping) else {}
     arch = dict(DEFAULT_ARCH)
     saved = dict(config.get("arch", {}) if isinstance(config, Mapping) else {})
@@ -197,7 +198,7 @@ def load_model_state(model: RegistrationModel, checkpoint: Mapping[str, Any], so
         raise ValueError(f"{source} has no model_state dict")
     saved = checkpoint.get("model_config")
     current = model.config()
-    if isinstance(saved, Mapping) and _architecture(saved) != _architecture(current):
+    if isinstance(saved, Mapping) and architecture(saved) != architecture(current):
         raise ValueError(
             f"{source} was saved for architecture [{describe_architecture(saved)}], "
             f"not [{describe_architecture(current)}]"

@@ -51,10 +51,10 @@ DEFAULT_ARCH: Dict[str, Any] = dict(
     affine_features=(16, 32, 64, 64),
     affine_kind="keypoints",
     affine_keypoints=32,
+    affine_keypoint_strides=3,
     affine_passes=1,
 )
 AFFINE_KINDS = ("keypoints", "regression")
-KEYPOINT_STRIDES = 3  # stride-2 layers of the keypoint encoder (the rest keep the resolution)
 KEYPOINT_RIDGE = 1e-3  # ridge towards the identity, per keypoint, in half-extent units
 LEAKY_SLOPE = 0.2
 FLOW_INIT_STD = 1e-5
@@ -239,7 +239,8 @@ class KeypointAffineStage(nn.Module):
     """Affine from matched keypoints: ``(B, 2, *S)`` = ``cat(moving, fixed)`` -> ``matrix_vox`` ``(B, nd+1, nd+1)``.
 
     One encoder (the same weights for both images: ``affine_features`` 3x3 convolutions, the
-    first :data:`KEYPOINT_STRIDES` with stride 2) ends in a 1x1 convolution to ``K`` heat maps;
+    first ``strides`` (``arch["affine_keypoint_strides"]``) with stride 2) ends in a 1x1 convolution
+    to ``K`` heat maps;
     a spatial softmax of each map gives one keypoint per map as the expected voxel position
     (cell ``o`` of a stride-``s`` map stands for voxel ``s * o``). With fixed keypoints
     ``q_k`` and moving keypoints ``p_k`` (voxels, in half-extent units about the grid
@@ -253,7 +254,7 @@ class KeypointAffineStage(nn.Module):
     translation, rotation, scale and shear, unlike a globally pooled regression.
     """
 
-    def __init__(self, ndim: int, features: Sequence[int], keypoints: int):
+    def __init__(self, ndim: int, features: Sequence[int], keypoints: int, strides: int = 3):
         super().__init__()
         self.ndim = _check_ndim(ndim)
         feats = _features(features, "affine_features")
@@ -261,10 +262,10 @@ class KeypointAffineStage(nn.Module):
         if keypoints < self.ndim + 1:
             raise ValueError(f"affine_keypoints must be >= ndim + 1 = {self.ndim + 1}, got {keypoints}")
         self.keypoints = keypoints
-        self.stride = 2 ** min(KEYPOINT_STRIDES, len(feats))
+        self.stride = 2 ** min(int(strides), len(feats))  # voxels per heat-map cell
         layers, prev = [], 1
         for level, nf in enumerate(feats):
-            layers.append(ConvAct(ndim, prev, nf, stride=2 if level < KEYPOINT_STRIDES else 1))
+            layers.append(ConvAct(ndim, prev, nf, stride=2 if level < int(strides) else 1))
             prev = nf
         self.features = nn.Sequential(*layers)
         self.heatmaps = _CONV[ndim](prev, keypoints, kernel_size=1)
@@ -437,7 +438,7 @@ class RegistrationModel(nn.Module):
 
 def _affine_stage(ndim: int, arch: Mapping[str, Any]) -> nn.Module:
     if arch["affine_kind"] == "keypoints":
-        return KeypointAffineStage(ndim, arch["affine_features"], arch["affine_keypoints"])
+        return KeypointAffineStage(ndim, arch["affine_features"], arch["affine_keypoints"], arch["affine_keypoint_strides"])
     return AffineStage(ndim, IN_CHANNELS, arch["affine_features"])
 
 
@@ -460,6 +461,12 @@ def _normalize_arch(arch: Mapping[str, Any]) -> Dict[str, Any]:
     keypoints = merged["affine_keypoints"]
     if isinstance(keypoints, bool) or not isinstance(keypoints, int) or keypoints < 4:
         raise ValueError(f"affine_keypoints must be an int >= 4, got {keypoints!r}")
+    strides = merged["affine_keypoint_strides"]
+    if isinstance(strides, bool) or not isinstance(strides, int) or not 0 <= strides <= len(merged["affine_features"]):
+        raise ValueError(
+            f"affine_keypoint_strides must be an int from 0 to len(affine_features) = {len(merged['affine_features'])}, "
+            f"got {strides!r}"
+        )
     passes = merged["affine_passes"]
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"affine_passes must be an int >= 1, got {passes!r}")

@@ -559,25 +559,31 @@ def _training_ids(checkpoint: dict) -> Optional[set]:
 
 
 def load_variant_models(variants: Sequence[str], ndim: int = 3, untrained: bool = False) -> Dict[str, Dict[str, Any]]:
-    """``{variant: {"model": RegistrationModel, "trained": bool, "path": str | None, "train_ids": set | None}}``.
+    """``{name: {"model", "source", "path", "train_ids"}}`` for entries ``<variant id>`` or ``<name>=<checkpoint>``.
 
-    The shipped weights (``inference.shipped_model_path``) when present (and not ``untrained``),
-    else an untrained network (seeded with 0).
+    A variant id gets the shipped weights (``inference.shipped_model_path``; ``source`` ``"shipped"``)
+    when present and not ``untrained``, else an untrained network seeded with 0 (``"untrained"``);
+    ``<name>=<checkpoint>`` loads that checkpoint under its own row name (``"checkpoint"``; e.g. the
+    runs of a regulariser sweep beside the shipped models).
     """
     import torch
     from DeepRegAblationLib import checkpoints, inference
 
     out = {}
-    for variant in variants:
-        path = None if untrained else inference.shipped_model_path(variant, ndim)
+    for entry in variants:
+        name, _, given = (part.strip() for part in str(entry).partition("="))
+        if given and not Path(given).is_file():
+            raise ValueError(f"variant {name!r}: checkpoint file not found: {given}")
+        path = Path(given) if given else (None if untrained else inference.shipped_model_path(name, ndim))
         if path is None:
             torch.manual_seed(0)
-            model, _, _ = inference.load_registration_model(variant, ndim)
-            out[variant] = {"model": model, "trained": False, "path": None, "train_ids": None}
+            model, _, _ = inference.load_registration_model(name, ndim)
+            out[name] = {"model": model, "source": "untrained", "path": None, "train_ids": None}
         else:
             model, _, _ = inference.load_registration_model(path, ndim)
             train_ids = _training_ids(checkpoints.load_checkpoint(path))
-            out[variant] = {"model": model, "trained": True, "path": str(path), "train_ids": train_ids}
+            out[name] = {"model": model, "source": "checkpoint" if given else "shipped", "path": str(path),
+                         "train_ids": train_ids}
     return out
 
 
@@ -643,7 +649,8 @@ def quality_table(
     Args:
         pairs: ``(fixed, moving)`` subjects, each with ``id``, ``image`` and ``labels`` (paths;
             ``data.Subject``), e.g. from :func:`dataset_pairs`.
-        variants: our variant ids (shipped 3D models, or untrained networks where none is shipped).
+        variants: our variant ids (shipped 3D models, or untrained networks where none is shipped),
+            or ``<name>=<checkpoint file>`` (:func:`load_variant_models`).
         methods: classical method ids (keys of :data:`CLASSICAL_METHODS`), e.g. :func:`classical_methods`,
             and peers (keys of :data:`PEER_METHODS`: ``elastix``, ``fireants``; see :func:`peer_status`).
         device: device of our models (``inference.register``).
@@ -707,10 +714,9 @@ def quality_table(
             disp = np.broadcast_to(shift[:3, 3].astype(np.float32), tuple(fixed.shape) + (3,))
             result = result_from_mapping("com", fixed, moving, shift, disp, fixed_labels, moving_labels, {}, t0)
             rows.append(_row(*ids, "com", COM_LABEL, "reference", "-", None, result, dataset))
-        for variant in variants:
-            entry = models[variant]
+        for variant, entry in models.items():
             seen = None if entry["train_ids"] is None else all(i in entry["train_ids"] for i in ids)
-            model = Path(entry["path"]).name if entry["trained"] else "untrained"
+            model = {"shipped": Path(entry["path"] or "").name, "checkpoint": entry["path"]}.get(entry["source"], "untrained")
             for alignment in initial_alignments:
                 for schedule in schedules:
                     schedule = _schedule_for(schedule, variant)
@@ -721,7 +727,7 @@ def quality_table(
                                       initial_alignment=alignment)
                     method_suffix, label_suffix = _refine_names(schedule) if schedule else ("", "")
                     method = variant + ("+com" if alignment == "com" else "") + method_suffix
-                    label = (f"{variant} ({'shipped' if entry['trained'] else 'untrained'})"
+                    label = (f"{variant} ({entry['source']})"
                              + (" after centre-of-mass alignment" if alignment == "com" else "") + label_suffix)
                     rows.append(_row(*ids, method, label, "ours", model, seen, result, dataset))
                     report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")
@@ -913,7 +919,7 @@ def markdown_quality_datasets(rows: Sequence[Dict[str, Any]], setup: str = "", n
         summary = _summary_by_method(drows)
         syn, elastix, fireants = summary.get("ants_syn"), summary.get("elastix"), summary.get("fireants")
         seen = {r["seen_in_training"] for r in drows if r["kind"] == "ours" and r["model"] != "untrained"}
-        seen_text = {frozenset([False]): "no pair (no subject of these pairs is a training subject of the shipped models)",
+        seen_text = {frozenset([False]): "no pair (no subject of these pairs is a training subject of our models)",
                      frozenset([True]): "every pair", frozenset(): "not applicable (no trained model)"}.get(
             frozenset(seen), "some pairs or unknown")
         out += [f"### {dataset}", "", f"{len(pairs)} validation pair(s) (moving -> fixed): "

@@ -50,7 +50,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from DeepRegAblationLib import fields, metrics
-from DeepRegAblationLib.checkpoints import describe_architecture, load_checkpoint, load_model_state, save_checkpoint
+from DeepRegAblationLib.checkpoints import architecture, describe_architecture, load_checkpoint, load_model_state, save_checkpoint
 from DeepRegAblationLib.inference import resolve_device
 from DeepRegAblationLib.losses import SIMILARITIES, CompositeLoss
 from DeepRegAblationLib.networks import RegistrationModel, build_model
@@ -240,11 +240,10 @@ def seed_everything(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-def _arch_key(config: Mapping[str, Any]) -> Tuple[Any, ...]:
-    variant = config.get("variant", {}) or {}
-    arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in (config.get("arch") or {}).items()
-            if k != "affine_passes"}  # the passes share the weights: a 1-pass checkpoint initialises a 2-pass model
-    return config.get("ndim"), bool(variant.get("affine")), json.dumps(arch, sort_keys=True)
+def _arch_key(config: Mapping[str, Any]) -> str:
+    """What decides the weights (``checkpoints.architecture``: options a config does not record take
+    their defaults; the passes share the weights, so a 1-pass checkpoint initialises a 2-pass model)."""
+    return json.dumps(architecture(config), sort_keys=True)
 
 
 def init_from_checkpoint(model: RegistrationModel, path: Union[str, Path]) -> Dict[str, Any]:

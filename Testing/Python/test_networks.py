@@ -302,6 +302,7 @@ def test_module_constants_match_the_contract():
         affine_features=(16, 32, 64, 64),
         affine_kind="keypoints",
         affine_keypoints=32,
+        affine_keypoint_strides=3,
         affine_passes=1,
     )
     assert networks.LEAKY_SLOPE == 0.2
@@ -395,6 +396,27 @@ def test_keypoints_follow_a_shifted_image():
     shifted = torch.roll(image, shifts=(8, 0, 8), dims=(2, 3, 4))
     moved = stage.keypoints_vox(shifted) - stage.keypoints_vox(image)
     assert torch.allclose(moved, torch.tensor([8.0, 0.0, 8.0]).expand_as(moved), atol=0.05)
+
+
+def test_keypoint_strides_set_the_heat_map_cell_and_are_part_of_the_architecture():
+    """Fewer stride-2 layers: finer heat maps (same weight shapes); a checkpoint made before the
+    option (no ``affine_keypoint_strides`` in its config) is the default, 3."""
+    from DeepRegAblationLib.checkpoints import architecture
+
+    coarse = _build("affine_basic", 3)
+    fine = _build("affine_basic", 3, affine_keypoint_strides=2)
+    assert (coarse.affine.stride, fine.affine.stride) == (8, 4)
+    image = torch.rand(1, 1, 32, 32, 32)
+    cells = {name: m.affine.heatmaps(m.affine.features(image)).shape[2:] for name, m in (("coarse", coarse), ("fine", fine))}
+    assert cells == {"coarse": (4, 4, 4), "fine": (8, 8, 8)}
+    assert {k: v.shape for k, v in coarse.state_dict().items()} == {k: v.shape for k, v in fine.state_dict().items()}
+    old = coarse.config()
+    del old["arch"]["affine_keypoint_strides"]
+    assert model_from_config(old).affine.stride == 8
+    assert architecture(old) == architecture(coarse.config()) != architecture(fine.config())
+    for bad in (-1, 5, 2.0, True):
+        with pytest.raises(ValueError, match="affine_keypoint_strides"):
+            build_model("affine_basic", 3, affine_keypoint_strides=bad)
 
 
 def test_old_checkpoint_configs_rebuild_the_regression_stage():

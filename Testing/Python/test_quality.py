@@ -171,6 +171,25 @@ def test_quality_table_rows_and_summary(tmp_path):
     assert f"{affine['dice_mean']:.3f} ± {affine['dice_std']:.3f}" in text
 
 
+def test_quality_table_runs_a_named_checkpoint_beside_the_variants(tmp_path):
+    """``NAME=CHECKPOINT`` (e.g. a sweep's runs): that file's weights, under its own row name."""
+    import torch
+    from DeepRegAblationLib.checkpoints import save_checkpoint
+    from DeepRegAblationLib.networks import build_model
+
+    torch.manual_seed(5)
+    path = save_checkpoint(tmp_path / "runs" / "epoch_0001.pt", build_model("baseline", 3))
+    pairs = quality.dataset_pairs(_write_subjects(tmp_path), 1)
+    rows = quality.quality_table(pairs, ["baseline", f"baseline_m4={path}"], [], threads=1, untrained=True)
+    assert [r["method"] for r in rows] == ["baseline", "baseline_m4"]
+    untrained, named = rows
+    assert named["model"] == str(path) and named["label"] == "baseline_m4 (checkpoint)"
+    assert untrained["model"] == "untrained"
+    assert named["dice"] != untrained["dice"] or named["sdlogj"] != untrained["sdlogj"]  # other weights
+    with pytest.raises(ValueError, match="checkpoint file not found: .*missing.pt"):
+        quality.quality_table(pairs, [f"x={tmp_path / 'missing.pt'}"], [], threads=1)
+
+
 def test_bench_quality_command_writes_the_section(tmp_path, capsys):
     _write_subjects(tmp_path / "heads")
     report = tmp_path / "out" / "bench.md"
@@ -186,6 +205,8 @@ def test_bench_quality_command_writes_the_section(tmp_path, capsys):
     assert not report.with_suffix(".json").exists()  # no speed cases ran
     assert cli.main(["bench", "--quality", "--ixi", str(tmp_path / "missing"), "--report", str(report)]) == 2
     assert "--ixi" in capsys.readouterr().err
+    assert cli.main(["bench", "--train", "--variants", "baseline,x=m.pt", "--report", str(report)]) == 2
+    assert "NAME=CHECKPOINT entries (x=m.pt) are for --quality only" in capsys.readouterr().err
 
 
 def test_real_ixi_pair_classical_improves_dice(ixi_dir):

@@ -116,6 +116,12 @@ def test_init_from_another_architecture_is_a_clear_error(toy_root, baseline_run,
     assert status == 2
     assert err.startswith("error: --init-from checkpoint") and "enc_features=[8, 8, 8, 8]" in err
     assert not (tmp_path / "y" / "last.pt").exists()
+    # the keypoint options are part of the architecture too (finer heat maps mean other weights)
+    affine = tmp_path / "affine"
+    trainer.train(config(argv(toy_root, affine, "affine_basic", 1, 1)))
+    with pytest.raises(ValueError, match=r"affine_keypoint_strides=3.*builds.*affine_keypoint_strides=2"):
+        trainer.train(config(argv(toy_root, tmp_path / "z", "affine_basic", 1, 1, "--init-from", str(affine / "last.pt"),
+                                  "--affine-keypoint-strides", "2")))
 
 
 def test_decoder_then_all_freezes_the_encoder_for_the_first_half(toy_root, baseline_run, tmp_path):

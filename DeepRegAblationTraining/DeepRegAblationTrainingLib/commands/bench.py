@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--infer", action="store_true", help="inference time (model only and full pipeline)")
     parser.add_argument("--sizes", default=None,
                         help=f"comma-separated sizes from {sorted(bench.SIZES)} (default: 2d,3d128 for --train; all for --infer)")
-    parser.add_argument("--variants", default=",".join(bench.VARIANT_IDS), help="comma-separated variant ids")
+    parser.add_argument("--variants", default=",".join(bench.VARIANT_IDS),
+                        help="comma-separated variant ids; with --quality also NAME=CHECKPOINT (a trained checkpoint "
+                             "as its own row, e.g. the runs of a sweep)")
     parser.add_argument("--no-reference", action="store_true", help="skip voxelmorph's VxmPairwise")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per case (default 2)")
@@ -248,9 +250,13 @@ def run(args: argparse.Namespace) -> int:
     if not (args.train or args.infer or args.quality):
         raise ValueError("choose --train, --infer and/or --quality")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in bench.VARIANT_IDS]
+    checkpoints = [v for v in variants if "=" in v]
+    if checkpoints and (args.train or args.infer):
+        raise ValueError(f"--variants: NAME=CHECKPOINT entries ({', '.join(checkpoints)}) are for --quality only")
+    unknown = [v for v in variants if "=" not in v and v not in bench.VARIANT_IDS]
     if unknown:
-        raise ValueError(f"--variants: unknown id(s) {unknown}; choose from {list(bench.VARIANT_IDS)}")
+        raise ValueError(f"--variants: unknown id(s) {unknown}; choose from {list(bench.VARIANT_IDS)} "
+                         f"(or NAME=CHECKPOINT with --quality)")
     if args.device == "cuda":
         import torch
 

@@ -11,6 +11,25 @@ affine variants) and ``log.csv`` (loss and validation RMS point error in mm).
 from __future__ import annotations
 
 import argparse
+from typing import Any, Dict
+
+
+def add_keypoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The keypoint affine stage's options (the same in ``pretrain`` and ``train --init-from``)."""
+    parser.add_argument("--affine-keypoints", type=int, default=None, metavar="K",
+                        help="keypoints per image of the affine stage (default 32)")
+    parser.add_argument("--affine-keypoint-strides", type=int, default=None, metavar="N",
+                        help="stride-2 layers before the keypoint heat maps: one cell = 2^N voxels (default 3)")
+
+
+def keypoint_arch(args: argparse.Namespace) -> Dict[str, Any]:
+    """``networks.build_model`` overrides from :func:`add_keypoint_arguments`' options (only those given)."""
+    arch: Dict[str, Any] = {}
+    if args.affine_keypoints is not None:
+        arch["affine_keypoints"] = int(args.affine_keypoints)
+    if args.affine_keypoint_strides is not None:
+        arch["affine_keypoint_strides"] = int(args.affine_keypoint_strides)
+    return arch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     parser.add_argument("--out", default="runs/affine_pretrain", help="run folder")
+    add_keypoint_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         data["split"] = args.split
     result = pretrain_affine(
         data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, threads=args.threads,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, threads=args.threads, arch=keypoint_arch(args) or None,
         progress=lambda fraction, message: print(message, flush=True) if "validation" in message else None,
     )
     print(f"affine pretraining: {result['steps']} steps in {result['seconds']:.0f} s; validation RMS point error "

@@ -22,6 +22,7 @@ from DeepRegAblationLib.losses import REGULARIZERS, SIMILARITIES
 from DeepRegAblationLib.variants import VARIANTS, get_variant
 
 from ..data import PAIR_MODES, parse_data_argument
+from .pretrain import add_keypoint_arguments, keypoint_arch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--diffeomorphic", action="store_true", help="integrate a stationary velocity field")
     p.add_argument("--affine-passes", type=int, default=None, metavar="N",
                    help="run the affine stage N times, each on what the last pass left (default 1; shared weights)")
+    add_keypoint_arguments(p)
     p.add_argument("--val-every", type=int, default=1, help="epochs between validations (default 1)")
     p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between epoch_XXXX.pt files (default 10)")
     p.add_argument("--max-nonfinite", type=int, default=20, help="non-finite steps tolerated before aborting")
@@ -128,6 +130,7 @@ def config_from_args(args: argparse.Namespace):
         arch["diffeomorphic"] = True
     if args.affine_passes is not None:
         arch["affine_passes"] = int(args.affine_passes)
+    arch.update(keypoint_arch(args))
     return TrainConfig(
         variant=args.variant,
         ndim=args.ndim,
