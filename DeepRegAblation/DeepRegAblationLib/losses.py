@@ -578,10 +578,14 @@ class CompositeLoss(nn.Module):
     - ``seg_weight > 0`` with ``fixed_labels`` and ``moving_labels`` given adds soft Dice
       between the fixed labels and the moving labels (one-hot) warped linearly by the
       total ``outputs["disp_vox"]``.
+    - ``affine_weight > 0`` with ``outputs["affine_disp_vox"]`` (a model with an affine stage)
+      supervises the affine stage on its own: ``affine_weight * (L_sim + seg_weight * L_seg)``
+      of the moving image (and labels) warped by the affine part alone. Without it the affine
+      stage learns only through the total field, where the U-Net makes up for what it leaves.
 
     ``forward`` returns ``(total, terms)``; ``terms`` holds python floats: the *unweighted*
-    value of each term (``"similarity"``, each regularizer name, ``"seg"``), ``"schedule"``
-    and ``"total"``.
+    value of each term (``"similarity"``, each regularizer name, ``"seg"``, ``"affine_similarity"``,
+    ``"affine_seg"``), ``"schedule"`` and ``"total"``.
     """
 
     def __init__(
@@ -594,6 +598,7 @@ class CompositeLoss(nn.Module):
         similarity_weight: float = 1.0,
         num_labels: Optional[int] = None,
         max_log_var: float = 6.0,
+        affine_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if similarity not in SIMILARITIES:
@@ -607,7 +612,8 @@ class CompositeLoss(nn.Module):
                 raise ValueError(f"regularizers[{name!r}] must be a finite weight >= 0, got {weight!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-        for value, name in ((seg_weight, "seg_weight"), (similarity_weight, "similarity_weight")):
+        for value, name in ((seg_weight, "seg_weight"), (similarity_weight, "similarity_weight"),
+                            (affine_weight, "affine_weight")):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not max_log_var > 0:
@@ -617,6 +623,7 @@ class CompositeLoss(nn.Module):
         self.schedule = schedule
         self.seg_weight = float(seg_weight)
         self.similarity_weight = float(similarity_weight)
+        self.affine_weight = float(affine_weight)
         self.num_labels = num_labels
         self.max_log_var = float(max_log_var)
         self.uncertainty = bool(uncertainty)
@@ -700,7 +707,8 @@ class CompositeLoss(nn.Module):
             terms[name] = float(value.detach())
             total = total + self._weighted(name, sched * weight * value)
 
-        if self.seg_weight > 0 and fixed_labels is not None and moving_labels is not None:
+        use_labels = self.seg_weight > 0 and fixed_labels is not None and moving_labels is not None
+        if use_labels:
             fixed_oh, moving_oh = _one_hot_pair(
                 fixed_labels, moving_labels, self.num_labels, "fixed_labels", "moving_labels"
             )
@@ -708,10 +716,23 @@ class CompositeLoss(nn.Module):
                 raise ValueError(
                     f"fixed_labels shape {tuple(fixed_labels.shape)} does not match fixed {tuple(fixed.shape)}"
                 )
-            warped_oh = fields.warp(moving_oh.to(disp.dtype), disp)
-            seg = soft_dice(fixed_oh.to(disp.dtype), warped_oh)
+            fixed_oh, moving_oh = fixed_oh.to(disp.dtype), moving_oh.to(disp.dtype)
+            seg = soft_dice(fixed_oh, fields.warp(moving_oh, disp))
             terms["seg"] = float(seg.detach())
             total = total + self._weighted("seg", self.seg_weight * seg)
+
+        affine_disp = outputs.get("affine_disp_vox")
+        if self.affine_weight > 0 and affine_disp is not None:
+            if moving is None:
+                raise ValueError("affine_weight > 0 needs the moving image")
+            _check_pair(fixed, moving, "fixed", "moving")
+            affine_term = SIMILARITIES[self.similarity](fixed, fields.warp(moving, affine_disp))
+            terms["affine_similarity"] = float(affine_term.detach())
+            if use_labels:
+                affine_seg = soft_dice(fixed_oh, fields.warp(moving_oh, affine_disp))
+                terms["affine_seg"] = float(affine_seg.detach())
+                affine_term = affine_term + self.seg_weight * affine_seg
+            total = total + self.affine_weight * affine_term
 
         terms["total"] = float(total.detach())
         return total, terms

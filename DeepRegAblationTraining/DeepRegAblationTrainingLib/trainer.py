@@ -91,6 +91,8 @@ class TrainConfig:
         finetune: ``"all"`` or ``"decoder_then_all"`` (see the module docstring).
         uncertainty: learned uncertainty weighting of the loss terms (``CompositeLoss``).
         seg_weight: weight of the Dice loss on warped labels (needs labelled data).
+        affine_weight: weight of the affine stage's own loss (``CompositeLoss``: similarity and
+            Dice of the moving image warped by the affine part alone); affine variants only.
         similarity: similarity override (a key of ``losses.SIMILARITIES``).
         regularizers: regulariser weights replacing the variant's (``{}`` = none).
         schedule: regulariser schedule replacing the variant's (``"reference"`` or ``"constant"``).
@@ -124,6 +126,7 @@ class TrainConfig:
     finetune: str = "all"
     uncertainty: bool = False
     seg_weight: float = 0.0
+    affine_weight: float = 0.0
     similarity: Optional[str] = None
     regularizers: Optional[Dict[str, float]] = None
     schedule: Optional[str] = None
@@ -167,8 +170,9 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {list(FINETUNE_MODES)}, got {self.finetune!r}")
-        if not (math.isfinite(float(self.seg_weight)) and float(self.seg_weight) >= 0):
-            raise ValueError(f"seg_weight must be a number >= 0, got {self.seg_weight!r}")
+        for name in ("seg_weight", "affine_weight"):
+            if not (math.isfinite(float(getattr(self, name))) and float(getattr(self, name)) >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
         if not (math.isfinite(float(self.reg_scale)) and float(self.reg_scale) >= 0):
             raise ValueError(f"reg_scale must be a number >= 0, got {self.reg_scale!r}")
         if not (math.isfinite(float(self.grad_clip)) and float(self.grad_clip) > 0):
@@ -427,7 +431,10 @@ def _train(config: TrainConfig, device: torch.device, info: distributed.DistInfo
     if config.init_from and resume_ckpt is None:
         init_from_checkpoint(model, config.init_from)
     model.to(device)
-    loss_fn = CompositeLoss.from_variant(spec, uncertainty=config.uncertainty, seg_weight=config.seg_weight).to(device)
+    if config.affine_weight > 0 and not spec.affine:
+        raise ValueError(f"affine_weight {config.affine_weight}: variant {spec.id!r} has no affine stage")
+    loss_fn = CompositeLoss.from_variant(spec, uncertainty=config.uncertainty, seg_weight=config.seg_weight,
+                                         affine_weight=config.affine_weight).to(device)
     groups = [{"params": list(model.parameters()), "lr": spec.lr}]
     loss_params = list(loss_fn.parameters())
     if loss_params:
@@ -572,8 +579,8 @@ def _check_resumable(ckpt: Mapping[str, Any], config: TrainConfig, path: Path) -
     saved = ckpt.get("config") or {}
     mine = config.to_dict()
     keys = ("variant", "ndim", "data", "steps_per_epoch", "batch_size", "lr", "seed", "uncertainty",
-            "seg_weight", "similarity", "regularizers", "schedule", "reg_scale", "arch", "finetune")
-    defaults = {"reg_scale": 1.0}  # checkpoints written before the field existed
+            "seg_weight", "affine_weight", "similarity", "regularizers", "schedule", "reg_scale", "arch", "finetune")
+    defaults = {"reg_scale": 1.0, "affine_weight": 0.0}  # checkpoints written before the field existed
     differ = [k for k in keys if json.dumps(saved.get(k, defaults.get(k)), sort_keys=True)
               != json.dumps(mine.get(k, defaults.get(k)), sort_keys=True)]
     if differ:

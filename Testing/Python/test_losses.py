@@ -349,6 +349,35 @@ def test_composite_loss_uncertainty_and_seg():
     assert deform.grad is not None
 
 
+def test_composite_loss_affine_weight_supervises_the_affine_part_alone():
+    """The affine part's own similarity and Dice join the total; only the affine field gets their gradient."""
+    fixed, moving = smooth_image((32, 32), seed=1), smooth_image((32, 32), seed=2)
+    labels_f, labels_m = (fixed > 0.5).long(), (moving > 0.5).long()
+    affine = torch.zeros(1, 2, 32, 32)
+    affine[:, 0] = 1.5  # a shift: the affine stage's field
+    affine.requires_grad_(True)
+    deform = torch.zeros(1, 2, 32, 32, requires_grad=True)
+    disp = fields.compose(affine, deform)
+    out = {"disp_vox": disp, "deform_disp_vox": deform, "affine_disp_vox": affine, "warped": fields.warp(moving, disp)}
+    plain = losses.CompositeLoss("lncc", seg_weight=0.5, num_labels=2)
+    supervised = losses.CompositeLoss("lncc", seg_weight=0.5, num_labels=2, affine_weight=2.0)
+    kw = dict(fixed_labels=labels_f, moving_labels=labels_m)
+    _, base = plain(out, fixed, moving, **kw)
+    total, terms = supervised(out, fixed, moving, **kw)
+    alone = fields.warp(moving, affine.detach())
+    assert terms["affine_similarity"] == pytest.approx(float(losses.SIMILARITIES["lncc"](fixed, alone)), rel=1e-5)
+    warped_labels = fields.warp(F.one_hot(labels_m[:, 0], 2).movedim(-1, 1).float(), affine.detach())
+    assert terms["affine_seg"] == pytest.approx(float(losses.soft_dice(labels_f, warped_labels)), rel=1e-5)
+    expected = base["total"] + 2.0 * (terms["affine_similarity"] + 0.5 * terms["affine_seg"])
+    assert terms["total"] == pytest.approx(expected, rel=1e-5)
+    assert "affine_similarity" not in base
+    # a model without an affine stage (no affine_disp_vox): nothing changes
+    del out["affine_disp_vox"]
+    assert supervised(out, fixed, moving, **kw)[1]["total"] == pytest.approx(base["total"], rel=1e-6)
+    with pytest.raises(ValueError, match="affine_weight must be"):
+        losses.CompositeLoss(affine_weight=-1.0)
+
+
 def test_composite_loss_validation_and_from_variant():
     fixed, moving = smooth_image((32, 32), seed=1), smooth_image((32, 32), seed=2)
     loss_fn = losses.CompositeLoss()

@@ -238,3 +238,14 @@ def test_mixed_precision_keeps_displacements_in_float32(variant):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.unet.parameters())
     undo()
     assert torch.equal(model(x, y)["disp_vox"], reference["disp_vox"])
+
+
+def test_affine_weight_trains_the_affine_stage_on_its_own_loss(toy_root, tmp_path):
+    """--affine-weight logs the affine part's own terms, is refused without an affine stage and on resume when changed."""
+    out = tmp_path / "aw"
+    trainer.train(config(argv(toy_root, out, "affine_basic", 1, 1, "--affine-weight", "1")))
+    assert "affine_similarity" in read_steps(out)[0]
+    with pytest.raises(ValueError, match="affine_weight"):
+        trainer.train(config(argv(toy_root, out, "affine_basic", 2, 1, "--resume")))
+    with pytest.raises(ValueError, match="variant 'baseline' has no affine stage"):
+        trainer.train(config(argv(toy_root, tmp_path / "b", "baseline", 1, 1, "--affine-weight", "1")))

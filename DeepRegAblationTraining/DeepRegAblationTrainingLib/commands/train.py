@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --init-from: train everything, or the decoder alone for the first half of the steps")
     p.add_argument("--uncertainty", action="store_true", help="learned uncertainty weighting of the loss terms")
     p.add_argument("--seg-weight", type=float, default=0.0, help="weight of the Dice loss on warped labels (default 0)")
+    p.add_argument("--affine-weight", type=float, default=0.0, metavar="W",
+                   help="affine variants: weight of the affine stage's own loss (similarity + seg-weight x Dice of "
+                        "the moving image warped by the affine part alone; default 0)")
     p.add_argument("--similarity", choices=sorted(SIMILARITIES), default=None, help="similarity loss (default: the variant's, lncc)")
     p.add_argument("--reg", nargs="+", default=None, metavar="NAME=W",
                    help=f"regulariser weights replacing the variant's ({', '.join(sorted(REGULARIZERS))}); 'none' for none")
@@ -150,6 +153,7 @@ def config_from_args(args: argparse.Namespace):
         finetune=args.finetune,
         uncertainty=args.uncertainty,
         seg_weight=args.seg_weight,
+        affine_weight=args.affine_weight,
         similarity=args.similarity,
         regularizers=parse_regularizers(args.reg, args.variant),
         schedule=args.schedule,
