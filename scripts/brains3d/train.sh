@@ -23,6 +23,8 @@ case $variant in
   *) [ -z "$reg" ] || { echo "$variant has no regularisers: no REG" >&2; exit 2; } ;;
 esac
 case $variant in
-  affine_basic|affine_enhanced) extra+=(--init-from runs/brains3d/affine_pretrain/last.pt --affine-passes 2) ;;
+  affine_basic|affine_enhanced)  # the stage of scripts/brains3d/pretrain.sh, also trained on its own loss
+    extra+=(--init-from runs/brains3d/affine_pretrain_s2k64/last.pt --affine-keypoints 64 --affine-keypoint-strides 2
+            --affine-passes 2 --affine-weight 1) ;;
 esac
 exec .venv/bin/deepreg-ablation train --variant "$variant" "${common[@]}" "${extra[@]}"
