@@ -162,9 +162,14 @@ def classical_methods(choice: str = "auto") -> List[str]:
     return methods
 
 
-def _check_inputs(fixed: ImageData, moving: ImageData, fixed_labels, moving_labels) -> None:
+def _read_inputs(fixed, moving, fixed_labels, moving_labels) -> Tuple[ImageData, ImageData, Any, Any]:
+    """The four inputs of a non-network method (paths are read, label maps as labels), checked:
+    3D, not constant, overlapping. ``ValueError`` naming the input otherwise."""
     from DeepRegAblationLib.imageio import validate_image
 
+    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
+    fixed_labels = as_image(fixed_labels, "fixed_labels", "labels")
+    moving_labels = as_image(moving_labels, "moving_labels", "labels")
     named = ((fixed, "fixed"), (moving, "moving"), (fixed_labels, "fixed_labels"), (moving_labels, "moving_labels"))
     for image, name in named:
         if image is not None:
@@ -178,6 +183,7 @@ def _check_inputs(fixed: ImageData, moving: ImageData, fixed_labels, moving_labe
         if float(np.max(image.array)) == float(np.min(image.array)):
             raise ValueError(f"{name} is constant (shape {image.shape}): nothing to register")
     geometry.check_overlap(fixed, moving)
+    return fixed, moving, fixed_labels, moving_labels
 
 
 def _affine_lps_matrix(transform) -> np.ndarray:
@@ -433,9 +439,7 @@ def peer_register(
     if status is not None:
         raise ValueError(status)
     t_start = time.perf_counter()
-    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
-    fixed_labels, moving_labels = as_image(fixed_labels, "fixed_labels"), as_image(moving_labels, "moving_labels")
-    _check_inputs(fixed, moving, fixed_labels, moving_labels)
+    fixed, moving, fixed_labels, moving_labels = _read_inputs(fixed, moving, fixed_labels, moving_labels)
     set_threads(threads)
     timings: Dict[str, float] = {}
     fixed_itk = itk_image_from_array(normalize_intensity(fixed.array), fixed.ijk_to_ras)
@@ -457,10 +461,7 @@ def identity_register(
 ) -> RegistrationResult:
     """No registration: ``q(p) = p`` (the images' own physical alignment), same outputs as the others."""
     t_start = time.perf_counter()
-    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
-    fixed_labels = as_image(fixed_labels, "fixed_labels", "labels")
-    moving_labels = as_image(moving_labels, "moving_labels", "labels")
-    _check_inputs(fixed, moving, fixed_labels, moving_labels)
+    fixed, moving, fixed_labels, moving_labels = _read_inputs(fixed, moving, fixed_labels, moving_labels)
     return result_from_mapping("identity", fixed, moving, np.eye(4), np.zeros(tuple(fixed.shape) + (3,)),
                                fixed_labels, moving_labels, {}, t_start)
 
@@ -494,10 +495,7 @@ def classical_register(
     if transform not in ("deformable", "affine"):
         raise ValueError(f"transform must be 'deformable' or 'affine', got {transform!r}")
     t_start = time.perf_counter()
-    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
-    fixed_labels = as_image(fixed_labels, "fixed_labels", "labels")
-    moving_labels = as_image(moving_labels, "moving_labels", "labels")
-    _check_inputs(fixed, moving, fixed_labels, moving_labels)
+    fixed, moving, fixed_labels, moving_labels = _read_inputs(fixed, moving, fixed_labels, moving_labels)
     if method == "auto":
         method = "ants" if ants_available() else "sitk"
     deformable = transform == "deformable"
