@@ -4,10 +4,12 @@
 # usage: train.sh VARIANT [STEPS] [REG]
 #   REG, for the regularised variants (regloss, affine_enhanced) only: "mN" = constant schedule, every
 #   regulariser weight times N (the shipped files: m4, chosen by the sweep in docs/results/sweep-3d-regscale);
-#   "reference" = the study's weights and schedule. The run folder is runs/brains3d/VARIANT[_REG].
+#   "reference" = the study's weights and schedule. The run folder is runs/brains3d/VARIANT[_REG], or $OUT when set
+#   (e.g. a second run of the reference setting with more steps: its schedule decays over the whole run, so a longer
+#   run of it starts afresh rather than resuming a shorter one).
 set -euo pipefail
 variant=$1; steps=${2:-20000}; reg=${3:-}
-out="runs/brains3d/$variant${reg:+_$reg}"
+out=${OUT:-runs/brains3d/$variant${reg:+_$reg}}
 common=(--data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json
         --steps "$steps" --steps-per-epoch 100 --checkpoint-every 1 --seg-weight 1 --threads 1 --rotation-deg 5
         --no-progress --no-tensorboard --resume --out "$out")
