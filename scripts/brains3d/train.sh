@@ -3,7 +3,7 @@
 # (run it again to continue a killed or stopped run from its last.pt).
 # usage: train.sh VARIANT [STEPS] [REG]
 #   REG, for the regularised variants (regloss, affine_enhanced) only: "mN" = constant schedule, every
-#   regulariser weight times N (the shipped files: m4, chosen by the sweep in docs/results/sweep-3d-regscale);
+#   regulariser weight times N (the shipped files: m8, chosen by the sweeps in docs/results/sweep-3d-regscale);
 #   "reference" = the study's weights and schedule. The run folder is runs/brains3d/VARIANT[_REG], or $OUT when set
 #   (e.g. a second run of the reference setting with more steps: its schedule decays over the whole run, so a longer
 #   run of it starts afresh rather than resuming a shorter one).
@@ -19,7 +19,7 @@ case $variant in
     case $reg in
       reference) extra+=(--schedule reference) ;;
       m*) extra+=(--schedule constant --reg-scale "${reg#m}") ;;
-      *) echo "$variant needs REG: mN (m4 = the shipped setting) or reference, not '$reg'" >&2; exit 2 ;;
+      *) echo "$variant needs REG: mN (m8 = the shipped setting) or reference, not '$reg'" >&2; exit 2 ;;
     esac ;;
   *) [ -z "$reg" ] || { echo "$variant has no regularisers: no REG" >&2; exit 2; } ;;
 esac
