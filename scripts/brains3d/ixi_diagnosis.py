@@ -9,7 +9,6 @@
 usage (from the repository root): .venv/bin/python scripts/brains3d/ixi_diagnosis.py [CHECKPOINT] > OUT.txt
 """
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraini
 
 from DeepRegAblationLib import geometry, inference  # noqa: E402
 from DeepRegAblationLib.imageio import as_image, normalize_intensity  # noqa: E402
+from DeepRegAblationTrainingLib.quality import classical_register  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ixi-t1-2mm"
 PAIR = ("IXI012-HH-1211-T1_ds", "IXI015-HH-1258-T1_ds")  # the IXI validation subjects of split.json
@@ -44,23 +44,6 @@ def describe(matrix_ras, centre_ras):
     moved = matrix_ras[:3, :3] @ centre_ras + matrix_ras[:3, 3] - centre_ras
     return (f"rotation R/A/S {np.round(angles, 1).tolist()} deg, scales {np.round(s, 3).tolist()}, "
             f"centre moved {np.round(moved, 1).tolist()} mm")
-
-
-def ants_affine_ras(fixed_path, moving_path):
-    """ANTs affine (antspyx defaults) as a fixed RAS point -> moving RAS point matrix."""
-    import ants
-
-    fixed, moving = ants.image_read(str(fixed_path)), ants.image_read(str(moving_path))
-    with tempfile.TemporaryDirectory() as tmp:
-        reg = ants.registration(fixed, moving, type_of_transform="Affine", outprefix=str(Path(tmp) / "a_"))
-        transform = ants.read_transform(reg["fwdtransforms"][0])
-    params = np.asarray(transform.parameters).reshape(4, 3)
-    centre = np.asarray(transform.fixed_parameters)
-    lps = np.eye(4)
-    lps[:3, :3] = params[:3]
-    lps[:3, 3] = params[3] + centre - params[:3] @ centre
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS
-    return flip @ lps @ flip
 
 
 def main():
@@ -103,7 +86,8 @@ def main():
         fixed, fixed_labels = images[f]
         moving, moving_labels = images[m]
         centre = geometry.center_of_mass_ras(normalize_intensity(fixed.array), fixed.ijk_to_ras)
-        ants_ras = ants_affine_ras(DATA / f"{f}.nii.gz", DATA / f"{m}.nii.gz")
+        # ANTs affine exactly as `bench --quality` runs it (antspyx defaults, normalised intensities)
+        ants_ras = classical_register(fixed, moving, method="ants", transform="affine", threads=1).affine_ras
         print(f"{m} -> {f}")
         for name, matrix in (("network", results[(2, f)]), ("ANTs affine", ants_ras)):
             dice = affine_only_dice(fixed, moving, fixed_labels, moving_labels, matrix)
