@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -260,16 +260,40 @@ def load_model(
 TRAINING_STATE_KEYS = ("optimizer_state", "rng_state", "scaler_state", "loss_state")
 
 
-def ship_checkpoint(source: PathLike, destination: PathLike) -> Path:
+def ship_checkpoint(source: Union[PathLike, Sequence[PathLike]], destination: PathLike) -> Path:
     """Copy a training checkpoint for shipping: the same model, preprocessing, config, split and history,
     without the state that only resuming needs (optimiser moments, RNG, scaler, learned loss weights).
 
+    ``source`` may also be several checkpoints of one run (e.g. its last ten ``epoch_*.pt``): the shipped
+    weights are then their element-wise mean (weight averaging, as in stochastic weight averaging; the
+    networks have no normalisation statistics to recompute), and every other entry comes from the last one.
+    ``ValueError`` when they were saved for different architectures or hold differently shaped weights.
+
     About a third of the size; ``train --init-from`` still starts from it (``--resume`` needs the
-    run's own file). Written atomically; ``destination["shipped_from"]`` names the source.
+    run's own file). Written atomically; ``destination["shipped_from"]`` names the source(s):
+    ``{"path", "global_step"}`` for one file, ``{"paths", "global_steps"}`` for an average.
     """
-    ckpt = load_checkpoint(source)
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not sources:
+        raise ValueError("ship_checkpoint: no source checkpoint given")
+    ckpts = [load_checkpoint(path) for path in sources]
+    ckpt = ckpts[-1]
     model = model_from_config(ckpt["model_config"])
-    load_model_state(model, ckpt, source=f"checkpoint {source}")
+    for path, other in zip(sources, ckpts):  # each must fit the last one's architecture
+        load_model_state(model, other, source=f"checkpoint {path}")
+    if len(ckpts) > 1:
+        model.load_state_dict({key: _mean_tensor([c["model_state"][key] for c in ckpts]) for key in ckpt["model_state"]})
     extra = {k: v for k, v in ckpt.items() if k not in RESERVED_KEYS and k not in TRAINING_STATE_KEYS}
-    extra["shipped_from"] = {"path": str(source), "global_step": ckpt.get("global_step")}
+    if len(ckpts) == 1:
+        extra["shipped_from"] = {"path": str(sources[0]), "global_step": ckpt.get("global_step")}
+    else:
+        extra["shipped_from"] = {"paths": [str(path) for path in sources],
+                                 "global_steps": [c.get("global_step") for c in ckpts]}
     return save_checkpoint(destination, model, **extra)
+
+
+def _mean_tensor(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Element-wise mean of same-shaped tensors (floating point); other dtypes: the last tensor."""
+    if not tensors[-1].is_floating_point():
+        return tensors[-1]
+    return torch.stack([t.to(torch.float64) for t in tensors]).mean(0).to(tensors[-1].dtype)

@@ -261,3 +261,37 @@ def test_ship_checkpoint_keeps_the_model_and_drops_the_resume_state(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(ckpt["model_state"][key], value), key
     assert shipped.stat().st_size < 0.5 * source.stat().st_size
+
+
+def test_ship_checkpoint_averages_several_checkpoints_of_a_run(tmp_path):
+    from DeepRegAblationLib.checkpoints import ship_checkpoint
+
+    models, sources = [], []
+    for step, seed in ((100, 1), (200, 2), (300, 3)):
+        torch.manual_seed(seed)
+        model = build_model("affine_basic", 2)
+        models.append(model)
+        sources.append(save_checkpoint(tmp_path / "run" / f"epoch_{step // 100:04d}.pt", model,
+                                       torch.optim.Adam(model.parameters()), global_step=step, epoch=step // 100))
+    shipped = ship_checkpoint(sources, tmp_path / "affine_basic.pt")
+    ckpt = load_checkpoint(shipped)
+    assert "optimizer_state" not in ckpt
+    assert ckpt["shipped_from"] == {"paths": [str(s) for s in sources], "global_steps": [100, 200, 300]}
+    assert ckpt["global_step"] == 300 and ckpt["epoch"] == 3  # the other entries: the last checkpoint's
+    for key, value in ckpt["model_state"].items():
+        expected = sum(m.state_dict()[key].double() for m in models) / 3
+        assert torch.allclose(value.double(), expected, atol=1e-6), key
+    averaged = load_model(shipped)  # loads as a model of the same variant
+    assert isinstance(averaged, RegistrationModel) and averaged.config() == models[-1].config()
+
+
+def test_ship_checkpoint_refuses_to_average_different_architectures(tmp_path):
+    from DeepRegAblationLib.checkpoints import ship_checkpoint
+
+    first = save_checkpoint(tmp_path / "a.pt", build_model("affine_basic", 2))
+    second = save_checkpoint(tmp_path / "b.pt", build_model("baseline", 2))
+    with pytest.raises(ValueError, match="a.pt was saved for architecture"):
+        ship_checkpoint([first, second], tmp_path / "out.pt")
+    with pytest.raises(ValueError, match="no source checkpoint"):
+        ship_checkpoint([], tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
