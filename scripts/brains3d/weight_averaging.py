@@ -10,7 +10,6 @@ The same path as `bench --quality` (quality.quality_table, centre-of-mass alignm
 usage (from the repository root): .venv/bin/python scripts/brains3d/weight_averaging.py > OUT.txt
 """
 import collections
-import json
 import sys
 from pathlib import Path
 
@@ -20,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraining")]
 
 from DeepRegAblationTrainingLib import data, quality  # noqa: E402
+from DeepRegAblationTrainingLib.commands.bench import _validation_ids  # noqa: E402  (what bench --quality uses)
 
 RUNS = {"baseline": "baseline", "regloss": "regloss_m8", "affine_basic": "affine_basic",
         "affine_enhanced": "affine_enhanced_m8"}
 B, MODELS = ROOT / "runs" / "brains3d", ROOT / "DeepRegAblation" / "Resources" / "Models" / "3d"
-VAL_IDS = set(json.loads((MODELS / "split.json").read_text())["val"])
+VAL_IDS = _validation_ids(MODELS / "split.json")
 
 
 def val_pairs(name):
