@@ -81,6 +81,9 @@ class TrainConfig:
             is the ``epochs`` of the regularisation schedule.
         batch_size: pairs per step and process.
         lr: Adam learning rate; ``None``: the variant's (1e-3, or 3e-4 with the affine stage).
+        lr_anneal_steps: the last ``lr_anneal_steps`` steps of the run lower the learning rate from ``lr`` to 0
+            along a half cosine (:func:`lr_factor`); 0: constant. Not part of the resume check, so a run trained at
+            a constant rate can be resumed with a longer ``steps`` and an anneal over the added steps.
         seed: seeds the initial weights, the split, the pairs and the augmentation.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` (``cuda:LOCAL_RANK`` under torchrun).
         amp: mixed precision (``torch.autocast``) on CUDA; ignored on the CPU.
@@ -116,6 +119,7 @@ class TrainConfig:
     steps_per_epoch: int = 100
     batch_size: int = 1
     lr: Optional[float] = None
+    lr_anneal_steps: int = 0
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -160,10 +164,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("checkpoint_every", "val_every", "max_nonfinite", "num_workers"):
+        for name in ("checkpoint_every", "val_every", "max_nonfinite", "num_workers", "lr_anneal_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.lr_anneal_steps > self.steps:
+            raise ValueError(f"lr_anneal_steps ({self.lr_anneal_steps}) must not exceed steps ({self.steps})")
         if self.ndim not in (None, 2, 3):
             raise ValueError(f"ndim must be 2, 3 or None, got {self.ndim!r}")
         if self.lr is not None and not (math.isfinite(float(self.lr)) and float(self.lr) > 0):
@@ -499,6 +505,8 @@ def _train(config: TrainConfig, device: torch.device, info: distributed.DistInfo
                 _maybe_kill(global_step, info)
                 freeze = bool(frozen) and global_step < config.steps // 2
                 t0 = time.perf_counter()
+                for group in optimizer.param_groups:
+                    group["lr"] = spec.lr * lr_factor(global_step, config.steps, config.lr_anneal_steps)
                 row = _train_step(
                     train_model, model, loss_fn, optimizer, scaler, batch, device, epoch, epochs,
                     frozen_ids if freeze else set(), trainable, loss_params, config, state,
@@ -572,6 +580,19 @@ def _train(config: TrainConfig, device: torch.device, info: distributed.DistInfo
         "model": model,
         "loss_state": {k: v.detach().cpu() for k, v in loss_fn.state_dict().items()},
     }
+
+
+def lr_factor(step: int, steps: int, anneal_steps: int) -> float:
+    """Learning-rate multiplier for the optimiser step that follows ``step`` completed steps (0-based).
+
+    1 before the last ``anneal_steps`` of ``steps``; then ``0.5 * (1 + cos(pi * k / anneal_steps))`` for the
+    ``k``-th annealed step (``k = 0`` gives 1; it approaches 0 at the run's last step).
+    """
+    start = steps - anneal_steps
+    if anneal_steps <= 0 or step < start:
+        return 1.0
+    k = min(step - start, anneal_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * k / anneal_steps))
 
 
 def _check_resumable(ckpt: Mapping[str, Any], config: TrainConfig, path: Path) -> None:

@@ -190,6 +190,22 @@ def test_resume_and_overwrite_guards(toy_root, baseline_run, tmp_path):
     assert summary["steps"] == 4 and [r["epoch"] for r in summary["history"]] == [0, 1]
 
 
+def test_lr_anneal_follows_a_half_cosine_and_can_be_added_on_resume(toy_root, tmp_path):
+    assert [trainer.lr_factor(s, 8, 4) for s in range(8)] == pytest.approx(
+        [1, 1, 1, 1, 1, 0.5 * (1 + 2 ** -0.5), 0.5, 0.5 * (1 - 2 ** -0.5)])
+    assert [trainer.lr_factor(s, 8, 0) for s in range(8)] == [1.0] * 8
+    anneal = ["--lr", "0.002", "--lr-anneal-steps", "2"]
+    full = trainer.train(config(argv(toy_root, tmp_path / "full", "baseline", 4, 2, *anneal)))
+    assert [r["lr"] for r in read_steps(tmp_path / "full")] == pytest.approx([0.002, 0.002, 0.002, 0.001])
+    # two steps at a constant rate, then resumed with two more annealed: the same run, bitwise
+    trainer.train(config(argv(toy_root, tmp_path / "two", "baseline", 2, 2, "--lr", "0.002")))
+    resumed = trainer.train(config(argv(toy_root, tmp_path / "two", "baseline", 4, 2, "--resume", *anneal)))
+    for key, value in full["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+    with pytest.raises(ValueError, match=r"lr_anneal_steps \(5\) must not exceed steps \(4\)"):
+        trainer.train(config(argv(toy_root, tmp_path / "bad", "baseline", 4, 2, "--lr-anneal-steps", "5")))
+
+
 def test_segmentation_guidance_and_uncertainty_weighting(toy_root, tmp_path):
     out = tmp_path / "seg"
     summary = trainer.train(config(argv(toy_root, out, "regloss", 2, 2, "--seg-weight", "0.5", "--uncertainty")))

@@ -7,12 +7,15 @@
 #   "reference" = the study's weights and schedule. The run folder is runs/brains3d/VARIANT[_REG], or $OUT when set
 #   (e.g. a second run of the reference setting with more steps: its schedule decays over the whole run, so a longer
 #   run of it starts afresh rather than resuming a shorter one).
+# ANNEAL=N (environment): the last N steps lower the learning rate to 0 along a half cosine (--lr-anneal-steps).
+#   The shipped files: `ANNEAL=1000 train.sh VARIANT 5000 [m8]` = 4000 steps at the constant rate, then 1000 annealed
+#   (the runs were trained to 4000 first and resumed; on the CPU that gives the same weights as one 5000-step run).
 set -euo pipefail
 variant=$1; steps=${2:-20000}; reg=${3:-}
 out=${OUT:-runs/brains3d/$variant${reg:+_$reg}}
 common=(--data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json
         --steps "$steps" --steps-per-epoch 100 --checkpoint-every 1 --seg-weight 1 --threads 1 --rotation-deg 5
-        --no-progress --no-tensorboard --resume --out "$out")
+        --no-progress --no-tensorboard --resume --out "$out" --lr-anneal-steps "${ANNEAL:-0}")
 extra=()
 case $variant in
   regloss|affine_enhanced)

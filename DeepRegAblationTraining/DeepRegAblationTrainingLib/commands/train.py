@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-disp-mm", type=float, default=4.0, help="largest random non-rigid displacement, mm (default 4)")
     p.add_argument("--rotation-deg", type=float, default=10.0, help="largest random rotation, degrees (default 10)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the variant's, 1e-3 or 3e-4 with affine)")
+    p.add_argument("--lr-anneal-steps", type=int, default=0, metavar="N",
+                   help="lower the learning rate to 0 along a half cosine over the last N steps (default 0: "
+                        "constant); a constant-rate run can be resumed with more --steps and N = the added steps")
     p.add_argument("--seed", type=int, default=0, help="random seed (weights, split, pairs, augmentation)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -143,6 +146,7 @@ def config_from_args(args: argparse.Namespace):
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_anneal_steps=args.lr_anneal_steps,
         seed=args.seed,
         device=args.device,
         amp=not args.no_amp,
