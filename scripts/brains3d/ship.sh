@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The shipped 3D files: each run's last ten checkpoints (steps 3100-4000, one per 100 steps) averaged into one file
-# without the resume-only state (DeepRegAblationLib.checkpoints.ship_checkpoint with several sources).
+# The shipped 3D files: each run's last ten checkpoints (steps 4100-5000, one per 100 steps: the annealed end of the
+# run, train.sh with ANNEAL=1000) averaged into one file without the resume-only state
+# (DeepRegAblationLib.checkpoints.ship_checkpoint with several sources).
 # "ship.sh comparison": the same average over steps 2100-3000 of the tuned runs and of the reference arm
 # (runs/brains3d/<variant>_reference_3k), for the equal-budget comparison of the two regularisation strengths
-# (evaluate.sh, bench.sh); written as runs/brains3d/<run>/average_21-30.pt.
+# (evaluate.sh), written as runs/brains3d/<run>/average_21-30.pt; and over steps 3100-4000 of the four shipped runs
+# (the files shipped before the anneal, for weight_averaging.py), written as runs/brains3d/<run>/average_31-40.pt.
 # usage (from the repository root): ship.sh [comparison]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
@@ -16,9 +18,12 @@ if [ "${1:-}" = comparison ]; then
   for run in regloss_m8 affine_enhanced_m8 regloss_reference_3k affine_enhanced_reference_3k; do
     average $B/$run 21 30 $B/$run/average_21-30.pt
   done
+  for run in baseline regloss_m8 affine_basic affine_enhanced_m8; do
+    average $B/$run 31 40 $B/$run/average_31-40.pt
+  done
 else
-  average $B/baseline 31 40 $M/baseline.pt
-  average $B/regloss_m8 31 40 $M/regloss.pt
-  average $B/affine_basic 31 40 $M/affine_basic.pt
-  average $B/affine_enhanced_m8 31 40 $M/affine_enhanced.pt
+  average $B/baseline 41 50 $M/baseline.pt
+  average $B/regloss_m8 41 50 $M/regloss.pt
+  average $B/affine_basic 41 50 $M/affine_basic.pt
+  average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 fi

@@ -10,13 +10,17 @@
 # ANNEAL=N (environment): the last N steps lower the learning rate to 0 along a half cosine (--lr-anneal-steps).
 #   The shipped files: `ANNEAL=1000 train.sh VARIANT 5000 [m8]` = 4000 steps at the constant rate, then 1000 annealed
 #   (the runs were trained to 4000 first and resumed; on the CPU that gives the same weights as one 5000-step run).
+# SPACING=MM (environment): another model grid spacing than the shipped 4 mm (the grid covers the same
+#   192 x 256 x 192 mm, data.brain_grid_shape; grids.sh);
+#   EPOCH=N: a checkpoint every N steps (default 100).
 set -euo pipefail
 variant=$1; steps=${2:-20000}; reg=${3:-}
 out=${OUT:-runs/brains3d/$variant${reg:+_$reg}}
 common=(--data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json
-        --steps "$steps" --steps-per-epoch 100 --checkpoint-every 1 --seg-weight 1 --threads 1 --rotation-deg 5
+        --steps "$steps" --steps-per-epoch "${EPOCH:-100}" --checkpoint-every 1 --seg-weight 1 --threads 1 --rotation-deg 5
         --no-progress --no-tensorboard --resume --out "$out" --lr-anneal-steps "${ANNEAL:-0}")
 extra=()
+[ -z "${SPACING:-}" ] || extra+=(--spacing "$SPACING")
 case $variant in
   regloss|affine_enhanced)
     case $reg in
