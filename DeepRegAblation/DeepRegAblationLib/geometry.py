@@ -149,9 +149,6 @@ def kji_to_ijk(values: ArrayLike, axis: int = 0) -> ArrayLike:
     return np.flip(np.asarray(values), axis=axis).copy()
 
 
-ijk_to_kji = kji_to_ijk
-
-
 def voxel_to_ras(points_ijk: np.ndarray, ijk_to_ras: ArrayLike) -> np.ndarray:
     """Continuous voxel indices ``(..., 3)`` in ``(i, j, k)`` order -> RAS mm ``(..., 3)``."""
     matrix = validate_ijk_to_ras(ijk_to_ras)

@@ -14,6 +14,7 @@ the panel's text. Nothing here imports torch, numpy or Slicer.
 from __future__ import annotations
 
 import enum
+import numbers
 from typing import List, Sequence, Union
 
 __all__ = [
@@ -88,7 +89,8 @@ def parse_refine(value: Union[None, bool, int, str]) -> RefineArgument:
     """The command line's / API's refinement value -> ``0``, ``"recommended"``, ``"thorough"`` or ``N > 0``.
 
     Accepts ``None`` / ``False`` / ``"off"`` / ``"none"`` / ``""`` / ``0`` (off), ``True`` (recommended),
-    a schedule name (any case) or a non-negative whole number (or its text). ``ValueError`` otherwise.
+    a schedule name (any case) or a non-negative whole number: an integer (numpy's too), a float with
+    no fraction, or its text. ``ValueError`` otherwise (``registration.refine.refine_schedule`` reads it).
     """
     if value is None or value is False:
         return 0
@@ -106,15 +108,12 @@ def parse_refine(value: Union[None, bool, int, str]) -> RefineArgument:
             raise ValueError(
                 f"refine must be 'off', 'recommended', 'thorough' or a number of iterations per level, got {value!r}"
             ) from None
-    try:
+    if isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer()):
         count = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"refine must be 'off', 'recommended', 'thorough' or an iteration count, got {value!r}") from None
-    if count != value:
-        raise ValueError(f"refine iterations must be a whole number, got {value!r}")
-    if count < 0:
-        raise ValueError(f"refine iterations must be >= 0, got {count}")
-    return count
+        if count < 0:
+            raise ValueError(f"refine iterations must be >= 0, got {count}")
+        return count
+    raise ValueError(f"refine must be 'off', 'recommended', 'thorough' or an iteration count, got {value!r}")
 
 
 def refine_argument(choice: str, iterations: int = 0) -> RefineArgument:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from DeepRegAblationLib import checkpoints
-from DeepRegAblationLib.checkpoints import FORMAT, load_checkpoint, load_model, save_checkpoint
-from DeepRegAblationLib.networks import RegistrationModel, build_model
+from DeepRegAblationLib.models import checkpoints
+from DeepRegAblationLib.models.checkpoints import FORMAT, load_checkpoint, load_model, save_checkpoint
+from DeepRegAblationLib.models.network import RegistrationModel, build_model
 
 
 class _NotATensor:
@@ -244,7 +244,7 @@ def test_load_model_from_a_variant_id_builds_an_untrained_model():
 
 
 def test_ship_checkpoint_keeps_the_model_and_drops_the_resume_state(tmp_path):
-    from DeepRegAblationLib.checkpoints import ship_checkpoint
+    from DeepRegAblationLib.models.checkpoints import ship_checkpoint
 
     torch.manual_seed(3)
     model = build_model("affine_basic", 2)
@@ -264,7 +264,7 @@ def test_ship_checkpoint_keeps_the_model_and_drops_the_resume_state(tmp_path):
 
 
 def test_ship_checkpoint_averages_several_checkpoints_of_a_run(tmp_path):
-    from DeepRegAblationLib.checkpoints import ship_checkpoint
+    from DeepRegAblationLib.models.checkpoints import ship_checkpoint
 
     models, sources = [], []
     for step, seed in ((100, 1), (200, 2), (300, 3)):
@@ -286,7 +286,7 @@ def test_ship_checkpoint_averages_several_checkpoints_of_a_run(tmp_path):
 
 
 def test_ship_checkpoint_refuses_to_average_different_architectures(tmp_path):
-    from DeepRegAblationLib.checkpoints import ship_checkpoint
+    from DeepRegAblationLib.models.checkpoints import ship_checkpoint
 
     first = save_checkpoint(tmp_path / "a.pt", build_model("affine_basic", 2))
     second = save_checkpoint(tmp_path / "b.pt", build_model("baseline", 2))

@@ -11,10 +11,11 @@ import SimpleITK as sitk
 import torch
 
 from _registration_helpers import label_volume, oblique_pair
-from DeepRegAblationLib import exports, geometry
+from DeepRegAblationLib import geometry
+from DeepRegAblationLib.outputs import exports
 from DeepRegAblationLib.imageio import ImageData, itk_image_from_array, read_image
-from DeepRegAblationLib.inference import RegistrationResult, register
-from DeepRegAblationLib.networks import build_model
+from DeepRegAblationLib.models.network import build_model
+from DeepRegAblationLib.registration import RegistrationResult, register
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""inference.py: register() on physical images (known affine / deformable mappings), refine(), results."""
+"""registration (inference.py's names): register() on physical images (known affine / deformable mappings),
+refine(), results, devices, and the names inference.py keeps."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +9,12 @@ import torch
 
 from _registration_helpers import label_volume, oblique_matrix, oblique_pair, smooth_volume
 from DeepRegAblationLib import fields, geometry, inference
-from DeepRegAblationLib.checkpoints import save_checkpoint
 from DeepRegAblationLib.imageio import ImageData, itk_image_from_array
-from DeepRegAblationLib.inference import RegistrationResult, register, resolve_device
 from DeepRegAblationLib.metrics import METRIC_KEYS
-from DeepRegAblationLib.networks import build_model
+from DeepRegAblationLib.models.checkpoints import save_checkpoint
+from DeepRegAblationLib.models.network import build_model
+from DeepRegAblationLib.registration import RegistrationResult, register, resolve_device
+from DeepRegAblationLib.registration.devices import run_with_cpu_fallback
 
 MODEL_SHAPE = (32, 32, 32)  # oblique_pair's fixed (20, 28, 24) padded up to multiples of 16
 
@@ -184,7 +186,7 @@ def test_result_save_load_round_trip(tmp_path):
 
 
 def test_register_with_refinement_improves_the_match():
-    """register(refine=...) runs inference.refine after the network (its own tests: test_refine.py)."""
+    """register(refine=...) runs registration.refine.refine after the network (its own tests: test_refine.py)."""
     shape = (24, 24, 24)
     volume = smooth_volume(shape, seed=3, sigma=2.0, scale=1.0)
     matrix = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -282,20 +284,20 @@ def test_cuda_out_of_memory_falls_back_to_cpu_with_a_warning():
         return "done on cpu"
 
     with pytest.warns(RuntimeWarning, match="CUDA ran out of memory for the test volume; falling back to the CPU"):
-        result, used = inference.run_with_cpu_fallback(work, torch.device("cuda"), "the test volume")
+        result, used = run_with_cpu_fallback(work, torch.device("cuda"), "the test volume")
     assert (result, used.type, calls) == ("done on cpu", "cpu", ["cuda", "cpu"])
 
     def other_error(device):
         raise RuntimeError("CUDA error: device-side assert triggered")
 
     with pytest.raises(RuntimeError, match="device-side assert"):  # only out-of-memory falls back
-        inference.run_with_cpu_fallback(other_error, torch.device("cuda"))
+        run_with_cpu_fallback(other_error, torch.device("cuda"))
 
     def cpu_oom(device):
         raise RuntimeError("out of memory")
 
     with pytest.raises(RuntimeError, match="out of memory"):  # on the CPU there is nothing to fall back to
-        inference.run_with_cpu_fallback(cpu_oom, torch.device("cpu"))
+        run_with_cpu_fallback(cpu_oom, torch.device("cpu"))
 
 
 def test_center_of_mass_initial_alignment_recovers_a_translation():
@@ -316,3 +318,60 @@ def test_center_of_mass_initial_alignment_recovers_a_translation():
     assert error(aligned) < 0.05 * error(plain)
     with pytest.raises(ValueError, match="initial_alignment must be one of"):
         register(fixed, moving, model=model, device="cpu", initial_alignment="moments")
+
+
+INFERENCE_NAMES = (
+    "register", "refine", "RegistrationResult", "RefineSchedule", "REFINE_SCHEDULES", "refine_schedule", "RefineResult",
+    "resolve_device", "shipped_model_path", "MODELS_DIR", "load_registration_model", "center_of_mass_alignment",
+    "result_from_mapping", "model_grid_spec", "model_orientation", "run_with_cpu_fallback", "RESULT_FORMAT",
+    "INITIAL_ALIGNMENTS", "REFINE_LNCC_WINDOW", "REFINE_DIFFUSION_WEIGHT", "REFINE_FOLDING_WEIGHT", "REFINE_FOREGROUND",
+    "REFINE_THREADS", "REFINE_MIN_OVERLAP",
+)
+
+
+def test_inference_keeps_the_names_it_had():
+    """inference.py is a thin re-export of the names that lived there (issue 22): the same objects."""
+    from DeepRegAblationLib import options, registration
+    from DeepRegAblationLib.models import resolve
+    from DeepRegAblationLib.registration import refine as refinement
+
+    assert set(INFERENCE_NAMES) <= set(inference.__all__)
+    for name in INFERENCE_NAMES:
+        assert hasattr(inference, name), name
+    assert inference.register is registration.register and inference.refine is refinement.refine
+    assert inference.RegistrationResult is RegistrationResult and inference.RESULT_FORMAT == "deepreg-ablation-result/1"
+    assert inference.MODELS_DIR == resolve.MODELS_DIR and inference.MODELS_DIR.name == "Models"
+    assert (inference.MODELS_DIR / "3d" / "baseline.pt").is_file()  # Resources/Models beside DeepRegAblationLib
+    assert inference.INITIAL_ALIGNMENTS is options.ALIGNMENT_CHOICES
+    assert not hasattr(inference, "REFINE_CHOICES")  # options.REFINE_CHOICES is the panel's list
+    assert (inference.REFINE_LNCC_WINDOW, inference.REFINE_FOREGROUND, inference.REFINE_THREADS) == (5, 0.05, 1)
+
+
+def test_load_registration_model_keeps_its_contract(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("regloss", 3)
+    net, preprocessing, trained = inference.load_registration_model(model, 3)
+    assert net is model and preprocessing is None and trained
+    net, preprocessing, trained = inference.load_registration_model("affine_basic", 2)
+    assert net.variant.id == "affine_basic" and net.ndim == 2 and preprocessing is None and not trained
+    path = save_checkpoint(tmp_path / "m.pt", model, preprocessing=RAS_PREPROCESSING)
+    net, preprocessing, trained = inference.load_registration_model(str(path), 3)
+    assert trained and preprocessing == RAS_PREPROCESSING and net.preprocessing == RAS_PREPROCESSING and not net.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+    with pytest.raises(FileNotFoundError, match=r"model must be a variant id \['baseline', 'regloss', 'affine_basic', "
+                                                r"'affine_enhanced'\] or a checkpoint file; not found: .*nope.pt"):
+        inference.load_registration_model(str(tmp_path / "nope.pt"), 3)
+    with pytest.raises(ValueError, match="a checkpoint path or a RegistrationModel, got int"):
+        inference.load_registration_model(3, 3)
+    with pytest.raises(ValueError, match="model must be a RegistrationModel, got Linear"):
+        inference.load_registration_model(torch.nn.Linear(2, 2), 3)
+
+
+def test_registration_refine_is_the_module():
+    """``registration.refine`` names the refinement module (its function is ``registration.refine.refine``)."""
+    import types
+
+    from DeepRegAblationLib import registration
+
+    assert isinstance(registration.refine, types.ModuleType) and registration.refine.refine is inference.refine

@@ -407,7 +407,7 @@ def test_separable_box_mean_equals_direct_box_mean(shape):
     """The separable window mean used by lncc equals the direct (window^ndim) border-cut mean."""
     import torch.nn.functional as F
 
-    from DeepRegAblationLib.losses import _box_mean
+    from DeepRegAblationLib.losses.similarity import _box_mean
 
     x = torch.rand(*shape, dtype=torch.float64)
     pool = F.avg_pool3d if len(shape) == 5 else F.avg_pool2d

@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from DeepRegAblationLib import fields, networks
-from DeepRegAblationLib.networks import DEFAULT_ARCH, build_model, model_from_config
-from DeepRegAblationLib.variants import VARIANTS
+from DeepRegAblationLib import fields
+from DeepRegAblationLib.models import affine, unet
+from DeepRegAblationLib.models.network import DEFAULT_ARCH, build_model, model_from_config
+from DeepRegAblationLib.models.variants import VARIANTS
 
 IDS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
 SHAPES = {3: (32, 32, 32), 2: (64, 64)}
@@ -305,7 +306,7 @@ def test_module_constants_match_the_contract():
         affine_keypoint_strides=3,
         affine_passes=1,
     )
-    assert networks.LEAKY_SLOPE == 0.2
+    assert unet.LEAKY_SLOPE == 0.2
 
 
 @pytest.mark.parametrize("ndim", [3, 2])
@@ -319,7 +320,7 @@ def test_cpu_channels_last_path_matches_the_plain_path(ndim, monkeypatch):
     moving, fixed = _pair(2, SHAPES[ndim])
     results = {}
     for flag in (True, False):
-        monkeypatch.setattr(networks, "CPU_CHANNELS_LAST", flag)
+        monkeypatch.setattr(unet, "CPU_CHANNELS_LAST", flag)
         model = _build("affine_enhanced", ndim, seed=9, affine_kind="regression")
         _scale_flow_head(model, moving, fixed, 2.0)
         out = model(moving, fixed)
@@ -340,7 +341,7 @@ def test_cpu_channels_last_keypoints_match_the_plain_path(ndim, monkeypatch):
     image, _ = _pair(2, SHAPES[ndim])
     keypoints = {}
     for flag in (True, False):
-        monkeypatch.setattr(networks, "CPU_CHANNELS_LAST", flag)
+        monkeypatch.setattr(unet, "CPU_CHANNELS_LAST", flag)
         keypoints[flag] = _build("affine_basic", ndim, seed=9).affine.keypoints_vox(image).detach()
     assert torch.allclose(keypoints[True], keypoints[False], atol=1e-4)
 
@@ -355,19 +356,19 @@ def test_affine_from_keypoints_recovers_a_known_affine(ndim):
     matrix[:ndim, ndim] = torch.tensor([6.0, -4.0, 2.5][:ndim], dtype=torch.float64)
     fixed_kp = torch.rand(2, 12, ndim, generator=g, dtype=torch.float64) * torch.tensor(shape, dtype=torch.float64)
     moving_kp = (matrix[:ndim, :ndim] @ fixed_kp[..., None])[..., 0] + matrix[:ndim, ndim]
-    est = networks.affine_from_keypoints(moving_kp, fixed_kp, shape)
+    est = affine.affine_from_keypoints(moving_kp, fixed_kp, shape)
     assert torch.allclose(est, matrix.expand(2, -1, -1), atol=1e-9)
     # the ridge pulls towards the identity (and keeps degenerate keypoints solvable)
     same = torch.full((1, 12, ndim), 10.0, dtype=torch.float64)
-    assert torch.allclose(networks.affine_from_keypoints(same, same, shape, ridge=0.01), torch.eye(ndim + 1, dtype=torch.float64)[None])
-    shifted = networks.affine_from_keypoints(fixed_kp + 3.0, fixed_kp, shape, ridge=1e-3)
+    assert torch.allclose(affine.affine_from_keypoints(same, same, shape, ridge=0.01), torch.eye(ndim + 1, dtype=torch.float64)[None])
+    shifted = affine.affine_from_keypoints(fixed_kp + 3.0, fixed_kp, shape, ridge=1e-3)
     assert torch.allclose(shifted[:, :ndim, ndim], torch.full((2, ndim), 3.0, dtype=torch.float64), atol=0.05)
 
 
 @pytest.mark.parametrize("ndim", [3, 2])
 def test_keypoint_stage_is_the_identity_for_identical_images_and_follows_its_keypoints(ndim):
     model = _build("affine_basic", ndim)
-    assert isinstance(model.affine, networks.KeypointAffineStage)
+    assert isinstance(model.affine, affine.KeypointAffineStage)
     image, _ = _pair(1, SHAPES[ndim])
     out = model(image, image)
     assert torch.allclose(out["affine_matrix_vox"], torch.eye(ndim + 1)[None], atol=1e-3)
@@ -375,7 +376,7 @@ def test_keypoint_stage_is_the_identity_for_identical_images_and_follows_its_key
     other, _ = _pair(1, SHAPES[ndim], seed=7)
     stage = model.affine
     moving_kp, fixed_kp = stage.keypoints_vox(torch.cat([other, image])).chunk(2)
-    expected = networks.affine_from_keypoints(moving_kp, fixed_kp, SHAPES[ndim], networks.KEYPOINT_RIDGE * stage.keypoints)
+    expected = affine.affine_from_keypoints(moving_kp, fixed_kp, SHAPES[ndim], affine.KEYPOINT_RIDGE * stage.keypoints)
     assert torch.allclose(model(other, image)["affine_matrix_vox"], expected, atol=1e-6)
 
 
@@ -401,7 +402,7 @@ def test_keypoints_follow_a_shifted_image():
 def test_keypoint_strides_set_the_heat_map_cell_and_are_part_of_the_architecture():
     """Fewer stride-2 layers: finer heat maps (same weight shapes); a checkpoint made before the
     option (no ``affine_keypoint_strides`` in its config) is the default, 3."""
-    from DeepRegAblationLib.checkpoints import architecture
+    from DeepRegAblationLib.models.checkpoints import architecture
 
     coarse = _build("affine_basic", 3)
     fine = _build("affine_basic", 3, affine_keypoint_strides=2)
@@ -424,7 +425,7 @@ def test_old_checkpoint_configs_rebuild_the_regression_stage():
     config = model.config()
     del config["arch"]["affine_kind"], config["arch"]["affine_keypoints"]
     rebuilt = model_from_config(config)
-    assert isinstance(rebuilt.affine, networks.AffineStage)
+    assert isinstance(rebuilt.affine, affine.AffineStage)
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
     with pytest.raises(ValueError, match="affine_kind"):
         build_model("affine_basic", 2, affine_kind="moments")

@@ -1,4 +1,5 @@
-"""inference.refine: coarse-to-fine instance optimisation (affine, then a stationary velocity field)."""
+"""registration.refine (inference.refine): coarse-to-fine instance optimisation (affine, then a stationary
+velocity field)."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 from _registration_helpers import smooth_volume
-from DeepRegAblationLib import fields, geometry, inference
+from DeepRegAblationLib import fields, geometry
 from DeepRegAblationLib.imageio import ImageData
-from DeepRegAblationLib.inference import REFINE_SCHEDULES, RefineSchedule, refine, refine_schedule
+from DeepRegAblationLib.registration.refine import REFINE_SCHEDULES, RefineResult, RefineSchedule, refine, refine_schedule
 
 SHAPE = (40, 40, 40)
 SPACING_MM = 2.0
@@ -51,7 +52,7 @@ def _known_pair():
     return fixed, moving, moved_points - grid
 
 
-def _total_disp(result: inference.RefineResult, fixed: ImageData) -> np.ndarray:
+def _total_disp(result: RefineResult, fixed: ImageData) -> np.ndarray:
     deform = geometry.resample_channels(result.deform_ras.numpy(), result.grid_ijk_to_ras, fixed.ijk_to_ras, fixed.shape,
                                         fill_value=None)
     total = geometry.affine_after_displacement(result.affine_ras, torch.from_numpy(deform), fixed.ijk_to_ras)
@@ -100,8 +101,9 @@ def test_refine_recovers_the_last_finite_state_after_a_nan(monkeypatch):
         return value * float("nan") if calls["n"] > 6 else value
 
     monkeypatch.setattr("DeepRegAblationLib.losses.lncc", flaky)
-    with pytest.warns(RuntimeWarning, match="last finite state"):
+    with pytest.warns(RuntimeWarning, match="last finite state") as record:
         result = refine(fixed, moving, np.eye(4), schedule=10)
+    assert [w.filename for w in record if "last finite state" in str(w.message)] == [__file__]  # the caller's line
     assert np.all(np.isfinite(result.affine_ras)) and bool(torch.isfinite(result.deform_ras).all())
     monkeypatch.setattr("DeepRegAblationLib.losses.lncc", lambda a, b, window=9: real_lncc(a, b, window) * float("nan"))
     with pytest.raises(ValueError, match="not finite from the start"):
@@ -128,11 +130,17 @@ def test_refine_schedule_parsing():
     assert refine_schedule("Thorough") is REFINE_SCHEDULES["thorough"]
     custom = refine_schedule(7)
     assert custom.affine_iterations == custom.deform_iterations == 7 and refine_schedule("7") == custom
+    assert refine_schedule(np.int64(7)) == custom and refine_schedule(7.0) == custom and refine_schedule(" 7 ") == custom
+    assert refine_schedule(custom) is custom and refine_schedule(False) is None and refine_schedule("none") is None
     thorough = REFINE_SCHEDULES["thorough"]
     assert thorough.min_factor == 1 and min(thorough.deform_levels_mm) <= 1.0
     for bad in (-1, "-3", "fast", 2.5):
         with pytest.raises(ValueError, match="refine"):
             refine_schedule(bad)
+    with pytest.raises(ValueError, match="refine iterations must be >= 0, got -3"):
+        refine_schedule("-3")
+    with pytest.raises(ValueError, match="or an iteration count, got 2.5"):
+        refine_schedule(2.5)
 
 
 def test_register_cli_refine_argument():

@@ -9,9 +9,10 @@ import torch
 
 vtk_rendering = pytest.importorskip("vtkmodules.vtkRenderingOpenGL2", reason="VTK rendering is not installed")
 
-from DeepRegAblationLib import fields, geometry, snapshots  # noqa: E402
+from DeepRegAblationLib import fields, geometry  # noqa: E402
 from DeepRegAblationLib.imageio import ImageData  # noqa: E402
-from DeepRegAblationLib.inference import RegistrationResult  # noqa: E402
+from DeepRegAblationLib.outputs import snapshots  # noqa: E402
+from DeepRegAblationLib.registration import RegistrationResult  # noqa: E402
 
 
 def _read_png(path) -> np.ndarray:

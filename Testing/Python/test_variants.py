@@ -8,8 +8,8 @@ import pickle
 
 import pytest
 
-from DeepRegAblationLib import variants
-from DeepRegAblationLib.variants import REFERENCE_REGULARIZERS, VARIANTS, VariantSpec, get_variant
+from DeepRegAblationLib.models import variants
+from DeepRegAblationLib.models.variants import REFERENCE_REGULARIZERS, VARIANTS, VariantSpec, get_variant
 
 IDS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
 

@@ -1,0 +1,461 @@
+"""Registration of physical images: :func:`register` and :func:`result_from_mapping`.
+
+Pipeline of :func:`register` (every array in numpy axis order ``(K, J, I)``, RAS mm):
+
+1. validate the inputs (NaN, empty, vector, 2D/3D against the model, physical overlap);
+2. the **model grid**: the checkpoint's ``preprocessing`` ``{"spacing_mm", "shape"}`` (tensor
+   axis order) centred on the fixed image (``geometry.model_grid_for``), with the axes the model
+   was trained on: ``preprocessing["orientation"] == "RAS"`` (3D models trained on volumes
+   reoriented to RAS) gives a grid axis-aligned with RAS, ``(K, J, I) = (S, A, R)``; otherwise
+   (2D models, older checkpoints, untrained networks) the fixed image's own axes. Without that
+   metadata the fixed spacing and the fixed extent padded up to the network's size multiple
+   (16), aligned with the fixed voxels where possible so that no interpolation happens
+   (``registration.model_grid``);
+3. both images normalised (robust 1-99 percentiles to [0, 1]) and resampled onto the model grid
+   through their physical positions (any spacing, orientation, oblique matrices);
+4. the network (optionally followed by ``registration.refine.refine``);
+5. back to the **full-resolution fixed grid**: the affine part exactly, as a 4x4 RAS matrix
+   from ``affine_matrix_vox``; the deformable part ``u_def`` (RAS mm) linearly interpolated from
+   the model grid; total mapping ``q(p) = A (p + u_def(p))``, ``disp_ras_mm = q - p``;
+6. the warped image by ONE interpolation of the ORIGINAL moving image at ``q(p)`` (labels by
+   nearest neighbour), zero outside the moving image (``sitk.Resample`` semantics);
+7. Jacobian determinant of ``q`` and ``metrics.registration_metrics`` (intensities normalised
+   as in step 3, so ``mse`` is comparable between images).
+
+Steps 5 to 7 (:func:`result_from_mapping`) work on whole grids in float32 (``geometry.affine_on_grid`` /
+``geometry.sample_voxels``): voxel positions are computed in float64 per axis and rounded
+once, grids that share their voxel lattice are copied without interpolation, and voxels that
+land exactly on moving voxels get their values exactly.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .. import fields, geometry
+from ..imageio import ImageData, as_image, intensity_window, normalize_intensity, validate_image
+from ..models.resolve import resolve_model
+from ..options import ALIGNMENT_CHOICES
+from . import refine as refinement
+from .alignment import center_of_mass_alignment, decide_initial_alignment
+from .devices import resolve_device, run_with_cpu_fallback
+from .model_grid import model_grid_spec, model_orientation, model_size_multiple
+from .refine import RefineSchedule, refine_schedule
+from .result import RegistrationResult
+
+__all__ = ["register", "result_from_mapping", "check_dimension", "labels_array"]
+
+PathLike = Union[str, Path]
+Progress = Optional[Callable[[float, str], None]]
+Window = Tuple[float, float]
+
+
+def register(
+    fixed: Union[ImageData, PathLike],
+    moving: Union[ImageData, PathLike],
+    model: Any = "baseline",
+    fixed_labels: Union[ImageData, PathLike, None] = None,
+    moving_labels: Union[ImageData, PathLike, None] = None,
+    refine: Union[int, str, RefineSchedule, None] = 0,
+    device: Union[str, torch.device] = "auto",
+    progress: Progress = None,
+    initial_alignment: str = "auto",
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with one model; results on the full-resolution fixed grid.
+
+    Args:
+        fixed, moving: scalar images (``ImageData`` or file paths), any grids / orientations,
+            overlapping in physical space. Single-slice images need a 2D model, volumes a 3D one.
+        model: a variant id (untrained network), a checkpoint path or a ``RegistrationModel``
+            (``models.resolve.resolve_model``).
+        fixed_labels, moving_labels: optional integer label maps, each on any grid in the space
+            of its image (fixed labels are resampled onto the fixed grid by nearest neighbour,
+            an exact copy when the grids are the same).
+        refine: instance optimisation after the network (``registration.refine.refine``): ``0`` / ``"off"``
+            (none), ``"recommended"`` (fast: affine at 8 and 4 mm, deformable at 4 and 2 mm), ``"thorough"``
+            (down to 1 mm or the fixed image's resolution) or an iteration count per level.
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"`` (``ValueError`` without CUDA).
+            CUDA out-of-memory falls back to the CPU with a warning.
+        progress: ``progress(fraction, message)``.
+        initial_alignment: ``"none"`` (the images as they lie in physical space) or ``"com"``: first
+            translate the moving image so that its intensity centre of mass (1-99 percentile
+            normalised intensities) falls on the fixed image's, as classical tools initialise
+            inter-subject registration; the translation is part of ``affine_ras``. ``"auto"``
+            (default): what the checkpoint was trained with (``preprocessing["initial_alignment"]``,
+            ``"com"`` for the shipped 3D models); for a checkpoint that does not record it,
+            ``alignment.decide_initial_alignment`` (centres of mass for 3D pairs far apart). A checkpoint
+            trained on grids centred on each brain's centre of mass (``preprocessing["center"] == "com"``)
+            also gets its model grid centred on the fixed image's centre of mass.
+
+    Returns:
+        :class:`RegistrationResult` (see the module docstring for the pipeline).
+    """
+    report = progress or (lambda fraction, message: None)
+    timings: Dict[str, float] = {}
+    t_start = time.perf_counter()
+    names = _input_names(fixed, moving, fixed_labels, moving_labels)
+    fixed = as_image(fixed, "fixed")
+    moving = as_image(moving, "moving")
+    fixed_labels = as_image(fixed_labels, "fixed_labels", kind="labels")
+    moving_labels = as_image(moving_labels, "moving_labels", kind="labels")
+    timings["read"] = time.perf_counter() - t_start
+    _check_images(fixed, moving, fixed_labels, moving_labels, initial_alignment)
+    schedule = refine_schedule(refine)  # ValueError before any work
+    torch_device = resolve_device(device)
+    loaded = resolve_model(model, 2 if fixed.is_2d else 3)
+    net, preprocessing = loaded.model, loaded.preprocessing
+    ndim = int(net.ndim)
+    check_dimension(fixed, names["fixed"], ndim)
+    check_dimension(moving, names["moving"], ndim)
+    initial_alignment = _choose_alignment(initial_alignment, preprocessing, ndim, fixed, moving, report)
+    _check_overlaps(fixed, moving, fixed_labels, moving_labels, names, initial_alignment)
+    variant_id = net.variant.id if hasattr(net, "variant") else str(model)
+
+    t0 = time.perf_counter()
+    report(0.05, "resampling onto the model grid")
+    inputs = _model_inputs(fixed, moving, ndim, model_size_multiple(net), preprocessing, initial_alignment)
+    timings["resample"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report(0.2, f"running {variant_id} on {torch_device.type}")
+    affine_ras, deform_ras, used_device = _run_network(net, inputs, torch_device, timings, t0)
+    deform_grid = inputs.grid_ijk_to_ras
+    if schedule is not None:
+        affine_ras, deform_ras, deform_grid = _refine_network_output(
+            fixed, moving, inputs, affine_ras, deform_ras, schedule, used_device, report, timings)
+
+    t0 = time.perf_counter()
+    report(0.75, "computing the full-resolution field and the warped image")
+    disp_ras = _full_resolution_displacement(fixed, affine_ras, deform_ras, deform_grid)
+    timings["upsample"] = time.perf_counter() - t0
+    report(0.85, "warped image, Jacobian and metrics")
+    result = result_from_mapping(variant_id, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels,
+                                 timings, t_start, windows=inputs.windows)
+    report(1.0, "done")
+    return result
+
+
+# --------------------------------------------------------------------------- input checks
+def _input_names(fixed: Any, moving: Any, fixed_labels: Any, moving_labels: Any) -> Dict[str, str]:
+    """The name of each input in messages: the argument, and its file when it was given as a path."""
+    return {key: f"{key} {value}" if isinstance(value, (str, os.PathLike)) else key for key, value in (
+        ("fixed", fixed), ("moving", moving), ("fixed_labels", fixed_labels), ("moving_labels", moving_labels))}
+
+
+def _check_images(fixed: ImageData, moving: ImageData, fixed_labels: Optional[ImageData],
+                  moving_labels: Optional[ImageData], initial_alignment: str) -> None:
+    """Every image valid, neither intensity image constant, ``initial_alignment`` a known choice; a warning
+    when only one label map was given (the label metrics are skipped)."""
+    for image, name in ((fixed, "fixed"), (moving, "moving"), (fixed_labels, "fixed_labels"), (moving_labels, "moving_labels")):
+        if image is not None:
+            validate_image(image, name)
+    for image, name in ((fixed, "fixed"), (moving, "moving")):
+        if float(np.max(image.array)) == float(np.min(image.array)):
+            raise ValueError(
+                f"{name} is constant (every voxel is {float(np.min(image.array))}, shape {image.shape}): nothing to register"
+            )
+    if (fixed_labels is None) != (moving_labels is None):  # stacklevel: the caller of register()
+        warnings.warn("only one of fixed_labels / moving_labels was given: label metrics are skipped", stacklevel=3)
+    if initial_alignment not in ALIGNMENT_CHOICES:
+        raise ValueError(f"initial_alignment must be one of {list(ALIGNMENT_CHOICES)}, got {initial_alignment!r}")
+
+
+def check_dimension(image: ImageData, name: str, ndim: int) -> None:
+    """``ValueError`` unless ``image`` suits a ``ndim``-D model (single-slice images for 2D models, volumes
+    of at least 2 voxels along every axis for 3D ones); ``name`` names the image."""
+    if ndim == 2 and not image.is_2d:
+        raise ValueError(
+            f"{name} is a 3D image (shape {image.shape}) but the model is 2D; "
+            f"a 2D model registers single-slice images (1, J, I)"
+        )
+    if ndim == 3 and image.is_2d:
+        raise ValueError(
+            f"{name} is a 2D image (single slice, shape {image.shape}) but the model is 3D; "
+            f"use a 2D model or a 3D image"
+        )
+    if ndim == 3 and min(image.shape) < 2:
+        raise ValueError(f"{name} needs at least 2 voxels along every axis for a 3D model, got shape {image.shape}")
+
+
+def _choose_alignment(initial_alignment: str, preprocessing: Optional[dict], ndim: int, fixed: ImageData,
+                      moving: ImageData, report: Callable[[float, str], None]) -> str:
+    """``"com"`` or ``"none"``: ``initial_alignment`` itself, or for ``"auto"`` what the model was trained
+    with, else (a checkpoint that does not say) centres of mass when the volumes lie far apart."""
+    if initial_alignment != "auto":
+        return initial_alignment
+    trained_with = (preprocessing or {}).get("initial_alignment") if ndim == 3 else "none"
+    if trained_with in ("com", "none"):
+        report(0.02, f"initial alignment {trained_with}: what the model was trained with")
+        return str(trained_with)
+    decision = decide_initial_alignment(fixed, moving, "auto")
+    report(0.02, decision.reason)
+    return decision.initial_alignment
+
+
+def _check_overlaps(fixed: ImageData, moving: ImageData, fixed_labels: Optional[ImageData],
+                    moving_labels: Optional[ImageData], names: Dict[str, str], initial_alignment: str) -> None:
+    """Each label map overlaps its image, and (without a centre-of-mass translation, which is checked
+    after it) the moving image overlaps the fixed one, in physical space."""
+    if initial_alignment == "none":  # with "com" the overlap is checked after the translation
+        geometry.check_overlap(fixed, moving, names["fixed"], names["moving"])
+    if fixed_labels is not None:
+        geometry.check_overlap(fixed, fixed_labels, names["fixed"], names["fixed_labels"])
+    if moving_labels is not None:
+        geometry.check_overlap(moving, moving_labels, names["moving"], names["moving_labels"])
+
+
+def labels_array(labels: ImageData, name: str) -> np.ndarray:
+    """The integer labels of ``labels`` as int32 (``ValueError`` naming ``name`` for non-integer values,
+    a non-numeric dtype or values beyond int32)."""
+    array = labels.array
+    if array.dtype.kind == "f":
+        if not np.array_equal(array, np.round(array)):
+            raise ValueError(f"{name} must hold integer labels, got non-integer values (shape {array.shape})")
+    elif array.dtype.kind not in "biu":
+        raise ValueError(f"{name} must hold integer labels, got dtype {array.dtype}")
+    if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"{name} label values {array.min()}..{array.max()} do not fit in int32")
+    return array.astype(np.int32)
+
+
+# --------------------------------------------------------------------------- model grid and network
+@dataclass
+class _ModelInputs:
+    """Both images normalised, and resampled onto the model grid as the network sees them.
+
+    ``initial_ras`` (fixed-space point -> moving point) is applied after the model's mapping;
+    ``fixed_grid`` / ``moving_grid`` are dropped once the network has run.
+    """
+
+    fixed_norm: np.ndarray
+    moving_norm: np.ndarray
+    windows: Tuple[Window, Window]
+    grid_ijk_to_ras: np.ndarray
+    initial_ras: np.ndarray
+    fixed_grid: Optional[np.ndarray]
+    moving_grid: Optional[np.ndarray]
+
+
+def _model_inputs(fixed: ImageData, moving: ImageData, ndim: int, size_multiple: int, preprocessing: Optional[dict],
+                  initial_alignment: str) -> _ModelInputs:
+    """Normalise both images (1-99 percentiles), place the model grid and resample both onto it (the
+    moving image as seen through the initial alignment)."""
+    spacing_mm, shape = model_grid_spec(fixed, ndim, size_multiple, preprocessing)
+    fixed_window = intensity_window(fixed.array)
+    moving_window = intensity_window(moving.array)
+    fixed_norm = normalize_intensity(fixed.array, window=fixed_window)
+    moving_norm = normalize_intensity(moving.array, window=moving_window)
+    grid_centre = None
+    if ndim == 3 and (preprocessing or {}).get("center") == "com":  # as the model saw its training grids
+        grid_centre = geometry.center_of_mass_ras(fixed_norm, fixed.ijk_to_ras)
+    grid_ijk_to_ras, grid_shape = geometry.model_grid_for(
+        fixed, spacing_mm, shape, orientation=model_orientation(preprocessing, ndim), center_ras=grid_centre
+    )
+    # fixed-space point -> moving point, applied after the model's mapping
+    initial_ras = np.eye(4)
+    if initial_alignment == "com":
+        initial_ras = center_of_mass_alignment(fixed, moving, fixed_norm, moving_norm)
+        geometry.check_overlap(fixed, ImageData(moving.array, np.linalg.inv(initial_ras) @ moving.ijk_to_ras, moving.name))
+    fixed_grid = geometry.resample_to_grid(fixed_norm, fixed.ijk_to_ras, grid_ijk_to_ras, grid_shape)
+    moving_grid = geometry.resample_to_grid(  # the moving image as seen through the initial alignment
+        moving_norm, np.linalg.inv(initial_ras) @ moving.ijk_to_ras, grid_ijk_to_ras, grid_shape
+    )
+    if ndim == 2:
+        fixed_grid, moving_grid = fixed_grid[0], moving_grid[0]
+    return _ModelInputs(fixed_norm, moving_norm, (fixed_window, moving_window), grid_ijk_to_ras, initial_ras,
+                        fixed_grid, moving_grid)
+
+
+def _run_model(
+    model: torch.nn.Module, moving: np.ndarray, fixed: np.ndarray, device: torch.device
+) -> Tuple[Dict[str, torch.Tensor], torch.device]:
+    """Forward pass on ``device``; on CUDA out-of-memory warn and fall back to the CPU."""
+
+    def forward(dev: torch.device) -> Dict[str, torch.Tensor]:
+        model.to(dev)
+        moving_t = torch.from_numpy(moving)[None, None].to(dev)
+        fixed_t = torch.from_numpy(fixed)[None, None].to(dev)
+        with torch.no_grad():
+            return model(moving_t, fixed_t)
+
+    return run_with_cpu_fallback(forward, device, f"model input {moving.shape}")
+
+
+def _run_network(net: torch.nn.Module, inputs: _ModelInputs, device: torch.device, timings: Dict[str, float],
+                 t0: float) -> Tuple[np.ndarray, torch.Tensor, torch.device]:
+    """The network on the model grid (eval mode, its mode restored after) -> ``(affine_ras (4, 4), deformable
+    part (3, K, J, I) RAS mm on the model grid, the device it ran on)``; ``timings["model"]`` from ``t0``."""
+    was_training = net.training
+    net.eval()
+    try:
+        outputs, used_device = _run_model(net, inputs.moving_grid, inputs.fixed_grid, device)
+        timings["model"] = time.perf_counter() - t0
+    finally:
+        net.train(was_training)
+    grid_ijk_to_ras = inputs.grid_ijk_to_ras
+    affine_ras = inputs.initial_ras @ geometry.matrix_vox_to_ras(outputs["affine_matrix_vox"][0], grid_ijk_to_ras)
+    deform_ras = geometry.disp_vox_to_ras(outputs["deform_disp_vox"][0], grid_ijk_to_ras)
+    inputs.fixed_grid = inputs.moving_grid = None  # the model-grid tensors are not needed any more
+    return affine_ras, deform_ras, used_device
+
+
+def _refine_network_output(fixed: ImageData, moving: ImageData, inputs: _ModelInputs, affine_ras: np.ndarray,
+                           deform_ras: torch.Tensor, schedule: RefineSchedule, device: torch.device,
+                           report: Callable[[float, str], None],
+                           timings: Dict[str, float]) -> Tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """``registration.refine.refine`` from the network's mapping -> ``(affine_ras, deformable part, its grid)``."""
+    t0 = time.perf_counter()
+    report(0.3, f"refining ({schedule.name})")
+    refined = refinement.refine(
+        ImageData(inputs.fixed_norm, fixed.ijk_to_ras, "fixed"), ImageData(inputs.moving_norm, moving.ijk_to_ras, "moving"),
+        affine_ras, deform_ras, inputs.grid_ijk_to_ras, schedule, device=device,
+        progress=lambda f, m: report(0.3 + 0.45 * f, m),
+    )
+    timings.update(refined.timings)
+    timings["refine"] = time.perf_counter() - t0
+    return refined.affine_ras, refined.deform_ras, refined.grid_ijk_to_ras
+
+
+def _full_resolution_displacement(fixed: ImageData, affine_ras: np.ndarray, deform_ras: torch.Tensor,
+                                  deform_grid: np.ndarray) -> torch.Tensor:
+    """The total displacement ``(3, K, J, I)`` RAS mm on the fixed grid: the deformable part interpolated
+    linearly from its grid (border values extended), then the affine part exactly."""
+    deform_ras = torch.from_numpy(geometry.resample_channels(
+        deform_ras.numpy(), deform_grid, fixed.ijk_to_ras, fixed.shape, mode="linear", fill_value=None
+    ))  # (3, K, J, I) RAS mm on the fixed grid; the field extends its border values
+    return geometry.affine_after_displacement(affine_ras, deform_ras, fixed.ijk_to_ras)
+
+
+# --------------------------------------------------------------------------- the result
+def result_from_mapping(
+    variant: str,
+    fixed: ImageData,
+    moving: ImageData,
+    affine_ras: np.ndarray,
+    disp_ras_mm: np.ndarray,
+    fixed_labels: Optional[ImageData] = None,
+    moving_labels: Optional[ImageData] = None,
+    timings: Optional[Dict[str, float]] = None,
+    t_start: Optional[float] = None,
+    windows: Optional[Tuple[Window, Window]] = None,
+) -> RegistrationResult:
+    """A :class:`RegistrationResult` from a total mapping ``q(p) = p + disp_ras_mm(p)`` on the fixed grid.
+
+    Used by :func:`register` and by the classical methods of the quality benchmark, so every
+    method ends the same way: ONE interpolation of the original moving image (labels: nearest)
+    at ``q(p)``, the Jacobian of the total field, and ``registration_metrics`` on 1-99 percentile
+    normalised intensities.
+
+    Args:
+        affine_ras: ``(4, 4)`` affine part (fixed RAS point -> moving RAS point); the deformable
+            part is ``u_def(p) = affine_ras^-1(q(p)) - p``.
+        disp_ras_mm: total displacement on the fixed grid, RAS mm: a ``(K, J, I, 3)`` array or a
+            ``(3, K, J, I)`` tensor (channels ``(x, y, z)``). Computed in float32.
+        timings: seconds per stage so far (``warp`` and ``metrics`` are added).
+        t_start: ``time.perf_counter()`` at the start of the registration: ``runtime_s`` runs from
+            there to the warped image and labels (the metrics are ``metrics_s``).
+        windows: ``(fixed_window, moving_window)`` of ``imageio.intensity_window`` when the caller
+            has them already (default: computed here).
+    """
+    timings = dict(timings or {})
+    t_start = time.perf_counter() if t_start is None else t_start
+    shape = tuple(fixed.shape)
+    disp = _displacement_tensor(disp_ras_mm, shape)
+    affine_ras = np.asarray(affine_ras, dtype=np.float64)
+    if affine_ras.shape != (4, 4):
+        raise ValueError(f"affine_ras must be (4, 4), got {affine_ras.shape}")
+    ndim = 2 if fixed.is_2d else 3
+    t0 = time.perf_counter()
+    warped, warped_labels = _warp_moving(fixed, moving, moving_labels, disp)
+    deform_ras = geometry.affine_after_displacement(np.linalg.inv(affine_ras), disp, fixed.ijk_to_ras)
+    # the total displacement in fixed voxels, channels (k, j, i), for the Jacobian and the metrics
+    disp_fixed_vox = geometry.disp_ras_to_vox(disp, fixed.ijk_to_ras, ndim)
+    jacobian = fields.jacobian_determinant(disp_fixed_vox[None])[0].numpy().reshape(shape)
+    timings["warp"] = time.perf_counter() - t0
+    runtime_s = time.perf_counter() - t_start  # the registration: inputs in memory -> field and warped image
+
+    t0 = time.perf_counter()
+    metrics = _result_metrics(fixed, moving, fixed_labels, warped, warped_labels, disp_fixed_vox, jacobian, ndim, windows)
+    timings["metrics"] = time.perf_counter() - t0
+    metrics["runtime_s"] = runtime_s
+    metrics["metrics_s"] = timings["metrics"]
+    return RegistrationResult(
+        variant=variant,
+        fixed_ijk_to_ras=fixed.ijk_to_ras.copy(),
+        warped=warped,
+        warped_labels=warped_labels,
+        affine_ras=affine_ras,
+        disp_ras_mm=np.ascontiguousarray(np.moveaxis(disp.numpy(), 0, -1)),
+        deform_disp_ras_mm=np.ascontiguousarray(np.moveaxis(deform_ras.numpy(), 0, -1)),
+        jacobian=jacobian,
+        metrics={k: float(v) for k, v in metrics.items()},
+        timings=timings,
+    )
+
+
+def _displacement_tensor(disp_ras_mm: Union[np.ndarray, torch.Tensor], shape: Tuple[int, ...]) -> torch.Tensor:
+    """``disp_ras_mm`` (a ``(K, J, I, 3)`` array or a ``(3, K, J, I)`` tensor) as a float32 CPU tensor ``(3, K, J, I)``."""
+    if isinstance(disp_ras_mm, torch.Tensor):
+        disp = disp_ras_mm.detach().cpu().to(torch.float32)
+        if tuple(disp.shape) != (3,) + shape:
+            raise ValueError(f"a disp_ras_mm tensor must be (3, K, J, I) = {(3,) + shape}, got {tuple(disp.shape)}")
+        return disp
+    disp_array = np.asarray(disp_ras_mm, dtype=np.float32)
+    if disp_array.shape != shape + (3,):
+        raise ValueError(f"disp_ras_mm must be (K, J, I, 3) = {shape + (3,)} on the fixed grid, got {disp_array.shape}")
+    if not disp_array.flags.writeable:  # e.g. np.broadcast_to of a constant shift
+        disp_array = disp_array.copy()
+    return torch.from_numpy(np.moveaxis(disp_array, -1, 0))
+
+
+def _warp_moving(fixed: ImageData, moving: ImageData, moving_labels: Optional[ImageData],
+                 disp: torch.Tensor) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The original moving image (linear, zero outside) and labels (nearest, int32) at ``q(p) = p + disp(p)``."""
+    shape = tuple(fixed.shape)
+
+    def voxels_of_mapped_points(ijk_to_ras: np.ndarray) -> torch.Tensor:
+        """``(3, K, J, I)`` voxel indices ``(k, j, i)`` in the grid ``ijk_to_ras`` of ``q(p) = p + d(p)``."""
+        ras_to_kji = np.linalg.inv(ijk_to_ras)[[2, 1, 0]]
+        return geometry.affine_on_grid(ras_to_kji @ fixed.ijk_to_ras, shape, linear=ras_to_kji[:, :3], field=disp)
+
+    moving_tensor = torch.from_numpy(np.ascontiguousarray(moving.array, dtype=np.float32))[None]
+    warped = geometry.sample_voxels(moving_tensor, voxels_of_mapped_points(moving.ijk_to_ras), "linear", 0.0)[0].numpy()
+    warped_labels = None
+    if moving_labels is not None:
+        labels = torch.from_numpy(labels_array(moving_labels, "moving_labels").astype(np.float64))[None]
+        coords = voxels_of_mapped_points(moving_labels.ijk_to_ras)
+        warped_labels = geometry.sample_voxels(labels, coords, "nearest", 0.0)[0].numpy().astype(np.int32)
+    return warped, warped_labels
+
+
+def _result_metrics(fixed: ImageData, moving: ImageData, fixed_labels: Optional[ImageData], warped: np.ndarray,
+                    warped_labels: Optional[np.ndarray], disp_fixed_vox: torch.Tensor, jacobian: np.ndarray, ndim: int,
+                    windows: Optional[Tuple[Window, Window]]) -> Dict[str, float]:
+    """``metrics.registration_metrics`` of the warped image (and labels, when both label maps are there) on
+    1-99 percentile normalised intensities."""
+    from ..metrics import registration_metrics
+
+    fixed_labels_grid = None
+    if fixed_labels is not None and warped_labels is not None:
+        fixed_labels_grid = geometry.resample_to_grid(
+            labels_array(fixed_labels, "fixed_labels"), fixed_labels.ijk_to_ras, fixed.ijk_to_ras,
+            fixed.shape, mode="nearest",
+        )
+    squeeze = (lambda a: a[0]) if ndim == 2 else (lambda a: a)
+    fixed_window, moving_window = windows or (intensity_window(fixed.array), intensity_window(moving.array))
+    return registration_metrics(
+        squeeze(normalize_intensity(fixed.array, window=fixed_window)),
+        squeeze(normalize_intensity(warped, window=moving_window)),
+        disp_fixed_vox,
+        spacing=fixed.spacing_kji[-ndim:],
+        fixed_labels=None if fixed_labels_grid is None else squeeze(fixed_labels_grid),
+        warped_labels=None if fixed_labels_grid is None else squeeze(warped_labels),
+        jacobian=squeeze(jacobian),
+    )
