@@ -31,7 +31,7 @@ from DeepRegAblationLib.checkpoints import load_checkpoint, load_model_state, sa
 from DeepRegAblationLib.networks import build_model
 
 from .augment import Augment, random_rotation, seeded_generator
-from .data import Subject, _SubjectStore, build_data
+from .data import Subject, SubjectStore, build_data
 from .trainer import capture_rng_state, restore_rng_state, seed_everything
 
 Progress = Optional[Callable[[float, str], None]]
@@ -156,7 +156,7 @@ def pretrain_affine(
     store = bundle.train.store
     train_ids = [s.id for s in bundle.train.subjects]
     val_subjects = [Subject.from_dict(d) for d in bundle.split.get("val", [])]
-    val_store = _SubjectStore(val_subjects, bundle.preprocess, cache=True)
+    val_store = SubjectStore(val_subjects, bundle.preprocess, cache=True)
     val_ids = [s.id for s in val_subjects]
     seed_everything(seed)
     model = build_model("affine_basic", bundle.ndim, **dict(arch or {}))
