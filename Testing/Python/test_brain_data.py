@@ -12,7 +12,8 @@ import torch
 
 from DeepRegAblationLib import fields, geometry
 from DeepRegAblationLib.imageio import ImageData
-from DeepRegAblationTrainingLib import affine_pretrain, data
+from DeepRegAblationTrainingLib import data
+from DeepRegAblationTrainingLib.training import affine_pretrain
 
 from conftest import SHARED_DATA
 
@@ -182,7 +183,7 @@ def test_affine_pretraining_resumes_to_the_same_weights_and_gives_an_init_checkp
     assert whole["identity_val_rms_mm"] > 0
     # the checkpoint initialises an affine variant through --init-from
     from DeepRegAblationLib.networks import build_model
-    from DeepRegAblationTrainingLib.trainer import init_from_checkpoint
+    from DeepRegAblationTrainingLib.training.transfer import init_from_checkpoint
     init_from_checkpoint(build_model("affine_enhanced", 3), tmp_path / "whole" / "last.pt")
 
 

@@ -359,3 +359,22 @@ def test_build_data_writes_and_reuses_the_split(tmp_path):
     assert len(first.val) == 2  # two validation subjects give two ordered pairs (3 were asked for)
     assert len(first.train) == 4 and first.ndim == 2
     assert first.split["val_pairs"] == [list(p) for p in data.load_pairs(tmp_path / "run" / "val_pairs.json")]
+
+
+def test_data_package_reexports_every_public_name_of_its_modules(tmp_path):
+    """``from DeepRegAblationTrainingLib.data import X`` works for the public names of every module of the package;
+    the subject store is public (the affine pretraining keeps its validation scans in one)."""
+    import importlib
+
+    for name in ("subjects", "splits", "reading", "preprocess", "datasets", "mni", "specs", "toy"):
+        module = importlib.import_module(f"DeepRegAblationTrainingLib.data.{name}")
+        for public in module.__all__:
+            assert getattr(data, public) is getattr(module, public), (name, public)
+            assert public in data.__all__, (name, public)
+    root = data.write_toy_oasis2d(tmp_path / "toy", n_subjects=2)
+    subjects = data.find_oasis_subjects(root, ndim=2)
+    store = data.SubjectStore(subjects, data.Preprocess(ndim=2), cache=True)
+    first = store.get(subjects[0].id)
+    assert store.get(subjects[0].id) is first and first["image"].shape == (1, 32, 32) and first["dataset"] is None
+    with pytest.raises(ValueError, match="unknown subject id 'nobody'"):
+        store.get("nobody")

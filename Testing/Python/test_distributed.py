@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from DeepRegAblationTrainingLib import data, distributed, trainer
+from DeepRegAblationTrainingLib import data, training
+from DeepRegAblationTrainingLib.training import distributed
 
 TINY_ARCH = {"enc_features": [8, 8, 8, 8], "dec_features": [8] * 7}
 
@@ -47,12 +48,12 @@ def _worker(rank: int, world: int, port: int, toy: str, out: str, states: str) -
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    config = trainer.TrainConfig(
+    config = training.TrainConfig(
         variant="regloss", ndim=2, out_dir=out, steps=4, steps_per_epoch=2, device="cpu", seed=0,
         data={"kind": "oasis2d", "path": toy, "val_pairs": 2, "val_fraction": 0.4},
         arch=TINY_ARCH, uncertainty=True, progress_bar=False, log_tensorboard=False,
     )
-    summary = trainer.train(config)
+    summary = training.train(config)
     torch.save({"model": summary["model"].state_dict(), "loss": summary["loss_state"]}, f"{states}/rank{rank}.pt")
 
 
@@ -72,7 +73,7 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path):
     assert ckpt["world_size"] == 2 and ckpt["global_step"] == 4
     for key, value in ckpt["model_state"].items():
         assert torch.equal(value, rank0["model"][key])
-    trainer.seed_everything(0)
+    training.seed_everything(0)
     from DeepRegAblationLib.networks import build_model
 
     initial = build_model("regloss", 2, **TINY_ARCH).state_dict()

@@ -16,13 +16,13 @@ Example: deepreg-ablation train --variant regloss --data oasis2d:../shared/data/
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional
 
 from DeepRegAblationLib.losses import REGULARIZERS, SIMILARITIES
-from DeepRegAblationLib.variants import VARIANTS, get_variant
+from DeepRegAblationLib.variants import VARIANTS
 
-from ..data import PAIR_MODES, parse_data_argument
-from .pretrain import add_keypoint_arguments, keypoint_arch
+from ..data import PAIR_MODES
+from ..training.config import TrainConfig, arch_overrides, parse_regularizers, train_data_spec
+from .training_arguments import add_keypoint_arguments, keypoint_arch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,57 +86,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run folder (default runs/<variant>)")
 
 
-def parse_regularizers(items: Optional[List[str]], variant: str) -> Optional[Dict[str, float]]:
-    """``["grad_l2=0.02", ...]`` -> the variant's weights updated with these (``["none"]`` -> ``{}``)."""
-    if items is None:
-        return None
-    if [i.lower() for i in items] == ["none"]:
-        return {}
-    weights = dict(get_variant(variant).regularizers)
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--reg expects NAME=WEIGHT, got {item!r}")
-        if name not in REGULARIZERS:
-            raise ValueError(f"--reg: unknown regulariser {name!r}; valid names: {sorted(REGULARIZERS)}")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise ValueError(f"--reg {item!r}: the weight must be a number") from None
-    return weights
-
-
-def config_from_args(args: argparse.Namespace):
-    """The :class:`~DeepRegAblationTrainingLib.trainer.TrainConfig` a command line describes."""
-    from ..trainer import TrainConfig
-
-    data = parse_data_argument(args.data)
-    if args.labels is not None:
-        data["labels"] = None if args.labels.lower() == "none" else args.labels
-    if args.spacing is not None:
-        data["spacing_mm"] = list(args.spacing)
-    if args.shape is not None:
-        data["shape"] = list(args.shape)
-    for key, value in (("val_pairs", args.val_pairs), ("val_fraction", args.val_fraction), ("split", args.split),
-                       ("max_subjects", args.max_subjects), ("mode", args.mode), ("atlas", args.atlas)):
-        if value is not None:
-            data[key] = value
-    if args.no_augment and data["kind"] != "mni-synthetic" and not args.synthetic:
-        data["augment"] = None
-    else:
-        data["augment"] = {"max_disp_mm": args.max_disp_mm, "rotation_deg": args.rotation_deg}
-    if args.synthetic:
-        data["synthetic"] = True
-    arch = {}
-    if args.features_enc:
-        arch["enc_features"] = list(args.features_enc)
-    if args.features_dec:
-        arch["dec_features"] = list(args.features_dec)
-    if args.diffeomorphic:
-        arch["diffeomorphic"] = True
-    if args.affine_passes is not None:
-        arch["affine_passes"] = int(args.affine_passes)
-    arch.update(keypoint_arch(args))
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~DeepRegAblationTrainingLib.training.config.TrainConfig` a command line describes."""
+    data = train_data_spec(
+        args.data, labels=args.labels, spacing=args.spacing, shape=args.shape, val_pairs=args.val_pairs,
+        val_fraction=args.val_fraction, split=args.split, max_subjects=args.max_subjects, mode=args.mode,
+        atlas=args.atlas, no_augment=args.no_augment, synthetic=args.synthetic, max_disp_mm=args.max_disp_mm,
+        rotation_deg=args.rotation_deg,
+    )
+    arch = arch_overrides(args.features_enc, args.features_dec, args.diffeomorphic, args.affine_passes, keypoint_arch(args))
     return TrainConfig(
         variant=args.variant,
         ndim=args.ndim,
@@ -162,7 +120,7 @@ def config_from_args(args: argparse.Namespace):
         regularizers=parse_regularizers(args.reg, args.variant),
         schedule=args.schedule,
         reg_scale=args.reg_scale,
-        arch=arch or None,
+        arch=arch,
         max_nonfinite=args.max_nonfinite,
         log_tensorboard=not args.no_tensorboard,
         wandb=args.wandb,
@@ -173,8 +131,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..trainer import train
+    from ..training import distributed
+    from ..training.trainer import train
 
     summary = train(config_from_args(args))
     if distributed.dist_info_from_env().is_main:
