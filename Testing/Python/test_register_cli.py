@@ -230,7 +230,7 @@ def test_progress_and_step_lines_follow_the_protocol(inputs, tmp_path, capsys):
     assert fractions == sorted(fractions) and all(0.0 <= f <= 1.0 for f in fractions)
 
 
-def test_refine_and_init_align_arguments():
+def test_refine_and_init_align_arguments(capsys):
     """``--refine`` reads values through ``options.parse_refine`` and keeps its messages; ``--init-align`` offers
     ``options.ALIGNMENT_CHOICES`` in the order the help has always listed them."""
     import argparse
@@ -246,5 +246,8 @@ def test_refine_and_init_align_arguments():
                        match=r"^must be off, recommended, thorough or a number of iterations per level, got 'fast'$"):
         refine_type("fast")
     assert INIT_ALIGN_CHOICES == ("auto", "none", "com") and set(INIT_ALIGN_CHOICES) == set(ALIGNMENT_CHOICES)
-    help_text = cli.build_parser(["register"])._subparsers._group_actions[0].choices["register"].format_help()
+    with pytest.raises(SystemExit):
+        cli.main(["register", "--help"])
+    help_text = capsys.readouterr().out
     assert "{auto,none,com}" in help_text and "{baseline,regloss,affine_basic,affine_enhanced,all}" in help_text
+    assert "{auto,cpu,cuda}" in help_text

@@ -33,7 +33,7 @@ from DeepRegAblationLib import geometry
 from DeepRegAblationLib.imageio import ImageData, as_image, itk_image_from_array, normalize_intensity
 from DeepRegAblationLib.inference import RegistrationResult, result_from_mapping
 
-from .methods import CLASSICAL_CHOICES, CLASSICAL_METHODS, PEER_METHODS, PEER_PACKAGES
+from .methods import CLASSICAL_CHOICES, PEER_METHODS, PEER_PACKAGES
 
 __all__ = [
     "FIREANTS_AFFINE", "FIREANTS_GREEDY",

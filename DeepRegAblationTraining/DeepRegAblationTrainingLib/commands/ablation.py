@@ -32,7 +32,7 @@ import argparse
 
 from DeepRegAblationLib.options import VARIANT_IDS
 
-from ..experiments.ablation import TUNED_SUFFIX
+from ..experiments.ablation import TUNED_SUFFIX, run_ablation
 from .arguments import add_data_arguments, add_training_arguments, canonical_command
 
 
@@ -52,8 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments.ablation import run_ablation
-
     paths, seconds = run_ablation(args, canonical_command("ablation", args))
     print(f"ablation report: {paths['report']} ({seconds / 60:.1f} min)")
     return 0

@@ -30,7 +30,7 @@ from DeepRegAblationLib.options import VARIANT_IDS, DeviceChoice  # noqa: E402
 
 from ..benchmarks import speed  # noqa: E402
 from ..benchmarks.methods import CLASSICAL_CHOICES  # noqa: E402
-from ..benchmarks.suite import DEFAULT_IXI, DEFAULT_REPORT, DEFAULT_SPLIT  # noqa: E402
+from ..benchmarks.suite import DEFAULT_IXI, DEFAULT_REPORT, DEFAULT_SPLIT, run_bench  # noqa: E402
 from .arguments import INIT_ALIGN_CHOICES  # noqa: E402
 
 
@@ -81,8 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmarks.suite import run_bench
-
     command = "deepreg-ablation bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     rows, quality_text = run_bench(args, command)
     if rows:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from DeepRegAblationLib.options import DEVICE_CHOICES
 
-from ..experiments.demo import DEMO_SPACING_MM
+from ..experiments.demo import DEMO_SPACING_MM, run_demo
 from .arguments import refine_type
 
 
@@ -41,8 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments.demo import run_demo
-
     start = time.perf_counter()
     errors = run_demo(args.out, refine=args.refine, max_disp_mm=args.max_disp_mm, seed=args.seed, model=args.model,
                       device=args.device, spacing_mm=args.spacing_mm)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..experiments.checkpoint_evaluation import evaluate_checkpoints
 from .arguments import add_data_arguments, canonical_command
 
 
@@ -37,8 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments.checkpoint_evaluation import evaluate_checkpoints
-
     paths = evaluate_checkpoints(args, canonical_command("evaluate", args))
     print(f"evaluation: {Path(args.out) / 'per_pair.csv'}, report {paths['report']}")
     return 0

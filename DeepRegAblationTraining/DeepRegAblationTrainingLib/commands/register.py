@@ -24,6 +24,7 @@ from pathlib import Path
 
 from DeepRegAblationLib.options import ALL_VARIANTS, DEVICE_CHOICES, VARIANT_IDS
 
+from ..register_job import run_register
 from .arguments import INIT_ALIGN_CHOICES, refine_type
 
 # PyTorch's OpenMP threads wait passively (before torch is imported): on a busy machine (the Slicer
@@ -64,8 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..register_job import run_register
-
     out = run_register(args)
     print(f"results: {out}")
     return 0

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..experiments import sweep as experiment
 from ..experiments.sweep import DEFAULT_FOLDING_TARGET, DEFAULT_LAMBDAS, DEFAULT_LR, DEFAULT_REG_TYPES, DEFAULT_SIMILARITY
 from .arguments import add_data_arguments, add_training_arguments, canonical_command
 
@@ -64,11 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments import sweep
-
     if args.reg_scales is None:
-        sweep.apply_grid_defaults(args)  # before the command line is spelled out: it names the defaults
-    run_sweep = sweep.run_grid_sweep if args.reg_scales is None else sweep.run_scale_sweep
+        experiment.apply_grid_defaults(args)  # before the command line is spelled out: it names the defaults
+    run_sweep = experiment.run_grid_sweep if args.reg_scales is None else experiment.run_scale_sweep
     paths, seconds = run_sweep(args, canonical_command("sweep", args))
     print(f"sweep report: {paths['report']} ({seconds / 60:.1f} min)")
     return 0
