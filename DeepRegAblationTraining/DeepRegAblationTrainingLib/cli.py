@@ -13,6 +13,10 @@ import importlib
 import sys
 from typing import List, Optional, Sequence
 
+from DeepRegAblationLib.progress import error_line
+
+__all__ = ["COMMANDS", "command_in", "build_parser", "main"]
+
 COMMANDS = (
     ("train", "train one variant (resumable checkpoints, logs)"),
     ("pretrain", "pretrain the affine stage on random affines of real scans (for the affine variants)"),
@@ -54,6 +58,7 @@ def build_parser(commands: Optional[Sequence[str]] = None) -> argparse.ArgumentP
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command of ``argv`` (default ``sys.argv[1:]``); its exit status (2 with an ``error:`` line on bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = command_in(argv)
     parser = build_parser([command] if command in dict(COMMANDS) else [])
@@ -61,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(str(exc)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Corrupt inputs never pass silently: every kind of bad file x every entry point that reads images.
 
-The table (cases, entry points, how each is run) is ``DeepRegAblationTrainingLib.reliability``,
+The table (cases, entry points, how each is run) is ``DeepRegAblationTrainingLib.benchmarks.reliability``,
 the same one that writes ``docs/reliability.md``. Each bad file must be refused with a message
 naming it (the command: exit status 2, one ``error:`` line, nothing at ``--out``); each valid
 control must be accepted. Also: a training data set lists every bad file at once, a full disk
@@ -13,15 +13,15 @@ import errno
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import SHARED_DATA
 from DeepRegAblationLib import exports, imageio
 from DeepRegAblationLib.imageio import ImageReadError, read_image
-from DeepRegAblationTrainingLib import cli, data, reliability
-from DeepRegAblationTrainingLib.reliability import CASES, ENTRY_POINTS
+from DeepRegAblationTrainingLib import cli, data
+from DeepRegAblationTrainingLib.benchmarks import reliability
+from DeepRegAblationTrainingLib.benchmarks.reliability import CASES, ENTRY_POINTS
 
 CASES_BY_ID = {case.id: case for case in CASES}
 PAIRS = [

@@ -1,4 +1,4 @@
-"""evaluation.py: per-pair metrics of a model whose displacement is set by hand (a known translation)."""
+"""evaluation/evaluate.py: per-pair metrics of a model whose displacement is set by hand (a known translation)."""
 from __future__ import annotations
 
 import math
@@ -115,3 +115,21 @@ def test_bad_pair_item_is_a_value_error():
         evaluation.evaluate_model(None, [item])
     with pytest.raises(ValueError, match="empty"):
         evaluation.evaluate_model(None, [])
+
+
+def test_the_two_endpoint_errors_and_their_units():
+    """``mean_endpoint_error_mm``: voxel fields (channels first) -> one mean in mm; ``endpoint_error_stats_mm``:
+    RAS mm fields (channels last) -> mean and 95th percentile over a mask."""
+    disp = np.zeros((2, 4, 5))
+    truth = np.zeros_like(disp)
+    truth[0] = 1.0  # one voxel along axis 0, whose voxels are 2 mm
+    assert evaluation.mean_endpoint_error_mm(disp, truth, (2.0, 1.0)) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        evaluation.mean_endpoint_error_mm(disp, truth[:, :3], (2.0, 1.0))
+    ras = np.zeros((3, 4, 5, 3))
+    ras_truth = np.zeros_like(ras)
+    ras_truth[..., 2] = np.arange(60, dtype=float).reshape(3, 4, 5)
+    mask = np.zeros((3, 4, 5), bool)
+    mask[0] = True  # errors 0..19 mm
+    stats = evaluation.endpoint_error_stats_mm(ras, ras_truth, mask)
+    assert stats == {"epe_mean_mm": pytest.approx(9.5), "epe_p95_mm": pytest.approx(np.percentile(np.arange(20.0), 95))}

@@ -12,7 +12,9 @@ from scipy import ndimage
 
 from DeepRegAblationLib import geometry
 from DeepRegAblationLib.imageio import ImageData, read_image, write_image
-from DeepRegAblationTrainingLib import cli, quality
+from DeepRegAblationTrainingLib import cli
+from DeepRegAblationTrainingLib.benchmarks import classical, quality
+from DeepRegAblationTrainingLib.reports import quality as quality_report
 from DeepRegAblationTrainingLib.data import Subject
 
 # an oblique-free but flipped, anisotropic-origin grid (LPS-like axes) so that RAS/LPS and axis
@@ -62,10 +64,10 @@ def pair():
 
 def test_sitk_classical_beats_identity_and_recovers_the_shift(pair):
     fixed, moving, fixed_labels, moving_labels = pair
-    identity = quality.identity_register(fixed, moving, fixed_labels, moving_labels)
-    affine = quality.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", transform="affine",
+    identity = classical.identity_register(fixed, moving, fixed_labels, moving_labels)
+    affine = classical.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", transform="affine",
                                         threads=1)
-    demons = quality.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", threads=1)
+    demons = classical.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", threads=1)
     assert identity.variant == "identity" and affine.variant == "sitk_affine" and demons.variant == "sitk_demons"
     assert np.all(identity.disp_ras_mm == 0) and identity.metrics["folding_pct"] == 0.0
     d_id, d_aff, d_def = (r.metrics["dice"] for r in (identity, affine, demons))
@@ -90,31 +92,31 @@ def test_sitk_classical_beats_identity_and_recovers_the_shift(pair):
 def test_classical_register_rejects_bad_input(pair):
     fixed, moving, fixed_labels, moving_labels = pair
     with pytest.raises(ValueError, match="method"):
-        quality.classical_register(fixed, moving, method="elastix")
+        classical.classical_register(fixed, moving, method="elastix")
     with pytest.raises(ValueError, match="transform"):
-        quality.classical_register(fixed, moving, method="sitk", transform="bspline")
+        classical.classical_register(fixed, moving, method="sitk", transform="bspline")
     flat = ImageData(np.ones((1, 32, 32), np.float32), np.eye(4), "slice")
     with pytest.raises(ValueError, match="3D volume"):
-        quality.classical_register(flat, flat, method="sitk")
+        classical.classical_register(flat, flat, method="sitk")
     far = ImageData(moving.array, IJK_TO_RAS @ np.array([[1, 0, 0, 500.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
     with pytest.raises(ValueError, match="overlap"):
-        quality.classical_register(fixed, far, method="sitk")
+        classical.classical_register(fixed, far, method="sitk")
     with pytest.raises(ValueError, match="classical"):
-        quality.classical_methods("elastix")
+        classical.classical_methods("elastix")
 
 
 def test_classical_method_choice():
-    methods = quality.classical_methods("sitk")
+    methods = classical.classical_methods("sitk")
     assert methods == ["identity", "sitk_affine", "sitk_demons"]
-    auto = quality.classical_methods("auto")
+    auto = classical.classical_methods("auto")
     assert auto[0] == "identity" and len(auto) == 3
-    assert auto[1] == ("ants_affine" if quality.ants_available() else "sitk_affine")
+    assert auto[1] == ("ants_affine" if classical.ants_available() else "sitk_affine")
     for choice, method in (("affine", "ants_affine"), ("syn", "ants_syn")):  # one ANTs method alone
-        if quality.ants_available():
-            assert quality.classical_methods(choice) == ["identity", method]
+        if classical.ants_available():
+            assert classical.classical_methods(choice) == ["identity", method]
         else:
             with pytest.raises(ValueError, match="antspyx"):
-                quality.classical_methods(choice)
+                classical.classical_methods(choice)
 
 
 def test_dataset_pairs():
@@ -131,8 +133,8 @@ def test_dataset_pairs():
 
 def test_training_ids_from_a_checkpoint_split():
     checkpoint = {"data_split": {"kind": "mni-ixi", "train": [{"id": "MNI152", "image": "t.nii.gz"}, {"id": "IXI012"}]}}
-    assert quality._training_ids(checkpoint) == {"MNI152", "IXI012"}
-    assert quality._training_ids({"model_state": {}}) is None
+    assert quality.training_ids(checkpoint) == {"MNI152", "IXI012"}
+    assert quality.training_ids({"model_state": {}}) is None
 
 
 def _write_subjects(folder, n=2):
@@ -164,7 +166,7 @@ def test_quality_table_rows_and_summary(tmp_path):
     values = [r["dice"] for r in rows if r["method"] == "sitk_affine"]
     assert affine["n_pairs"] == 2 and math.isclose(affine["dice_mean"], np.mean(values))
     assert math.isclose(affine["dice_std"], np.std(values, ddof=1))
-    text = quality.markdown_quality(rows, "two phantoms")
+    text = quality_report.markdown_quality(rows, "two phantoms")
     assert "## Registration quality on IXI" in text and "sub1 -> sub0" in text and "sub0 -> sub1" in text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 3 and table[-1].startswith("| baseline (untrained) | untrained | - |")
@@ -225,8 +227,8 @@ def test_real_ixi_pair_classical_improves_dice(ixi_dir):
             ImageData(geometry.resample_to_grid(labels.array, labels.ijk_to_ras, grid, shape, mode="nearest"), grid),
         ))
     (fixed, fixed_labels), (moving, moving_labels) = images
-    identity = quality.identity_register(fixed, moving, fixed_labels, moving_labels)
-    demons = quality.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", threads=1)
+    identity = classical.identity_register(fixed, moving, fixed_labels, moving_labels)
+    demons = classical.classical_register(fixed, moving, fixed_labels, moving_labels, method="sitk", threads=1)
     assert int(fixed_labels.array.max()) > 50  # many DLMUSE labels
     assert demons.metrics["dice"] > identity.metrics["dice"] + 0.2, (identity.metrics["dice"], demons.metrics["dice"])
     assert demons.metrics["folding_pct"] < 1.0
@@ -234,11 +236,11 @@ def test_real_ixi_pair_classical_improves_dice(ixi_dir):
     assert 0.6 < scale < 1.6  # heads of adults: no wild affine
 
 
-@pytest.mark.skipif(not quality.ants_available(), reason="antspyx (optional) is not installed")
+@pytest.mark.skipif(not classical.ants_available(), reason="antspyx (optional) is not installed")
 def test_ants_syn_on_the_phantom(pair):
     fixed, moving, fixed_labels, moving_labels = pair
-    identity = quality.identity_register(fixed, moving, fixed_labels, moving_labels)
-    syn = quality.classical_register(fixed, moving, fixed_labels, moving_labels, method="ants", threads=1)
+    identity = classical.identity_register(fixed, moving, fixed_labels, moving_labels)
+    syn = classical.classical_register(fixed, moving, fixed_labels, moving_labels, method="ants", threads=1)
     assert syn.variant == "ants_syn"
     assert syn.metrics["dice"] > identity.metrics["dice"] + 0.4
     centre = tuple(n // 2 for n in SHAPE)
@@ -266,7 +268,7 @@ def test_quality_table_center_of_mass_rows(tmp_path):
     assert by["baseline+com"]["label"] == "baseline (untrained) after centre-of-mass alignment"
     assert by["com"]["kind"] == "reference" and by["com"]["label"] == quality.COM_LABEL
     assert by["com"]["dice"] > by["identity"]["dice"]  # the phantoms are shifted against each other
-    text = quality.markdown_quality(rows, "two phantoms")
+    text = quality_report.markdown_quality(rows, "two phantoms")
     assert quality.COM_LABEL in text and "intensity centre of mass" in text
 
 
@@ -298,12 +300,12 @@ def test_peer_status_and_missing_peer(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_fireants)
-    status = quality.peer_status("fireants")
+    status = classical.peer_status("fireants")
     assert status is not None and "skipped" in status and "pip install fireants" in status
     with pytest.raises(ValueError, match="fireants"):
-        quality.peer_register(None, None, method="fireants")
+        classical.peer_register(None, None, method="fireants")
     with pytest.raises(ValueError, match="method"):
-        quality.peer_register(None, None, method="greedy")
+        classical.peer_register(None, None, method="greedy")
 
 
 def test_markdown_per_dataset_ratios_and_goals():
@@ -315,15 +317,15 @@ def test_markdown_per_dataset_ratios_and_goals():
     rows = [row("ants_syn", "classical", 0.57, 30.0), row("elastix", "peer", 0.60, 60.0),
             row("fireants", "peer", 0.66, 90.0), row("affine_enhanced+com+refine-recommended", "ours", 0.61, 9.0, 7.0),
             row("affine_enhanced+com+refine-thorough", "ours", 0.65, 40.0, 38.0, folding=0.2)]
-    text = quality.markdown_quality_datasets(rows, "setup line", ["Note: a peer skipped."])
+    text = quality_report.markdown_quality_datasets(rows, "setup line", ["Note: a peer skipped."])
     assert "### ixi" in text and "setup line" in text and "Note: a peer skipped." in text
     assert "Seen in training: some pairs or unknown." in text  # seen_in_training None: not known
     unseen = [dict(r, seen_in_training=False) for r in rows]
-    assert "Seen in training: no pair" in quality.markdown_quality_datasets(unseen, "setup line", [])
+    assert "Seen in training: no pair" in quality_report.markdown_quality_datasets(unseen, "setup line", [])
     line = next(l for l in text.splitlines() if l.startswith("| affine_enhanced+com+refine-recommended"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[5] == "2.0 + 7.0" and cells[6] == "+0.040" and cells[7] == "0.30" and cells[9] == "0.15"
-    goals = quality.goal_lines(rows)
+    goals = quality_report.goal_lines(rows)
     assert "Dice 0.610 vs 0.570 (met)" in goals[0] and "0.30 x SyN" in goals[0] and "(met: <= 0.33)" in goals[0]
     assert "Dice 0.650 vs 0.660 (missed)" in goals[1] and "40.0 s vs 90.0 s (met)" in goals[1]
 

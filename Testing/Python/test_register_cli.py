@@ -211,3 +211,43 @@ def test_no_scene_skips_only_the_slicer_scene(inputs, tmp_path, capsys):
     assert code == 0, err
     assert not (tmp_path / "out" / "scene").exists() and "Slicer scene" not in out
     assert (tmp_path / "out" / "baseline" / "result.npz").is_file() and (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_progress_and_step_lines_follow_the_protocol(inputs, tmp_path, capsys):
+    """stdout holds the step line of each variant, then its ``progress`` lines (``DeepRegAblationLib.progress``),
+    which the Slicer panel's background runner parses."""
+    from DeepRegAblationLib.progress import parse_progress_line
+
+    model = save_checkpoint(tmp_path / "b.pt", build_model("baseline", 3))
+    code, out, err = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["moving"], "--model", model,
+                          "--variant", "baseline", "--no-scene", "--out", tmp_path / "out")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "[1/1] baseline: registering moving.nii.gz -> fixed.nii.gz"
+    progress = [line for line in lines if line.startswith("progress ")]
+    assert progress and progress[-1] == "progress 1.000 done"
+    fractions = [parse_progress_line(line)[0] for line in progress]
+    assert fractions == sorted(fractions) and all(0.0 <= f <= 1.0 for f in fractions)
+
+
+def test_refine_and_init_align_arguments(capsys):
+    """``--refine`` reads values through ``options.parse_refine`` and keeps its messages; ``--init-align`` offers
+    ``options.ALIGNMENT_CHOICES`` in the order the help has always listed them."""
+    import argparse
+
+    from DeepRegAblationLib.options import ALIGNMENT_CHOICES
+    from DeepRegAblationTrainingLib.commands.arguments import INIT_ALIGN_CHOICES, refine_type
+
+    assert refine_type("off") == 0 and refine_type("0") == 0 and refine_type(" Thorough ") == "thorough"
+    assert refine_type("recommended") == "recommended" and refine_type("25") == 25
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^iterations must be >= 0, got -2$"):
+        refine_type("-2")
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match=r"^must be off, recommended, thorough or a number of iterations per level, got 'fast'$"):
+        refine_type("fast")
+    assert INIT_ALIGN_CHOICES == ("auto", "none", "com") and set(INIT_ALIGN_CHOICES) == set(ALIGNMENT_CHOICES)
+    with pytest.raises(SystemExit):
+        cli.main(["register", "--help"])
+    help_text = capsys.readouterr().out
+    assert "{auto,none,com}" in help_text and "{baseline,regloss,affine_basic,affine_enhanced,all}" in help_text
+    assert "{auto,cpu,cuda}" in help_text

@@ -1,4 +1,4 @@
-"""reports.py: ablation summary statistics, Markdown/CSV report, figures, sweep report."""
+"""reports/: ablation summary statistics, Markdown/CSV report, figures, sweep report."""
 from __future__ import annotations
 
 import csv

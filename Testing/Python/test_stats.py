@@ -1,4 +1,4 @@
-"""stats.py: mean ± std, relative change, paired Wilcoxon, Benjamini–Hochberg."""
+"""evaluation/stats.py: mean ± std, relative change, paired Wilcoxon, Benjamini–Hochberg."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from DeepRegAblationTrainingLib import stats
+from DeepRegAblationTrainingLib.evaluation import stats
 
 
 def test_mean_std_ignores_nan_and_uses_sample_std():

@@ -20,7 +20,7 @@ sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraini
 
 from DeepRegAblationLib import geometry, inference  # noqa: E402
 from DeepRegAblationLib.imageio import as_image, normalize_intensity  # noqa: E402
-from DeepRegAblationTrainingLib.quality import classical_register  # noqa: E402
+from DeepRegAblationTrainingLib.benchmarks.classical import classical_register  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ixi-t1-2mm"
 PAIR = ("IXI012-HH-1211-T1_ds", "IXI015-HH-1258-T1_ds")  # the IXI validation subjects of split.json

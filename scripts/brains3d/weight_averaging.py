@@ -22,13 +22,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraining")]
 
-from DeepRegAblationTrainingLib import data, quality  # noqa: E402
-from DeepRegAblationTrainingLib.commands.bench import _validation_ids  # noqa: E402  (what bench --quality uses)
+from DeepRegAblationTrainingLib import data  # noqa: E402
+from DeepRegAblationTrainingLib.benchmarks import quality  # noqa: E402
+from DeepRegAblationTrainingLib.benchmarks.suite import validation_ids  # noqa: E402  (what bench --quality uses)
 
 RUNS = {"baseline": "baseline", "regloss": "regloss_m8", "affine_basic": "affine_basic",
         "affine_enhanced": "affine_enhanced_m8"}
 B, MODELS = ROOT / "runs" / "brains3d", ROOT / "DeepRegAblation" / "Resources" / "Models" / "3d"
-VAL_IDS = _validation_ids(MODELS / "split.json")
+VAL_IDS = validation_ids(MODELS / "split.json")
 
 
 def val_pairs(name):

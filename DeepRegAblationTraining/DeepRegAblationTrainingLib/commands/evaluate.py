@@ -19,11 +19,10 @@ Example: deepreg-ablation evaluate --checkpoint runs/baseline/last.pt runs/reglo
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Dict, List
 
-from .ablation import DEFAULT_VAL_PAIRS, add_data_arguments, base_data_spec, canonical_command
+from ..experiments.checkpoint_evaluation import evaluate_checkpoints
+from .arguments import add_data_arguments, canonical_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,69 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
 
 
-def checkpoint_labels(paths: List[str], variants: List[str]) -> List[str]:
-    """A unique row label per checkpoint: the variant id, or ``<variant>@<run folder>`` when ids repeat."""
-    labels = []
-    for path, variant in zip(paths, variants):
-        label = variant
-        if variants.count(variant) > 1:
-            label = f"{variant}@{Path(path).parent.name}/{Path(path).stem}"
-        labels.append(label)
-    if len(set(labels)) != len(labels):
-        labels = [f"{lab}#{i}" for i, lab in enumerate(labels)]
-    return labels
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..evaluation import evaluate_model, load_trained_model, predict_pair, validation_set, write_rows_csv
-    from ..reports import write_ablation_report
-
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
-    for path in args.checkpoint:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-    models = [load_trained_model(path, device=args.device) for path in args.checkpoint]
-    ndims = {m.ndim for m in models}
-    if len(ndims) != 1:
-        raise ValueError(f"--checkpoint mixes 2D and 3D models: {dict(zip(args.checkpoint, [m.ndim for m in models]))}")
-    divisor = max(m.size_multiple for m in models)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    command = canonical_command("evaluate", args)
-    (out_dir / "command.txt").write_text(f"# Reproduce (from the repository root):\n{command}\n")
-    spec = base_data_spec(args)
-    dataset, info = validation_set(
-        spec, ndim=ndims.pop(), seed=args.seed, n_pairs=0 if args.pairs else (args.val_pairs or DEFAULT_VAL_PAIRS),
-        split_path=args.split, pairs_path=args.pairs or out_dir / "val_pairs.json", divisor=divisor,
-    )
-    if args.pairs:
-        from ..data import save_pairs
-
-        save_pairs(out_dir / "val_pairs.json", [tuple(p) for p in info["pairs"]])
-    if not 0 <= args.example_pair < len(dataset):
-        raise ValueError(f"--example-pair must be in [0, {len(dataset) - 1}], got {args.example_pair}")
-    labels = checkpoint_labels(list(args.checkpoint), [m.variant.id for m in models])
-    rows = [] if args.no_identity else evaluate_model(None, dataset)
-    examples: Dict[str, object] = {}
-    for label, path, model in zip(labels, args.checkpoint, models):
-        vrows = evaluate_model(model, dataset, device=args.device, checkpoint=path)
-        for row in vrows:
-            row["variant"] = label
-        rows += vrows
-        examples[label] = predict_pair(model, dataset[args.example_pair], device=args.device)
-        print(f"[{label}] evaluated {len(vrows)} pairs", file=sys.stderr, flush=True)
-    write_rows_csv(rows, out_dir / "per_pair.csv")
-    setup = {
-        "checkpoints": "; ".join(f"`{lab}`: {p}" for lab, p in zip(labels, args.checkpoint)),
-        "data": f"{spec.get('kind')} {spec.get('path', '')}".strip(),
-        "pairs": f"{len(dataset)} pairs (`val_pairs.json`)" if not info.get("synthetic") else f"{len(dataset)} synthetic pairs",
-    }
-    paths = write_ablation_report(
-        out_dir, rows, baseline=labels[0], command=command, setup=setup, examples=examples,
-        title="DeepRegAblation evaluation",
-    )
-    print(f"evaluation: {out_dir / 'per_pair.csv'}, report {paths['report']}")
+    paths = evaluate_checkpoints(args, canonical_command("evaluate", args))
+    print(f"evaluation: {Path(args.out) / 'per_pair.csv'}, report {paths['report']}")
     return 0

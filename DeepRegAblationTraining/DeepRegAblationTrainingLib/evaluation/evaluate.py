@@ -19,7 +19,7 @@ Per-pair row (all floats except the identifiers; NaN = not available):
 ``max/mean_disp``   displacement magnitude, ``_vox`` and ``_mm``
 ``tre_mm``          mean distance between label centroids of fixed and warped labels, mm
 ``tre_true_mm``     synthetic pairs only: mean end-point error against ``disp_true_vox``, mm
-                    (``mean_x |(u_pred(x) - u_true(x)) * spacing|``)
+                    (``mean_x |(u_pred(x) - u_true(x)) * spacing|``, :func:`mean_endpoint_error_mm`)
 ``runtime_s``       forward pass of the model on ``device`` (no I/O, no metrics)
 ==================  ==========================================================================
 """
@@ -38,6 +38,14 @@ import torch
 
 from DeepRegAblationLib import checkpoints, fields, metrics
 from DeepRegAblationLib.inference import resolve_device
+
+from .endpoint_error import mean_endpoint_error_mm
+
+__all__ = [
+    "ID_COLUMNS", "METRIC_COLUMNS", "HIGHER_IS_BETTER", "PairPrediction", "predict_pair", "pair_metrics",
+    "evaluate_model", "load_trained_model", "evaluate_checkpoint", "validation_set", "row_columns",
+    "write_rows_csv", "read_rows_csv",
+]
 
 ID_COLUMNS = ("variant", "checkpoint", "pair_id")
 METRIC_COLUMNS = (
@@ -173,19 +181,6 @@ def predict_pair(model: Optional[torch.nn.Module], item: Mapping[str, Any], devi
     )
 
 
-def endpoint_error_mm(disp_vox: np.ndarray, disp_true_vox: np.ndarray, spacing_mm: Sequence[float]) -> float:
-    """Mean over voxels of ``|(disp_vox - disp_true_vox) * spacing|`` in mm; both ``(ndim, *S)``."""
-    disp_vox = np.asarray(disp_vox, dtype=np.float64)
-    disp_true_vox = np.asarray(disp_true_vox, dtype=np.float64)
-    if disp_vox.shape != disp_true_vox.shape:
-        raise ValueError(
-            f"disp_vox and disp_true_vox shapes differ: {disp_vox.shape} vs {disp_true_vox.shape}"
-        )
-    ndim = disp_vox.shape[0]
-    scale = np.asarray(spacing_mm, dtype=np.float64).reshape((ndim,) + (1,) * ndim)
-    return float(np.sqrt((((disp_vox - disp_true_vox) * scale) ** 2).sum(axis=0)).mean())
-
-
 def pair_metrics(pred: PairPrediction) -> Dict[str, Any]:
     """Metrics row of one :class:`PairPrediction` (keys of :data:`METRIC_COLUMNS` + ``dice_<label>``)."""
     row: Dict[str, Any] = {"pair_id": pred.pair_id}
@@ -202,7 +197,7 @@ def pair_metrics(pred: PairPrediction) -> Dict[str, Any]:
             continue
         row[key] = float(values.get(key, math.nan))
     row["tre_true_mm"] = (
-        endpoint_error_mm(pred.disp_vox, pred.disp_true_vox, pred.spacing_mm)
+        mean_endpoint_error_mm(pred.disp_vox, pred.disp_true_vox, pred.spacing_mm)
         if pred.disp_true_vox is not None
         else math.nan
     )
@@ -246,6 +241,7 @@ def evaluate_model(
     return rows
 
 
+# integration: switch to models.resolve
 def load_trained_model(ckpt_path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
     """Model from a checkpoint file (``FileNotFoundError`` when it does not exist)."""
     path = Path(ckpt_path)
@@ -289,7 +285,7 @@ def validation_set(
         ``mni-synthetic``) and ``{"train": [ids], "val": [ids], "pairs": [[moving, fixed]...],
         "preprocess": Preprocess, "synthetic": bool}``.
     """
-    from . import data
+    from .. import data
 
     spec = dict(spec)
     if split_path is not None:

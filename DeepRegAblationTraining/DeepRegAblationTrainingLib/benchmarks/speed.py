@@ -1,6 +1,6 @@
 """Speed and memory benchmark of the four variants beside voxelmorph's ``VxmPairwise``.
 
-Every case runs in a fresh Python process (``python -m DeepRegAblationTrainingLib.bench CASE_JSON``)
+Every case runs in a fresh Python process (``python -m DeepRegAblationTrainingLib.benchmarks.speed CASE_JSON``)
 so that its peak memory is its own: peak resident memory (``ru_maxrss``, the whole process,
 interpreter and PyTorch included) on CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
 
@@ -30,9 +30,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Sequence
 
-VARIANT_IDS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
+__all__ = ["SIZES", "VXM", "run_case", "measure", "plan_cases", "markdown_tables", "machine_description"]
+
 SIZES = {"2d": (160, 192), "3d128": (128, 128, 128), "3d160": (160, 192, 224),
          # the 3D brain models' grid (192 x 256 x 192 mm, data.brain_grid_shape) at 4, 3 and 2 mm
          "brain4mm": (48, 64, 48), "brain3mm": (64, 96, 64), "brain2mm": (96, 128, 96)}
@@ -209,7 +210,7 @@ def measure(case: dict, timeout_s: float = 1800.0) -> dict:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.run(
-        [sys.executable, "-m", "DeepRegAblationTrainingLib.bench", json.dumps(case)],
+        [sys.executable, "-m", "DeepRegAblationTrainingLib.benchmarks.speed", json.dumps(case)],
         capture_output=True, text=True, timeout=timeout_s, env=env,
     )
     row = dict(case)

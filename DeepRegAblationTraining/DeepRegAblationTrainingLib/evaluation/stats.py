@@ -19,6 +19,8 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 from scipy import stats as _scipy_stats
 
+__all__ = ["mean_std", "format_mean_std", "relative_change", "paired_wilcoxon", "benjamini_hochberg"]
+
 
 def _as_1d(values: Sequence[float], name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)

@@ -1,6 +1,6 @@
 """Corrupt inputs never pass silently: every kind of bad file against every entry point that reads images.
 
-    python -m DeepRegAblationTrainingLib.reliability --report docs/reliability.md
+    python -m DeepRegAblationTrainingLib.benchmarks.reliability --report docs/reliability.md
 
 writes each bad file of :data:`CASES` (tiny: 16^3 voxels, made on the fly in a temporary
 folder), hands it to each entry point of :data:`ENTRY_POINTS` in the place it expects an image
@@ -12,7 +12,7 @@ Every entry point reads through ``imageio.read_image`` (the one reading path): t
 command and ``inference.register`` (also what the Slicer module runs, in a background
 ``register`` process whose ``error:`` line it shows), the training data (``data.build_data``,
 shared by ``train`` and ``ablation``), the evaluation data (``evaluation.validation_set``,
-shared by ``evaluate``, ``ablation`` and ``sweep``), ``bench --quality`` (``quality.quality_table``)
+shared by ``evaluate``, ``ablation`` and ``sweep``), ``bench --quality`` (``benchmarks.quality.quality_table``)
 and the demo's MNI152 template loader (``data.load_mni_template``).
 """
 from __future__ import annotations
@@ -33,13 +33,18 @@ from unittest import mock
 
 import numpy as np
 
+__all__ = [
+    "SIZE", "REFUSED", "REPORT_COMMAND", "volume", "label_map", "nifti_bytes", "Case", "CASES", "Inputs", "make_inputs",
+    "EntryPoint", "ENTRY_POINTS", "Outcome", "run_one", "run_table", "markdown", "main",
+]
+
 SIZE = 16
 """Edge of the test volumes, voxels."""
 
 REFUSED = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError)
 """What ``cli.main`` prints as one ``error:`` line with exit status 2; any other exception is a trace."""
 
-REPORT_COMMAND = "python -m DeepRegAblationTrainingLib.reliability --report docs/reliability.md"
+REPORT_COMMAND = "python -m DeepRegAblationTrainingLib.benchmarks.reliability --report docs/reliability.md"
 
 
 # --------------------------------------------------------------------------- files
@@ -232,7 +237,7 @@ def _pair(path: Path, role: str, inputs: Inputs) -> Tuple[Path, Path]:
 
 
 def _register_command(path: Path, role: str, inputs: Inputs, out: Path) -> Tuple[int, str]:
-    from . import cli
+    from .. import cli
 
     fixed, fixed_labels = _pair(path, role, inputs)
     argv = ["register", "--fixed", fixed, "--moving", inputs.moving, "--fixed-labels", fixed_labels,
@@ -266,7 +271,7 @@ def _subject_list(path: Path, role: str, inputs: Inputs, folder: Path) -> Path:
 
 
 def _training_data(path: Path, role: str, inputs: Inputs, out: Path) -> None:
-    from .data import build_data
+    from ..data import build_data
 
     spec = {"kind": "list", "path": str(_subject_list(path, role, inputs, out.parent)), "val_fraction": 0.5, "val_pairs": 1}
     bundle = build_data(spec, ndim=3, seed=0)
@@ -274,7 +279,7 @@ def _training_data(path: Path, role: str, inputs: Inputs, out: Path) -> None:
 
 
 def _evaluation_data(path: Path, role: str, inputs: Inputs, out: Path) -> None:
-    from .evaluation import validation_set
+    from ..evaluation import validation_set
 
     spec = {"kind": "list", "path": str(_subject_list(path, role, inputs, out.parent)), "val_fraction": 0.5}
     dataset, _ = validation_set(spec, ndim=3, n_pairs=1)
@@ -282,7 +287,7 @@ def _evaluation_data(path: Path, role: str, inputs: Inputs, out: Path) -> None:
 
 
 def _bench_quality(path: Path, role: str, inputs: Inputs, out: Path) -> None:
-    from .data import Subject
+    from ..data import Subject
     from .quality import quality_table
 
     fixed, fixed_labels = _pair(path, role, inputs)
@@ -291,7 +296,7 @@ def _bench_quality(path: Path, role: str, inputs: Inputs, out: Path) -> None:
 
 
 def _demo_template(path: Path, role: str, inputs: Inputs, out: Path) -> None:
-    from . import data
+    from .. import data
 
     with mock.patch.object(data, "nilearn_data_dir", lambda: path.parent):  # the nilearn package folder
         data.load_mni_template(ndim=3, with_labels=False)
@@ -310,7 +315,7 @@ class EntryPoint:
 
 
 def _entry_points() -> Tuple[EntryPoint, ...]:
-    from .data import MNI_TEMPLATE
+    from ..data import MNI_TEMPLATE
 
     return (
         EntryPoint("register-command", "`deepreg-ablation register` (cli.main; what the Slicer module runs)",
@@ -486,7 +491,7 @@ def _short_paths(message: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m DeepRegAblationTrainingLib.reliability", description=__doc__.split("\n\n")[0]
+        prog="python -m DeepRegAblationTrainingLib.benchmarks.reliability", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--report", type=Path, default=None, help="write the Markdown table here (default: stdout)")
     args = parser.parse_args(argv)

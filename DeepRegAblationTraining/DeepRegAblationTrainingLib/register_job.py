@@ -1,0 +1,147 @@
+"""The ``register`` command's job: read the inputs, load the models, register with each variant, write everything.
+
+Progress goes to stdout in the protocol of ``DeepRegAblationLib.progress`` (the Slicer panel's
+background run reads it): ``[i/n] <variant>: registering ...`` when a variant starts and
+``progress <fraction> <message>`` lines during its registration.
+
+:func:`model_sources` / :func:`load_models` (``--model`` -> checkpoints -> models) are also the demo's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from DeepRegAblationLib.options import ALL_VARIANTS, VARIANT_IDS
+from DeepRegAblationLib.progress import progress_line, step_line
+
+from .register_outputs import prepare_out_dir, staged_output, write_marker, write_summary, write_variant_outputs
+
+__all__ = ["model_sources", "load_models", "progress_printer", "run_register"]
+
+
+# integration: switch to models.resolve
+def model_sources(model_arg: Optional[Path], variants: List[str], ndim: int) -> Dict[str, Optional[Path]]:
+    """``{variant: checkpoint path or None (untrained)}`` from --model / the shipped weights."""
+    from DeepRegAblationLib.inference import shipped_model_path
+
+    if model_arg is None:
+        return {v: shipped_model_path(v, ndim) for v in variants}
+    if not model_arg.exists():
+        raise FileNotFoundError(f"--model not found: {model_arg}")
+    if model_arg.is_dir():
+        sources = {v: model_arg / f"{v}.pt" for v in variants}
+        missing = [str(p) for p in sources.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"--model directory {model_arg} lacks the checkpoint(s) {missing}")
+        return sources
+    if len(variants) != 1:
+        raise ValueError(
+            f"--model {model_arg} is one file, but --variant all needs a directory holding "
+            f"{', '.join(v + '.pt' for v in VARIANT_IDS)}"
+        )
+    return {variants[0]: model_arg}
+
+
+# integration: switch to models.resolve
+def load_models(sources: Dict[str, Optional[Path]], ndim: int) -> Dict[str, object]:
+    """Load every checkpoint (or name the untrained variant) and check variant and dimension."""
+    from DeepRegAblationLib.inference import load_registration_model
+
+    models: Dict[str, object] = {}
+    untrained = [variant for variant, path in sources.items() if path is None]
+    if untrained:
+        print(
+            f"warning: no trained {ndim}D weights for {', '.join(untrained)} (none given with --model, none "
+            f"shipped): those results are from an UNTRAINED network (close to the identity), not a trained model",
+            file=sys.stderr,
+        )
+    for variant, path in sources.items():
+        if path is None:
+            models[variant] = variant
+            continue
+        net, _, _ = load_registration_model(path, ndim)
+        loaded_id = getattr(getattr(net, "variant", None), "id", None)
+        if loaded_id != variant:
+            raise ValueError(f"--model checkpoint {path} holds variant {loaded_id!r}, not {variant!r}")
+        if int(net.ndim) != ndim:
+            kind = "single-slice (2D)" if ndim == 2 else "3D"
+            raise ValueError(
+                f"--model checkpoint {path} is a {net.ndim}D model but --fixed is a {kind} image; "
+                f"use a {ndim}D checkpoint"
+            )
+        models[variant] = net
+    return models
+
+
+def progress_printer(done: int, total: int) -> Callable[[float, str], None]:
+    """``progress(fraction, message)`` for one of ``total`` runs (``done`` finished before it): prints
+    ``progress <overall> <message>`` lines (``progress.progress_line``; the Slicer module's background runner
+    parses them)."""
+
+    def progress(fraction: float, message: str) -> None:
+        print(progress_line((done + float(fraction)) / total, message), flush=True)
+
+    return progress
+
+
+def _read_inputs(args: argparse.Namespace):
+    """``(fixed, moving, fixed_labels, moving_labels)`` of the command line, checked (2D / 3D alike, overlapping)."""
+    from DeepRegAblationLib import geometry
+    from DeepRegAblationLib.imageio import read_image
+
+    fixed = read_image(args.fixed, name="fixed image (--fixed)")
+    moving = read_image(args.moving, name="moving image (--moving)")
+    fixed_labels = read_image(args.fixed_labels, "fixed labels (--fixed-labels)", "labels") if args.fixed_labels else None
+    moving_labels = read_image(args.moving_labels, "moving labels (--moving-labels)", "labels") if args.moving_labels else None
+    if fixed.is_2d != moving.is_2d:
+        two, three = ("--fixed", "--moving") if fixed.is_2d else ("--moving", "--fixed")
+        raise ValueError(
+            f"{two} is a 2D (single-slice) image but {three} is a 3D volume (--fixed {args.fixed} shape "
+            f"{fixed.shape}, --moving {args.moving} shape {moving.shape}); both must be 2D or both 3D"
+        )
+    if args.init_align == "none":  # otherwise register() checks it after the translation
+        geometry.check_overlap(fixed, moving, f"--fixed {args.fixed}", f"--moving {args.moving}")
+    if fixed_labels is not None:
+        geometry.check_overlap(fixed, fixed_labels, f"--fixed {args.fixed}", f"--fixed-labels {args.fixed_labels}")
+    if moving_labels is not None:
+        geometry.check_overlap(moving, moving_labels, f"--moving {args.moving}", f"--moving-labels {args.moving_labels}")
+    return fixed, moving, fixed_labels, moving_labels
+
+
+def run_register(args: argparse.Namespace) -> Path:
+    """The ``register`` command's options -> every result in ``args.out`` (written all at once, see
+    ``register_outputs.staged_output``). Returns ``args.out``."""
+    from DeepRegAblationLib.inference import register, resolve_device
+
+    resolve_device(args.device)  # "cuda" without CUDA fails before any work
+    out: Path = args.out
+    rerun = prepare_out_dir(out)
+    t0 = time.perf_counter()
+    fixed, moving, fixed_labels, moving_labels = _read_inputs(args)
+    read_s = time.perf_counter() - t0
+    ndim = 2 if fixed.is_2d else 3
+    variants = list(VARIANT_IDS) if args.variant == ALL_VARIANTS else [args.variant]
+    models = load_models(model_sources(args.model, variants, ndim), ndim)
+
+    if rerun:
+        print(f"note: replacing the earlier 'deepreg-ablation register' results in {out}")
+    with staged_output(out) as staging:  # --out appears only once everything is written
+        write_marker(staging, fixed=str(args.fixed), moving=str(args.moving), variants=variants)
+        results = []
+        for index, variant in enumerate(variants, 1):
+            print(step_line(index, len(variants), f"{variant}: registering {args.moving.name} -> {args.fixed.name}"),
+                  flush=True)
+            result = register(
+                fixed, moving, models[variant], fixed_labels=fixed_labels, moving_labels=moving_labels,
+                refine=args.refine, device=args.device, progress=progress_printer(index - 1, len(variants)),
+                initial_alignment=args.init_align,
+            )
+            result.timings["read"] = read_s
+            written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
+            print(f"      wrote {', '.join(p.name for p in written)} in {out / variant}", flush=True)
+            results.append(result)
+        write_summary(staging, fixed, moving, results, scene=not args.no_scene)
+    return out
