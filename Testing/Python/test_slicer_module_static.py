@@ -357,7 +357,17 @@ def test_module_choices_are_the_options_enums_with_the_saved_names_and_values():
         assert imported.get(name) == "DeepRegAblationLib.options", f"{name} must come from DeepRegAblationLib.options"
         choice = getattr(options, name)
         assert [(member.name, member.value) for member in choice] == members
-        assert all(member.label() for member in choice)
+    labels = {choice: [member.label() for member in getattr(options, choice)] for choice in SAVED_CHOICES}
+    assert labels == {  # the combo-box texts (the widget finds the CUDA item by its text)
+        "VariantChoice": ["baseline: U-Net, similarity only", "regloss: U-Net + regularization losses",
+                          "affine_basic: affine + U-Net, similarity only",
+                          "affine_enhanced: affine + U-Net + regularization", "Compare all four variants"],
+        "DeviceChoice": ["Auto (GPU if available)", "CPU", "CUDA GPU"],
+        "RefineChoice": ["Off (network only, fastest)", "Recommended (fast)", "Thorough (slower, to full resolution)",
+                         "Custom iterations"],
+        "AlignmentChoice": ["Automatic (when the centres are far apart)", "Always align centres of mass",
+                            "Never (use the volumes where they lie)"],
+    }
     assert [c.value for c in options.VariantChoice][:-1] == list(VARIANTS) == list(options.VARIANT_IDS)
     assert list(options.DeviceChoice)[-1] is options.DeviceChoice.cuda  # the widget removes the last item
     assert not {"VariantChoice", "DeviceChoice", "RefineChoice", "AlignmentChoice"} & set(enum_classes(ast.parse(gui_source())))
