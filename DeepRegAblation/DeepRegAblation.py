@@ -1,8 +1,11 @@
 """DeepRegAblation: learning-based deformable registration of brain MRI in 3D Slicer.
 
-This file is Slicer glue only (module text, widget, a thin logic, self-tests). The registration
-itself lives in the Slicer-free ``DeepRegAblationLib`` package (see docs/architecture.md):
-``inference.register`` does the work, ``scene`` turns its results into MRML nodes.
+This file is Slicer glue only: the module text, the parameter node, the widget, a Logic that calls
+the Slicer-free ``DeepRegAblationLib`` package (see docs/architecture.md), and the self-tests.
+``inference.register`` does the registration; ``scene`` turns its results into MRML nodes and writes
+the inputs of a background run; ``panel`` builds that run's command line and reads its results;
+``jobs`` runs it as a background process (polled here by a ``qt.QTimer``); ``options`` defines the
+choices of the combo boxes.
 
 PyTorch is never imported when the module loads: the Apply button (or ``process()``) checks it
 through the PyTorch extension's ``PyTorchUtils`` and offers to install it.
@@ -12,18 +15,11 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import os
-import queue
-import re
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import ctk
 import qt
@@ -52,35 +48,29 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# What the module imports when it loads imports no torch (test_slicer_module_static.py checks it).
+from DeepRegAblationLib import jobs, panel
+from DeepRegAblationLib.options import (
+    AlignmentChoice,
+    DeviceChoice,
+    RefineChoice,
+    VariantChoice,
+    parse_variants,
+    refine_argument,
+)
+from DeepRegAblationLib.panel import DisplaySettings, RegistrationOutcome
+
 TORCH_VERSION_REQUIREMENT = ">=2.0"
 """Passed to ``PyTorchUtilsLogic.installTorch``; older PyTorch is refused with a clear message."""
 
 WARPED_FOREGROUND_OPACITY = 0.5
-AUTO_GLYPH_SPACING_ATTRIBUTE = "DeepRegAblation.autoGlyphSpacingMm"
-AUTO_GLYPH_SCALE_ATTRIBUTE = "DeepRegAblation.autoGlyphScalePercent"
+JOB_POLL_MSEC = 200
+"""How often the background registration's output is read (``jobs.BackgroundJob.poll``)."""
 
 #
-# Choices shown in the combo boxes (stored by name in the parameter node)
+# Choices shown in the combo boxes (stored by name in the parameter node). VariantChoice, RefineChoice,
+# AlignmentChoice and DeviceChoice come from DeepRegAblationLib.options (shared with the command line).
 #
-
-
-class VariantChoice(enum.Enum):
-    """The four ablation variants (ids of ``DeepRegAblationLib.variants.VARIANTS``) and "all"."""
-
-    baseline = "baseline"
-    regloss = "regloss"
-    affine_basic = "affine_basic"
-    affine_enhanced = "affine_enhanced"
-    compare_all = "all"
-
-    def label(self) -> str:
-        return {
-            "baseline": "baseline: U-Net, similarity only",
-            "regloss": "regloss: U-Net + regularization losses",
-            "affine_basic": "affine_basic: affine + U-Net, similarity only",
-            "affine_enhanced": "affine_enhanced: affine + U-Net + regularization",
-            "all": "Compare all four variants",
-        }[self.value]
 
 
 class ModelSource(enum.Enum):
@@ -89,49 +79,6 @@ class ModelSource(enum.Enum):
 
     def label(self) -> str:
         return {"shipped": "Shipped default weights", "checkpoint": "Checkpoint file or folder"}[self.value]
-
-
-class DeviceChoice(enum.Enum):
-    """Keep ``cuda`` last: the widget removes that last combo item when PyTorch has no CUDA."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-    def label(self) -> str:
-        return {"auto": "Auto (GPU if available)", "cpu": "CPU", "cuda": "CUDA GPU"}[self.value]
-
-
-class RefineChoice(enum.Enum):
-    """Instance optimisation after the network (``DeepRegAblationLib.choices.REFINE_CHOICES``)."""
-
-    off = "off"
-    recommended = "recommended"
-    thorough = "thorough"
-    custom = "custom"
-
-    def label(self) -> str:
-        return {
-            "off": "Off (network only, fastest)",
-            "recommended": "Recommended (fast)",
-            "thorough": "Thorough (slower, to full resolution)",
-            "custom": "Custom iterations",
-        }[self.value]
-
-
-class AlignmentChoice(enum.Enum):
-    """Initial alignment (``DeepRegAblationLib.choices.ALIGNMENT_CHOICES``)."""
-
-    auto = "auto"
-    com = "com"
-    none = "none"
-
-    def label(self) -> str:
-        return {
-            "auto": "Automatic (when the centres are far apart)",
-            "com": "Always align centres of mass",
-            "none": "Never (use the volumes where they lie)",
-        }[self.value]
 
 
 class OutputMode(enum.Enum):
@@ -258,31 +205,6 @@ class DeepRegAblationParameterNode:
     jacobianOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     jacobianRange: Annotated[FloatRange, RangeBounds(-2.0, 6.0), Default(FloatRange(-1.0, 3.0))]
     metricsTable: vtkMRMLTableNode
-
-
-@dataclass
-class DisplaySettings:
-    """How results are shown in the slice views (the Display section of the panel)."""
-
-    showGlyphs: bool = True
-    glyphSpacingMm: float = 0.0  # 0 = automatic
-    glyphScalePercent: float = 100.0  # of the automatic arrow length
-    showJacobian: bool = False
-    jacobianOpacity: float = 0.6
-    jacobianMin: float = -1.0
-    jacobianMax: float = 3.0
-
-    @classmethod
-    def fromParameterNode(cls, parameterNode: DeepRegAblationParameterNode) -> "DisplaySettings":
-        return cls(
-            showGlyphs=parameterNode.showGlyphs,
-            glyphSpacingMm=parameterNode.glyphSpacingMm,
-            glyphScalePercent=parameterNode.glyphScalePercent,
-            showJacobian=parameterNode.showJacobian,
-            jacobianOpacity=parameterNode.jacobianOpacity,
-            jacobianMin=parameterNode.jacobianRange.minimum,
-            jacobianMax=parameterNode.jacobianRange.maximum,
-        )
 
 
 #
@@ -429,7 +351,7 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameterNode.fixedVolume.GetID() == parameterNode.movingVolume.GetID():
             return "Fixed and moving volumes must be different volumes."
         if parameterNode.modelSource is ModelSource.checkpoint:
-            return DeepRegAblationLogic.checkpointProblem(parameterNode.checkpointPath, parameterNode.variant.value)
+            return panel.checkpoint_problem(parameterNode.checkpointPath, parameterNode.variant.value)
         return ""
 
     def _setRunningState(self, running: bool) -> None:
@@ -478,8 +400,6 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log("Checking PyTorch...")
             self.logic.ensurePyTorch()
             self._updateDeviceChoices()
-            from DeepRegAblationLib import choices
-
             checkpointMode = parameterNode.modelSource is ModelSource.checkpoint
             if checkpointMode:
                 self.ui.checkpointPathLineEdit.addCurrentPathToHistory()  # the settingKey history
@@ -491,7 +411,7 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 movingLabels=parameterNode.movingLabels,
                 model=parameterNode.checkpointPath if checkpointMode else None,
                 device=parameterNode.device.value,
-                refine=choices.refine_argument(parameterNode.refineMode.value, parameterNode.refineIterationsPerLevel),
+                refine=refine_argument(parameterNode.refineMode.value, parameterNode.refineIterationsPerLevel),
                 initialAlignment=parameterNode.initialAlignment.value,
                 reuse=parameterNode.outputMode is OutputMode.reuse,
                 metricsTable=parameterNode.metricsTable,
@@ -522,14 +442,27 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(f"Showing {firstVariant} in the slice views; every variant is in its own folder in Data.")
             self._shownNodes = outcome.nodes[firstVariant]
             self._shownFixedVolume = outcome.fixedVolume
-            self._shownDisplay = DisplaySettings.fromParameterNode(self._parameterNode)
+            self._shownDisplay = self._displaySettings()
             self.logic.showResults(self._shownFixedVolume, self._shownNodes, self._shownDisplay, fit=True)
+
+    def _displaySettings(self) -> DisplaySettings:
+        """The Display section of the panel."""
+        parameterNode = self._parameterNode
+        return DisplaySettings(
+            show_glyphs=parameterNode.showGlyphs,
+            glyph_spacing_mm=parameterNode.glyphSpacingMm,
+            glyph_scale_percent=parameterNode.glyphScalePercent,
+            show_jacobian=parameterNode.showJacobian,
+            jacobian_opacity=parameterNode.jacobianOpacity,
+            jacobian_min=parameterNode.jacobianRange.minimum,
+            jacobian_max=parameterNode.jacobianRange.maximum,
+        )
 
     def _refreshDisplay(self) -> None:
         """Apply a changed Display section to the shown result (if its nodes still exist)."""
         if not self._shownNodes or self.logic.isRunning():
             return
-        display = DisplaySettings.fromParameterNode(self._parameterNode)
+        display = self._displaySettings()
         if display == self._shownDisplay:
             return
         shownNodes = [node for node in self._shownNodes.values() if hasattr(node, "GetID")]
@@ -552,142 +485,8 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# Background process (runs the registration command line off the GUI thread)
-#
-
-
-def _killProcessTree(proc: subprocess.Popen) -> None:
-    """Kill ``proc`` and its children (PythonSlicer is a launcher that starts the real Python)."""
-    if proc.poll() is not None:
-        return
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    else:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # started with start_new_session: group id == pid
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-class BackgroundProcess:
-    """A command whose output lines are delivered on the GUI thread.
-
-    A reader thread queues the process's merged stdout/stderr lines; a ``qt.QTimer`` polls the queue
-    every ``POLL_MSEC`` ms, calls ``onLine(line)`` for each line and, once the process has exited and
-    its output is drained, ``onExit(returnCode, cancelled)`` exactly once.
-    """
-
-    POLL_MSEC = 200
-
-    def __init__(self, command: Sequence[str], env: Dict[str, str],
-                 onLine: Callable[[str], None], onExit: Callable[[int, bool], None]) -> None:
-        self.command = [str(part) for part in command]
-        self.cancelled = False
-        self._polling = False
-        self._exited = False
-        self._onLine = onLine
-        self._onExit = onExit
-        self._lines: "queue.Queue[str]" = queue.Queue()
-        popenOptions: Dict[str, Any] = dict(
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            universal_newlines=True, encoding="utf-8", errors="replace", bufsize=1,
-        )
-        if os.name == "nt":
-            popenOptions["creationflags"] = (
-                subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-            )
-        else:
-            popenOptions["start_new_session"] = True
-        self._proc = subprocess.Popen(self.command, **popenOptions)
-        self._reader = threading.Thread(target=self._readOutput, name="DeepRegAblationOutput", daemon=True)
-        self._reader.start()
-        self._timer = qt.QTimer()
-        self._timer.setInterval(self.POLL_MSEC)
-        self._timer.connect("timeout()", self._poll)
-        self._timer.start()
-
-    def _readOutput(self) -> None:
-        for line in iter(self._proc.stdout.readline, ""):
-            self._lines.put(line.rstrip("\r\n"))
-        self._proc.stdout.close()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                return
-            self._onLine(line)
-
-    def _poll(self) -> None:
-        if self._polling or self._exited:  # a callback that processes events must not re-enter
-            return
-        self._polling = True
-        try:
-            self._drain()
-            if self._reader.is_alive() or self._proc.poll() is None:
-                return
-            self._drain()
-            self._timer.stop()
-            self._exited = True
-        finally:
-            self._polling = False
-        self._onExit(self._proc.returncode, self.cancelled)
-
-    def isRunning(self) -> bool:
-        return not self._exited
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        _killProcessTree(self._proc)
-
-
-#
 # DeepRegAblationLogic
 #
-
-
-@dataclass
-class RegistrationOutcome:
-    """What a background registration ended with (given to the ``onFinished`` callback).
-
-    status: "done", "cancelled" or "failed"; message: plain-words error when failed.
-    fixedVolume: the fixed volume the results live on.
-    nodes: variant -> dict of output nodes (``scene.add_registration_to_scene`` keys).
-    metrics: variant -> metrics dict; table: the metrics table node.
-    """
-
-    status: str
-    message: str = ""
-    fixedVolume: Any = None
-    nodes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    table: Any = None
-
-    def summaryLines(self) -> List[str]:
-        return [DeepRegAblationLogic.metricsSummary(variant, values) for variant, values in self.metrics.items()]
-
-
-@dataclass
-class _RegistrationJob:
-    fixedVolume: Any
-    movingVolume: Any
-    workDir: Path
-    outDir: Path
-    variantIds: List[str]
-    reuse: bool
-    metricsTable: Any
-    onLog: Callable[[str], None]
-    onProgress: Callable[[float, str], None]
-    onFinished: Callable[[RegistrationOutcome], None]
-    startTime: float = field(default_factory=time.time)
-    errorLines: List[str] = field(default_factory=list)
-    tailLines: List[str] = field(default_factory=list)
 
 
 class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
@@ -723,8 +522,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
     - device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     - refine: instance optimisation after the network: ``0`` (off), ``"recommended"``, ``"thorough"``
       or a number of iterations per level.
-    - initialAlignment: ``"auto"`` (centres of mass aligned first when far apart or not overlapping,
-      ``DeepRegAblationLib.choices.decide_initial_alignment``; the reason is logged),
+    - initialAlignment: ``"auto"`` (what the model was trained with; for a model that does not record
+      it, centres of mass aligned first when far apart or not overlapping; the reason is logged),
       ``"none"`` (physical space as is) or ``"com"`` (centres of mass translated
       together first; part of the affine output).
     - reuse: overwrite the output nodes of a previous run of the same variant and inputs.
@@ -743,8 +542,9 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._process: Optional[BackgroundProcess] = None
-        self._job: Optional[_RegistrationJob] = None
+        self._process: Optional[jobs.BackgroundJob] = None
+        self._job: Optional[panel.RegistrationJob] = None
+        self._pollTimer = None
 
     def getParameterNode(self) -> DeepRegAblationParameterNode:
         return DeepRegAblationParameterNode(super().getParameterNode())
@@ -777,7 +577,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         import torch
 
         minimum = TORCH_VERSION_REQUIREMENT.lstrip(">=")
-        if DeepRegAblationLogic._versionTuple(torch.__version__) < DeepRegAblationLogic._versionTuple(minimum):
+        if panel.version_tuple(torch.__version__) < panel.version_tuple(minimum):
             raise RuntimeError(
                 f"PyTorch {torch.__version__} is too old (this module needs {TORCH_VERSION_REQUIREMENT}). "
                 "Open the 'PyTorch Utils' module (Utilities category), click 'Uninstall PyTorch', restart Slicer, "
@@ -785,397 +585,16 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
             )
         return torch
 
-    @staticmethod
-    def _versionTuple(version: str) -> Tuple[int, ...]:
-        numbers = re.findall(r"\d+", version.split("+")[0])[:3]
-        return tuple(int(n) for n in numbers)
-
     # ------------------------------------------------------------------ inputs
-    @staticmethod
-    def variantIds(variants: Union[str, Sequence[str]]) -> List[str]:
-        """``"all"`` / an id / a list of ids -> list of variant ids (ValueError naming the valid ids)."""
-        from DeepRegAblationLib.variants import VARIANTS
-
-        if isinstance(variants, str):
-            ids = list(VARIANTS) if variants == "all" else [variants]
-        else:
-            ids = list(variants)
-        unknown = [v for v in ids if v not in VARIANTS]
-        if not ids or unknown:
-            raise ValueError(f"variants must be 'all' or ids among {list(VARIANTS)}, got {variants!r}")
-        return ids
-
-    @classmethod
-    def checkpointProblem(cls, path: str, variants: Union[str, Sequence[str]]) -> str:
-        """Plain-words reason why ``path`` cannot provide the models of ``variants`` ("" if it can).
-
-        A checkpoint file holds one variant (it must be the single chosen one; the registration checks
-        that the file really holds it); a folder must hold ``<variant>.pt`` for every chosen variant.
-        """
-        if not path or not os.path.exists(path):
-            return "Choose an existing checkpoint file or folder (or use the shipped weights)."
-        ids = cls.variantIds(variants)
-        if os.path.isfile(path):
-            if len(ids) != 1:
-                return ("A checkpoint file holds one variant: choose that variant, or give a folder of "
-                        "<variant>.pt checkpoints to compare all four.")
-            return ""
-        missing = [f"{v}.pt" for v in ids if not os.path.isfile(os.path.join(path, f"{v}.pt"))]
-        return f"The checkpoint folder lacks {', '.join(missing)}." if missing else ""
-
     @staticmethod
     def checkInputs(fixedVolume, movingVolume, fixedLabels=None, movingLabels=None) -> None:
         """Plain-words ValueError for missing or unusable inputs, and for inputs under a parent transform
-        (the rule of ``scene.parent_transform_problem``, checked before anything runs)."""
+        (``scene.check_inputs``, checked before anything runs)."""
         from DeepRegAblationLib import scene
 
-        for node, role in ((fixedVolume, "fixed volume"), (movingVolume, "moving volume")):
-            if node is None:
-                raise ValueError(f"No {role} was selected.")
-            if node.GetImageData() is None:
-                raise ValueError(f"The {role} '{node.GetName()}' has no image data.")
-            if node.GetImageData().GetNumberOfScalarComponents() != 1:
-                raise ValueError(f"The {role} '{node.GetName()}' is not a scalar (single-component) image.")
-        if fixedVolume.GetID() == movingVolume.GetID():
-            raise ValueError("Fixed and moving volumes must be different volumes.")
-        for node, role in ((fixedVolume, "fixed volume"), (movingVolume, "moving volume"),
-                           (fixedLabels, "fixed labels"), (movingLabels, "moving labels")):
-            problem = scene.parent_transform_problem(node, role)
-            if problem:
-                raise ValueError(problem)
-
-    @staticmethod
-    def resolveInitialAlignment(fixedVolume, movingVolume, choice: str,
-                                log: Optional[Callable[[str], None]] = None) -> str:
-        """The ``initial_alignment`` to pass to ``register`` for ``choice`` (``"auto"``, ``"com"``, ``"none"``).
-
-        ``"auto"`` is passed on: ``register`` decides per model (what it was trained with, else
-        ``choices.decide_initial_alignment``) and says why in a progress line (the status log).
-        """
-        from DeepRegAblationLib import choices
-
-        if choice not in choices.ALIGNMENT_CHOICES:
-            raise ValueError(f"alignment choice must be one of {choices.ALIGNMENT_CHOICES}, got {choice!r}")
-        if choice == "auto":
-            (log or logging.info)("Initial alignment: automatic (what the model was trained with; the centres of "
-                                  "mass for the shipped 3D models)")
-        return choice
-
-    def _labelmapForLabels(self, labelsNode, referenceVolume, colorTableNode, tempNodes: list):
-        """A labelmap node for ``labelsNode``: itself, or a temporary export of a segmentation.
-
-        Segmentations are exported on the grid of ``referenceVolume``; the shared ``colorTableNode``
-        gives equally named segments of the fixed and moving segmentations the same label value.
-        Temporary nodes are appended to ``tempNodes`` (the caller removes them).
-        """
-        if labelsNode is None:
-            return None
-        if labelsNode.IsA("vtkMRMLLabelMapVolumeNode"):
-            return labelsNode
-        if not labelsNode.IsA("vtkMRMLSegmentationNode"):
-            raise ValueError(f"'{labelsNode.GetName()}' must be a label map volume or a segmentation.")
-        labelmap = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLLabelMapVolumeNode", slicer.mrmlScene.GenerateUniqueName("DeepRegAblationTempLabels")
-        )
-        tempNodes.append(labelmap)
-        segmentIds = vtk.vtkStringArray()
-        labelsNode.GetSegmentation().GetSegmentIDs(segmentIds)
-        if segmentIds.GetNumberOfValues() == 0:
-            raise ValueError(f"The segmentation '{labelsNode.GetName()}' has no segments.")
-        exported = slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-            labelsNode, segmentIds, labelmap, referenceVolume,
-            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, colorTableNode,
-        )
-        if not exported:
-            raise ValueError(f"The segmentation '{labelsNode.GetName()}' could not be converted to a label map.")
-        return labelmap
-
-    def _labelNodes(self, fixedVolume, movingVolume, fixedLabels, movingLabels, tempNodes: list):
-        """(fixedLabelmap, movingLabelmap), exporting segmentations into temporary nodes.
-
-        Every segment name of the segmentations gets one label value (1, 2, ... in order of first
-        appearance, fixed first), so that equally named segments of the fixed and the moving
-        segmentation get the same value. Label map volumes are used with their own values.
-        """
-        if fixedLabels is None and movingLabels is None:
-            return None, None
-        segmentNames: List[str] = []
-        for node in (fixedLabels, movingLabels):
-            if node is not None and node.IsA("vtkMRMLSegmentationNode"):
-                segmentation = node.GetSegmentation()
-                for index in range(segmentation.GetNumberOfSegments()):
-                    name = segmentation.GetNthSegment(index).GetName()
-                    if name not in segmentNames:
-                        segmentNames.append(name)
-        colorTable = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLColorTableNode", slicer.mrmlScene.GenerateUniqueName("DeepRegAblationTempColors")
-        )
-        tempNodes.append(colorTable)
-        colorTable.SetTypeToUser()
-        colorTable.SetNumberOfColors(len(segmentNames) + 1)
-        colorTable.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
-        for labelValue, name in enumerate(segmentNames, start=1):
-            colorTable.SetColor(labelValue, name, 0.5, 0.5, 0.5, 1.0)
-        return (
-            self._labelmapForLabels(fixedLabels, fixedVolume, colorTable, tempNodes),
-            self._labelmapForLabels(movingLabels, movingVolume, colorTable, tempNodes),
-        )
-
-    @staticmethod
-    def _removeNodes(nodes: list) -> None:
-        for node in reversed(nodes):
-            if slicer.mrmlScene.IsNodePresent(node):
-                slicer.mrmlScene.RemoveNode(node)
-        nodes.clear()
-
-    @staticmethod
-    def _writeVolume(volumeNode, path: Path) -> Path:
-        """Write a volume for the background process (``scene.write_volume_file``: standalone storage
-        node, refused under a parent transform)."""
-        from DeepRegAblationLib import scene
-
-        return scene.write_volume_file(volumeNode, path, volumeNode.GetName())
-
-    def writeInputFiles(self, workDir: Path, fixedVolume, movingVolume,
-                        fixedLabels=None, movingLabels=None) -> Dict[str, Path]:
-        """Write the inputs as NRRD files in ``workDir``; returns role -> path (labels only when given)."""
-        tempNodes: list = []
-        try:
-            fixedLabelmap, movingLabelmap = self._labelNodes(fixedVolume, movingVolume, fixedLabels, movingLabels, tempNodes)
-            files = {
-                "fixed": self._writeVolume(fixedVolume, workDir / "fixed.nrrd"),
-                "moving": self._writeVolume(movingVolume, workDir / "moving.nrrd"),
-            }
-            if fixedLabelmap is not None:
-                files["fixed_labels"] = self._writeVolume(fixedLabelmap, workDir / "fixed_labels.nrrd")
-            if movingLabelmap is not None:
-                files["moving_labels"] = self._writeVolume(movingLabelmap, workDir / "moving_labels.nrrd")
-            return files
-        finally:
-            self._removeNodes(tempNodes)
-
-    # ------------------------------------------------------------------ command line
-    @staticmethod
-    def libraryPaths() -> List[str]:
-        """Folders holding ``DeepRegAblationLib`` and ``DeepRegAblationTrainingLib`` (for PYTHONPATH)."""
-        here = Path(__file__).resolve().parent
-        candidates = [here]
-        trainingModule = getattr(slicer.modules, "deepregablationtraining", None)
-        if trainingModule is not None:
-            candidates.append(Path(trainingModule.path).resolve().parent)
-        candidates.append(here.parent / "DeepRegAblationTraining")
-        paths: List[str] = []
-        for package in ("DeepRegAblationLib", "DeepRegAblationTrainingLib"):
-            folder = next((c for c in candidates if (c / package / "__init__.py").is_file()), None)
-            if folder is None:
-                raise RuntimeError(
-                    f"The {package} package of the DeepRegAblation extension was not found next to {here}; "
-                    "reinstall the extension."
-                )
-            if str(folder) not in paths:
-                paths.append(str(folder))
-        return paths
-
-    @staticmethod
-    def pythonExecutable() -> str:
-        """Slicer's Python launcher (PythonSlicer), so the process sees Slicer's packages (torch)."""
-        return shutil.which("PythonSlicer") or sys.executable
-
-    def processEnvironment(self) -> Dict[str, str]:
-        env = dict(os.environ)
-        previous = env.get("PYTHONPATH", "")
-        env["PYTHONPATH"] = os.pathsep.join(self.libraryPaths() + ([previous] if previous else []))
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def registerCommand(self, files: Dict[str, Path], outDir: Path, variantIds: Sequence[str],
-                        model: Optional[str], device: str, refine: Union[int, str] = 0,
-                        initialAlignment: str = "none") -> List[str]:
-        """The ``deepreg-ablation register`` command line for the written input files.
-
-        ``refine``: 0, "recommended", "thorough" or iterations; ``initialAlignment``: "none" or "com"
-        (an "auto" choice is resolved before, by :meth:`resolveInitialAlignment`).
-        """
-        from DeepRegAblationLib import choices
-
-        return [self.pythonExecutable(), "-m", "DeepRegAblationTrainingLib.cli"] + choices.register_arguments(
-            files, outDir, variantIds, model, device, refine, initialAlignment
-        )
-
-    _PROGRESS_PATTERNS = (
-        re.compile(r"^\s*progress\s*[:=]?\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<percent>%?)\s*[:\-]?\s*(?P<message>.*)$", re.I),
-        re.compile(r"^\s*\[\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<percent>%)\s*\]\s*(?P<message>.*)$"),
-    )
-    _STEP_PATTERN = re.compile(r"^\s*\[\s*(?P<index>\d+)\s*/\s*(?P<count>\d+)\s*\]\s*(?P<message>.*)$")
-
-    @classmethod
-    def parseProgressLine(cls, line: str) -> Optional[Tuple[float, str]]:
-        """A progress line of the command -> ``(fraction, message)``, else ``None``.
-
-        ``"progress 0.42 message"``, ``"progress: 42% message"`` and ``"[ 42%] message"`` give 0.42;
-        ``"[2/4] regloss: registering ..."`` (step 2 of 4 starts) gives 0.25.
-        """
-        for pattern in cls._PROGRESS_PATTERNS:
-            match = pattern.match(line)
-            if match:
-                value = float(match.group("value"))
-                if match.group("percent") or value > 1.0:
-                    value /= 100.0
-                return min(max(value, 0.0), 1.0), match.group("message").strip()
-        match = cls._STEP_PATTERN.match(line)
-        if match and int(match.group("count")) > 0:
-            fraction = (int(match.group("index")) - 1) / int(match.group("count"))
-            return min(max(fraction, 0.0), 1.0), match.group("message").strip()
-        return None
-
-    # ------------------------------------------------------------------ background run
-    def isRunning(self) -> bool:
-        return self._process is not None and self._process.isRunning()
-
-    def startRegistration(self, fixedVolume, movingVolume, variants: Union[str, Sequence[str]] = "all",
-                          fixedLabels=None, movingLabels=None, model: Optional[str] = None,
-                          device: str = "auto", refine: Union[int, str] = 0, initialAlignment: str = "auto",
-                          reuse: bool = True, metricsTable=None,
-                          onLog: Optional[Callable[[str], None]] = None,
-                          onProgress: Optional[Callable[[float, str], None]] = None,
-                          onFinished: Optional[Callable[[RegistrationOutcome], None]] = None) -> None:
-        """Start the registration as a background process; returns at once.
-
-        Arguments as in :meth:`process` (``variants``: one id or "all"; ``model``: ``None``, a checkpoint
-        file of that variant, or a folder of ``<variant>.pt``). ``onLog(text)``,
-        ``onProgress(fraction, message)`` and ``onFinished(RegistrationOutcome)`` are called on the
-        GUI thread. Nothing is added to the scene unless the process succeeds.
-        """
-        if self.isRunning():
-            raise RuntimeError("A registration is already running; cancel it first.")
-        self.checkInputs(fixedVolume, movingVolume, fixedLabels, movingLabels)
-        variantIds = self.variantIds(variants)
-        if model:
-            problem = self.checkpointProblem(str(model), variantIds)
-            if problem:
-                raise ValueError(problem)
-        log = onLog or (lambda text: logging.info(text))
-        initialAlignment = self.resolveInitialAlignment(fixedVolume, movingVolume, initialAlignment, log)
-        workDir = Path(slicer.util.tempDirectory("DeepRegAblation"))
-        try:
-            log(f"Writing the inputs to {workDir}")
-            files = self.writeInputFiles(workDir, fixedVolume, movingVolume, fixedLabels, movingLabels)
-            outDir = workDir / "results"
-            command = self.registerCommand(files, outDir, variantIds, model, device, refine, initialAlignment)
-            env = self.processEnvironment()
-            self._job = _RegistrationJob(
-                fixedVolume=fixedVolume, movingVolume=movingVolume, workDir=workDir, outDir=outDir,
-                variantIds=variantIds, reuse=reuse, metricsTable=metricsTable, onLog=log,
-                onProgress=onProgress or (lambda fraction, message: None),
-                onFinished=onFinished or (lambda outcome: None),
-            )
-            log("Running: " + " ".join(command))
-            self._process = BackgroundProcess(command, env, onLine=self._onProcessLine, onExit=self._onProcessExit)
-        except Exception:
-            self._job = None
-            shutil.rmtree(workDir, ignore_errors=True)
-            raise
-
-    def cancel(self) -> None:
-        """Stop the running registration; the scene is left unchanged."""
-        if self._process is not None and self._process.isRunning():
-            self._process.cancel()
-
-    def _onProcessLine(self, line: str) -> None:
-        job = self._job
-        if job is None or not line.strip():
-            return
-        progress = self.parseProgressLine(line)
-        if progress is not None:
-            job.onProgress(*progress)
-            if progress[1]:
-                job.onLog(progress[1])
-            return
-        if line.lstrip().lower().startswith("error:"):
-            job.errorLines.append(line.strip()[len("error:"):].strip())
-        job.tailLines = (job.tailLines + [line])[-20:]
-        job.onLog(line)
-
-    def _onProcessExit(self, returnCode: int, cancelled: bool) -> None:
-        job, self._job, self._process = self._job, None, None
-        if job is None:
-            return
-        try:
-            if cancelled:
-                outcome = RegistrationOutcome(status="cancelled")
-            elif returnCode != 0:
-                detail = "; ".join(job.errorLines) or "\n".join(job.tailLines[-5:]) or "no output"
-                outcome = RegistrationOutcome(
-                    status="failed", message=f"The registration process failed (exit status {returnCode}): {detail}"
-                )
-            else:
-                outcome = self._loadResults(job)
-        except Exception as exc:
-            logging.exception("DeepRegAblation: loading the results failed")
-            outcome = RegistrationOutcome(status="failed", message=f"Loading the results failed: {exc}")
-        finally:
-            shutil.rmtree(job.workDir, ignore_errors=True)
-        elapsed = time.time() - job.startTime
-        job.onLog(f"Finished ({outcome.status}) after {elapsed:.1f} s.")
-        job.onFinished(outcome)
-
-    def _loadResults(self, job: _RegistrationJob) -> RegistrationOutcome:
-        from DeepRegAblationLib.inference import RegistrationResult
-
-        resultFiles = sorted(job.outDir.glob("*/result.npz"))
-        order = {variant: index for index, variant in enumerate(job.variantIds)}
-        resultFiles.sort(key=lambda path: (order.get(path.parent.name, len(order)), path.parent.name))
-        if not resultFiles:
-            raise RuntimeError(f"The registration finished but wrote no result.npz under {job.outDir}.")
-        results = [RegistrationResult.load(path) for path in resultFiles]
-        return self._addResultsToScene(results, job.fixedVolume, job.movingVolume, job.reuse, job.metricsTable)
-
-    def _addResultsToScene(self, results, fixedVolume, movingVolume, reuse: bool, metricsTable) -> RegistrationOutcome:
-        from DeepRegAblationLib import scene
-
-        outcome = RegistrationOutcome(status="done", fixedVolume=fixedVolume)
-        for result in results:
-            nodes = scene.add_registration_to_scene(slicer.mrmlScene, result, fixedVolume, movingVolume, reuse=reuse)
-            self.rememberAutomaticGlyphs(nodes)
-            outcome.nodes[result.variant] = nodes
-            outcome.metrics[result.variant] = dict(result.metrics)
-        tableNode = metricsTable if (reuse and metricsTable is not None) else None
-        outcome.table = scene.update_metrics_table(slicer.mrmlScene, results, table_node=tableNode)
-        return outcome
+        scene.check_inputs(fixedVolume, movingVolume, fixedLabels, movingLabels)
 
     # ------------------------------------------------------------------ blocking run
-    def _modelsToRun(self, model: Any, variants: Union[str, Sequence[str]], ndim: int) -> List[Any]:
-        """What ``inference.register(model=...)`` gets, once per registration to run.
-
-        ``None``: the shipped weights of each variant, or (as the command line does) the untrained
-        network of a variant with no shipped weights, with a warning. A folder: its ``<variant>.pt``.
-        A checkpoint file or a ``RegistrationModel``: that one model.
-        """
-        from DeepRegAblationLib import inference
-
-        if model is None:
-            models = []
-            for variant in self.variantIds(variants):
-                path = inference.shipped_model_path(variant, ndim)
-                if path is None:
-                    logging.warning(
-                        f"DeepRegAblation: no shipped {ndim}D weights for '{variant}' "
-                        f"({inference.MODELS_DIR / f'{ndim}d' / f'{variant}.pt'}): using an UNTRAINED network, "
-                        "close to the identity. Choose a checkpoint or train one with DeepRegAblationTraining."
-                    )
-                models.append(str(path) if path is not None else variant)
-            return models
-        if isinstance(model, (str, Path)):
-            if not os.path.exists(str(model)):
-                raise ValueError(f"The checkpoint file or folder does not exist: {model}")
-            if os.path.isdir(str(model)):
-                problem = self.checkpointProblem(str(model), variants)
-                if problem:
-                    raise ValueError(problem)
-                return [os.path.join(str(model), f"{v}.pt") for v in self.variantIds(variants)]
-            return [str(model)]
-        return [model]
-
     def process(self, fixedVolume, movingVolume, variants: Union[str, Sequence[str]] = "all",
                 fixedLabels=None, movingLabels=None, model: Any = None, device: str = "auto",
                 refine: Union[int, str] = 0, initialAlignment: str = "auto", reuse: bool = True, metricsTable=None,
@@ -1186,18 +605,12 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
         self.checkInputs(fixedVolume, movingVolume, fixedLabels, movingLabels)
         report = progress or (lambda fraction, message: logging.info(f"DeepRegAblation {100 * fraction:.0f}% {message}"))
-        initialAlignment = self.resolveInitialAlignment(fixedVolume, movingVolume, initialAlignment)
+        initialAlignment = panel.initial_alignment_argument(initialAlignment)
         fixed = scene.image_data_from_volume_node(fixedVolume)
         moving = scene.image_data_from_volume_node(movingVolume)
-        tempNodes: list = []
-        try:
-            fixedLabelmap, movingLabelmap = self._labelNodes(fixedVolume, movingVolume, fixedLabels, movingLabels, tempNodes)
-            fixedLabelImage = scene.image_data_from_volume_node(fixedLabelmap) if fixedLabelmap is not None else None
-            movingLabelImage = scene.image_data_from_volume_node(movingLabelmap) if movingLabelmap is not None else None
-        finally:
-            self._removeNodes(tempNodes)
-
-        models = self._modelsToRun(model, variants, ndim=2 if fixed.is_2d else 3)
+        fixedLabelImage, movingLabelImage = scene.label_images(
+            slicer.mrmlScene, fixedVolume, movingVolume, fixedLabels, movingLabels)
+        models = panel.models_to_run(model, variants, ndim=2 if fixed.is_2d else 3)
 
         results = []
         for index, modelArgument in enumerate(models):
@@ -1218,76 +631,128 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
             "table": outcome.table,
         }
 
-    # ------------------------------------------------------------------ display
     @staticmethod
-    def metricsSummary(variant: str, metrics: Dict[str, float]) -> str:
-        """One line of the most telling metrics, skipping those that are NaN (e.g. Dice without labels)."""
-        parts = []
-        for key, label, unit, digits in (
-            ("dice", "Dice", "", 3), ("hd95_mm", "HD95", " mm", 2), ("ncc", "NCC", "", 3),
-            ("folding_pct", "folding", " %", 3), ("sdlogj", "SDlogJ", "", 3),
-            ("max_disp_mm", "max displacement", " mm", 1), ("runtime_s", "runtime", " s", 1),
-        ):
-            value = metrics.get(key)
-            if value is None or not math.isfinite(float(value)):
-                continue
-            parts.append(f"{label} {float(value):.{digits}f}{unit}")
-        return f"{variant}: " + (", ".join(parts) if parts else "no metrics")
-
-    @staticmethod
-    def rememberAutomaticGlyphs(nodes: Dict[str, Any]) -> None:
-        """Store the glyph spacing/scale that ``scene.add_registration_to_scene`` chose for this field
-        (in attributes of the transform node, saved with the scene): the Display section is relative to them."""
-        transformNode = nodes.get("transform")
-        displayNode = transformNode.GetDisplayNode() if transformNode is not None else None
-        if displayNode is not None:
-            transformNode.SetAttribute(AUTO_GLYPH_SPACING_ATTRIBUTE, repr(displayNode.GetGlyphSpacingMm()))
-            transformNode.SetAttribute(AUTO_GLYPH_SCALE_ATTRIBUTE, repr(displayNode.GetGlyphScalePercent()))
-
-    @staticmethod
-    def applyDisplaySettings(nodes: Dict[str, Any], display: DisplaySettings) -> None:
-        """Glyphs on the displacement transform and the detJ range of the Jacobian colour table.
-
-        Glyph spacing 0 keeps the automatic spacing; the arrow length is the automatic one times
-        ``glyphScalePercent`` / 100, and grows with the spacing so that arrows keep their room.
-        """
-        transformNode = nodes.get("transform")
-        if transformNode is not None:
-            if transformNode.GetDisplayNode() is None:
-                transformNode.CreateDefaultDisplayNodes()
-            displayNode = transformNode.GetDisplayNode()
-            autoSpacing = float(transformNode.GetAttribute(AUTO_GLYPH_SPACING_ATTRIBUTE) or displayNode.GetGlyphSpacingMm())
-            autoScale = float(transformNode.GetAttribute(AUTO_GLYPH_SCALE_ATTRIBUTE) or displayNode.GetGlyphScalePercent())
-            spacing = display.glyphSpacingMm if display.glyphSpacingMm > 0 else autoSpacing
-            wasModifying = displayNode.StartModify()
-            displayNode.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH)
-            displayNode.SetGlyphSpacingMm(spacing)
-            displayNode.SetGlyphScalePercent(autoScale * (spacing / autoSpacing) * display.glyphScalePercent / 100.0)
-            displayNode.SetVisibility(display.showGlyphs)
-            displayNode.SetVisibility2D(display.showGlyphs)
-            displayNode.EndModify(wasModifying)
-        jacobianNode = nodes.get("jacobian")
-        if jacobianNode is not None:
-            if jacobianNode.GetDisplayNode() is None:
-                jacobianNode.CreateDefaultDisplayNodes()
-            displayNode = jacobianNode.GetDisplayNode()
-            displayNode.SetAutoWindowLevel(False)
-            displayNode.SetWindowLevelMinMax(display.jacobianMin, max(display.jacobianMax, display.jacobianMin + 1e-3))
-
-    def showResults(self, fixedVolume, nodes: Dict[str, Any], display: DisplaySettings, fit: bool = True) -> None:
-        """Slice views: fixed volume in the background, warped volume (or the Jacobian) in the foreground."""
-        self.applyDisplaySettings(nodes, display)
+    def _addResultsToScene(results, fixedVolume, movingVolume, reuse: bool, metricsTable) -> RegistrationOutcome:
         from DeepRegAblationLib import scene
 
+        nodes, table = scene.add_results_to_scene(slicer.mrmlScene, results, fixedVolume, movingVolume, reuse,
+                                                  metricsTable)
+        return RegistrationOutcome.done(fixedVolume, results, nodes, table)
+
+    # ------------------------------------------------------------------ background run
+    def isRunning(self) -> bool:
+        return self._process is not None and self._process.is_running()
+
+    def startRegistration(self, fixedVolume, movingVolume, variants: Union[str, Sequence[str]] = "all",
+                          fixedLabels=None, movingLabels=None, model: Optional[str] = None,
+                          device: str = "auto", refine: Union[int, str] = 0, initialAlignment: str = "auto",
+                          reuse: bool = True, metricsTable=None,
+                          onLog: Optional[Callable[[str], None]] = None,
+                          onProgress: Optional[Callable[[float, str], None]] = None,
+                          onFinished: Optional[Callable[[RegistrationOutcome], None]] = None) -> None:
+        """Start the registration as a background process; returns at once.
+
+        Arguments as in :meth:`process` (``variants``: one id or "all"; ``model``: ``None``, a checkpoint
+        file of that variant, or a folder of ``<variant>.pt``). ``onLog(text)``,
+        ``onProgress(fraction, message)`` and ``onFinished(RegistrationOutcome)`` are called on the
+        GUI thread. Nothing is added to the scene unless the process succeeds.
+        """
+        if self.isRunning():
+            raise RuntimeError("A registration is already running; cancel it first.")
+        self.checkInputs(fixedVolume, movingVolume, fixedLabels, movingLabels)
+        variantIds = parse_variants(variants)
+        if model:
+            problem = panel.checkpoint_problem(str(model), variantIds)
+            if problem:
+                raise ValueError(problem)
+        log = onLog or (lambda text: logging.info(text))
+        initialAlignment = panel.initial_alignment_argument(initialAlignment, log)
+        workDir = Path(slicer.util.tempDirectory("DeepRegAblation"))
+        try:
+            from DeepRegAblationLib import scene
+
+            log(f"Writing the inputs to {workDir}")
+            files = scene.write_input_files(slicer.mrmlScene, workDir, fixedVolume, movingVolume, fixedLabels,
+                                            movingLabels)
+            outDir = workDir / "results"
+            command = panel.register_command(files, outDir, variantIds, model, device, refine, initialAlignment)
+            env = panel.process_environment(self.libraryPaths())
+            self._job = panel.RegistrationJob(
+                fixed_volume=fixedVolume, moving_volume=movingVolume, work_dir=workDir, out_dir=outDir,
+                variant_ids=variantIds, reuse=reuse, metrics_table=metricsTable, on_log=log,
+                on_progress=onProgress or (lambda fraction, message: None),
+                on_finished=onFinished or (lambda outcome: None),
+            )
+            log("Running: " + " ".join(command))
+            self._process = jobs.BackgroundJob(command, env, on_line=self._onProcessLine, on_exit=self._onProcessExit)
+            self._pollEvery(JOB_POLL_MSEC)
+        except Exception:
+            self._job = None
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def libraryPaths() -> List[str]:
+        """Folders holding ``DeepRegAblationLib`` and ``DeepRegAblationTrainingLib`` (for PYTHONPATH)."""
+        trainingModule = getattr(slicer.modules, "deepregablationtraining", None)
+        trainingDir = Path(trainingModule.path).resolve().parent if trainingModule is not None else None
+        return panel.library_paths(Path(__file__).resolve().parent, trainingDir)
+
+    def _pollEvery(self, milliseconds: int) -> None:
+        """Poll the background process from the GUI thread (its callbacks then run there)."""
+        if self._pollTimer is None:
+            self._pollTimer = qt.QTimer()
+            self._pollTimer.connect("timeout()", self._pollProcess)
+        self._pollTimer.setInterval(milliseconds)
+        self._pollTimer.start()
+
+    def _pollProcess(self) -> None:
+        if self._process is not None:
+            self._process.poll()
+
+    def cancel(self) -> None:
+        """Stop the running registration; the scene is left unchanged."""
+        if self._process is not None and self._process.is_running():
+            self._process.cancel()
+
+    def _onProcessLine(self, line: str) -> None:
+        if self._job is not None:
+            self._job.handle_line(line)
+
+    def _onProcessExit(self, returnCode: int, cancelled: bool) -> None:
+        self._pollTimer.stop()
+        job, self._job, self._process = self._job, None, None
+        if job is None:
+            return
+        try:
+            outcome = job.ended_outcome(returnCode, cancelled) or self._loadResults(job)
+        except Exception as exc:
+            logging.exception("DeepRegAblation: loading the results failed")
+            outcome = RegistrationOutcome(status="failed", message=f"Loading the results failed: {exc}")
+        finally:
+            shutil.rmtree(job.work_dir, ignore_errors=True)
+        job.finish(outcome)
+
+    def _loadResults(self, job: panel.RegistrationJob) -> RegistrationOutcome:
+        results = panel.load_results(job.out_dir, job.variant_ids)
+        return self._addResultsToScene(results, job.fixed_volume, job.moving_volume, job.reuse, job.metrics_table)
+
+    # ------------------------------------------------------------------ display
+    @staticmethod
+    def showResults(fixedVolume, nodes: Dict[str, Any], display: DisplaySettings, fit: bool = True) -> None:
+        """Slice views: fixed volume in the background, warped volume (or the Jacobian) in the foreground."""
+        from DeepRegAblationLib import scene
+
+        scene.apply_display_settings(nodes, display)
         jacobianNode = nodes.get("jacobian")
-        useJacobian = display.showJacobian and jacobianNode is not None
+        useJacobian = display.show_jacobian and jacobianNode is not None
         foreground = jacobianNode if useJacobian else nodes.get("warped")
         composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
         currentLabel = slicer.mrmlScene.GetNodeByID(composite.GetLabelVolumeID() or "") if composite else None
         slicer.util.setSliceViewerLayers(
             background=fixedVolume, foreground=foreground,
             label=scene.result_label_layer(nodes, currentLabel),
-            foregroundOpacity=display.jacobianOpacity if useJacobian else WARPED_FOREGROUND_OPACITY,
+            foregroundOpacity=display.jacobian_opacity if useJacobian else WARPED_FOREGROUND_OPACITY,
             fit=fit,
         )
 

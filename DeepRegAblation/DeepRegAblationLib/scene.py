@@ -26,6 +26,12 @@ hierarchy folder ``<moving>-<variant>``:
 :func:`write_results_scene` saves a complete scene (``.mrml`` + NRRD volumes, HDF5
 transforms, TSV table, colour files) that opens in Slicer with the fixed volume as background
 and the first warped volume as foreground; :func:`load_results_scene` reads it back.
+
+For the module panel: :func:`check_inputs`; the inputs of a registration as images
+(:func:`label_images`) or NRRD files for the background run (:func:`write_input_files`), segmentations
+exported to label maps with one label value per segment name (:func:`labelmaps_for_inputs`, temporary
+nodes removed with :func:`remove_nodes`); :func:`add_results_to_scene` and :func:`apply_display_settings`
+(the Display section: glyphs relative to the automatic ones, Jacobian range).
 """
 from __future__ import annotations
 
@@ -41,6 +47,19 @@ from .imageio import ImageData
 
 if TYPE_CHECKING:  # pragma: no cover
     from .inference import RegistrationResult
+    from .panel import DisplaySettings
+
+__all__ = [
+    "METRIC_COLUMNS", "METRICS_TABLE_NAME", "JACOBIAN_COLOR_NAME", "SCENE_FILE_NAME", "SLICE_VIEW_NAMES",
+    "RESULT_ATTRIBUTE", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE", "TEMP_LABELS_NAME",
+    "TEMP_COLORS_NAME", "parent_transform_problem", "require_no_parent_transform", "image_data_from_volume_node",
+    "add_volume_node", "write_volume_file", "check_inputs", "segment_names", "shared_label_colors",
+    "labelmap_for_labels", "labelmaps_for_inputs", "remove_nodes", "label_images", "write_input_files",
+    "grid_transform_from_displacement", "glyph_settings", "jacobian_color_node", "add_default_label_colors",
+    "jacobian_window_level", "add_registration_to_scene", "add_results_to_scene", "update_metrics_table",
+    "show_in_slice_views", "result_label_layer", "remember_automatic_glyphs", "apply_display_settings",
+    "save_scene", "write_results_scene", "load_results_scene",
+]
 
 PathLike = Union[str, Path]
 
@@ -64,6 +83,12 @@ SCENE_FILE_NAME = "DeepRegAblation-results.mrml"
 SLICE_VIEW_NAMES = ("Red", "Yellow", "Green")
 RESULT_ATTRIBUTE = "DeepRegAblation.variant"
 """Attribute set on every output node (its value: the variant)."""
+AUTO_GLYPH_SPACING_ATTRIBUTE = "DeepRegAblation.autoGlyphSpacingMm"
+AUTO_GLYPH_SCALE_ATTRIBUTE = "DeepRegAblation.autoGlyphScalePercent"
+"""Attributes of a result's transform node: the glyph spacing / scale chosen for it (:func:`remember_automatic_glyphs`)."""
+TEMP_LABELS_NAME = "DeepRegAblationTempLabels"
+TEMP_COLORS_NAME = "DeepRegAblationTempColors"
+"""Names (made unique) of the temporary nodes of a segmentation export (:func:`labelmaps_for_inputs`)."""
 
 
 def _slicer():
@@ -219,6 +244,146 @@ def write_volume_file(volume_node, path: PathLike, role: str = "volume") -> Path
     if not storage.WriteData(volume_node):
         raise RuntimeError(f"Could not write '{volume_node.GetName()}' to the file {path}.")
     return path
+
+
+# --------------------------------------------------------------------------- registration inputs
+def check_inputs(fixed_volume, moving_volume, fixed_labels=None, moving_labels=None) -> None:
+    """Plain-words ``ValueError`` for missing or unusable inputs, and for inputs under a parent transform
+    (the rule of :func:`parent_transform_problem`, checked before anything runs)."""
+    for node, role in ((fixed_volume, "fixed volume"), (moving_volume, "moving volume")):
+        if node is None:
+            raise ValueError(f"No {role} was selected.")
+        if node.GetImageData() is None:
+            raise ValueError(f"The {role} '{node.GetName()}' has no image data.")
+        if node.GetImageData().GetNumberOfScalarComponents() != 1:
+            raise ValueError(f"The {role} '{node.GetName()}' is not a scalar (single-component) image.")
+    if fixed_volume.GetID() == moving_volume.GetID():
+        raise ValueError("Fixed and moving volumes must be different volumes.")
+    for node, role in ((fixed_volume, "fixed volume"), (moving_volume, "moving volume"),
+                       (fixed_labels, "fixed labels"), (moving_labels, "moving labels")):
+        require_no_parent_transform(node, role)
+
+
+def segment_names(label_nodes: Sequence[object]) -> List[str]:
+    """The segment names of the segmentation nodes among ``label_nodes`` (``None`` and label maps skipped),
+    each once, in order of first appearance."""
+    names: List[str] = []
+    for node in label_nodes:
+        if node is not None and node.IsA("vtkMRMLSegmentationNode"):
+            segmentation = node.GetSegmentation()
+            for index in range(segmentation.GetNumberOfSegments()):
+                name = segmentation.GetNthSegment(index).GetName()
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def shared_label_colors(scene, names: Sequence[str]):
+    """A new colour table (:data:`TEMP_COLORS_NAME`) giving ``names`` the label values 1, 2, ... (0: background).
+
+    Exporting segmentations with it gives equally named segments of different segmentations the same value.
+    """
+    color_table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(TEMP_COLORS_NAME))
+    color_table.SetTypeToUser()
+    color_table.SetNumberOfColors(len(names) + 1)
+    color_table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
+    for label_value, name in enumerate(names, start=1):
+        color_table.SetColor(label_value, name, 0.5, 0.5, 0.5, 1.0)
+    return color_table
+
+
+def labelmap_for_labels(scene, labels_node, reference_volume, color_table, temp_nodes: list):
+    """A label map node for ``labels_node``: itself, or a temporary export of a segmentation.
+
+    Segmentations are exported on the grid of ``reference_volume`` with the label values of
+    ``color_table`` (:func:`shared_label_colors`); the new node is appended to ``temp_nodes`` (the
+    caller removes it with :func:`remove_nodes`). ``None`` gives ``None``; other nodes, an empty
+    segmentation or a failed export raise ``ValueError``.
+    """
+    from vtkmodules.vtkCommonCore import vtkStringArray
+
+    slicer = _slicer()
+    if labels_node is None:
+        return None
+    if labels_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return labels_node
+    if not labels_node.IsA("vtkMRMLSegmentationNode"):
+        raise ValueError(f"'{labels_node.GetName()}' must be a label map volume or a segmentation.")
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(TEMP_LABELS_NAME))
+    temp_nodes.append(labelmap)
+    segment_ids = vtkStringArray()
+    labels_node.GetSegmentation().GetSegmentIDs(segment_ids)
+    if segment_ids.GetNumberOfValues() == 0:
+        raise ValueError(f"The segmentation '{labels_node.GetName()}' has no segments.")
+    exported = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        labels_node, segment_ids, labelmap, reference_volume,
+        slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, color_table,
+    )
+    if not exported:
+        raise ValueError(f"The segmentation '{labels_node.GetName()}' could not be converted to a label map.")
+    return labelmap
+
+
+def labelmaps_for_inputs(scene, fixed_volume, moving_volume, fixed_labels, moving_labels, temp_nodes: list) -> tuple:
+    """``(fixed_labelmap, moving_labelmap)``, exporting segmentations into temporary nodes (in ``temp_nodes``).
+
+    Every segment name of the segmentations gets one label value (1, 2, ... in order of first
+    appearance, fixed first), so that equally named segments of the fixed and the moving
+    segmentation get the same value. Label map volumes are used with their own values.
+    """
+    if fixed_labels is None and moving_labels is None:
+        return None, None
+    color_table = shared_label_colors(scene, segment_names([fixed_labels, moving_labels]))
+    temp_nodes.append(color_table)
+    return (
+        labelmap_for_labels(scene, fixed_labels, fixed_volume, color_table, temp_nodes),
+        labelmap_for_labels(scene, moving_labels, moving_volume, color_table, temp_nodes),
+    )
+
+
+def remove_nodes(scene, nodes: list) -> None:
+    """Remove ``nodes`` from ``scene`` (last first; those already gone are skipped) and empty the list."""
+    for node in reversed(nodes):
+        if scene.IsNodePresent(node):
+            scene.RemoveNode(node)
+    nodes.clear()
+
+
+def label_images(scene, fixed_volume, moving_volume, fixed_labels=None, moving_labels=None) -> tuple:
+    """``(fixed_labels, moving_labels)`` as :class:`ImageData` (``None`` where not given), segmentations
+    exported as :func:`labelmaps_for_inputs` does; the temporary nodes are removed again."""
+    temp_nodes: list = []
+    try:
+        fixed_labelmap, moving_labelmap = labelmaps_for_inputs(
+            scene, fixed_volume, moving_volume, fixed_labels, moving_labels, temp_nodes)
+        return (
+            image_data_from_volume_node(fixed_labelmap) if fixed_labelmap is not None else None,
+            image_data_from_volume_node(moving_labelmap) if moving_labelmap is not None else None,
+        )
+    finally:
+        remove_nodes(scene, temp_nodes)
+
+
+def write_input_files(scene, work_dir: PathLike, fixed_volume, moving_volume,
+                      fixed_labels=None, moving_labels=None) -> Dict[str, Path]:
+    """Write the inputs of a background registration as NRRD files in ``work_dir``.
+
+    Files ``fixed.nrrd``, ``moving.nrrd`` and, when labels are given, ``fixed_labels.nrrd`` /
+    ``moving_labels.nrrd`` (segmentations exported as :func:`labelmaps_for_inputs` does; the temporary
+    nodes are removed again). Returns role -> path (``"fixed"``, ``"moving"``, ``"fixed_labels"``,
+    ``"moving_labels"``).
+    """
+    work_dir = Path(work_dir)
+    temp_nodes: list = []
+    try:
+        fixed_labelmap, moving_labelmap = labelmaps_for_inputs(
+            scene, fixed_volume, moving_volume, fixed_labels, moving_labels, temp_nodes)
+        nodes = {"fixed": fixed_volume, "moving": moving_volume,
+                 "fixed_labels": fixed_labelmap, "moving_labels": moving_labelmap}
+        return {role: write_volume_file(node, work_dir / f"{role}.nrrd", node.GetName())
+                for role, node in nodes.items() if node is not None}
+    finally:
+        remove_nodes(scene, temp_nodes)
 
 
 # --------------------------------------------------------------------------- transforms
@@ -436,6 +601,48 @@ def _check_result(result: "RegistrationResult") -> tuple:
     return shape
 
 
+def _check_on_fixed_grid(fixed_node, shape: tuple, fixed_matrix: np.ndarray) -> None:
+    """``ValueError`` unless ``fixed_node`` (not under a parent transform) has the result's grid."""
+    require_no_parent_transform(fixed_node, "fixed volume")
+    fixed_image = fixed_node.GetImageData()
+    node_shape = tuple(reversed(fixed_image.GetDimensions())) if fixed_image is not None else None
+    node_matrix = _node_ijk_to_ras(fixed_node)
+    if node_shape != shape or not np.allclose(node_matrix, fixed_matrix, atol=1e-4):
+        raise ValueError(
+            f"result is not on fixed_node {fixed_node.GetName()!r}'s grid: result shape {shape}, "
+            f"IJKToRAS {np.round(fixed_matrix, 4).tolist()}; node shape {node_shape}, "
+            f"IJKToRAS {np.round(node_matrix, 4).tolist()}"
+        )
+
+
+def _add_warped(scene, base: str, result: "RegistrationResult", fixed_matrix: np.ndarray, moving_node, reuse: bool):
+    """``<base>-warped``, displayed as the moving volume is (window/level, colours)."""
+    warped = _get_or_add(scene, "vtkMRMLScalarVolumeNode", f"{base}-warped", reuse)
+    _set_volume(warped, result.warped, fixed_matrix, label=False)
+    moving_display = moving_node.GetDisplayNode() if moving_node is not None else None
+    if moving_display is not None and moving_display.IsA("vtkMRMLScalarVolumeDisplayNode"):
+        display = warped.GetDisplayNode()
+        display.SetAutoWindowLevel(moving_display.GetAutoWindowLevel())
+        if not moving_display.GetAutoWindowLevel():
+            display.SetWindowLevel(moving_display.GetWindow(), moving_display.GetLevel())
+        if moving_display.GetColorNodeID():
+            display.SetAndObserveColorNodeID(moving_display.GetColorNodeID())
+    return warped
+
+
+def _add_jacobian(scene, base: str, result: "RegistrationResult", fixed_matrix: np.ndarray, reuse: bool):
+    """``<base>-jacobian`` with the shared Jacobian colours and the count of folded voxels as an attribute."""
+    jacobian = _get_or_add(scene, "vtkMRMLScalarVolumeNode", f"{base}-jacobian", reuse)
+    _set_volume(jacobian, np.asarray(result.jacobian, dtype=np.float32), fixed_matrix, label=False)
+    jacobian_display = jacobian.GetDisplayNode()
+    jacobian_display.SetAndObserveColorNodeID(jacobian_color_node(scene).GetID())
+    jacobian_display.SetAutoWindowLevel(False)
+    jacobian_display.SetWindowLevel(*jacobian_window_level())
+    jacobian_display.SetInterpolate(False)  # show single folded voxels as voxels
+    jacobian.SetAttribute("DeepRegAblation.folded_voxels", str(int(np.count_nonzero(np.asarray(result.jacobian) <= 0))))
+    return jacobian
+
+
 def add_registration_to_scene(scene, result: "RegistrationResult", fixed_node, moving_node,
                               reuse: bool = True) -> Dict[str, object]:
     """Add (or, with ``reuse``, update by name) the nodes of one registration result.
@@ -453,52 +660,23 @@ def add_registration_to_scene(scene, result: "RegistrationResult", fixed_node, m
         ``{"warped", "affine", "transform", "jacobian", ["warped_labels"], "folder"}``: the
         nodes, and the subject hierarchy folder item id (int).
     """
-    slicer = _slicer()
     if scene is None or not scene.IsA("vtkMRMLScene"):
         raise ValueError(f"scene must be a vtkMRMLScene, got {type(scene).__name__}")
     shape = _check_result(result)
     fixed_matrix = np.asarray(result.fixed_ijk_to_ras, dtype=np.float64)
     if fixed_node is not None:
-        require_no_parent_transform(fixed_node, "fixed volume")
-        fixed_image = fixed_node.GetImageData()
-        node_shape = tuple(reversed(fixed_image.GetDimensions())) if fixed_image is not None else None
-        node_matrix = _node_ijk_to_ras(fixed_node)
-        if node_shape != shape or not np.allclose(node_matrix, fixed_matrix, atol=1e-4):
-            raise ValueError(
-                f"result is not on fixed_node {fixed_node.GetName()!r}'s grid: result shape {shape}, "
-                f"IJKToRAS {np.round(fixed_matrix, 4).tolist()}; node shape {node_shape}, "
-                f"IJKToRAS {np.round(node_matrix, 4).tolist()}"
-            )
+        _check_on_fixed_grid(fixed_node, shape, fixed_matrix)
     moving_name = moving_node.GetName() if moving_node is not None else "moving"
     base = f"{moving_name}-{result.variant}"
 
-    warped = _get_or_add(scene, "vtkMRMLScalarVolumeNode", f"{base}-warped", reuse)
-    _set_volume(warped, result.warped, fixed_matrix, label=False)
-    moving_display = moving_node.GetDisplayNode() if moving_node is not None else None
-    if moving_display is not None and moving_display.IsA("vtkMRMLScalarVolumeDisplayNode"):
-        display = warped.GetDisplayNode()
-        display.SetAutoWindowLevel(moving_display.GetAutoWindowLevel())
-        if not moving_display.GetAutoWindowLevel():
-            display.SetWindowLevel(moving_display.GetWindow(), moving_display.GetLevel())
-        if moving_display.GetColorNodeID():
-            display.SetAndObserveColorNodeID(moving_display.GetColorNodeID())
-
+    warped = _add_warped(scene, base, result, fixed_matrix, moving_node, reuse)
     affine = _get_or_add(scene, "vtkMRMLLinearTransformNode", f"{base}-affine", reuse)
     affine.SetMatrixTransformFromParent(_vtk_matrix(result.affine_ras))
-
     transform = _get_or_add(scene, "vtkMRMLGridTransformNode", f"{base}-transform", reuse)
     transform.SetAndObserveTransformFromParent(grid_transform_from_displacement(result.disp_ras_mm, fixed_matrix))
     _show_glyphs(scene, transform, result.disp_ras_mm, fixed_matrix, f"{base}-displacement-colors", reuse,
                  region_node=fixed_node)
-
-    jacobian = _get_or_add(scene, "vtkMRMLScalarVolumeNode", f"{base}-jacobian", reuse)
-    _set_volume(jacobian, np.asarray(result.jacobian, dtype=np.float32), fixed_matrix, label=False)
-    jacobian_display = jacobian.GetDisplayNode()
-    jacobian_display.SetAndObserveColorNodeID(jacobian_color_node(scene).GetID())
-    jacobian_display.SetAutoWindowLevel(False)
-    jacobian_display.SetWindowLevel(*jacobian_window_level())
-    jacobian_display.SetInterpolate(False)  # show single folded voxels as voxels
-    jacobian.SetAttribute("DeepRegAblation.folded_voxels", str(int(np.count_nonzero(np.asarray(result.jacobian) <= 0))))
+    jacobian = _add_jacobian(scene, base, result, fixed_matrix, reuse)
 
     nodes: Dict[str, object] = {"warped": warped, "affine": affine, "transform": transform, "jacobian": jacobian}
     if result.warped_labels is not None:
@@ -511,6 +689,23 @@ def add_registration_to_scene(scene, result: "RegistrationResult", fixed_node, m
     _put_in_folder(scene, folder, list(nodes.values()))
     nodes["folder"] = int(folder)
     return nodes
+
+
+def add_results_to_scene(scene, results: Sequence["RegistrationResult"], fixed_node, moving_node,
+                         reuse: bool = True, table_node=None) -> tuple:
+    """Every result (:func:`add_registration_to_scene`, glyph choices remembered with
+    :func:`remember_automatic_glyphs`) and the metrics table (:func:`update_metrics_table`).
+
+    ``table_node`` (a previous run's table) is filled again only with ``reuse``; otherwise the scene's
+    "DeepRegAblation metrics" table is used or added. Returns ``(nodes by variant, table node)``.
+    """
+    nodes: Dict[str, Dict[str, object]] = {}
+    for result in results:
+        added = add_registration_to_scene(scene, result, fixed_node, moving_node, reuse=reuse)
+        remember_automatic_glyphs(added)
+        nodes[result.variant] = added
+    table = update_metrics_table(scene, results, table_node=table_node if reuse else None)
+    return nodes, table
 
 
 def _metric_value(result: "RegistrationResult", key: str) -> float:
@@ -598,6 +793,53 @@ def result_label_layer(nodes: Dict[str, object], current_label=None):
         return None
     return "keep-current"
 
+
+
+# --------------------------------------------------------------------------- display settings
+def remember_automatic_glyphs(nodes: Dict[str, object]) -> None:
+    """Store the glyph spacing/scale that :func:`add_registration_to_scene` chose for this field
+    (in attributes of the transform node, saved with the scene): the Display section is relative to them."""
+    transform_node = nodes.get("transform")
+    display_node = transform_node.GetDisplayNode() if transform_node is not None else None
+    if display_node is not None:
+        transform_node.SetAttribute(AUTO_GLYPH_SPACING_ATTRIBUTE, repr(display_node.GetGlyphSpacingMm()))
+        transform_node.SetAttribute(AUTO_GLYPH_SCALE_ATTRIBUTE, repr(display_node.GetGlyphScalePercent()))
+
+
+def _apply_glyph_settings(transform_node, display: "DisplaySettings") -> None:
+    slicer = _slicer()
+    if transform_node.GetDisplayNode() is None:
+        transform_node.CreateDefaultDisplayNodes()
+    display_node = transform_node.GetDisplayNode()
+    auto_spacing = float(transform_node.GetAttribute(AUTO_GLYPH_SPACING_ATTRIBUTE) or display_node.GetGlyphSpacingMm())
+    auto_scale = float(transform_node.GetAttribute(AUTO_GLYPH_SCALE_ATTRIBUTE) or display_node.GetGlyphScalePercent())
+    spacing = display.glyph_spacing_mm if display.glyph_spacing_mm > 0 else auto_spacing
+    was_modifying = display_node.StartModify()
+    display_node.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH)
+    display_node.SetGlyphSpacingMm(spacing)
+    display_node.SetGlyphScalePercent(auto_scale * (spacing / auto_spacing) * display.glyph_scale_percent / 100.0)
+    display_node.SetVisibility(display.show_glyphs)
+    display_node.SetVisibility2D(display.show_glyphs)
+    display_node.EndModify(was_modifying)
+
+
+def apply_display_settings(nodes: Dict[str, object], display: "DisplaySettings") -> None:
+    """Glyphs on the displacement transform and the detJ range of the Jacobian colour table.
+
+    Glyph spacing 0 keeps the automatic spacing; the arrow length is the automatic one times
+    ``glyph_scale_percent`` / 100, and grows with the spacing so that arrows keep their room.
+    ``display``: a ``panel.DisplaySettings``.
+    """
+    transform_node = nodes.get("transform")
+    if transform_node is not None:
+        _apply_glyph_settings(transform_node, display)
+    jacobian_node = nodes.get("jacobian")
+    if jacobian_node is not None:
+        if jacobian_node.GetDisplayNode() is None:
+            jacobian_node.CreateDefaultDisplayNodes()
+        display_node = jacobian_node.GetDisplayNode()
+        display_node.SetAutoWindowLevel(False)
+        display_node.SetWindowLevelMinMax(display.jacobian_min, max(display.jacobian_max, display.jacobian_min + 1e-3))
 
 # --------------------------------------------------------------------------- saving and loading scenes
 _DEFAULT_EXTENSIONS = {

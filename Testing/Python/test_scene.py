@@ -7,6 +7,7 @@ different fixed and moving grids.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -590,3 +591,195 @@ def test_writing_and_loading_the_results_scene_prints_no_vtk_warnings(tmp_path, 
     assert not any(f.name.startswith("Labels") for f in path.parent.iterdir())  # not saved: Slicer has its own
     table = loaded.GetFirstNode(scene.METRICS_TABLE_NAME, "vtkMRMLTableNode")
     assert table.GetUseColumnTitleAsColumnHeader()
+
+
+# --------------------------------------------------------------------------- the module panel's inputs
+def test_check_inputs_refuses_unusable_inputs_in_plain_words(case):
+    fixed, moving, _ = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    scene.check_inputs(fixed_node, moving_node)  # fine
+    empty = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    vector = mrml.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    slicer.util.updateVolumeFromArray(vector, np.zeros((2, 3, 4, 3), np.float32))
+    for arguments, message in [
+        ((None, moving_node), "No fixed volume was selected."),
+        ((fixed_node, None), "No moving volume was selected."),
+        ((empty, moving_node), "The fixed volume 'empty' has no image data."),
+        ((fixed_node, vector), "The moving volume 'rgb' is not a scalar (single-component) image."),
+        ((fixed_node, fixed_node), "Fixed and moving volumes must be different volumes."),
+    ]:
+        with pytest.raises(ValueError) as raised:
+            scene.check_inputs(*arguments)
+        assert str(raised.value) == message
+    labels = scene.add_volume_node(mrml, ImageData(np.ones(FIXED_SHAPE, np.int32), FIXED_MATRIX), "fl", label=True)
+    _under_shift(mrml, labels)
+    with pytest.raises(ValueError, match=r"^The fixed labels 'fl' is under the transform 'shift'\. Harden the transform"):
+        scene.check_inputs(fixed_node, moving_node, labels, None)
+
+
+def _segmentation(mrml, labels: np.ndarray, matrix: np.ndarray, names, node_name: str):
+    """A segmentation node with one segment per label value 1, 2, ... named ``names`` (real import from a
+    label map node with the Segmentations module logic that slicer-core has)."""
+    source = scene.add_volume_node(mrml, ImageData(labels, matrix), f"{node_name}-source", label=True)
+    segmentation = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode", node_name)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(source, segmentation)
+    for index, name in enumerate(names):
+        segmentation.GetSegmentation().GetNthSegment(index).SetName(name)
+    mrml.RemoveNode(source)
+    return segmentation
+
+
+def _blocks(shape, values) -> np.ndarray:
+    """Labels in slabs along K: 0 first, then each value of ``values``."""
+    labels = np.zeros(shape, np.int16)
+    for index, value in enumerate(values):
+        labels[1 + 2 * index: 3 + 2 * index] = value
+    return labels
+
+
+def _node_ids(mrml) -> set:
+    return {mrml.GetNthNode(index).GetID() for index in range(mrml.GetNumberOfNodes())}
+
+
+def _left_behind(mrml, before: set) -> list:
+    """Nodes added since ``before`` other than those the segmentation export makes that the Slicer application
+    removes or has anyway: the temporary label map's display node (Slicer's Data module logic removes the display
+    and storage nodes of a removed node; slicer-core has no Data module), the scene's subject hierarchy node (always
+    there in Slicer), and the "<segmentation>_ColorTable" that the export of Slicer after 5.8 (slicer-core 5.13)
+    adds and 5.8 does not (a leftover of the real application, left for another issue)."""
+    left = []
+    for node_id in sorted(_node_ids(mrml) - before):
+        node = mrml.GetNodeByID(node_id)
+        if node.IsA("vtkMRMLDisplayNode") or node.IsA("vtkMRMLSubjectHierarchyNode"):
+            continue
+        if node.IsA("vtkMRMLColorTableNode") and re.search(r"_ColorTable(_\d+)?$", node.GetName()):
+            continue
+        left.append(f"{node.GetClassName()} {node.GetName()}")
+    return left
+
+
+@pytest.fixture
+def labelled_inputs(case):
+    """Fixed and moving volumes with segmentations whose segments share names in another order:
+    fixed (Brain, Tumor), moving (Ventricles, Brain, Tumor)."""
+    fixed, moving, _ = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    scene.add_default_label_colors(mrml)
+    fixed_labels = _blocks(FIXED_SHAPE, [1, 2])
+    moving_labels = _blocks(MOVING_SHAPE, [1, 2, 3])
+    fixed_seg = _segmentation(mrml, fixed_labels, FIXED_MATRIX, ["Brain", "Tumor"], "fixed-seg")
+    moving_seg = _segmentation(mrml, moving_labels, MOVING_MATRIX, ["Ventricles", "Brain", "Tumor"], "moving-seg")
+    return mrml, fixed_node, moving_node, fixed_seg, moving_seg, fixed_labels, moving_labels
+
+
+def test_segmentations_become_label_images_with_one_value_per_segment_name(labelled_inputs):
+    """Equally named segments get the same label value (1, 2, ... in order of first appearance, fixed
+    first), each exported on its own volume's grid; the temporary nodes are removed again."""
+    mrml, fixed_node, moving_node, fixed_seg, moving_seg, fixed_labels, moving_labels = labelled_inputs
+    assert scene.segment_names([fixed_seg, None, moving_seg]) == ["Brain", "Tumor", "Ventricles"]
+    before = _node_ids(mrml)
+    fixed_image, moving_image = scene.label_images(mrml, fixed_node, moving_node, fixed_seg, moving_seg)
+    assert _left_behind(mrml, before) == []
+    np.testing.assert_allclose(fixed_image.ijk_to_ras, FIXED_MATRIX, atol=1e-9)
+    np.testing.assert_allclose(moving_image.ijk_to_ras, MOVING_MATRIX, atol=1e-9)
+    np.testing.assert_array_equal(fixed_image.array, fixed_labels)  # Brain 1, Tumor 2 as in the fixed source
+    expected_moving = np.select([moving_labels == 1, moving_labels == 2, moving_labels == 3], [3, 1, 2], 0)
+    np.testing.assert_array_equal(moving_image.array, expected_moving)  # Ventricles 3, Brain 1, Tumor 2
+
+    # a label map volume is used with its own values; no labels at all gives None, None
+    own = scene.add_volume_node(mrml, ImageData(_blocks(FIXED_SHAPE, [7]), FIXED_MATRIX), "own", label=True)
+    fixed_image, moving_image = scene.label_images(mrml, fixed_node, moving_node, own, moving_seg)
+    np.testing.assert_array_equal(fixed_image.array, _blocks(FIXED_SHAPE, [7]))
+    np.testing.assert_array_equal(moving_image.array, np.select([moving_labels == 1, moving_labels == 2,
+                                                                 moving_labels == 3], [1, 2, 3], 0))
+    assert scene.label_images(mrml, fixed_node, moving_node) == (None, None)
+    assert _left_behind(mrml, before) == ["vtkMRMLLabelMapVolumeNode own"]
+
+
+def test_unusable_labels_are_refused_and_leave_no_temporary_node(labelled_inputs):
+    mrml, fixed_node, moving_node, fixed_seg, _, _, _ = labelled_inputs
+    empty = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode", "nothing")
+    before = _node_ids(mrml)
+    with pytest.raises(ValueError, match=r"^The segmentation 'nothing' has no segments\.$"):
+        scene.label_images(mrml, fixed_node, moving_node, fixed_seg, empty)
+    with pytest.raises(ValueError, match=r"^'moving' must be a label map volume or a segmentation\.$"):
+        scene.label_images(mrml, fixed_node, moving_node, fixed_seg, moving_node)
+    assert _left_behind(mrml, before) == []
+
+
+def test_write_input_files_for_the_background_run(tmp_path, labelled_inputs):
+    """The files the background command reads: NRRD volumes with the nodes' grids and the exported labels."""
+    import SimpleITK as sitk
+
+    mrml, fixed_node, moving_node, fixed_seg, moving_seg, fixed_labels, moving_labels = labelled_inputs
+    before = _node_ids(mrml)
+    files = scene.write_input_files(mrml, tmp_path, fixed_node, moving_node, fixed_seg, moving_seg)
+    assert _left_behind(mrml, before) == []
+    assert list(files) == ["fixed", "moving", "fixed_labels", "moving_labels"]
+    assert {role: path.name for role, path in files.items()} == {
+        "fixed": "fixed.nrrd", "moving": "moving.nrrd", "fixed_labels": "fixed_labels.nrrd",
+        "moving_labels": "moving_labels.nrrd"}
+    fixed_file = sitk.ReadImage(str(files["fixed"]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(fixed_file), slicer.util.arrayFromVolume(fixed_node))
+    np.testing.assert_allclose(np.asarray(fixed_file.GetOrigin()) * [-1, -1, 1], FIXED_MATRIX[:3, 3], atol=1e-4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(files["fixed_labels"]))), fixed_labels)
+    moving_file = sitk.ReadImage(str(files["moving_labels"]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(moving_file),
+                                  np.select([moving_labels == 1, moving_labels == 2, moving_labels == 3], [3, 1, 2], 0))
+    np.testing.assert_allclose(moving_file.GetSpacing(), [1.1, 1.2, 1.0], atol=1e-6)
+    (tmp_path / "plain").mkdir()
+    assert list(scene.write_input_files(mrml, tmp_path / "plain", fixed_node, moving_node)) == ["fixed", "moving"]
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["fixed.nrrd", "moving.nrrd"]
+
+
+# --------------------------------------------------------------------------- results in the panel
+def test_add_results_to_scene_remembers_glyphs_and_fills_the_table(case):
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    second = _make_case("regloss", amplitude=1.0, with_labels=False)[2]
+    mine = mrml.AddNewNodeByClass("vtkMRMLTableNode", "my table")
+    nodes, table = scene.add_results_to_scene(mrml, [result, second], fixed_node, moving_node, True, mine)
+    assert list(nodes) == ["baseline", "regloss"] and table is mine and table.GetNumberOfRows() == 2
+    assert nodes["regloss"]["warped"].GetName() == "moving-regloss-warped" and "warped_labels" not in nodes["regloss"]
+    transform = nodes["baseline"]["transform"]
+    display = transform.GetDisplayNode()
+    assert float(transform.GetAttribute(scene.AUTO_GLYPH_SPACING_ATTRIBUTE)) == display.GetGlyphSpacingMm()
+    assert float(transform.GetAttribute(scene.AUTO_GLYPH_SCALE_ATTRIBUTE)) == display.GetGlyphScalePercent()
+    # without reuse, new nodes and the scene's own metrics table, not the one given
+    fresh, other_table = scene.add_results_to_scene(mrml, [result], fixed_node, moving_node, False, mine)
+    assert fresh["baseline"]["warped"].GetID() != nodes["baseline"]["warped"].GetID()
+    assert other_table is not mine and other_table.GetName() == scene.METRICS_TABLE_NAME
+
+
+def test_display_settings_are_relative_to_the_automatic_glyphs(case):
+    from DeepRegAblationLib.panel import DisplaySettings
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    nodes = scene.add_results_to_scene(mrml, [result], fixed_node, moving_node)[0]["baseline"]
+    display = nodes["transform"].GetDisplayNode()
+    auto_spacing, auto_scale = display.GetGlyphSpacingMm(), display.GetGlyphScalePercent()
+
+    scene.apply_display_settings(nodes, DisplaySettings())  # the defaults: the automatic glyphs
+    assert display.GetGlyphSpacingMm() == pytest.approx(auto_spacing)
+    assert display.GetGlyphScalePercent() == pytest.approx(auto_scale)
+    assert display.GetVisibility() and display.GetVisibility2D()
+    jacobian_display = nodes["jacobian"].GetDisplayNode()
+    assert not jacobian_display.GetAutoWindowLevel()
+    assert (jacobian_display.GetWindowLevelMin(), jacobian_display.GetWindowLevelMax()) == pytest.approx((-1.0, 3.0))
+
+    # twice the spacing and 50 %: arrows keep their room (x2) at half the automatic length (x0.5)
+    scene.apply_display_settings(nodes, DisplaySettings(
+        show_glyphs=False, glyph_spacing_mm=2 * auto_spacing, glyph_scale_percent=50.0,
+        jacobian_min=0.5, jacobian_max=0.2))
+    assert display.GetVisualizationMode() == slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH
+    assert display.GetGlyphSpacingMm() == pytest.approx(2 * auto_spacing)
+    assert display.GetGlyphScalePercent() == pytest.approx(auto_scale)
+    assert not display.GetVisibility() and not display.GetVisibility2D()
+    assert jacobian_display.GetWindowLevelMin() == pytest.approx(0.5)
+    assert jacobian_display.GetWindowLevelMax() == pytest.approx(0.501)  # never an empty range
+    # back to automatic spacing: still relative to the remembered automatic values
+    scene.apply_display_settings(nodes, DisplaySettings(glyph_scale_percent=200.0))
+    assert display.GetGlyphSpacingMm() == pytest.approx(auto_spacing)
+    assert display.GetGlyphScalePercent() == pytest.approx(2 * auto_scale)
+    scene.apply_display_settings({}, DisplaySettings())  # nothing shown: nothing to do

@@ -9,8 +9,11 @@ the layering (no Qt below the widget). The training launcher is importable and i
 from __future__ import annotations
 
 import ast
+import enum
+import importlib
 import importlib.util
 import json
+import os
 import re
 import struct
 import subprocess
@@ -138,9 +141,26 @@ def annotation_kind(annotation: ast.expr, enums: Set[str]) -> Tuple[str, List[st
     return "unknown:" + text, extras, optional
 
 
+def library_imports(tree: ast.Module) -> Dict[str, str]:
+    """``{name: module}`` of the names the module file imports at top level from the libraries."""
+    return {alias.asname or alias.name: node.module for node in tree.body
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "DeepRegAblationLib"
+            for alias in node.names}
+
+
+def imported_enums(tree: ast.Module) -> Set[str]:
+    """The names the module file imports from the libraries that are ``enum.Enum`` classes (imported here)."""
+    names = set()
+    for name, module in library_imports(tree).items():
+        value = getattr(importlib.import_module(module), name, None)
+        if isinstance(value, type) and issubclass(value, enum.Enum):
+            names.add(name)
+    return names
+
+
 def parameter_fields() -> Dict[str, Tuple[str, List[str], bool]]:
     tree = ast.parse(gui_source())
-    enums = set(enum_classes(tree))
+    enums = set(enum_classes(tree)) | imported_enums(tree)
     cls = parameter_node_class(tree)
     return {stmt.target.id: annotation_kind(stmt.annotation, enums)
             for stmt in cls.body if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
@@ -317,18 +337,45 @@ def test_mrml_widgets_receive_the_scene():
     assert "setMRMLScene(slicer.mrmlScene)" in gui_source()
 
 
-def test_variant_choices_are_the_four_variants_and_all():
+# The combo-box choices as the module defined them before they moved to DeepRegAblationLib.options: the
+# parameter node stores a member by name, so saved scenes load only while names and values stay.
+SAVED_CHOICES = {
+    "VariantChoice": [("baseline", "baseline"), ("regloss", "regloss"), ("affine_basic", "affine_basic"),
+                      ("affine_enhanced", "affine_enhanced"), ("compare_all", "all")],
+    "DeviceChoice": [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")],
+    "RefineChoice": [("off", "off"), ("recommended", "recommended"), ("thorough", "thorough"), ("custom", "custom")],
+    "AlignmentChoice": [("auto", "auto"), ("com", "com"), ("none", "none")],
+}
+
+
+def test_module_choices_are_the_options_enums_with_the_saved_names_and_values():
+    from DeepRegAblationLib import options
     from DeepRegAblationLib.variants import VARIANTS
 
-    tree = ast.parse(gui_source())
-    choice = enum_classes(tree)["VariantChoice"]
-    values = [stmt.value.value for stmt in choice.body
-              if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)]
-    assert values[:-1] == list(VARIANTS) and values[-1] == "all"
+    imported = library_imports(ast.parse(gui_source()))
+    for name, members in SAVED_CHOICES.items():
+        assert imported.get(name) == "DeepRegAblationLib.options", f"{name} must come from DeepRegAblationLib.options"
+        choice = getattr(options, name)
+        assert [(member.name, member.value) for member in choice] == members
+    labels = {choice: [member.label() for member in getattr(options, choice)] for choice in SAVED_CHOICES}
+    assert labels == {  # the combo-box texts (the widget finds the CUDA item by its text)
+        "VariantChoice": ["baseline: U-Net, similarity only", "regloss: U-Net + regularization losses",
+                          "affine_basic: affine + U-Net, similarity only",
+                          "affine_enhanced: affine + U-Net + regularization", "Compare all four variants"],
+        "DeviceChoice": ["Auto (GPU if available)", "CPU", "CUDA GPU"],
+        "RefineChoice": ["Off (network only, fastest)", "Recommended (fast)", "Thorough (slower, to full resolution)",
+                         "Custom iterations"],
+        "AlignmentChoice": ["Automatic (when the centres are far apart)", "Always align centres of mass",
+                            "Never (use the volumes where they lie)"],
+    }
+    assert [c.value for c in options.VariantChoice][:-1] == list(VARIANTS) == list(options.VARIANT_IDS)
+    assert list(options.DeviceChoice)[-1] is options.DeviceChoice.cuda  # the widget removes the last item
+    assert not {"VariantChoice", "DeviceChoice", "RefineChoice", "AlignmentChoice"} & set(enum_classes(ast.parse(gui_source())))
 
 
 def test_gui_module_does_not_import_torch_at_load_time():
-    """PyTorch is checked on Apply through PyTorchUtils, never when Slicer loads the module."""
+    """PyTorch is checked on Apply through PyTorchUtils, never when Slicer loads the module: what the module
+    imports at top level from the libraries imports, for real, with PyTorch unimportable."""
     tree = ast.parse(gui_source())
     top_level = []
     for node in tree.body:
@@ -336,9 +383,31 @@ def test_gui_module_does_not_import_torch_at_load_time():
             top_level += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             top_level.append(node.module or "")
-    heavy = [m for m in top_level if m.split(".")[0] in ("torch", "DeepRegAblationLib", "DeepRegAblationTrainingLib", "PyTorchUtils")]
+    heavy = [m for m in top_level if m.split(".")[0] in ("torch", "DeepRegAblationTrainingLib", "PyTorchUtils")]
     assert not heavy, f"imported when the module loads: {heavy}"
+    libraries = sorted({m for m in top_level if m.split(".")[0] == "DeepRegAblationLib"}
+                       | {f"{m}.{name}" for name, m in library_imports(tree).items() if m == "DeepRegAblationLib"})
+    assert "DeepRegAblationLib.panel" in libraries and "DeepRegAblationLib.jobs" in libraries
+    probe = ("import sys; sys.modules['torch'] = None; import importlib\n"
+             f"for name in {libraries!r}: importlib.import_module(name)\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' and sys.modules[m] is not None))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": os.pathsep.join([str(GUI_DIR), str(TRAINING_DIR)])})
+    assert result.returncode == 0, f"importing {libraries} without PyTorch failed:\n{result.stderr}"
+    assert result.stdout.strip() == "[]", f"the module's libraries imported {result.stdout.strip()}"
     assert "installTorch(askConfirmation=True, torchVersionRequirement=" in gui_source()
+
+
+def test_gui_module_and_core_library_import_no_private_name():
+    """No ``from x import _y`` in the GUI module and DeepRegAblationLib (issue 22)."""
+    problems = []
+    for path in (p for p in module_python_files() if GUI_DIR in p.parents):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private:
+                    problems.append(f"{path.relative_to(REPO)}:{node.lineno} imports {private} from {node.module}")
+    assert not problems, "\n".join(problems)
 
 
 # --------------------------------------------------------------------------- CMake

@@ -11,6 +11,11 @@ look like the process Slicer starts, in the one respect under test:
 - the application itself (``Slicer --no-main-window --python-script``): ``slicer.app`` is set and
   ``slicer.util.exit`` records the status it is given instead of quitting, as Slicer only quits
   once its event loop runs: a script that never calls it leaves Slicer running.
+
+The panel's background run is reproduced whole, Qt aside: its inputs written from a real MRML scene
+(``scene.write_input_files``), its command line and environment (``panel``), run and polled by
+``jobs.BackgroundJob`` as the panel's timer does, its output read by ``panel.RegistrationJob`` and its
+results added to the scene; only the interpreter differs (this Python, not the PythonSlicer launcher).
 """
 from __future__ import annotations
 
@@ -19,14 +24,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("slicer", reason="slicer-core (real MRML) is not installed")
+slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML) is not installed")
 
 from _registration_helpers import label_volume, oblique_matrix, smooth_volume  # noqa: E402
+from DeepRegAblationLib import jobs, panel  # noqa: E402
 from DeepRegAblationLib.checkpoints import save_checkpoint  # noqa: E402
 from DeepRegAblationLib.imageio import ImageData, write_image  # noqa: E402
 from DeepRegAblationLib.networks import build_model  # noqa: E402
@@ -79,17 +86,25 @@ def test_startup_files_reproduce_slicer(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_inputs(tmp_path_factory):
-    """Tiny 3D fixed / moving NIfTI files with label maps, and an untrained baseline checkpoint."""
+def tiny_images():
+    """Tiny 3D fixed / moving images on oblique grids with their label maps."""
+    fixed = ImageData(smooth_volume((12, 14, 12), 0), oblique_matrix([1.5, 1.4, 1.6], [4, -6, 5], [0, 0, 0]), "fixed")
+    moving = ImageData(smooth_volume((13, 14, 13), 1), oblique_matrix([1.4, 1.5, 1.5], [-3, 5, 8], [1, -1, 1]), "moving")
+    return {"fixed": fixed, "moving": moving,
+            "fixed_labels": ImageData(label_volume(fixed.array), fixed.ijk_to_ras, "fixed labels"),
+            "moving_labels": ImageData(label_volume(moving.array), moving.ijk_to_ras, "moving labels")}
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory, tiny_images):
+    """The tiny images as NIfTI files, and an untrained baseline checkpoint."""
     root = tmp_path_factory.mktemp("inputs")
-    fixed = ImageData(smooth_volume((12, 14, 12), 0), oblique_matrix([1.5, 1.4, 1.6], [4, -6, 5], [0, 0, 0]))
-    moving = ImageData(smooth_volume((13, 14, 13), 1), oblique_matrix([1.4, 1.5, 1.5], [-3, 5, 8], [1, -1, 1]))
     torch.manual_seed(0)
     return {
-        "--fixed": write_image(root / "fixed.nii.gz", fixed),
-        "--moving": write_image(root / "moving.nii.gz", moving),
-        "--fixed-labels": write_image(root / "fl.nii.gz", ImageData(label_volume(fixed.array), fixed.ijk_to_ras)),
-        "--moving-labels": write_image(root / "ml.nii.gz", ImageData(label_volume(moving.array), moving.ijk_to_ras)),
+        "--fixed": write_image(root / "fixed.nii.gz", tiny_images["fixed"]),
+        "--moving": write_image(root / "moving.nii.gz", tiny_images["moving"]),
+        "--fixed-labels": write_image(root / "fl.nii.gz", tiny_images["fixed_labels"]),
+        "--moving-labels": write_image(root / "ml.nii.gz", tiny_images["moving_labels"]),
         "--model": save_checkpoint(root / "baseline.pt", build_model("baseline", 3)),
     }
 
@@ -111,6 +126,79 @@ def test_register_in_pythonslicer_writes_every_output_and_no_vtk_warning(tmp_pat
     assert json.loads((out / "metrics.json").read_text())[0]["variant"] == "baseline"
     vtk_lines = [line for line in result.stderr.splitlines() if "vtk" in line.lower() or "WARN|" in line]
     assert not vtk_lines, "\n".join(vtk_lines)
+
+
+def run_as_the_panel(tmp_path: Path, files, model, variants=("baseline",)):
+    """The Apply button's background run without Qt: the panel's command line (Python instead of the
+    PythonSlicer launcher that is not here) and environment, in a process where ``import slicer`` does not
+    bring ``slicer.util``, run by ``jobs.BackgroundJob`` and polled as the panel's QTimer does; the output
+    lines go to a ``panel.RegistrationJob``. Returns (job, exit status, cancelled, log lines, progress)."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(textwrap.dedent(PYTHONSLICER))
+    out = tmp_path / "work" / "results"
+    command = panel.register_command(files, out, list(variants), model, "cpu", 0, "auto")
+    assert command[1:3] == ["-m", "DeepRegAblationTrainingLib.cli"]
+    command[0] = sys.executable
+    env = panel.process_environment(panel.library_paths(REPO / "DeepRegAblation"),
+                                    dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1"))
+    log, fractions, exits = [], [], []
+    job = panel.RegistrationJob(
+        fixed_volume=None, moving_volume=None, work_dir=tmp_path / "work", out_dir=out, variant_ids=list(variants),
+        reuse=True, metrics_table=None, on_log=log.append, on_progress=lambda f, m: fractions.append(f),
+        on_finished=lambda outcome: None)
+    process = jobs.BackgroundJob(command, env, on_line=job.handle_line,
+                                 on_exit=lambda code, cancelled: exits.append((code, cancelled)))
+    deadline = time.time() + 300
+    while process.is_running() and time.time() < deadline:
+        process.poll()
+        time.sleep(0.05)
+    assert len(exits) == 1, "the background registration did not end in time:\n" + "\n".join(log)
+    return job, exits[0][0], exits[0][1], log, fractions
+
+
+def test_the_panels_background_run_end_to_end(tmp_path, tiny_images, tiny_inputs):
+    """Inputs written from a real MRML scene (a segmentation among them), the command the panel starts, its
+    progress and log lines, then the results read back from result.npz and added to the scene."""
+    from DeepRegAblationLib import scene
+
+    mrml = slicer.vtkMRMLScene()
+    scene.add_default_label_colors(mrml)
+    fixed_node = scene.add_volume_node(mrml, tiny_images["fixed"])
+    moving_node = scene.add_volume_node(mrml, tiny_images["moving"])
+    fixed_labels = scene.add_volume_node(mrml, tiny_images["fixed_labels"], label=True)
+    source = scene.add_volume_node(mrml, tiny_images["moving_labels"], "source", label=True)
+    moving_segmentation = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode", "moving segmentation")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(source, moving_segmentation)
+    (tmp_path / "work").mkdir()
+    files = scene.write_input_files(mrml, tmp_path / "work", fixed_node, moving_node, fixed_labels, moving_segmentation)
+
+    job, status, cancelled, log, fractions = run_as_the_panel(tmp_path, files, str(tiny_inputs["--model"]))
+    assert (status, cancelled) == (0, False), "\n".join(log)
+    assert job.ended_outcome(status, cancelled) is None and job.error_lines == []
+    assert log[0] == "baseline: registering moving.nrrd -> fixed.nrrd"  # the step line, as the panel logs it
+    assert fractions[0] == 0.0 and fractions == sorted(fractions) and fractions[-1] > 0.9
+    assert not any(line.startswith("progress ") for line in log)
+
+    results = panel.load_results(job.out_dir, job.variant_ids)
+    nodes, table = scene.add_results_to_scene(mrml, results, fixed_node, moving_node)
+    outcome = panel.RegistrationOutcome.done(fixed_node, results, nodes, table)
+    assert list(outcome.nodes) == ["baseline"] and outcome.table.GetNumberOfRows() == 1
+    assert outcome.summaryLines()[0].startswith("baseline: Dice ")  # labels reached the command
+    warped = slicer.util.arrayFromVolume(outcome.nodes["baseline"]["warped"])
+    assert warped.shape == tiny_images["fixed"].array.shape
+    assert outcome.nodes["baseline"]["warped_labels"].IsA("vtkMRMLLabelMapVolumeNode")
+
+
+def test_a_failed_background_run_reports_the_commands_error(tmp_path, tiny_inputs):
+    """A checkpoint of another variant: the command's ``error:`` line becomes the panel's message."""
+    files = {"fixed": tiny_inputs["--fixed"], "moving": tiny_inputs["--moving"]}
+    job, status, cancelled, log, _ = run_as_the_panel(tmp_path, files, str(tiny_inputs["--model"]), ["regloss"])
+    assert (status, cancelled) == (2, False)
+    outcome = job.ended_outcome(status, cancelled)
+    assert outcome.status == "failed"
+    assert outcome.message == (f"The registration process failed (exit status 2): --model checkpoint "
+                               f"{tiny_inputs['--model']} holds variant 'baseline', not 'regloss'")
 
 
 @pytest.mark.parametrize("entry", ["module", "launcher"])
