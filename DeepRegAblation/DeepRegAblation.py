@@ -601,7 +601,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
                 progress: Optional[Callable[[float, str], None]] = None) -> Dict[str, Any]:
         """Register in this process and add the results to the scene (see the class docstring)."""
         self.ensurePyTorch()
-        from DeepRegAblationLib import inference, scene
+        from DeepRegAblationLib import scene
+        from DeepRegAblationLib.registration.pipeline import register
 
         self.checkInputs(fixedVolume, movingVolume, fixedLabels, movingLabels)
         report = progress or (lambda fraction, message: logging.info(f"DeepRegAblation {100 * fraction:.0f}% {message}"))
@@ -617,7 +618,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
             def stepProgress(fraction: float, message: str, index=index) -> None:
                 report((index + fraction) / len(models), message)
 
-            results.append(inference.register(
+            results.append(register(
                 fixed, moving, model=modelArgument, fixed_labels=fixedLabelImage, moving_labels=movingLabelImage,
                 refine=refine, device=device, progress=stepProgress, initial_alignment=initialAlignment,
             ))
@@ -804,9 +805,9 @@ class DeepRegAblationTest(ScriptedLoadableModuleTest):
     @staticmethod
     def _refineIterations() -> int:
         """0 with shipped baseline weights; else a few refinement steps of the untrained network."""
-        from DeepRegAblationLib import inference
+        from DeepRegAblationLib.models.resolve import shipped_model_path
 
-        return 0 if inference.shipped_model_path("baseline", 3) is not None else 5
+        return 0 if shipped_model_path("baseline", 3) is not None else 5
 
     # -- tests
     def test_logic_process_one_variant(self):

@@ -28,7 +28,7 @@ from .options import ALIGNMENT_CHOICES, VARIANT_IDS, RefineArgument, parse_varia
 from .progress import parse_error_line, parse_progress_line
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .inference import RegistrationResult
+    from .registration.result import RegistrationResult
 
 __all__ = [
     "DisplaySettings", "RegistrationOutcome", "RegistrationJob", "checkpoint_problem", "models_to_run",
@@ -242,7 +242,7 @@ def process_environment(paths: Sequence[str], environ: Optional[Dict[str, str]] 
 def load_results(out_dir: Path, variant_ids: Sequence[str]) -> List["RegistrationResult"]:
     """The ``<variant>/result.npz`` files under ``out_dir``, read in the order of ``variant_ids``
     (other folders after them, by name). ``RuntimeError`` when there is none."""
-    from .inference import RegistrationResult
+    from .registration.result import RegistrationResult
 
     out_dir = Path(out_dir)
     result_files = sorted(out_dir.glob("*/result.npz"))
@@ -260,7 +260,7 @@ def checkpoint_problem(path: str, variants: Union[str, Sequence[str]]) -> str:
     A checkpoint file holds one variant (it must be the single chosen one; the registration checks
     that the file really holds it); a folder must hold ``<variant>.pt`` for every chosen variant.
     """
-    # integration: switch to models.resolve (keep it free of torch: the panel asks on every change)
+    # free of torch (the panel asks on every change): the paths only; models.resolve reads the files at run time
     if not path or not os.path.exists(path):
         return "Choose an existing checkpoint file or folder (or use the shipped weights)."
     ids = parse_variants(variants)
@@ -281,31 +281,27 @@ def models_to_run(model: Any, variants: Union[str, Sequence[str]], ndim: int) ->
     (:func:`checkpoint_problem` must find none missing). A checkpoint file or a ``RegistrationModel``:
     that one model.
     """
-    # integration: switch to models.resolve
-    from .inference import MODELS_DIR, shipped_model_path
+    from .models.resolve import model_sources, shipped_model_file
 
-    if model is None:
-        models = []
-        for variant in parse_variants(variants):
-            path = shipped_model_path(variant, ndim)
-            if path is None:
-                logging.warning(
-                    f"DeepRegAblation: no shipped {ndim}D weights for '{variant}' "
-                    f"({MODELS_DIR / f'{ndim}d' / f'{variant}.pt'}): using an UNTRAINED network, "
-                    "close to the identity. Choose a checkpoint or train one with DeepRegAblationTraining."
-                )
-            models.append(str(path) if path is not None else variant)
-        return models
-    if isinstance(model, (str, Path)):
+    if model is not None and not isinstance(model, (str, Path)):
+        return [model]
+    if model is not None:
         if not os.path.exists(str(model)):
             raise ValueError(f"The checkpoint file or folder does not exist: {model}")
-        if os.path.isdir(str(model)):
-            problem = checkpoint_problem(str(model), variants)
-            if problem:
-                raise ValueError(problem)
-            return [os.path.join(str(model), f"{v}.pt") for v in parse_variants(variants)]
-        return [str(model)]
-    return [model]
+        if os.path.isfile(str(model)):
+            return [str(model)]  # one model; the registration checks what the file holds
+        problem = checkpoint_problem(str(model), variants)
+        if problem:
+            raise ValueError(problem)
+    sources = model_sources(model, parse_variants(variants), ndim)
+    for variant, path in sources.items():
+        if path is None:
+            logging.warning(
+                f"DeepRegAblation: no shipped {ndim}D weights for '{variant}' "
+                f"({shipped_model_file(variant, ndim)}): using an UNTRAINED network, "
+                "close to the identity. Choose a checkpoint or train one with DeepRegAblationTraining."
+            )
+    return [str(path) if path is not None else variant for variant, path in sources.items()]
 
 
 def initial_alignment_argument(choice: str, log: Optional[Callable[[str], None]] = None) -> str:

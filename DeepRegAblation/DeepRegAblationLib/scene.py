@@ -42,11 +42,12 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import geometry, snapshots
+from . import geometry
+from .outputs import snapshots
 from .imageio import ImageData
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .inference import RegistrationResult
+    from .registration.result import RegistrationResult
     from .panel import DisplaySettings
 
 __all__ = [

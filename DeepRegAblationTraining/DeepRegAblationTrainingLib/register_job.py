@@ -4,7 +4,7 @@ Progress goes to stdout in the protocol of ``DeepRegAblationLib.progress`` (the 
 background run reads it): ``[i/n] <variant>: registering ...`` when a variant starts and
 ``progress <fraction> <message>`` lines during its registration.
 
-:func:`model_sources` / :func:`load_models` (``--model`` -> checkpoints -> models) are also the demo's.
+:func:`load_models` (``--model`` -> checkpoints -> models) is also the demo's.
 """
 from __future__ import annotations
 
@@ -19,61 +19,19 @@ from DeepRegAblationLib.progress import progress_line, step_line
 
 from .register_outputs import prepare_out_dir, staged_output, write_marker, write_summary, write_variant_outputs
 
-__all__ = ["model_sources", "load_models", "progress_printer", "run_register"]
+__all__ = ["load_models", "progress_printer", "run_register"]
 
 
-# integration: switch to models.resolve
-def model_sources(model_arg: Optional[Path], variants: List[str], ndim: int) -> Dict[str, Optional[Path]]:
-    """``{variant: checkpoint path or None (untrained)}`` from --model / the shipped weights."""
-    from DeepRegAblationLib.inference import shipped_model_path
+def load_models(model: Optional[Path], variants: List[str], ndim: int) -> Dict[str, object]:
+    """``{variant: model}`` from ``--model`` (a checkpoint, a folder of them, or ``None``: the shipped weights),
+    each checkpoint checked to hold its variant in ``ndim`` dimensions (``models.resolve.resolve_models``). Variants
+    without weights run an untrained network, with a warning on stderr."""
+    from DeepRegAblationLib.models.resolve import resolve_models, untrained_warning
 
-    if model_arg is None:
-        return {v: shipped_model_path(v, ndim) for v in variants}
-    if not model_arg.exists():
-        raise FileNotFoundError(f"--model not found: {model_arg}")
-    if model_arg.is_dir():
-        sources = {v: model_arg / f"{v}.pt" for v in variants}
-        missing = [str(p) for p in sources.values() if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"--model directory {model_arg} lacks the checkpoint(s) {missing}")
-        return sources
-    if len(variants) != 1:
-        raise ValueError(
-            f"--model {model_arg} is one file, but --variant all needs a directory holding "
-            f"{', '.join(v + '.pt' for v in VARIANT_IDS)}"
-        )
-    return {variants[0]: model_arg}
+    def warn(names: List[str]) -> None:
+        print(untrained_warning(names, ndim), file=sys.stderr)
 
-
-# integration: switch to models.resolve
-def load_models(sources: Dict[str, Optional[Path]], ndim: int) -> Dict[str, object]:
-    """Load every checkpoint (or name the untrained variant) and check variant and dimension."""
-    from DeepRegAblationLib.inference import load_registration_model
-
-    models: Dict[str, object] = {}
-    untrained = [variant for variant, path in sources.items() if path is None]
-    if untrained:
-        print(
-            f"warning: no trained {ndim}D weights for {', '.join(untrained)} (none given with --model, none "
-            f"shipped): those results are from an UNTRAINED network (close to the identity), not a trained model",
-            file=sys.stderr,
-        )
-    for variant, path in sources.items():
-        if path is None:
-            models[variant] = variant
-            continue
-        net, _, _ = load_registration_model(path, ndim)
-        loaded_id = getattr(getattr(net, "variant", None), "id", None)
-        if loaded_id != variant:
-            raise ValueError(f"--model checkpoint {path} holds variant {loaded_id!r}, not {variant!r}")
-        if int(net.ndim) != ndim:
-            kind = "single-slice (2D)" if ndim == 2 else "3D"
-            raise ValueError(
-                f"--model checkpoint {path} is a {net.ndim}D model but --fixed is a {kind} image; "
-                f"use a {ndim}D checkpoint"
-            )
-        models[variant] = net
-    return models
+    return {name: loaded.model for name, loaded in resolve_models(model, variants, ndim, on_untrained=warn).items()}
 
 
 def progress_printer(done: int, total: int) -> Callable[[float, str], None]:
@@ -114,7 +72,8 @@ def _read_inputs(args: argparse.Namespace):
 def run_register(args: argparse.Namespace) -> Path:
     """The ``register`` command's options -> every result in ``args.out`` (written all at once, see
     ``register_outputs.staged_output``). Returns ``args.out``."""
-    from DeepRegAblationLib.inference import register, resolve_device
+    from DeepRegAblationLib.registration.pipeline import register
+    from DeepRegAblationLib.registration.devices import resolve_device
 
     resolve_device(args.device)  # "cuda" without CUDA fails before any work
     out: Path = args.out
@@ -124,7 +83,7 @@ def run_register(args: argparse.Namespace) -> Path:
     read_s = time.perf_counter() - t0
     ndim = 2 if fixed.is_2d else 3
     variants = list(VARIANT_IDS) if args.variant == ALL_VARIANTS else [args.variant]
-    models = load_models(model_sources(args.model, variants, ndim), ndim)
+    models = load_models(args.model, variants, ndim)
 
     if rerun:
         print(f"note: replacing the earlier 'deepreg-ablation register' results in {out}")

@@ -105,7 +105,7 @@ def _optional_outputs(what: str, func, *args) -> List[Path]:
 
 
 def _write_snapshots(out_dir: Path, fixed, moving, result) -> List[Path]:
-    from DeepRegAblationLib import snapshots
+    from DeepRegAblationLib.outputs import snapshots
 
     return snapshots.write_snapshots(out_dir, fixed, moving, result)
 
@@ -118,7 +118,7 @@ def _write_scene(out_dir: Path, fixed, moving, results) -> Path:
 
 def write_variant_outputs(variant_dir: Path, fixed, moving, result, save_npz: bool = False) -> List[Path]:
     """Everything written per variant: NIfTI images, ITK transforms, PNG snapshots (and result.npz)."""
-    from DeepRegAblationLib import exports
+    from DeepRegAblationLib.outputs import exports
 
     written = list(exports.write_result_files(variant_dir, result).values())
     if save_npz:
@@ -134,7 +134,7 @@ def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dic
     ``extra_columns``: optional ``{variant: {column: value}}`` printed beside the table (the demo's
     error against the known displacement); the files keep the standard columns.
     """
-    from DeepRegAblationLib import exports
+    from DeepRegAblationLib.outputs import exports
 
     csv_path, json_path = exports.write_metrics(out, results)
     scene_files = _optional_outputs("Slicer scene", _write_scene, out / "scene", fixed, moving, results) if scene else []
@@ -159,7 +159,7 @@ def _format_cell(value) -> str:
 
 def format_table(records: List[dict], extra: Sequence[str] = ()) -> str:
     """Plain-text table of metrics records (``exports.METRIC_COLUMNS`` plus ``extra`` columns)."""
-    from DeepRegAblationLib.exports import METRIC_COLUMNS
+    from DeepRegAblationLib.outputs.exports import METRIC_COLUMNS
 
     columns = list(METRIC_COLUMNS) + list(extra)
     rows = [columns] + [[_format_cell(r.get(c)) for c in columns] for r in records]

@@ -102,7 +102,7 @@ def test_ablation_is_resumable(toy_ablation):
     longer += ["--variants", "baseline", "--runs-dir", str(out / "runs"), "--split", str(out / "split.json")]
     assert cli.main(longer) == 2
     assert cli.main(longer + ["--resume"]) == 0
-    from DeepRegAblationLib.checkpoints import load_checkpoint
+    from DeepRegAblationLib.models.checkpoints import load_checkpoint
 
     assert int(load_checkpoint(ckpts["baseline"])["global_step"]) == 3
 

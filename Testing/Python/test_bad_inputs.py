@@ -17,7 +17,8 @@ import sys
 import pytest
 
 from conftest import SHARED_DATA
-from DeepRegAblationLib import exports, imageio
+from DeepRegAblationLib import imageio
+from DeepRegAblationLib.outputs import exports
 from DeepRegAblationLib.imageio import ImageReadError, read_image
 from DeepRegAblationTrainingLib import cli, data
 from DeepRegAblationTrainingLib.benchmarks import reliability

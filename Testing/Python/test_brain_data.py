@@ -175,14 +175,14 @@ def test_affine_pretraining_resumes_to_the_same_weights_and_gives_an_init_checkp
     half = affine_pretrain.pretrain_affine(spec, str(tmp_path / "part"), steps=2, checkpoint_every=2, seed=2)
     resumed = affine_pretrain.pretrain_affine(spec, str(tmp_path / "part"), steps=4, checkpoint_every=2, seed=2, resume=True)
     assert half["steps"] == 2 and resumed["val_rms_mm"] == pytest.approx(whole["val_rms_mm"], rel=1e-5)
-    from DeepRegAblationLib.checkpoints import load_checkpoint
+    from DeepRegAblationLib.models.checkpoints import load_checkpoint
     a, b = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
     for key in a["model_state"]:
         assert torch.allclose(a["model_state"][key], b["model_state"][key], atol=1e-6), key
     assert a["model_config"]["variant"]["id"] == "affine_basic" and a["preprocessing"]["center"] == "com"
     assert whole["identity_val_rms_mm"] > 0
     # the checkpoint initialises an affine variant through --init-from
-    from DeepRegAblationLib.networks import build_model
+    from DeepRegAblationLib.models.network import build_model
     from DeepRegAblationTrainingLib.training.transfer import init_from_checkpoint
     init_from_checkpoint(build_model("affine_enhanced", 3), tmp_path / "whole" / "last.pt")
 
@@ -202,9 +202,9 @@ def test_shipped_split_holds_validation_subjects_of_every_dataset_out():
 
 def test_register_follows_the_checkpoints_initial_alignment_and_grid_centre(tmp_path):
     """A model trained on COM-centred grids is run the same way: COM alignment and a grid on the fixed COM."""
-    from DeepRegAblationLib.checkpoints import save_checkpoint
-    from DeepRegAblationLib.inference import register
-    from DeepRegAblationLib.networks import build_model
+    from DeepRegAblationLib.models.checkpoints import save_checkpoint
+    from DeepRegAblationLib.registration.pipeline import register
+    from DeepRegAblationLib.models.network import build_model
 
     fixed = ImageData((_blob((24, 24, 24), (12, 12, 12), 6) * 100).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), "fixed")
     moved = np.diag([2.0, 2.0, 2.0, 1.0])

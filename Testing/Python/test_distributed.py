@@ -74,7 +74,7 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path):
     for key, value in ckpt["model_state"].items():
         assert torch.equal(value, rank0["model"][key])
     training.seed_everything(0)
-    from DeepRegAblationLib.networks import build_model
+    from DeepRegAblationLib.models.network import build_model
 
     initial = build_model("regloss", 2, **TINY_ARCH).state_dict()
     assert any(not torch.equal(initial[k], rank0["model"][k]) for k in initial)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from DeepRegAblationLib import checkpoints, networks
+from DeepRegAblationLib.models import checkpoints, network as networks
 from DeepRegAblationTrainingLib import evaluation
 
 SHIFT_VOX = (2.0, 3.0)  # rows, columns

@@ -249,7 +249,7 @@ def test_ras_model_input_equals_the_training_preprocessing():
 
 def test_ras_model_transform_h5_resamples_like_the_warped_image(tmp_path):
     """RAS model grid on oblique inputs: SimpleITK + the exported transform.h5 reproduces the warped image."""
-    from DeepRegAblationLib import exports
+    from DeepRegAblationLib.outputs import exports
 
     torch.manual_seed(0)
     fixed, moving = oblique_pair()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from DeepRegAblationLib import choices, geometry, options
+from DeepRegAblationLib import geometry, options
 from DeepRegAblationLib.imageio import ImageData
 from DeepRegAblationLib.registration import alignment
 
@@ -120,41 +120,3 @@ def test_real_ixi_heads_of_different_subjects(ixi_dir):
         decision = alignment.decide_initial_alignment(fixed, moving)
         assert alignment.center_distance_mm(fixed, moving) == pytest.approx(distance, abs=1e-3)
         assert decision.initial_alignment == ("com" if distance > alignment.COM_DISTANCE_MM else "none"), decision.reason
-
-
-def test_choices_shim_names_the_moved_choices():
-    """choices.py keeps the old names until the integration step removes it (issue 22)."""
-    assert choices.refine_argument is options.refine_argument and choices.REFINE_CHOICES == options.REFINE_CHOICES
-    assert choices.ALIGNMENT_CHOICES is options.ALIGNMENT_CHOICES
-    assert choices.decide_initial_alignment is alignment.decide_initial_alignment
-
-
-# INTEGRATION (issue 22): register_arguments moves to DeepRegAblationLib/panel.py; test it there then.
-@pytest.mark.parametrize("variants, refine, labels", [
-    (["baseline"], 0, False),
-    (["baseline", "regloss", "affine_basic", "affine_enhanced"], 25, True),
-])
-def test_background_command_is_understood_by_the_register_command(tmp_path, variants, refine, labels):
-    """What the panel's background run passes is what `deepreg-ablation register` parses."""
-    from DeepRegAblationTrainingLib import cli
-
-    files = {"fixed": tmp_path / "fixed.nrrd", "moving": tmp_path / "moving.nrrd"}
-    if labels:
-        files.update(fixed_labels=tmp_path / "fl.nrrd", moving_labels=tmp_path / "ml.nrrd")
-    args = choices.register_arguments(files, tmp_path / "out", variants, str(tmp_path / "models"), "cpu", refine, "com")
-    parsed = cli.build_parser(["register"]).parse_args(args)
-    assert parsed.command == "register" and parsed.fixed == files["fixed"] and parsed.moving == files["moving"]
-    assert parsed.fixed_labels == files.get("fixed_labels") and parsed.moving_labels == files.get("moving_labels")
-    assert parsed.variant == (variants[0] if len(variants) == 1 else "all")
-    assert str(parsed.model) == str(tmp_path / "models") and parsed.device == "cpu"
-    assert parsed.refine == refine and parsed.init_align == "com" and parsed.save_npz and parsed.out == tmp_path / "out"
-    assert parsed.no_scene  # the panel builds its nodes from result.npz: no scene in the background run
-    for schedule in ("recommended", "thorough"):
-        named = choices.register_arguments(files, tmp_path / "out", variants, None, "cpu", schedule, "auto")
-        assert cli.build_parser(["register"]).parse_args(named).refine == schedule
-    with pytest.raises(ValueError, match="one variant or all four"):
-        choices.register_arguments(files, tmp_path, ["baseline", "regloss"], None, "cpu")
-    with pytest.raises(ValueError, match="initial_alignment"):
-        choices.register_arguments(files, tmp_path, ["baseline"], None, "cpu", 0, "always")
-    auto = choices.register_arguments(files, tmp_path / "out", ["baseline"], None, "cpu", 0, "auto")
-    assert cli.build_parser(["register"]).parse_args(auto).init_align == "auto"  # register decides per model

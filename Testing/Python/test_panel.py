@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from DeepRegAblationLib import panel, progress
-from DeepRegAblationLib.checkpoints import save_checkpoint
-from DeepRegAblationLib.inference import RegistrationResult, shipped_model_path
-from DeepRegAblationLib.networks import build_model
+from DeepRegAblationLib.models.checkpoints import save_checkpoint
+from DeepRegAblationLib.registration.result import RegistrationResult
+from DeepRegAblationLib.models.resolve import shipped_model_path
+from DeepRegAblationLib.models.network import build_model
 from DeepRegAblationLib.options import VARIANT_IDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,13 +242,13 @@ def test_models_to_run(checkpoint_folder, tmp_path):
 
 
 def test_models_to_run_warns_where_no_weights_are_shipped(monkeypatch, caplog):
-    from DeepRegAblationLib import inference
+    from DeepRegAblationLib.models import resolve
 
-    monkeypatch.setattr(inference, "shipped_model_path", lambda variant, ndim: None)
+    monkeypatch.setattr(resolve, "shipped_model_path", lambda variant, ndim: None)
     with caplog.at_level(logging.WARNING):
         assert panel.models_to_run(None, "affine_basic", 3) == ["affine_basic"]  # the untrained network
     expected = (f"DeepRegAblation: no shipped 3D weights for 'affine_basic' "
-                f"({inference.MODELS_DIR / '3d' / 'affine_basic.pt'}): using an UNTRAINED network, close to the "
+                f"({resolve.MODELS_DIR / '3d' / 'affine_basic.pt'}): using an UNTRAINED network, close to the "
                 "identity. Choose a checkpoint or train one with DeepRegAblationTraining.")
     assert [r.getMessage() for r in caplog.records] == [expected]
 

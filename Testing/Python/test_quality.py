@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from DeepRegAblationLib import geometry
 from DeepRegAblationLib.imageio import ImageData, read_image, write_image
+from DeepRegAblationLib.models.resolve import training_ids
 from DeepRegAblationTrainingLib import cli
 from DeepRegAblationTrainingLib.benchmarks import classical, quality
 from DeepRegAblationTrainingLib.reports import quality as quality_report
@@ -133,8 +134,8 @@ def test_dataset_pairs():
 
 def test_training_ids_from_a_checkpoint_split():
     checkpoint = {"data_split": {"kind": "mni-ixi", "train": [{"id": "MNI152", "image": "t.nii.gz"}, {"id": "IXI012"}]}}
-    assert quality.training_ids(checkpoint) == {"MNI152", "IXI012"}
-    assert quality.training_ids({"model_state": {}}) is None
+    assert training_ids(checkpoint) == {"MNI152", "IXI012"}
+    assert training_ids({"model_state": {}}) is None
 
 
 def _write_subjects(folder, n=2):
@@ -176,8 +177,8 @@ def test_quality_table_rows_and_summary(tmp_path):
 def test_quality_table_runs_a_named_checkpoint_beside_the_variants(tmp_path):
     """``NAME=CHECKPOINT`` (e.g. a sweep's runs): that file's weights, under its own row name."""
     import torch
-    from DeepRegAblationLib.checkpoints import save_checkpoint
-    from DeepRegAblationLib.networks import build_model
+    from DeepRegAblationLib.models.checkpoints import save_checkpoint
+    from DeepRegAblationLib.models.network import build_model
 
     torch.manual_seed(5)
     path = save_checkpoint(tmp_path / "runs" / "epoch_0001.pt", build_model("baseline", 3))

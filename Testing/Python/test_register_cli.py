@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from _registration_helpers import label_volume, oblique_matrix, smooth_volume
-from DeepRegAblationLib.checkpoints import save_checkpoint
-from DeepRegAblationLib.exports import METRIC_COLUMNS
+from DeepRegAblationLib.models.checkpoints import save_checkpoint
+from DeepRegAblationLib.outputs.exports import METRIC_COLUMNS
 from DeepRegAblationLib.imageio import ImageData, write_image
-from DeepRegAblationLib.inference import RegistrationResult, shipped_model_path
-from DeepRegAblationLib.networks import build_model
+from DeepRegAblationLib.registration.result import RegistrationResult
+from DeepRegAblationLib.models.resolve import shipped_model_path
+from DeepRegAblationLib.models.network import build_model
 from DeepRegAblationTrainingLib import cli
 
 VARIANTS = ("baseline", "regloss", "affine_basic", "affine_enhanced")
@@ -178,8 +179,9 @@ def test_init_align_com_puts_the_centre_of_mass_shift_into_the_affine(inputs, tm
         model.flow.conv.weight.zero_()
         model.flow.conv.bias.zero_()  # identity network: only the initial alignment moves the image
     save_checkpoint(tmp_path / "baseline.pt", model)
-    from DeepRegAblationLib import exports, inference
     from DeepRegAblationLib.imageio import read_image
+    from DeepRegAblationLib.outputs import exports
+    from DeepRegAblationLib.registration.alignment import center_of_mass_alignment
 
     code, _, _ = _run(capsys, "--fixed", inputs["fixed"], "--moving", inputs["far"], "--variant", "baseline",
                       "--model", tmp_path / "baseline.pt", "--init-align", "com", "--device", "cpu",
@@ -188,7 +190,7 @@ def test_init_align_com_puts_the_centre_of_mass_shift_into_the_affine(inputs, tm
     import SimpleITK as sitk
 
     affine = exports.affine_ras_from_itk(sitk.ReadTransform(str(tmp_path / "out" / "baseline" / "affine.tfm")))
-    expected = inference.center_of_mass_alignment(read_image(inputs["fixed"]), read_image(inputs["far"]))
+    expected = center_of_mass_alignment(read_image(inputs["fixed"]), read_image(inputs["far"]))
     np.testing.assert_allclose(affine, expected, atol=1e-4)
     assert affine[0, 3] > 350  # the moving image lies 400 mm away along R
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from DeepRegAblationLib import networks
+from DeepRegAblationLib.models import network as networks
 from DeepRegAblationTrainingLib import evaluation, reports
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

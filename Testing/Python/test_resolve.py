@@ -6,7 +6,6 @@ import re
 import pytest
 import torch
 
-from DeepRegAblationLib import inference
 from DeepRegAblationLib.models import checkpoints, resolve
 from DeepRegAblationLib.models.checkpoints import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from DeepRegAblationLib.models.network import build_model
@@ -177,7 +176,7 @@ def test_each_checkpoint_file_is_read_once(tmp_path, torch_loads):
     resolve_models(folder, list(VARIANT_IDS), 2)
     assert sorted(torch_loads) == sorted(str(folder / f"{v}.pt") for v in VARIANT_IDS)
     torch_loads.clear()
-    inference.load_registration_model(folder / "baseline.pt", 2)  # read twice before the re-layout
+    resolve_model(folder / "baseline.pt", 2)  # register()'s path (read twice before the re-layout)
     assert torch_loads == [str(folder / "baseline.pt")]
 
 
@@ -188,38 +187,3 @@ def test_model_from_checkpoint_is_load_model(tmp_path):
     assert not model.training and _same_weights(model, load_model(path))
     with pytest.raises(ValueError, match=re.escape(f"checkpoint {path} was saved for a 2D model")):
         model_from_checkpoint(ckpt, path, ndim=3)
-
-
-# --------------------------------------------------------------------------- the callers it replaces
-# INTEGRATION (issue 22): these compare the resolver with the loaders it replaces; remove them once the
-# callers (commands/register.py, quality.py, evaluation.py) go through models.resolve.
-def test_same_as_the_register_commands_loaders(tmp_path, capsys, nothing_shipped):
-    from DeepRegAblationTrainingLib.commands import register as command
-
-    path = _checkpoint(tmp_path / "b.pt", "baseline", ndim=2)
-    for model, variants, ndim in ((path, ["regloss"], 2), (path, ["baseline"], 3), (tmp_path / "x", ["baseline"], 2),
-                                  (path, list(VARIANT_IDS), 2), (tmp_path, list(VARIANT_IDS), 2)):
-        with pytest.raises((ValueError, FileNotFoundError)) as old:
-            command._load_models(command._model_sources(model, variants, ndim), ndim)
-        with pytest.raises(type(old.value), match=re.escape(str(old.value))):
-            resolve_models(model, variants, ndim)
-    capsys.readouterr()
-    command._load_models(command._model_sources(None, ["baseline"], 2), 2)
-    printed = []
-    resolve_models(None, ["baseline"], 2, on_untrained=lambda names: printed.append(untrained_warning(names, 2)))
-    assert capsys.readouterr().err.strip() == printed[0]
-
-
-def test_same_as_the_quality_benchmarks_loader(tmp_path):
-    from DeepRegAblationTrainingLib import quality
-
-    path = _checkpoint(tmp_path / "run.pt", "regloss", ndim=3, data_split=SPLIT)
-    entries = ["baseline", f"run={path}"]
-    old, new = quality.load_variant_models(entries, 3), resolve_models(None, entries, 3, seed=0)
-    assert list(old) == list(new)
-    for name in old:
-        assert old[name]["source"] == new[name].source and old[name]["path"] == str(new[name].path)
-        assert old[name]["train_ids"] == new[name].train_ids and _same_weights(old[name]["model"], new[name].model)
-    old, new = quality.load_variant_models(["affine_basic"], 3, untrained=True), resolve_models(None, ["affine_basic"], 3, untrained=True, seed=0)
-    assert old["affine_basic"]["source"] == new["affine_basic"].source == "untrained"
-    assert _same_weights(old["affine_basic"]["model"], new["affine_basic"].model)

@@ -15,9 +15,10 @@ import torch
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML) is not installed")
 
-from DeepRegAblationLib import fields, geometry, metrics, scene, snapshots  # noqa: E402
+from DeepRegAblationLib import fields, geometry, metrics, scene  # noqa: E402
+from DeepRegAblationLib.outputs import snapshots  # noqa: E402
 from DeepRegAblationLib.imageio import ImageData  # noqa: E402
-from DeepRegAblationLib.inference import RegistrationResult  # noqa: E402
+from DeepRegAblationLib.registration.result import RegistrationResult  # noqa: E402
 
 
 # --------------------------------------------------------------------------- synthetic case

@@ -350,7 +350,7 @@ SAVED_CHOICES = {
 
 def test_module_choices_are_the_options_enums_with_the_saved_names_and_values():
     from DeepRegAblationLib import options
-    from DeepRegAblationLib.variants import VARIANTS
+    from DeepRegAblationLib.models.variants import VARIANTS
 
     imported = library_imports(ast.parse(gui_source()))
     for name, members in SAVED_CHOICES.items():

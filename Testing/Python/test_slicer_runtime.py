@@ -34,9 +34,9 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML) is not in
 
 from _registration_helpers import label_volume, oblique_matrix, smooth_volume  # noqa: E402
 from DeepRegAblationLib import jobs, panel  # noqa: E402
-from DeepRegAblationLib.checkpoints import save_checkpoint  # noqa: E402
+from DeepRegAblationLib.models.checkpoints import save_checkpoint  # noqa: E402
 from DeepRegAblationLib.imageio import ImageData, write_image  # noqa: E402
-from DeepRegAblationLib.networks import build_model  # noqa: E402
+from DeepRegAblationLib.models.network import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "DeepRegAblationTraining" / "DeepRegAblationTraining.py"

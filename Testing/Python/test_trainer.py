@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from DeepRegAblationLib.checkpoints import load_model
+from DeepRegAblationLib.models.checkpoints import load_model
 from DeepRegAblationLib.losses import CompositeLoss
-from DeepRegAblationLib.networks import build_model
+from DeepRegAblationLib.models.network import build_model
 from DeepRegAblationTrainingLib import cli, data
 from DeepRegAblationTrainingLib.training import precision, trainer
 from DeepRegAblationTrainingLib.training.config import arch_overrides, train_data_spec
@@ -285,17 +285,3 @@ def test_train_options_map_to_the_data_spec_and_architecture():
     assert arch == {"enc_features": [8, 8], "dec_features": [8], "diffeomorphic": True, "affine_passes": 2, "affine_keypoints": 16}
 
 
-def test_old_module_paths_reexport_the_training_package():
-    """``trainer``, ``affine_pretrain``, ``distributed`` and ``logging_utils`` stay importable until the
-    importers move to ``training`` (issue 22's integration step removes these shims and this test)."""
-    import importlib
-
-    from DeepRegAblationTrainingLib.training.state import check_resumable
-
-    modules = [importlib.import_module(f"DeepRegAblationTrainingLib.training.{name}") for name in
-               ("config", "trainer", "state", "precision", "transfer", "validation", "affine_pretrain", "distributed", "logs")]
-    for old_name in ("trainer", "affine_pretrain", "distributed", "logging_utils"):
-        old = importlib.import_module(f"DeepRegAblationTrainingLib.{old_name}")
-        for name in old.__all__:
-            assert any(name in m.__all__ and getattr(m, name) is getattr(old, name) for m in modules), (old_name, name)
-    assert importlib.import_module("DeepRegAblationTrainingLib.trainer")._check_resumable is check_resumable

@@ -18,7 +18,9 @@ from scipy.spatial.transform import Rotation
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraining")]
 
-from DeepRegAblationLib import geometry, inference  # noqa: E402
+from DeepRegAblationLib import geometry  # noqa: E402
+from DeepRegAblationLib.models.resolve import resolve_model  # noqa: E402
+from DeepRegAblationLib.registration.pipeline import register, result_from_mapping  # noqa: E402
 from DeepRegAblationLib.imageio import as_image, normalize_intensity  # noqa: E402
 from DeepRegAblationTrainingLib.benchmarks.classical import classical_register  # noqa: E402
 
@@ -33,7 +35,7 @@ def read(subject):
 
 def affine_only_dice(fixed, moving, fixed_labels, moving_labels, affine_ras):
     disp = geometry.affine_after_displacement(affine_ras, torch.zeros((3,) + fixed.shape), fixed.ijk_to_ras)
-    return inference.result_from_mapping("affine", fixed, moving, affine_ras, disp, fixed_labels, moving_labels).metrics["dice"]
+    return result_from_mapping("affine", fixed, moving, affine_ras, disp, fixed_labels, moving_labels).metrics["dice"]
 
 
 def describe(matrix_ras, centre_ras):
@@ -49,8 +51,7 @@ def describe(matrix_ras, centre_ras):
 def main():
     checkpoint = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "DeepRegAblation/Resources/Models/3d/affine_enhanced.pt")
     torch.set_num_threads(1)
-    net, preprocessing, _ = inference.load_registration_model(checkpoint, 3)
-    net.preprocessing = preprocessing
+    net = resolve_model(checkpoint, 3).model
     images = {subject: read(subject) for subject in PAIR}
     directions = [(PAIR[0], PAIR[1]), (PAIR[1], PAIR[0])]
     print(f"checkpoint {Path(checkpoint).relative_to(ROOT) if Path(checkpoint).is_absolute() else checkpoint}")
@@ -61,7 +62,7 @@ def main():
     try:
         for dz in (-20.0, 0.0, 20.0, 40.0):
             geometry.center_of_mass_ras = lambda w, m, dz=dz: original(w, m) + np.array([0.0, 0.0, dz])
-            dice = [inference.register(images[f][0], images[m][0], net, images[f][1], images[m][1]).metrics["dice"]
+            dice = [register(images[f][0], images[m][0], net, images[f][1], images[m][1]).metrics["dice"]
                     for f, m in directions]
             print(f"dz {dz:+5.0f} mm: Dice {np.mean(dice):.3f} ({', '.join(f'{d:.3f}' for d in dice)})")
     finally:
@@ -74,7 +75,7 @@ def main():
         net.arch["affine_passes"] = passes
         full, affine = [], []
         for f, m in directions:
-            result = inference.register(images[f][0], images[m][0], net, images[f][1], images[m][1])
+            result = register(images[f][0], images[m][0], net, images[f][1], images[m][1])
             results[(passes, f)] = result.affine_ras
             full.append(result.metrics["dice"])
             affine.append(affine_only_dice(images[f][0], images[m][0], images[f][1], images[m][1], result.affine_ras))

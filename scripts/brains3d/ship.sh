@@ -11,7 +11,7 @@ set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
   .venv/bin/python -c "import sys; sys.path.insert(0, 'DeepRegAblation')
-from DeepRegAblationLib.checkpoints import ship_checkpoint
+from DeepRegAblationLib.models.checkpoints import ship_checkpoint
 print(ship_checkpoint(['$1/epoch_%04d.pt' % e for e in range($2, $3 + 1)], '$4'))"
 }
 if [ "${1:-}" = comparison ]; then

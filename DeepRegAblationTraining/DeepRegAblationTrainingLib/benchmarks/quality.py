@@ -30,13 +30,16 @@ import numpy as np
 
 from DeepRegAblationLib import geometry
 from DeepRegAblationLib.imageio import ImageData, read_image
-from DeepRegAblationLib.inference import RegistrationResult, center_of_mass_alignment, register, result_from_mapping
+from DeepRegAblationLib.models.resolve import LoadedModel, resolve_models
+from DeepRegAblationLib.registration.result import RegistrationResult
+from DeepRegAblationLib.registration.alignment import center_of_mass_alignment
+from DeepRegAblationLib.registration.pipeline import register, result_from_mapping
 
 from .classical import classical_register, identity_register, peer_register, set_threads
 from .methods import CLASSICAL_METHODS, PEER_METHODS, PEER_PACKAGES
 
 __all__ = [
-    "COM_LABEL", "QUALITY_COLUMNS", "SUMMARY_METRICS", "dataset_pairs", "training_ids", "load_variant_models",
+    "COM_LABEL", "QUALITY_COLUMNS", "SUMMARY_METRICS", "dataset_pairs",
     "refine_schedules", "quality_table", "summarize_quality",
 ]
 
@@ -80,47 +83,6 @@ def dataset_pairs(subjects: Sequence[Any], pairs: Union[str, int] = "cycle") -> 
     return cycle[:count]
 
 
-def training_ids(checkpoint: dict) -> Optional[set]:
-    """Subject ids the checkpoint's model was trained on (``data_split["train"]``), or ``None``."""
-    split = checkpoint.get("data_split") or checkpoint.get("split")
-    if not isinstance(split, dict) or not isinstance(split.get("train"), list):
-        return None
-    ids = set()
-    for entry in split["train"]:
-        ids.add(str(entry.get("id")) if isinstance(entry, dict) else str(entry))
-    return ids
-
-
-# integration: switch to models.resolve
-def load_variant_models(variants: Sequence[str], ndim: int = 3, untrained: bool = False) -> Dict[str, Dict[str, Any]]:
-    """``{name: {"model", "source", "path", "train_ids"}}`` for entries ``<variant id>`` or ``<name>=<checkpoint>``.
-
-    A variant id gets the shipped weights (``inference.shipped_model_path``; ``source`` ``"shipped"``)
-    when present and not ``untrained``, else an untrained network seeded with 0 (``"untrained"``);
-    ``<name>=<checkpoint>`` loads that checkpoint under its own row name (``"checkpoint"``; e.g. the
-    runs of a regulariser sweep beside the shipped models).
-    """
-    import torch
-    from DeepRegAblationLib import checkpoints, inference
-
-    out = {}
-    for entry in variants:
-        name, _, given = (part.strip() for part in str(entry).partition("="))
-        if given and not Path(given).is_file():
-            raise ValueError(f"variant {name!r}: checkpoint file not found: {given}")
-        path = Path(given) if given else (None if untrained else inference.shipped_model_path(name, ndim))
-        if path is None:
-            torch.manual_seed(0)
-            model, _, _ = inference.load_registration_model(name, ndim)
-            out[name] = {"model": model, "source": "untrained", "path": None, "train_ids": None}
-        else:
-            model, _, _ = inference.load_registration_model(path, ndim)
-            train_ids = training_ids(checkpoints.load_checkpoint(path))
-            out[name] = {"model": model, "source": "checkpoint" if given else "shipped", "path": str(path),
-                         "train_ids": train_ids}
-    return out
-
-
 def _row(fixed_id: str, moving_id: str, method: str, label: str, kind: str, model: str,
          seen: Optional[bool], result: RegistrationResult, dataset: str = "") -> Dict[str, Any]:
     metrics = result.metrics
@@ -138,7 +100,7 @@ def _row(fixed_id: str, moving_id: str, method: str, label: str, kind: str, mode
 
 def refine_schedules(refine: Union[int, str, Sequence[Union[int, str]], None]) -> List[Union[int, str]]:
     """The refinement schedules of :func:`quality_table`'s rows (``0`` / ``"off"`` first: the plain network)."""
-    from DeepRegAblationLib.inference import refine_schedule
+    from DeepRegAblationLib.registration.refine import refine_schedule
 
     values = list(refine) if isinstance(refine, (list, tuple)) else [refine]
     out: List[Union[int, str]] = [0]
@@ -185,7 +147,7 @@ def quality_table(
         pairs: ``(fixed, moving)`` subjects, each with ``id``, ``image`` and ``labels`` (paths;
             ``data.Subject``), e.g. from :func:`dataset_pairs`.
         variants: our variant ids (shipped 3D models, or untrained networks where none is shipped),
-            or ``<name>=<checkpoint file>`` (:func:`load_variant_models`).
+            or ``<name>=<checkpoint file>`` (``models.resolve.resolve_models``).
         methods: classical method ids (keys of :data:`.methods.CLASSICAL_METHODS`), e.g.
             :func:`.classical.classical_methods`, and peers (keys of :data:`.methods.PEER_METHODS`:
             ``elastix``, ``fireants``; see :func:`.classical.peer_status`).
@@ -213,7 +175,7 @@ def quality_table(
         raise ValueError(f"methods: unknown id(s) {unknown}; choose from {list(CLASSICAL_METHODS) + list(PEER_METHODS)}")
     schedules = refine_schedules(refine)
     set_threads(threads)
-    models = load_variant_models(variants, 3, untrained)
+    models = resolve_models(None, variants, 3, untrained=untrained, seed=0)
     rows: List[Dict[str, Any]] = []
     report = progress or (lambda message: None)
     for fixed_subject, moving_subject in pairs:
@@ -269,26 +231,26 @@ def _com_row(ids: Tuple[str, str], images: Images, dataset: str) -> Dict[str, An
     return _row(*ids, "com", COM_LABEL, "reference", "-", None, result, dataset)
 
 
-def _variant_rows(ids: Tuple[str, str], images: Images, models: Dict[str, Dict[str, Any]],
+def _variant_rows(ids: Tuple[str, str], images: Images, models: Dict[str, LoadedModel],
                   schedules: Sequence[Union[int, str]], initial_alignments: Sequence[str], device: str, dataset: str,
                   report: Callable[[str], None]) -> List[Dict[str, Any]]:
     """The rows of our variants on one pair: per variant, initial alignment and refinement schedule."""
     fixed, moving, fixed_labels, moving_labels = images
     rows: List[Dict[str, Any]] = []
     for variant, entry in models.items():
-        seen = None if entry["train_ids"] is None else all(i in entry["train_ids"] for i in ids)
-        model = {"shipped": Path(entry["path"] or "").name, "checkpoint": entry["path"]}.get(entry["source"], "untrained")
+        seen = None if entry.train_ids is None else all(i in entry.train_ids for i in ids)
+        model = {"shipped": Path(entry.path or "").name, "checkpoint": str(entry.path)}.get(entry.source, "untrained")
         for alignment in initial_alignments:
             for schedule in schedules:
                 schedule = _schedule_for(schedule, variant)
                 if schedule is None:
                     continue
-                result = register(fixed, moving, model=entry["model"], fixed_labels=fixed_labels,
+                result = register(fixed, moving, model=entry.model, fixed_labels=fixed_labels,
                                   moving_labels=moving_labels, device=device, refine=schedule,
                                   initial_alignment=alignment)
                 method_suffix, label_suffix = _refine_names(schedule) if schedule else ("", "")
                 method = variant + ("+com" if alignment == "com" else "") + method_suffix
-                label = (f"{variant} ({entry['source']})"
+                label = (f"{variant} ({entry.source})"
                          + (" after centre-of-mass alignment" if alignment == "com" else "") + label_suffix)
                 rows.append(_row(*ids, method, label, "ours", model, seen, result, dataset))
                 report(f"{ids[1]} -> {ids[0]} {method}: dice {rows[-1]['dice']:.3f} ({rows[-1]['runtime_s']:.1f} s)")

@@ -219,8 +219,8 @@ class Inputs:
 
 
 def make_inputs(folder: Path) -> Inputs:
-    from DeepRegAblationLib.checkpoints import save_checkpoint
-    from DeepRegAblationLib.networks import build_model
+    from DeepRegAblationLib.models.checkpoints import save_checkpoint
+    from DeepRegAblationLib.models.network import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -250,7 +250,7 @@ def _register_command(path: Path, role: str, inputs: Inputs, out: Path) -> Tuple
 
 
 def _register_api(path: Path, role: str, inputs: Inputs, out: Path) -> None:
-    from DeepRegAblationLib.inference import register
+    from DeepRegAblationLib.registration.pipeline import register
 
     fixed, fixed_labels = _pair(path, role, inputs)
     register(fixed, inputs.moving, inputs.model, fixed_labels=fixed_labels, moving_labels=inputs.moving_labels,
@@ -296,10 +296,10 @@ def _bench_quality(path: Path, role: str, inputs: Inputs, out: Path) -> None:
 
 
 def _demo_template(path: Path, role: str, inputs: Inputs, out: Path) -> None:
-    from .. import data
+    from ..data import mni
 
-    with mock.patch.object(data, "nilearn_data_dir", lambda: path.parent):  # the nilearn package folder
-        data.load_mni_template(ndim=3, with_labels=False)
+    with mock.patch.object(mni, "nilearn_data_dir", lambda: path.parent):  # the nilearn package folder
+        mni.load_mni_template(ndim=3, with_labels=False)
 
 
 @dataclass(frozen=True)

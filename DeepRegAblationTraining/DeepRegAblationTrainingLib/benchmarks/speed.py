@@ -95,8 +95,8 @@ def _synthetic_pair(shape, device):
 def _case_train(case: dict, device) -> dict:
     import torch
     from DeepRegAblationLib.losses import CompositeLoss
-    from DeepRegAblationLib.networks import build_model
-    from DeepRegAblationLib.variants import get_variant
+    from DeepRegAblationLib.models.network import build_model
+    from DeepRegAblationLib.models.variants import get_variant
 
     shape = tuple(case["shape"])
     ndim = len(shape)
@@ -134,7 +134,7 @@ def _case_train(case: dict, device) -> dict:
 
 def _case_model(case: dict, device) -> dict:
     import torch
-    from DeepRegAblationLib.networks import build_model
+    from DeepRegAblationLib.models.network import build_model
 
     shape = tuple(case["shape"])
     ndim = len(shape)
@@ -160,10 +160,10 @@ def _case_model(case: dict, device) -> dict:
 
 def _case_pipeline(case: dict, device) -> dict:
     import numpy as np
-    from DeepRegAblationLib.exports import write_result_files
+    from DeepRegAblationLib.outputs.exports import write_result_files
     from DeepRegAblationLib.imageio import ImageData, read_image, write_image
-    from DeepRegAblationLib.inference import register
-    from DeepRegAblationLib.networks import build_model
+    from DeepRegAblationLib.registration.pipeline import register
+    from DeepRegAblationLib.models.network import build_model
 
     shape = tuple(case["shape"])
     ndim = len(shape)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from DeepRegAblationLib.losses import REGULARIZERS, SIMILARITIES
-from DeepRegAblationLib.variants import VARIANTS
+from DeepRegAblationLib.models.variants import VARIANTS
 
 from ..data import PAIR_MODES
 from ..training.config import TrainConfig, arch_overrides, parse_regularizers, train_data_spec

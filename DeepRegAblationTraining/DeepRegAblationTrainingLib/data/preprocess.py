@@ -171,7 +171,7 @@ class Preprocess:
             ``{"image": (1, *S) float32, "labels": (1, *S) int64 or None, "spacing_mm": tuple (ndim,),
             "ijk_to_ras": (4, 4) model grid}``.
         """
-        from DeepRegAblationLib.inference import model_grid_spec
+        from DeepRegAblationLib.registration.model_grid import model_grid_spec
 
         if labels is not None and tuple(labels.array.shape) != tuple(image.array.shape):
             raise ValueError(

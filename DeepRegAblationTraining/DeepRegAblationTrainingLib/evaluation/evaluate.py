@@ -36,8 +36,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from DeepRegAblationLib import checkpoints, fields, metrics
-from DeepRegAblationLib.inference import resolve_device
+from DeepRegAblationLib import fields, metrics
+from DeepRegAblationLib.models.resolve import load_model_file
+from DeepRegAblationLib.registration.devices import resolve_device
 
 from .endpoint_error import mean_endpoint_error_mm
 
@@ -241,13 +242,12 @@ def evaluate_model(
     return rows
 
 
-# integration: switch to models.resolve
 def load_trained_model(ckpt_path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
-    """Model from a checkpoint file (``FileNotFoundError`` when it does not exist)."""
+    """Model from a checkpoint file (``models.resolve.load_model_file``; ``FileNotFoundError`` when it does not exist)."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return checkpoints.load_model(str(path), device=resolve_device(device))
+    return load_model_file(path).model.to(resolve_device(device))
 
 
 def evaluate_checkpoint(

@@ -38,7 +38,7 @@ def ablation_runs(variants: Sequence[str], tuned_reg_scale: Optional[float] = No
     regularised variant V is followed by ``V_tuned``: V with every regulariser weight x M and
     a constant schedule (``arm`` ``"tuned"``).
     """
-    from DeepRegAblationLib.variants import get_variant
+    from DeepRegAblationLib.models.variants import get_variant
 
     if tuned_reg_scale is not None and not (math.isfinite(float(tuned_reg_scale)) and float(tuned_reg_scale) > 0):
         raise ValueError(f"--tuned-reg-scale must be a number > 0, got {tuned_reg_scale!r}")
@@ -59,7 +59,7 @@ def ablation_runs(variants: Sequence[str], tuned_reg_scale: Optional[float] = No
 
 def describe_run(run_entry: Mapping[str, Any]) -> str:
     """One "variants" entry of the report's setup: what the run trains and with which regularisation."""
-    from DeepRegAblationLib.variants import get_variant
+    from DeepRegAblationLib.models.variants import get_variant
 
     spec = get_variant(run_entry["variant"])
     text = f"`{run_entry['name']}`: {spec.description} (lr {spec.lr:g}, similarity {spec.similarity}"
@@ -107,7 +107,7 @@ def run_ablation(args: argparse.Namespace, command: str) -> Tuple[Dict[str, Path
 def _report_setup(exp: Experiment, args: argparse.Namespace, runs: Sequence[Mapping[str, Any]], variants: Sequence[str],
                   tuned: Optional[float]) -> Tuple[Dict[str, str], List[str]]:
     """The report's "Setup" lines and notes: the shared setup, what each run trains, the schedule and the arms."""
-    from DeepRegAblationLib.variants import get_variant
+    from DeepRegAblationLib.models.variants import get_variant
 
     notes = [budget_note(exp, args)]
     setup = setup_lines(exp, args)

@@ -78,7 +78,7 @@ def run_demo(out: Path, refine: Union[int, str] = "recommended", max_disp_mm: fl
     ``model``: a folder of ``<variant>.pt`` 3D checkpoints (default: the shipped models). Returns
     the end-point errors ``{run name or "identity": {"epe_mean_mm", "epe_p95_mm"}}``.
     """
-    from DeepRegAblationLib.inference import resolve_device
+    from DeepRegAblationLib.registration.devices import resolve_device
 
     from ..register_outputs import prepare_out_dir, write_marker
 
@@ -97,7 +97,7 @@ def run_demo(out: Path, refine: Union[int, str] = "recommended", max_disp_mm: fl
 
 def _write_inputs(folder: Path, fixed, moving, fixed_labels, moving_labels, disp_true: np.ndarray) -> None:
     """The pair, its label maps and the known displacement (an ITK field) in ``folder``."""
-    from DeepRegAblationLib import exports
+    from DeepRegAblationLib.outputs import exports
     from DeepRegAblationLib.imageio import write_image
 
     for image in (fixed, moving, fixed_labels, moving_labels):
@@ -108,13 +108,13 @@ def _write_inputs(folder: Path, fixed, moving, fixed_labels, moving_labels, disp
 def _register_runs(out: Path, fixed, moving, fixed_labels, moving_labels, disp_true: np.ndarray, brain: np.ndarray,
                    refine: Union[int, str], model: Optional[Path], device: str) -> Dict[str, Dict[str, float]]:
     """Every variant (and the refined run) on the pair: outputs, the summary table and the end-point errors."""
-    from DeepRegAblationLib.inference import register
+    from DeepRegAblationLib.registration.pipeline import register
 
     from ..evaluation.endpoint_error import endpoint_error_stats_mm
-    from ..register_job import load_models, model_sources
+    from ..register_job import load_models
     from ..register_outputs import write_summary, write_variant_outputs
 
-    models = load_models(model_sources(model, list(VARIANT_IDS), 3), 3)
+    models = load_models(model, list(VARIANT_IDS), 3)
     runs = [(v, v, 0) for v in VARIANT_IDS]
     if refine not in ("off", 0):
         suffix = f"+refine{refine}" if isinstance(refine, int) else f"+refine-{refine}"

@@ -114,7 +114,7 @@ def prepare_experiment(args: argparse.Namespace) -> Experiment:
 
 def _final_state(run_dir: Path, steps: int) -> str:
     """``"new"``, ``"partial"`` or ``"done"`` for the run folder (``ValueError`` if it went past ``steps``)."""
-    from DeepRegAblationLib.checkpoints import load_checkpoint
+    from DeepRegAblationLib.models.checkpoints import load_checkpoint
 
     last = run_dir / "last.pt"
     if not last.is_file():
@@ -146,14 +146,16 @@ def train_variant(exp: Experiment, name: str, variant: Any, args: argparse.Names
     the variant's own; ``"constant"`` / M: the "tuned" arm). Returns ``{"name", "checkpoint",
     "run_dir", "trained_now", "wall_s", "mean_step_s", "steps", "schedule", "reg_scale"}``.
     """
-    from .. import trainer
-    from DeepRegAblationLib.checkpoints import load_checkpoint
+    from DeepRegAblationLib.models.checkpoints import load_checkpoint
+
+    from ..training import TrainConfig, train
+    from ..training.state import check_resumable
 
     run_dir = exp.runs_dir / name
     data = dict(exp.spec)
     data["val_pairs"] = int(args.train_val_pairs)
     data["augment"] = None if args.no_augment else {}
-    config = trainer.TrainConfig(
+    config = TrainConfig(
         variant=variant, out_dir=str(run_dir), data=data, steps=exp.steps, steps_per_epoch=exp.steps_per_epoch,
         batch_size=int(args.batch_size), seed=exp.seed, device=args.device, threads=args.threads, resume=bool(args.resume),
         checkpoint_every=0, val_every=1 if args.train_val_pairs > 0 else 0, log_tensorboard=False, progress_bar=False,
@@ -166,12 +168,12 @@ def train_variant(exp: Experiment, name: str, variant: Any, args: argparse.Names
         saved = load_checkpoint(run_dir / "last.pt")
         _check_regularisation(saved.get("config") or {}, schedule, reg_scale, run_dir / "last.pt")
         if state == "done":
-            trainer._check_resumable(saved, config, run_dir / "last.pt")  # integration: the public resumability check
+            check_resumable(saved, config, run_dir / "last.pt")
     t0 = time.perf_counter()
     trained_now = state != "done"
     if trained_now:
         print(f"[{name}] training {exp.steps} steps -> {run_dir}", file=sys.stderr, flush=True)
-        trainer.train(config)
+        train(config)
     else:
         print(f"[{name}] final checkpoint exists, not retrained: {run_dir / 'last.pt'}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0 if trained_now else _logged_training_seconds(run_dir / "epochs.csv")

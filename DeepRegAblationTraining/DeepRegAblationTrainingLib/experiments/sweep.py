@@ -64,7 +64,7 @@ def regularizer_name(reg_type: str) -> str:
 
 def scale_runs(args: argparse.Namespace) -> List[Tuple[str, float]]:
     """``(run name, M)`` of a ``--reg-scales`` sweep, M ascending, without repeats (``ValueError`` on bad input)."""
-    from DeepRegAblationLib.variants import get_variant
+    from DeepRegAblationLib.models.variants import get_variant
 
     for flag, value in (("--reg-types", args.reg_types), ("--lambdas", args.lambdas), ("--runs", args.runs),
                         ("--similarity", args.similarity), ("--lr", args.lr)):
@@ -105,7 +105,7 @@ def sweep_runs(args: argparse.Namespace) -> List[Tuple[str, float]]:
 def run_variant(reg_type: str, lam: float, similarity: str, lr: float) -> Dict[str, Any]:
     """The baseline variant with one constant-weight regulariser, as a ``VariantSpec`` dict."""
     from DeepRegAblationLib.losses import SIMILARITIES
-    from DeepRegAblationLib.variants import get_variant
+    from DeepRegAblationLib.models.variants import get_variant
 
     if similarity not in SIMILARITIES:
         raise ValueError(f"--similarity must be one of {sorted(SIMILARITIES)}, got {similarity!r}")
@@ -199,7 +199,7 @@ def run_scale_sweep(args: argparse.Namespace, command: str) -> Tuple[Dict[str, P
     ``command``: the command line that reproduces the report. Returns ``(report paths, seconds
     from the first training to the written report)``.
     """
-    from DeepRegAblationLib.variants import get_variant
+    from DeepRegAblationLib.models.variants import get_variant
 
     from ..reports.sweep import write_sweep_report
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from DeepRegAblationLib import fields
-from DeepRegAblationLib.checkpoints import load_checkpoint, load_model_state, save_checkpoint
-from DeepRegAblationLib.networks import build_model
+from DeepRegAblationLib.models.checkpoints import load_checkpoint, load_model_state, save_checkpoint
+from DeepRegAblationLib.models.network import build_model
 
 from ..augment import Augment, random_rotation, seeded_generator
 from ..data import DataBundle, Subject, SubjectStore, build_data

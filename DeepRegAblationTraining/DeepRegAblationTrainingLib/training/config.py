@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from DeepRegAblationLib.losses import REGULARIZERS, SIMILARITIES
-from DeepRegAblationLib.variants import VariantSpec, get_variant
+from DeepRegAblationLib.models.variants import VariantSpec, get_variant
 
 from ..data import parse_data_argument
 

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from DeepRegAblationLib.networks import RegistrationModel
+from DeepRegAblationLib.models.network import RegistrationModel
 
 __all__ = ["amp_dtype", "enable_mixed_precision"]
 

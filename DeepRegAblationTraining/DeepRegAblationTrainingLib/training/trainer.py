@@ -47,11 +47,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from DeepRegAblationLib.checkpoints import load_checkpoint, save_checkpoint
-from DeepRegAblationLib.inference import resolve_device
+from DeepRegAblationLib.models.checkpoints import load_checkpoint, save_checkpoint
+from DeepRegAblationLib.registration.devices import resolve_device
 from DeepRegAblationLib.losses import CompositeLoss
-from DeepRegAblationLib.networks import RegistrationModel, build_model
-from DeepRegAblationLib.variants import VariantSpec
+from DeepRegAblationLib.models.network import RegistrationModel, build_model
+from DeepRegAblationLib.models.variants import VariantSpec
 
 from ..augment import seeded_generator
 from ..data import DataBundle, build_data, collate_pairs, data_ndim

@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Mapping, Union
 
 import torch
 
-from DeepRegAblationLib.checkpoints import architecture, describe_architecture, load_checkpoint, load_model_state
-from DeepRegAblationLib.networks import RegistrationModel
+from DeepRegAblationLib.models.checkpoints import architecture, describe_architecture, load_checkpoint, load_model_state
+from DeepRegAblationLib.models.network import RegistrationModel
 
 __all__ = ["init_from_checkpoint", "frozen_parameters"]
 

@@ -9,7 +9,7 @@ import torch
 
 from DeepRegAblationLib import fields, metrics
 from DeepRegAblationLib.losses import SIMILARITIES
-from DeepRegAblationLib.networks import RegistrationModel
+from DeepRegAblationLib.models.network import RegistrationModel
 
 from ..data import collate_pairs
 
