@@ -537,6 +537,22 @@ def test_module_code_runs_on_python_39(path):
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
 
 
+SCENE_PACKAGE = LIB_DIRS[0] / "scene"
+
+
+def is_scene_adapter(path: Path) -> bool:
+    """A module of the MRML adapter, ``DeepRegAblationLib/scene/`` (the one place that may import slicer)."""
+    return SCENE_PACKAGE in path.parents
+
+
+def test_the_scene_adapter_is_the_scene_package():
+    assert (SCENE_PACKAGE / "__init__.py").is_file()
+    assert not (LIB_DIRS[0] / "scene.py").exists()
+    assert is_scene_adapter(SCENE_PACKAGE / "nodes.py") and is_scene_adapter(SCENE_PACKAGE / "__init__.py")
+    assert not is_scene_adapter(LIB_DIRS[0] / "panel.py")
+    assert not is_scene_adapter(LIB_DIRS[1] / "scene" / "nodes.py")
+
+
 @pytest.mark.parametrize("lib", LIB_DIRS, ids=lambda p: p.name)
 def test_libraries_import_no_qt_and_only_the_scene_adapter_imports_mrml(lib):
     problems = []
@@ -551,8 +567,9 @@ def test_libraries_import_no_qt_and_only_the_scene_adapter_imports_mrml(lib):
             for module in modules:
                 if module in QT_MODULES or module.split(".")[0] in ("qt", "ctk", "PythonQt") or module.startswith("qSlicer"):
                     problems.append(f"{path.name}:{node.lineno} imports {module} (Qt belongs to the widget only)")
-                if module.split(".")[0] == "slicer" and not (lib.name == "DeepRegAblationLib" and path.name == "scene.py"):
-                    problems.append(f"{path.name}:{node.lineno} imports {module} (only scene.py may use MRML)")
+                if module.split(".")[0] == "slicer" and not is_scene_adapter(path):
+                    problems.append(f"{path.relative_to(lib)}:{node.lineno} imports {module} "
+                                    f"(only the scene package may use MRML)")
     assert not problems, "\n".join(problems)
 
 
