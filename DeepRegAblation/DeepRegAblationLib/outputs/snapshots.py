@@ -7,7 +7,7 @@ proportions (mm), radiological convention: patient left on screen right, anterio
 superior) up.
 
 The colour definitions used here are also the ones the scene adapter gives Slicer
-(``scene.py``), so a snapshot and the Slicer views agree:
+(``scene/display.py``), so a snapshot and the Slicer views agree:
 
 - Jacobian determinant: :data:`JACOBIAN_RANGE` = (-1, 3), centred at 1 (white), blue for
   contraction and red for expansion, symmetric in ``log(detJ)`` (full colour at 1/3 and 3),
@@ -62,7 +62,7 @@ _MAGNITUDE_POINTS = (
 SNAPSHOT_NAMES = ("glyphs.png", "jacobian.png", "checkerboard.png")
 
 
-# --------------------------------------------------------------------------- colours (shared with scene.py)
+# --------------------------------------------------------------------------- colours (shared with scene/display.py)
 def jacobian_colors(size: int = JACOBIAN_TABLE_SIZE) -> np.ndarray:
     """RGB colours ``(size, 3)`` in [0, 1] of the Jacobian table spanning :data:`JACOBIAN_RANGE`.
 
