@@ -6,11 +6,12 @@ resolved to a unit of the two libraries: a top-level module or package (``regist
 or a submodule that :data:`LAYERS` places on its own (``benchmarks.reliability``). :data:`LAYERS` lists
 the units from the bottom up; a unit may import its own layer and those below, never one above. The
 training library sits above all of the core, so the core never imports it. docs/architecture.md draws
-the same layers.
+the same layers and places every module (checked at the end).
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -242,3 +243,22 @@ def test_the_checker_reports_an_unplaced_module_and_imports_in_a_root_package(pl
     _write(roots["HighLib"], "__init__.py", "from .app import top\n")
     assert unplaced_units(roots, layers) == ["LowLib.new", "LowLib.newpkg"]
     assert root_package_imports(roots) == ["HighLib/__init__.py:1 imports HighLib.app"]
+
+
+# --------------------------------------------------------------------------- the page that draws them
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+
+
+def test_docs_architecture_places_every_module_and_draws_these_layers():
+    """docs/architecture.md's tree names every module, and its layer tables list the units of LAYERS in order."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    tree = text[text.index("## The tree"):text.index("## Layers")]
+    words = set(re.findall(r"[A-Za-z_]+", tree))
+    missing = [f"{library}/{path.relative_to(root).as_posix()}" for library, root, path in library_files(LIBRARIES)
+               if path.stem != "__init__" and path.stem not in words]
+    assert not missing, f"not in the tree of {ARCHITECTURE.name}: {missing}"
+    layers = text[text.index("## Layers"):text.index("## Conventions")]
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", layers, flags=re.M)
+    drawn = [tuple(re.findall(r"`([a-z_.]+)`", units)) for _, units in rows]
+    assert drawn == [units for _, units in LAYERS]
+    assert [int(number) for number, _ in rows] == list(range(1, len(LAYERS) + 1))
