@@ -398,15 +398,39 @@ def test_gui_module_does_not_import_torch_at_load_time():
     assert "installTorch(askConfirmation=True, torchVersionRequirement=" in gui_source()
 
 
-def test_gui_module_and_core_library_import_no_private_name():
-    """No ``from x import _y`` in the GUI module and DeepRegAblationLib (issue 22)."""
+SCRIPTS = sorted((REPO / "scripts" / "brains3d").glob("*.py"))
+
+
+def private_imports(path: Path) -> List[str]:
+    """``from x import _y`` and ``import x._y`` in ``path`` (``from __future__`` aside), one line each."""
     problems = []
-    for path in (p for p in module_python_files() if GUI_DIR in p.parents):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
-                private = [a.name for a in node.names if a.name.startswith("_")]
-                if private:
-                    problems.append(f"{path.relative_to(REPO)}:{node.lineno} imports {private} from {node.module}")
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            private = [a.name for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Import):
+            private = [a.name for a in node.names if any(part.startswith("_") for part in a.name.split("."))]
+        else:
+            continue
+        if private:
+            problems.append(f"{path.relative_to(REPO) if REPO in path.parents else path.name}:{node.lineno} "
+                            f"imports {private} from {getattr(node, 'module', None) or 'its package'}")
+    return problems
+
+
+def test_private_import_check_catches_private_names(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from __future__ import annotations\nfrom a.b import public, _private\nimport a._c\n"
+                   "def f():\n    from . import _inner\n")
+    assert len(private_imports(bad)) == 3
+    good = tmp_path / "good.py"
+    good.write_text("from __future__ import annotations\nfrom a.b import public as _alias\nimport a.b\n")
+    assert private_imports(good) == []
+
+
+def test_no_module_library_or_script_imports_a_private_name():
+    """No ``from x import _y`` in the two Slicer modules, both libraries and scripts/brains3d (issue 22)."""
+    assert len(module_python_files()) > 100 and SCRIPTS
+    problems = [line for path in module_python_files() + SCRIPTS for line in private_imports(path)]
     assert not problems, "\n".join(problems)
 
 
@@ -537,6 +561,22 @@ def test_module_code_runs_on_python_39(path):
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
 
 
+SCENE_PACKAGE = LIB_DIRS[0] / "scene"
+
+
+def is_scene_adapter(path: Path) -> bool:
+    """A module of the MRML adapter, ``DeepRegAblationLib/scene/`` (the one place that may import slicer)."""
+    return SCENE_PACKAGE in path.parents
+
+
+def test_the_scene_adapter_is_the_scene_package():
+    assert (SCENE_PACKAGE / "__init__.py").is_file()
+    assert not (LIB_DIRS[0] / "scene.py").exists()
+    assert is_scene_adapter(SCENE_PACKAGE / "nodes.py") and is_scene_adapter(SCENE_PACKAGE / "__init__.py")
+    assert not is_scene_adapter(LIB_DIRS[0] / "panel.py")
+    assert not is_scene_adapter(LIB_DIRS[1] / "scene" / "nodes.py")
+
+
 @pytest.mark.parametrize("lib", LIB_DIRS, ids=lambda p: p.name)
 def test_libraries_import_no_qt_and_only_the_scene_adapter_imports_mrml(lib):
     problems = []
@@ -551,8 +591,9 @@ def test_libraries_import_no_qt_and_only_the_scene_adapter_imports_mrml(lib):
             for module in modules:
                 if module in QT_MODULES or module.split(".")[0] in ("qt", "ctk", "PythonQt") or module.startswith("qSlicer"):
                     problems.append(f"{path.name}:{node.lineno} imports {module} (Qt belongs to the widget only)")
-                if module.split(".")[0] == "slicer" and not (lib.name == "DeepRegAblationLib" and path.name == "scene.py"):
-                    problems.append(f"{path.name}:{node.lineno} imports {module} (only scene.py may use MRML)")
+                if module.split(".")[0] == "slicer" and not is_scene_adapter(path):
+                    problems.append(f"{path.relative_to(lib)}:{node.lineno} imports {module} "
+                                    f"(only the scene package may use MRML)")
     assert not problems, "\n".join(problems)
 
 

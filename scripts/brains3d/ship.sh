@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shipped 3D files: each run's last ten checkpoints (steps 4100-5000, one per 100 steps: the annealed end of the
 # run, train.sh with ANNEAL=1000) averaged into one file without the resume-only state
-# (DeepRegAblationLib.checkpoints.ship_checkpoint with several sources).
+# (DeepRegAblationLib.models.checkpoints.ship_checkpoint with several sources).
 # "ship.sh comparison": the same average over steps 2100-3000 of the tuned runs and of the reference arm
 # (runs/brains3d/<variant>_reference_3k), for the equal-budget comparison of the two regularisation strengths
 # (evaluate.sh), written as runs/brains3d/<run>/average_21-30.pt; and over steps 3100-4000 of the four shipped runs

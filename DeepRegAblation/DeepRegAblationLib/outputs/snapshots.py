@@ -7,7 +7,7 @@ proportions (mm), radiological convention: patient left on screen right, anterio
 superior) up.
 
 The colour definitions used here are also the ones the scene adapter gives Slicer
-(``scene.py``), so a snapshot and the Slicer views agree:
+(``scene/display.py``), so a snapshot and the Slicer views agree:
 
 - Jacobian determinant: :data:`JACOBIAN_RANGE` = (-1, 3), centred at 1 (white), blue for
   contraction and red for expansion, symmetric in ``log(detJ)`` (full colour at 1/3 and 3),
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -62,7 +62,7 @@ _MAGNITUDE_POINTS = (
 SNAPSHOT_NAMES = ("glyphs.png", "jacobian.png", "checkerboard.png")
 
 
-# --------------------------------------------------------------------------- colours (shared with scene.py)
+# --------------------------------------------------------------------------- colours (shared with scene/display.py)
 def jacobian_colors(size: int = JACOBIAN_TABLE_SIZE) -> np.ndarray:
     """RGB colours ``(size, 3)`` in [0, 1] of the Jacobian table spanning :data:`JACOBIAN_RANGE`.
 
@@ -379,26 +379,26 @@ def _background_plane(view: SliceView, volume: np.ndarray) -> np.ndarray:
     return view.extract(normalize_intensity(volume))
 
 
-def render_glyphs(path: PathLike, fixed: "ImageData", result: "RegistrationResult",
-                  size: Tuple[int, int] = (900, 800), arrows_across: int = 24) -> Path:
-    """``glyphs.png``: the fixed slice with in-plane displacement arrows coloured by |u| (mm).
+class _GlyphSamples(NamedTuple):
+    """The arrows of a glyph snapshot, one entry per arrow (``N`` arrows on a regular pixel lattice).
 
-    Arrows sit on every ``stride``-th pixel (about ``arrows_across`` along the longer side);
-    the arrow length is the in-plane displacement scaled so the 95th-percentile arrow spans
-    0.9 arrow spacings (the scale is written on the image). Colour: full 3D magnitude, ramp
-    from 0 to the 99th percentile of |u| over the whole field.
+    ``rows`` / ``cols``: ``(N,)`` pixel indices of the slice (row 0 at the bottom); ``u_x`` / ``u_y``:
+    ``(N,)`` in-plane displacement along screen right / screen up, mm; ``magnitude``: ``(N,)`` full 3D
+    |u| in mm; ``spacing_mm``: the distance between neighbouring arrows (the smaller pixel size times
+    the stride).
     """
-    _init_vtk_rendering()
-    from vtkmodules.util import numpy_support
-    from vtkmodules.vtkCommonCore import vtkPoints
-    from vtkmodules.vtkCommonDataModel import vtkPolyData
-    from vtkmodules.vtkFiltersCore import vtkGlyph3D
-    from vtkmodules.vtkFiltersSources import vtkGlyphSource2D
-    from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
 
-    view = SliceView(result.fixed_ijk_to_ras, np.shape(fixed.array))
-    background = _background_plane(view, fixed.array)
-    disp = view.extract(np.asarray(result.disp_ras_mm, dtype=np.float64))  # (rows, cols, 3)
+    rows: np.ndarray
+    cols: np.ndarray
+    u_x: np.ndarray
+    u_y: np.ndarray
+    magnitude: np.ndarray
+    spacing_mm: float
+
+
+def _glyph_samples(view: SliceView, disp_ras_mm: np.ndarray, arrows_across: int) -> _GlyphSamples:
+    """Arrows on every ``stride``-th pixel of the slice, about ``arrows_across`` along its longer side."""
+    disp = view.extract(np.asarray(disp_ras_mm, dtype=np.float64))  # (rows, cols, 3)
     magnitude = np.linalg.norm(disp, axis=-1)
     u_x = disp @ view.col_dir_ras
     u_y = disp @ view.row_dir_ras
@@ -408,14 +408,33 @@ def render_glyphs(path: PathLike, fixed: "ImageData", result: "RegistrationResul
         np.arange(stride // 2, rows, stride), np.arange(stride // 2, cols, stride), indexing="ij"
     )
     r_idx, c_idx = r_idx.ravel(), c_idx.ravel()
-    in_plane = np.hypot(u_x[r_idx, c_idx], u_y[r_idx, c_idx])
-    arrow_spacing_mm = stride * min(view.col_spacing_mm, view.row_spacing_mm)
-    typical = float(np.percentile(in_plane, 95)) if in_plane.size else 0.0
-    scale = 0.9 * arrow_spacing_mm / typical if typical > 1e-9 else 1.0
-    field_magnitude = np.linalg.norm(np.asarray(result.disp_ras_mm, dtype=np.float64), axis=-1)
-    max_mm = float(field_magnitude.max())
-    top_mm = float(np.percentile(field_magnitude, 99))
+    return _GlyphSamples(
+        rows=r_idx, cols=c_idx, u_x=u_x[r_idx, c_idx], u_y=u_y[r_idx, c_idx], magnitude=magnitude[r_idx, c_idx],
+        spacing_mm=stride * min(view.col_spacing_mm, view.row_spacing_mm),
+    )
 
+
+def _arrow_scale(samples: _GlyphSamples) -> float:
+    """Arrow length per mm of displacement: the 95th-percentile in-plane arrow spans 0.9 arrow spacings."""
+    in_plane = np.hypot(samples.u_x, samples.u_y)
+    typical = float(np.percentile(in_plane, 95)) if in_plane.size else 0.0
+    return 0.9 * samples.spacing_mm / typical if typical > 1e-9 else 1.0
+
+
+def _magnitude_range(disp_ras_mm: np.ndarray) -> Tuple[float, float]:
+    """``(max, 99th percentile)`` of |u| in mm over the whole field (not only the slice)."""
+    field_magnitude = np.linalg.norm(np.asarray(disp_ras_mm, dtype=np.float64), axis=-1)
+    return float(field_magnitude.max()), float(np.percentile(field_magnitude, 99))
+
+
+def _glyph_points(view: SliceView, samples: _GlyphSamples):
+    """``vtkPolyData``: one point per arrow in screen mm (z = 1, above the image), the in-plane
+    displacement as its vectors and |u| as its scalars."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import vtkPoints
+    from vtkmodules.vtkCommonDataModel import vtkPolyData
+
+    r_idx, c_idx = samples.rows, samples.cols
     points = vtkPoints()
     xy = np.stack([(c_idx + 0.0) * view.col_spacing_mm, (r_idx + 0.0) * view.row_spacing_mm,
                    np.full(r_idx.shape, 1.0)], axis=-1)
@@ -423,12 +442,20 @@ def render_glyphs(path: PathLike, fixed: "ImageData", result: "RegistrationResul
     polydata = vtkPolyData()
     polydata.SetPoints(points)
     vectors = numpy_support.numpy_to_vtk(
-        np.stack([u_x[r_idx, c_idx], u_y[r_idx, c_idx], np.zeros(r_idx.shape)], axis=-1), deep=True)
+        np.stack([samples.u_x, samples.u_y, np.zeros(r_idx.shape)], axis=-1), deep=True)
     vectors.SetName("displacement_in_plane_mm")
-    scalars = numpy_support.numpy_to_vtk(magnitude[r_idx, c_idx].astype(np.float64), deep=True)
+    scalars = numpy_support.numpy_to_vtk(samples.magnitude.astype(np.float64), deep=True)
     scalars.SetName("displacement_magnitude_mm")
     polydata.GetPointData().SetVectors(vectors)
     polydata.GetPointData().SetScalars(scalars)
+    return polydata
+
+
+def _arrows_actor(polydata, scale: float, lookup_table):
+    """The arrows (2D outlines starting at their point, length ``scale`` x |u_in_plane|) coloured by |u|."""
+    from vtkmodules.vtkFiltersCore import vtkGlyph3D
+    from vtkmodules.vtkFiltersSources import vtkGlyphSource2D
+    from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
 
     arrow = vtkGlyphSource2D()
     arrow.SetGlyphTypeToArrow()
@@ -444,15 +471,34 @@ def render_glyphs(path: PathLike, fixed: "ImageData", result: "RegistrationResul
     glyphs.OrientOn()
     glyphs.SetInputArrayToProcess(0, 0, 0, 0, "displacement_magnitude_mm")
     glyphs.SetInputArrayToProcess(1, 0, 0, 0, "displacement_in_plane_mm")
-    table = magnitude_lookup_table(top_mm)
     mapper = vtkPolyDataMapper()
     mapper.SetInputConnection(glyphs.GetOutputPort())
-    mapper.SetLookupTable(table)
-    mapper.SetScalarRange(*table.GetTableRange())
+    mapper.SetLookupTable(lookup_table)
+    mapper.SetScalarRange(*lookup_table.GetTableRange())
     mapper.ScalarVisibilityOn()
     arrows = vtkActor()
     arrows.SetMapper(mapper)
     arrows.GetProperty().SetLineWidth(2.0)
+    return arrows
+
+
+def render_glyphs(path: PathLike, fixed: "ImageData", result: "RegistrationResult",
+                  size: Tuple[int, int] = (900, 800), arrows_across: int = 24) -> Path:
+    """``glyphs.png``: the fixed slice with in-plane displacement arrows coloured by |u| (mm).
+
+    Arrows sit on every ``stride``-th pixel (about ``arrows_across`` along the longer side);
+    the arrow length is the in-plane displacement scaled so the 95th-percentile arrow spans
+    0.9 arrow spacings (the scale is written on the image). Colour: full 3D magnitude, ramp
+    from 0 to the 99th percentile of |u| over the whole field.
+    """
+    _init_vtk_rendering()
+    view = SliceView(result.fixed_ijk_to_ras, np.shape(fixed.array))
+    background = _background_plane(view, fixed.array)
+    samples = _glyph_samples(view, result.disp_ras_mm, arrows_across)
+    scale = _arrow_scale(samples)
+    max_mm, top_mm = _magnitude_range(result.disp_ras_mm)
+    table = magnitude_lookup_table(top_mm)
+    arrows = _arrows_actor(_glyph_points(view, samples), scale, table)
 
     panel = _Panel((0.0, 0.0, 1.0, 1.0 - TITLE_HEIGHT), view.size_mm, bar_fraction=0.16)
     renderer = panel.renderer

@@ -324,7 +324,7 @@ def _entry_points() -> Tuple[EntryPoint, ...]:
         EntryPoint("training-data", "training data: `data.build_data` (`train`, `ablation`)", _training_data),
         EntryPoint("evaluation-data", "evaluation data: `evaluation.validation_set` (`evaluate`, `ablation`, `sweep`)",
                    _evaluation_data),
-        EntryPoint("bench-quality", "`bench --quality` pairs: `quality.quality_table`", _bench_quality),
+        EntryPoint("bench-quality", "`bench --quality` pairs: `benchmarks.quality.quality_table`", _bench_quality),
         EntryPoint("demo-template", "`demo`: the MNI152 template loader `data.load_mni_template`", _demo_template,
                    roles=("image",), file_name=MNI_TEMPLATE),
     )

@@ -167,7 +167,7 @@ def _datasets_section(args: argparse.Namespace, variants) -> tuple:
         notes += [note] if note else []
         loads.append(f"{name}: {load}")
     setup = (f"Setup: {args.threads} CPU thread(s) for torch, ITK and the peers (the refinement itself runs on one, "
-             f"see `inference.REFINE_THREADS`), our models on {args.device} (initial alignment: "
+             f"see `registration.refine.REFINE_THREADS`), our models on {args.device} (initial alignment: "
              f"{' and '.join(args.init_align)}); {_versions(methods)}; {jobs} dataset(s) at a time; wall time of this "
              f"part {time.perf_counter() - start:.0f} s. The 2-core machine is shared with other work: load average "
              f"(1, 5, 15 min) before and after each dataset: {'; '.join(loads)}. Times from one dataset's run are "

@@ -18,7 +18,7 @@ __all__ = ["METHOD_NOTES", "markdown_quality", "goal_lines", "markdown_quality_d
 METHOD_NOTES = {
     "identity": "no registration: the images' own physical alignment.",
     "com": "the translation that takes the fixed image's intensity centre of mass onto the moving image's "
-           "(`inference.center_of_mass_alignment`, 1-99 percentile normalised intensities as weights): the "
+           "(`registration.alignment.center_of_mass_alignment`, 1-99 percentile normalised intensities as weights): the "
            "initial alignment of the rows \"after centre-of-mass alignment\".",
     "sitk_affine": "SimpleITK affine, Mattes mutual information (32 bins, 25 % random samples, fixed seed), "
                    "regular-step gradient descent, physical-shift scales, centred (moments) initialisation, "
