@@ -256,7 +256,7 @@ def test_quality_table_refinement_rows(tmp_path):
     plain, refined = rows[1], rows[2]
     assert refined["label"] == "baseline (untrained) + 3 refinement steps" and refined["kind"] == "ours"
     assert refined["sdlogj"] != plain["sdlogj"]  # the refinement changed the field
-    assert refined["runtime_s"] > plain["runtime_s"]
+    assert refined["refine_s"] > 0 and plain["refine_s"] == 0  # (no comparison of wall times: the machine is shared)
 
 
 def test_quality_table_center_of_mass_rows(tmp_path):
