@@ -19,6 +19,7 @@ __all__ = ["COMMANDS", "command_in", "build_parser", "main"]
 
 COMMANDS = (
     ("train", "train one variant (resumable checkpoints, logs)"),
+    ("teacher", "teacher fields for distillation: the refinement of training pairs, cached (train --distill)"),
     ("pretrain", "pretrain the affine stage on random affines of real scans (for the affine variants)"),
     ("evaluate", "evaluate checkpoints on the fixed validation pairs (per-pair CSV)"),
     ("ablation", "train and evaluate the four variants and write the ablation report"),

@@ -413,3 +413,37 @@ def test_separable_box_mean_equals_direct_box_mean(shape):
     pool = F.avg_pool3d if len(shape) == 5 else F.avg_pool2d
     direct = pool(x, 5, stride=1, padding=2, count_include_pad=False)
     assert torch.allclose(_box_mean(x, 5), direct, atol=1e-12)
+
+
+def test_field_distance_is_the_mean_end_point_error_and_pulls_towards_the_target():
+    from DeepRegAblationLib.losses import field_distance
+
+    target = torch.zeros(1, 3, 4, 5, 6)
+    disp = torch.zeros(1, 3, 4, 5, 6)
+    disp[:, 0] = 3.0
+    disp[:, 2] = 4.0  # |u - t| = 5 voxels everywhere
+    assert float(field_distance(disp, target)) == pytest.approx(5.0, abs=1e-5)
+    assert float(field_distance(target, target)) == pytest.approx(1e-3, abs=1e-6)  # sqrt(eps): finite gradient
+    disp.requires_grad_(True)
+    field_distance(disp, target).backward()
+    assert torch.all(disp.grad[:, 0] > 0) and torch.all(disp.grad[:, 2] > 0) and torch.all(disp.grad[:, 1] == 0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        field_distance(disp, torch.zeros(1, 3, 4, 5, 7))
+
+
+def test_composite_loss_adds_the_distillation_term_only_with_a_teacher():
+    from DeepRegAblationLib.losses import field_distance
+
+    fixed, moving = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    disp = 0.5 * torch.randn(1, 2, 16, 16)
+    outputs = {"disp_vox": disp, "warped": fields.warp(moving, disp)}
+    teacher = torch.randn(1, 2, 16, 16)
+    plain = losses.CompositeLoss("mse", distill_weight=2.0)
+    total_without, terms_without = plain(outputs, fixed)
+    total_with, terms_with = plain(outputs, fixed, teacher_disp_vox=teacher)
+    assert "distill" not in terms_without and terms_with["distill"] == pytest.approx(float(field_distance(disp, teacher)))
+    assert float(total_with - total_without) == pytest.approx(2.0 * terms_with["distill"], rel=1e-5)
+    off = losses.CompositeLoss("mse")  # weight 0: a teacher in the batch changes nothing
+    assert float(off(outputs, fixed, teacher_disp_vox=teacher)[0]) == pytest.approx(float(total_without))
+    with pytest.raises(ValueError, match="distill_weight"):
+        losses.CompositeLoss("mse", distill_weight=-1.0)

@@ -305,6 +305,7 @@ def test_module_constants_match_the_contract():
         affine_keypoints=32,
         affine_keypoint_strides=3,
         affine_passes=1,
+        deform_passes=1,
     )
     assert unet.LEAKY_SLOPE == 0.2
 
@@ -442,3 +443,34 @@ def test_affine_passes_compose_the_stage_on_what_the_last_pass_left():
     assert torch.allclose(two(moving, fixed)["affine_matrix_vox"], expected, atol=1e-6)
     with pytest.raises(ValueError, match="affine_passes"):
         build_model("affine_basic", 3, affine_passes=0)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "affine_basic"])
+def test_a_cascade_runs_the_unet_again_on_what_the_last_pass_left(variant):
+    """deform_passes=2: the second pass sees the moving image warped by the first total field, and its field is
+    composed after the first; the weights are those of one pass (a 1-pass checkpoint loads into a cascade)."""
+    from DeepRegAblationLib.models.checkpoints import architecture
+
+    torch.manual_seed(0)
+    one = build_model(variant, 2)
+    two = build_model(variant, 2, deform_passes=2)
+    with torch.no_grad():
+        for p in one.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    two.load_state_dict(one.state_dict())  # same weights
+    assert architecture(one.config()) == architecture(two.config()) and two.config()["arch"]["deform_passes"] == 2
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        first = one(moving, fixed)
+        second = one(first["warped"], fixed)  # no affine stage runs on a pre-warped pair in a cascade: compare the U-Net
+        cascade = two(moving, fixed)
+        deform2 = two.flow(two.unet(torch.cat([fields.warp(moving, first["disp_vox"]), fixed], dim=1)))
+    expected_deform = fields.compose(first["deform_disp_vox"], deform2)
+    torch.testing.assert_close(cascade["deform_disp_vox"], expected_deform)
+    expected_total = fields.compose(first["affine_disp_vox"], expected_deform) if variant == "affine_basic" else expected_deform
+    torch.testing.assert_close(cascade["disp_vox"], expected_total)
+    torch.testing.assert_close(cascade["warped"], fields.warp(moving, expected_total))
+    assert not torch.allclose(cascade["disp_vox"], first["disp_vox"])
+    assert second["disp_vox"].shape == cascade["disp_vox"].shape
+    with pytest.raises(ValueError, match="deform_passes must be an int >= 1"):
+        build_model(variant, 2, deform_passes=0)

@@ -171,3 +171,52 @@ def test_refine_2d_single_slice():
     disp = _total_disp(result, fixed)
     assert abs(float(np.median(disp[0, 10:38, 10:38, 0])) - 2.0) < 0.6  # +i is +R here: moving(p + 2) = fixed(p)
     assert np.all(np.isfinite(disp))
+
+
+def test_network_start_schedule_skips_the_levels_the_network_resolved():
+    from DeepRegAblationLib.registration.refine import network_start_schedule
+
+    after = network_start_schedule(REFINE_SCHEDULES["recommended"], 4.0)
+    assert after.name == "recommended+network" and after.flat_window > 0
+    assert after.affine_levels_mm == (4.0,) and after.deform_levels_mm == (4.0, 2.0)
+    assert after.affine_iterations == 30 and after.deform_iterations == 25
+    thorough = network_start_schedule(REFINE_SCHEDULES["thorough"], 4.0)
+    assert thorough.affine_levels_mm == (4.0, 2.0) and thorough.deform_levels_mm == (4.0, 2.0, 1.0)
+    coarse = network_start_schedule(REFINE_SCHEDULES["recommended"], 16.0)  # nothing is finer than the network: all levels
+    assert coarse.affine_levels_mm == (8.0, 4.0) and coarse.deform_levels_mm == (8.0, 4.0, 2.0)
+    fine = network_start_schedule(REFINE_SCHEDULES["recommended"], 1.0)  # a finer network: the finest level of each stage
+    assert fine.affine_levels_mm == (4.0,) and fine.deform_levels_mm == (2.0,)
+
+
+def test_a_level_stops_once_its_loss_has_flattened():
+    """Slowly falling loss: without the flattening stop every iteration runs; with it the level ends early."""
+    from DeepRegAblationLib.registration import refine as refinement
+
+    def run(plan):
+        param = torch.tensor([10.0], requires_grad=True)
+        record = refinement._optimise([{"params": [param], "lr": 0.01}], lambda: (param ** 2).sum() + 1000.0, 100, plan,
+                                      "test", lambda step, value: None)
+        return record["iterations"]
+
+    plain = RefineSchedule("custom", (8.0,), (8.0,), 100, 100)
+    assert run(plain) == 100
+    flat = RefineSchedule("custom", (8.0,), (8.0,), 100, 100, flat_window=5, flat_tolerance=1e-3)
+    assert 5 <= run(flat) < 20
+
+
+def test_register_refines_a_trained_network_from_its_grid_on(tmp_path):
+    """register(refine="recommended") after a trained 4 mm network: no 8 mm level; a RefineSchedule runs as given."""
+    from DeepRegAblationLib.models.checkpoints import save_checkpoint
+    from DeepRegAblationLib.models.network import build_model
+    from DeepRegAblationLib.registration.pipeline import register
+
+    fixed, moving, _ = _known_pair()
+    model = build_model("affine_basic", 3)
+    path = save_checkpoint(tmp_path / "m.pt", model, preprocessing={"spacing_mm": [4.0, 4.0, 4.0], "shape": [32, 32, 32]})
+    result = register(fixed, moving, path, refine="recommended", device="cpu", initial_alignment="none")
+    assert "refine_affine_4mm" in result.timings and "refine_deform_4mm" in result.timings
+    assert not any(key.endswith("_8mm") for key in result.timings)
+    given = register(fixed, moving, path, refine=REFINE_SCHEDULES["recommended"], device="cpu", initial_alignment="none")
+    assert "refine_affine_8mm" in given.timings
+    untrained = register(fixed, moving, "affine_basic", refine="recommended", device="cpu", initial_alignment="none")
+    assert "refine_affine_8mm" in untrained.timings  # an untrained network resolved nothing

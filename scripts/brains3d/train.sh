@@ -13,6 +13,11 @@
 # SPACING=MM (environment): another model grid spacing than the shipped 4 mm (the grid covers the same
 #   192 x 256 x 192 mm, data.brain_grid_shape; grids.sh);
 #   EPOCH=N: a checkpoint every N steps (default 100).
+# INIT=CKPT (environment): start from these weights instead of a fresh network (affine variants: instead of the
+#   pretrained affine stage), e.g. the files shipped before (the distilled models start from the 5000-step files of
+#   commit e371607, kept as runs/brains3d/shipped-5000/VARIANT.pt by distill.sh).
+# DISTILL=DIR (environment): distillation from the teacher fields in DIR (deepreg-ablation teacher), weight
+#   DISTILL_WEIGHT (default 1); DEFORM_PASSES=N: a cascade of N U-Net passes.
 set -euo pipefail
 variant=$1; steps=${2:-20000}; reg=${3:-}
 out=${OUT:-runs/brains3d/$variant${reg:+_$reg}}
@@ -30,7 +35,10 @@ case $variant in
     esac ;;
   *) [ -z "$reg" ] || { echo "$variant has no regularisers: no REG" >&2; exit 2; } ;;
 esac
+[ -z "${DISTILL:-}" ] || extra+=(--distill "$DISTILL" --distill-weight "${DISTILL_WEIGHT:-1}")
+[ -z "${DEFORM_PASSES:-}" ] || extra+=(--deform-passes "$DEFORM_PASSES")
 case $variant in
-  affine_basic|affine_enhanced) extra+=(--init-from runs/brains3d/affine_pretrain/last.pt --affine-passes 2) ;;
+  affine_basic|affine_enhanced) extra+=(--init-from "${INIT:-runs/brains3d/affine_pretrain/last.pt}" --affine-passes 2) ;;
+  *) [ -z "${INIT:-}" ] || extra+=(--init-from "$INIT") ;;
 esac
 exec .venv/bin/deepreg-ablation train --variant "$variant" "${common[@]}" "${extra[@]}"

@@ -11,6 +11,7 @@ Label losses (``LABEL_LOSSES``, ``losses.labels``): :func:`soft_dice`, :func:`cr
 :func:`hausdorff_dt`.
 Regularizers (``REGULARIZERS``, ``losses.regularizers``): :func:`grad_l2`, :func:`grad_l1`,
 :func:`bending_energy`, :func:`displacement_hinge`, :func:`local_rigidity`, :func:`jacobian_penalty`.
+Distillation (``losses.distillation``): :func:`field_distance`.
 The training loss (``losses.composite``): :class:`CompositeLoss`, :data:`SCHEDULES`.
 
 Regularizers work on voxel-unit fields, so their scale does not depend on the image size
@@ -22,6 +23,7 @@ looks a loss up at call time (``losses.lncc(...)``) sees a replacement set on th
 """
 from .checks import Spacing
 from .composite import LABEL_LOSSES, REGULARIZERS, SCHEDULES, SIMILARITIES, CompositeLoss, reference_schedule
+from .distillation import field_distance
 from .labels import cross_entropy_logits, hausdorff_dt, soft_dice
 from .regularizers import bending_energy, displacement_hinge, grad_l1, grad_l2, jacobian_penalty, local_rigidity
 from .similarity import gncc, lncc, mse, mutual_information, ssim_index, ssim_loss
@@ -31,5 +33,6 @@ __all__ = [
     "mse", "lncc", "gncc", "ssim_index", "ssim_loss", "mutual_information",
     "soft_dice", "cross_entropy_logits", "hausdorff_dt",
     "grad_l2", "grad_l1", "bending_energy", "displacement_hinge", "local_rigidity", "jacobian_penalty",
+    "field_distance",
     "SIMILARITIES", "LABEL_LOSSES", "REGULARIZERS", "SCHEDULES", "reference_schedule", "CompositeLoss",
 ]

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from .. import fields
 from .checks import check_disp, check_image, check_pair
+from .distillation import field_distance
 from .labels import cross_entropy_logits, hausdorff_dt, one_hot_pair, soft_dice
 from .regularizers import bending_energy, displacement_hinge, grad_l1, grad_l2, jacobian_penalty, local_rigidity
 from .similarity import gncc, lncc, mse, mutual_information, ssim_loss
@@ -77,6 +78,8 @@ class CompositeLoss(nn.Module):
     - ``seg_weight > 0`` with ``fixed_labels`` and ``moving_labels`` given adds soft Dice
       between the fixed labels and the moving labels (one-hot) warped linearly by the
       total ``outputs["disp_vox"]``.
+    - ``distill_weight > 0`` with ``teacher_disp_vox`` given adds ``distill_weight`` times the mean end-point
+      error (voxels) between the total field and the teacher's (``losses.distillation.field_distance``).
     - ``affine_weight > 0`` with ``outputs["affine_disp_vox"]`` (a model with an affine stage)
       supervises the affine stage on its own: ``affine_weight * (L_sim + seg_weight * L_seg)``
       of the moving image (and labels) warped by the affine part alone. Without it the affine
@@ -84,7 +87,7 @@ class CompositeLoss(nn.Module):
 
     ``forward`` returns ``(total, terms)``; ``terms`` holds python floats: the *unweighted*
     value of each term (``"similarity"``, each regularizer name, ``"seg"``, ``"affine_similarity"``,
-    ``"affine_seg"``), ``"schedule"`` and ``"total"``.
+    ``"affine_seg"``, ``"distill"``), ``"schedule"`` and ``"total"``.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class CompositeLoss(nn.Module):
         num_labels: Optional[int] = None,
         max_log_var: float = 6.0,
         affine_weight: float = 0.0,
+        distill_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if similarity not in SIMILARITIES:
@@ -112,7 +116,7 @@ class CompositeLoss(nn.Module):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         for value, name in ((seg_weight, "seg_weight"), (similarity_weight, "similarity_weight"),
-                            (affine_weight, "affine_weight")):
+                            (affine_weight, "affine_weight"), (distill_weight, "distill_weight")):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not max_log_var > 0:
@@ -123,6 +127,7 @@ class CompositeLoss(nn.Module):
         self.seg_weight = float(seg_weight)
         self.similarity_weight = float(similarity_weight)
         self.affine_weight = float(affine_weight)
+        self.distill_weight = float(distill_weight)
         self.num_labels = num_labels
         self.max_log_var = float(max_log_var)
         self.uncertainty = bool(uncertainty)
@@ -156,6 +161,7 @@ class CompositeLoss(nn.Module):
         moving_labels: Optional[torch.Tensor] = None,
         epoch: float = 0,
         epochs: float = 1,
+        teacher_disp_vox: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Total loss and per-term values.
 
@@ -167,6 +173,8 @@ class CompositeLoss(nn.Module):
             moving: ``(B, C, *S)``, only needed without ``outputs["warped"]``.
             fixed_labels, moving_labels: ``(B, 1, *S)`` label maps or ``(B, L, *S)`` one-hot.
             epoch, epochs: position in training, for the schedule.
+            teacher_disp_vox: ``(B, ndim, *S)`` a teacher's total field of the pair (distillation; used when
+                ``distill_weight > 0``).
         """
         disp, warped = self._fields(outputs, fixed, moving)
         terms: Dict[str, float] = {}
@@ -179,6 +187,10 @@ class CompositeLoss(nn.Module):
         affine_disp = outputs.get("affine_disp_vox")
         if self.affine_weight > 0 and affine_disp is not None:
             total = self._add_affine_terms(total, fixed, moving, affine_disp, labels, terms)
+        if self.distill_weight > 0 and teacher_disp_vox is not None:
+            distill = field_distance(disp, teacher_disp_vox)
+            terms["distill"] = float(distill.detach())
+            total = total + self.distill_weight * distill
         terms["total"] = float(total.detach())
         return total, terms
 

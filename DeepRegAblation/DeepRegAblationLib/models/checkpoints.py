@@ -185,6 +185,7 @@ def architecture(config: Mapping[str, Any]) -> Dict[str, Any]:
     saved.setdefault("affine_kind", "regression")  # configs from before the keypoint stage (network.model_from_config)
     arch.update(saved)
     arch.pop("affine_passes", None)  # how often the stage runs, not which weights it has
+    arch.pop("deform_passes", None)  # likewise for the U-Net
     arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in arch.items()}
     affine = variant.get("affine") if isinstance(variant, Mapping) else None
     return {"ndim": config.get("ndim") if isinstance(config, Mapping) else None, "affine": affine, "arch": arch}

@@ -9,6 +9,8 @@ Shapes are batch-first, ``(B, C, *spatial)``; displacements are ``(B, ndim, *spa
   image.
 - ``affine_passes`` > 1 runs the affine stage again on the moving image as the last pass left
   it and composes the answers (``A = A_1 @ A_2 ...``), the same weights in every pass.
+- ``deform_passes`` > 1 (a cascade) runs the U-Net again on the moving image warped by the total field
+  so far and composes its answer after the last one, the same weights in every pass.
 - :func:`build_model` (an untrained network of a variant) and :func:`model_from_config` (the
   architecture a checkpoint records).
 
@@ -17,7 +19,7 @@ affine stage is the only architectural difference between them.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -39,6 +41,7 @@ DEFAULT_ARCH: Dict[str, Any] = dict(
     affine_keypoints=32,
     affine_keypoint_strides=3,
     affine_passes=1,
+    deform_passes=1,
 )
 IN_CHANNELS = 2  # concat(moving, fixed), one channel each
 
@@ -116,7 +119,8 @@ class RegistrationModel(nn.Module):
             ``compose(affine_disp_vox, deform_disp_vox)``;
             ``"affine_matrix_vox"`` ``(B, ndim + 1, ndim + 1)`` (identity without affine stage);
             ``"affine_disp_vox"`` ``(B, ndim, *S)`` (zeros without affine stage);
-            ``"deform_disp_vox"`` ``(B, ndim, *S)``: the U-Net's displacement;
+            ``"deform_disp_vox"`` ``(B, ndim, *S)``: the U-Net's displacement (with ``deform_passes`` > 1
+            the composition of every pass's);
             ``"velocity_vox"`` ``(B, ndim, *S)`` only in diffeomorphic mode
             (``deform_disp_vox = integrate_velocity(velocity_vox, int_steps)``).
             Without the affine stage ``disp_vox`` and ``deform_disp_vox`` are the same tensor.
@@ -134,17 +138,12 @@ class RegistrationModel(nn.Module):
             matrix_vox = fields.identity_matrix(batch, self.ndim, device=moving.device, dtype=moving.dtype)
             affine_disp_vox = moving.new_zeros((batch, self.ndim) + shape)
             moving_affine = moving
-        field = self.flow(self.unet(torch.cat([moving_affine, fixed], dim=1)))
         out: Dict[str, torch.Tensor] = {}
-        if self.arch["diffeomorphic"]:
-            out["velocity_vox"] = field
-            deform_disp_vox = fields.integrate_velocity(field, self.arch["int_steps"])
-        else:
-            deform_disp_vox = field
-        if self.affine is not None:
-            disp_vox = fields.compose(affine_disp_vox, deform_disp_vox)
-        else:
-            disp_vox = deform_disp_vox  # compose(0, u) == u exactly; skip the work
+        deform_disp_vox = self._deformable_pass(moving_affine, fixed, out)
+        disp_vox = self._total(affine_disp_vox, deform_disp_vox)
+        for _ in range(self.arch["deform_passes"] - 1):  # each pass corrects what the total field so far left
+            deform_disp_vox = fields.compose(deform_disp_vox, self._deformable_pass(fields.warp(moving, disp_vox), fixed))
+            disp_vox = self._total(affine_disp_vox, deform_disp_vox)
         out.update(
             warped=fields.warp(moving, disp_vox),
             disp_vox=disp_vox,
@@ -153,6 +152,21 @@ class RegistrationModel(nn.Module):
             deform_disp_vox=deform_disp_vox,
         )
         return out
+
+    def _deformable_pass(self, moving: torch.Tensor, fixed: torch.Tensor,
+                         out: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """The U-Net's displacement ``(B, ndim, *S)`` for ``moving`` -> ``fixed`` (integrated in diffeomorphic
+        mode; its velocity goes to ``out["velocity_vox"]`` when ``out`` is given)."""
+        field = self.flow(self.unet(torch.cat([moving, fixed], dim=1)))
+        if not self.arch["diffeomorphic"]:
+            return field
+        if out is not None:
+            out["velocity_vox"] = field
+        return fields.integrate_velocity(field, self.arch["int_steps"])
+
+    def _total(self, affine_disp_vox: torch.Tensor, deform_disp_vox: torch.Tensor) -> torch.Tensor:
+        """``compose(affine, deformable)``; without an affine stage the deformable field itself (exactly)."""
+        return fields.compose(affine_disp_vox, deform_disp_vox) if self.affine is not None else deform_disp_vox
 
     def config(self) -> Dict[str, Any]:
         """JSON-safe dict from which :func:`model_from_config` rebuilds this architecture."""
@@ -194,9 +208,10 @@ def _normalize_arch(arch: Mapping[str, Any]) -> Dict[str, Any]:
             f"affine_keypoint_strides must be an int from 0 to len(affine_features) = {len(merged['affine_features'])}, "
             f"got {strides!r}"
         )
-    passes = merged["affine_passes"]
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise ValueError(f"affine_passes must be an int >= 1, got {passes!r}")
+    for name in ("affine_passes", "deform_passes"):
+        passes = merged[name]
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {passes!r}")
     steps = merged["int_steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"int_steps must be an int >= 0, got {steps!r}")

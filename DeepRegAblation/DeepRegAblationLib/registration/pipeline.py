@@ -79,8 +79,10 @@ def register(
             of its image (fixed labels are resampled onto the fixed grid by nearest neighbour,
             an exact copy when the grids are the same).
         refine: instance optimisation after the network (``registration.refine.refine``): ``0`` / ``"off"``
-            (none), ``"recommended"`` (fast: affine at 8 and 4 mm, deformable at 4 and 2 mm), ``"thorough"``
-            (down to 1 mm or the fixed image's resolution) or an iteration count per level.
+            (none), ``"recommended"`` (fast: affine at 8 and 4 mm, deformable at 8, 4 and 2 mm), ``"thorough"``
+            (down to 1 mm or the fixed image's resolution) or an iteration count per level. After a trained
+            network the levels coarser than its grid are skipped and each level stops once its loss flattens
+            (``refine.network_start_schedule``); a :class:`~.refine.RefineSchedule` is run as given.
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"`` (``ValueError`` without CUDA).
             CUDA out-of-memory falls back to the CPU with a warning.
         progress: ``progress(fraction, message)``.
@@ -127,6 +129,10 @@ def register(
     report(0.2, f"running {variant_id} on {torch_device.type}")
     affine_ras, deform_ras, used_device = _run_network(net, inputs, torch_device, timings, t0)
     deform_grid = inputs.grid_ijk_to_ras
+    if schedule is not None and loaded.trained and not isinstance(refine, RefineSchedule):
+        # a trained network resolved the levels coarser than its grid: start there (refine.network_start_schedule)
+        spacing = geometry.spacing_from_matrix(inputs.grid_ijk_to_ras)[: 2 if ndim == 2 else 3]
+        schedule = refinement.network_start_schedule(schedule, float(min(spacing)))
     if schedule is not None:
         affine_ras, deform_ras, deform_grid = _refine_network_output(
             fixed, moving, inputs, affine_ras, deform_ras, schedule, used_device, report, timings)

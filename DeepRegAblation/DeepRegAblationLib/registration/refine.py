@@ -8,6 +8,7 @@ variant.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -25,6 +26,7 @@ from .pyramid import REFINE_FOREGROUND, PyramidLevel, mapped_fraction
 __all__ = [
     "RefineSchedule", "REFINE_SCHEDULES", "REFINE_LNCC_WINDOW", "REFINE_DIFFUSION_WEIGHT", "REFINE_FOLDING_WEIGHT",
     "REFINE_FOREGROUND", "REFINE_THREADS", "REFINE_MIN_OVERLAP", "refine_schedule", "RefineResult", "refine",
+    "NETWORK_START_FLAT_WINDOW", "NETWORK_START_FLAT_TOLERANCE", "network_start_schedule",
 ]
 
 Progress = Optional[Callable[[float, str], None]]
@@ -46,6 +48,8 @@ class RefineSchedule:
         patience: a level stops after this many steps without a relative loss improvement of ``tolerance``.
         min_factor: no level is finer than this many fixed voxels per level voxel along an axis
             (2, as the antspyx SyN default, stops one octave above the image resolution; 1 reaches it).
+        flat_window, flat_tolerance: with ``flat_window > 0`` a level also stops once the loss has fallen by
+            less than ``flat_tolerance`` (relative) over the last ``flat_window`` steps: it has flattened.
     """
 
     name: str
@@ -59,6 +63,8 @@ class RefineSchedule:
     patience: int = 6
     tolerance: float = 1e-4
     min_factor: int = 2
+    flat_window: int = 0
+    flat_tolerance: float = 1e-3
 
 
 REFINE_SCHEDULES: Dict[str, RefineSchedule] = {
@@ -96,6 +102,26 @@ def refine_schedule(refine: Union[int, str, RefineSchedule, None]) -> Optional[R
     base = REFINE_SCHEDULES["recommended"]
     return RefineSchedule("custom", base.affine_levels_mm, base.deform_levels_mm, value, value,
                           min_factor=base.min_factor)
+
+
+NETWORK_START_FLAT_WINDOW = 5
+"""After a network: a level stops once its loss fell by less than ``NETWORK_START_FLAT_TOLERANCE`` over this many steps."""
+NETWORK_START_FLAT_TOLERANCE = 1e-3
+
+
+def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float) -> RefineSchedule:
+    """``plan`` for refining a trained network's output: the levels coarser than the network's grid are skipped
+    (the network resolved them; the finest affine and deformable levels at or above the network's spacing stay)
+    and a level stops once its loss has flattened (``flat_window``). The name gets ``"+network"``."""
+    def kept(levels: Sequence[float]) -> Tuple[float, ...]:
+        fine = tuple(s for s in levels if s <= float(network_spacing_mm) + 1e-6)
+        return fine if fine else tuple(levels[-1:])
+
+    return dataclasses.replace(
+        plan, name=f"{plan.name}+network", affine_levels_mm=kept(plan.affine_levels_mm),
+        deform_levels_mm=kept(plan.deform_levels_mm), flat_window=NETWORK_START_FLAT_WINDOW,
+        flat_tolerance=NETWORK_START_FLAT_TOLERANCE,
+    )
 
 
 @dataclass
@@ -138,6 +164,7 @@ def _optimise(
     tensors = [p for group in params for p in group["params"]]
     optimizer = torch.optim.Adam(params)
     best_loss, best_state, since_best, first, steps = float("inf"), None, 0, None, 0
+    values: List[float] = []
     for step in range(iterations + 1):
         optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
@@ -157,7 +184,8 @@ def _optimise(
             best_state = [t.detach().clone() for t in tensors]
         else:
             since_best += 1
-        if step == iterations or since_best >= schedule.patience:
+        values.append(value)
+        if step == iterations or since_best >= schedule.patience or _flattened(values, schedule):
             break
         loss.backward()
         optimizer.step()
@@ -167,6 +195,14 @@ def _optimise(
         for tensor, saved in zip(tensors, best_state):
             tensor.copy_(saved)
     return {"iterations": steps, "loss_start": first, "loss_end": best_loss, "finite": math.isfinite(value)}
+
+
+def _flattened(values: Sequence[float], schedule: RefineSchedule) -> bool:
+    """True when the loss fell by less than ``flat_tolerance`` (relative) over the last ``flat_window`` steps."""
+    window = schedule.flat_window
+    if window <= 0 or len(values) <= window:
+        return False
+    return values[-1 - window] - values[-1] < schedule.flat_tolerance * abs(values[-1])
 
 
 def refine(

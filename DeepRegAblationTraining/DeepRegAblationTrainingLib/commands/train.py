@@ -76,7 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--diffeomorphic", action="store_true", help="integrate a stationary velocity field")
     p.add_argument("--affine-passes", type=int, default=None, metavar="N",
                    help="run the affine stage N times, each on what the last pass left (default 1; shared weights)")
+    p.add_argument("--deform-passes", type=int, default=None, metavar="N",
+                   help="run the U-Net N times, each on the moving image warped by the field so far (a cascade; "
+                        "default 1; shared weights)")
     add_keypoint_arguments(p)
+    p.add_argument("--distill", default=None, metavar="DIR",
+                   help="distillation: a folder of teacher fields of training pairs (deepreg-ablation teacher)")
+    p.add_argument("--distill-weight", type=float, default=None, metavar="W",
+                   help="with --distill: weight of the mean end-point error (voxels) to the teacher's field (default 1)")
+    p.add_argument("--distill-fraction", type=float, default=1.0, metavar="P",
+                   help="with --distill: probability that a step's pair is a teacher pair (default 1)")
     p.add_argument("--val-every", type=int, default=1, help="epochs between validations (default 1)")
     p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between epoch_XXXX.pt files (default 10)")
     p.add_argument("--max-nonfinite", type=int, default=20, help="non-finite steps tolerated before aborting")
@@ -94,7 +103,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         atlas=args.atlas, no_augment=args.no_augment, synthetic=args.synthetic, max_disp_mm=args.max_disp_mm,
         rotation_deg=args.rotation_deg,
     )
-    arch = arch_overrides(args.features_enc, args.features_dec, args.diffeomorphic, args.affine_passes, keypoint_arch(args))
+    arch = arch_overrides(args.features_enc, args.features_dec, args.diffeomorphic, args.affine_passes, keypoint_arch(args),
+                          args.deform_passes)
+    distill_weight = args.distill_weight if args.distill_weight is not None else (1.0 if args.distill else 0.0)
     return TrainConfig(
         variant=args.variant,
         ndim=args.ndim,
@@ -116,6 +127,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         uncertainty=args.uncertainty,
         seg_weight=args.seg_weight,
         affine_weight=args.affine_weight,
+        distill_dir=args.distill,
+        distill_weight=distill_weight,
+        distill_fraction=args.distill_fraction,
         similarity=args.similarity,
         regularizers=parse_regularizers(args.reg, args.variant),
         schedule=args.schedule,

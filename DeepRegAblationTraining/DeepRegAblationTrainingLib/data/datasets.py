@@ -28,19 +28,21 @@ from .splits import PAIR_MODES
 from .subjects import Subject
 
 __all__ = [
-    "SubjectStore", "compact_label_pair", "make_pair_item", "PairDataset", "FixedPairDataset", "SourceLike",
+    "SubjectStore", "compact_label_pair", "make_pair_item", "augment_sample", "PairDataset", "FixedPairDataset", "SourceLike",
     "SyntheticPairDataset", "collate_pairs",
 ]
 
 
 def _loaded_to_sample(loaded: Dict[str, Any]) -> Dict[str, Any]:
-    return {"image": loaded["image"], "labels": loaded["labels"], "spacing_mm": loaded["spacing_mm"]}
+    return {"image": loaded["image"], "labels": loaded["labels"], "spacing_mm": loaded["spacing_mm"],
+            "ijk_to_ras": loaded["ijk_to_ras"]}
 
 
 class SubjectStore:
     """Loads subjects through a :class:`Preprocess`, optionally keeping them in memory.
 
-    ``get(sid)`` returns ``{"image": (1, *S) float32, "labels": (1, *S) int64 or None, "spacing_mm", "dataset"}``.
+    ``get(sid)`` returns ``{"image": (1, *S) float32, "labels": (1, *S) int64 or None, "spacing_mm", "ijk_to_ras"
+    ((4, 4) of the model grid), "dataset"}``.
     """
 
     def __init__(self, subjects: Sequence[Subject], preprocess: Preprocess, cache: bool):
@@ -133,9 +135,12 @@ def make_pair_item(
     return item
 
 
-def _augment_sample(sample: Dict[str, Any], augment: Augment, generator: torch.Generator) -> Dict[str, Any]:
+def augment_sample(sample: Dict[str, Any], augment: Augment, generator: torch.Generator) -> Dict[str, Any]:
+    """A store sample augmented (image and labels alike); ``"disp_vox"`` is the spatial field applied
+    (``augmented(x) = original(x + disp_vox(x))``)."""
     out = augment(sample["image"], sample["labels"], sample["spacing_mm"], generator)
-    return {"image": out["image"], "labels": out.get("labels"), "spacing_mm": sample["spacing_mm"], "dataset": sample.get("dataset")}
+    return {"image": out["image"], "labels": out.get("labels"), "spacing_mm": sample["spacing_mm"], "dataset": sample.get("dataset"),
+            "disp_vox": out["disp_vox"]}
 
 
 class PairDataset(Dataset):
@@ -262,8 +267,8 @@ class PairDataset(Dataset):
         moving, fixed = self.store.get(moving_id), self.store.get(fixed_id)
         if self.augment is not None:
             generator = seeded_generator(self.seed, self.epoch, int(index), 3)
-            moving = _augment_sample(moving, self.augment, generator)
-            fixed = _augment_sample(fixed, self.augment, generator)
+            moving = augment_sample(moving, self.augment, generator)
+            fixed = augment_sample(fixed, self.augment, generator)
         grouped = self.group_weights is not None
         return make_pair_item(
             moving, fixed, f"{moving_id}->{fixed_id}", compact_labels=grouped,

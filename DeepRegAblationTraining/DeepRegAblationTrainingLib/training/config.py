@@ -54,6 +54,11 @@ class TrainConfig:
         seg_weight: weight of the Dice loss on warped labels (needs labelled data).
         affine_weight: weight of the affine stage's own loss (``CompositeLoss``: similarity and
             Dice of the moving image warped by the affine part alone); affine variants only.
+        distill_dir: a folder of teacher fields (``training.teacher``, the ``teacher`` command) of training pairs.
+        distill_weight: weight of the distillation term (``CompositeLoss``: mean end-point error in voxels
+            between the network's total field and the teacher's); needs ``distill_dir``.
+        distill_fraction: the probability that a step's pair is one of the teacher pairs (else a random
+            pair as without distillation, with no distillation term).
         similarity: similarity override (a key of ``losses.SIMILARITIES``).
         regularizers: regulariser weights replacing the variant's (``{}`` = none).
         schedule: regulariser schedule replacing the variant's (``"reference"`` or ``"constant"``).
@@ -89,6 +94,9 @@ class TrainConfig:
     uncertainty: bool = False
     seg_weight: float = 0.0
     affine_weight: float = 0.0
+    distill_dir: Optional[str] = None
+    distill_weight: float = 0.0
+    distill_fraction: float = 1.0
     similarity: Optional[str] = None
     regularizers: Optional[Dict[str, float]] = None
     schedule: Optional[str] = None
@@ -134,9 +142,16 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {list(FINETUNE_MODES)}, got {self.finetune!r}")
-        for name in ("seg_weight", "affine_weight"):
+        for name in ("seg_weight", "affine_weight", "distill_weight"):
             if not (math.isfinite(float(getattr(self, name))) and float(getattr(self, name)) >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.distill_fraction) <= 1.0:
+            raise ValueError(f"distill_fraction must be in [0, 1], got {self.distill_fraction!r}")
+        if (float(self.distill_weight) > 0) != (self.distill_dir is not None):
+            raise ValueError(f"distillation needs both a teacher folder (distill_dir, got {self.distill_dir!r}) and a "
+                             f"weight > 0 (distill_weight, got {self.distill_weight!r})")
+        if self.distill_dir is not None and not Path(self.distill_dir).is_dir():
+            raise FileNotFoundError(f"distill_dir (teacher fields) not found: {self.distill_dir}")
         if not (math.isfinite(float(self.reg_scale)) and float(self.reg_scale) >= 0):
             raise ValueError(f"reg_scale must be a number >= 0, got {self.reg_scale!r}")
         if not (math.isfinite(float(self.grad_clip)) and float(self.grad_clip) > 0):
@@ -234,6 +249,7 @@ def arch_overrides(
     diffeomorphic: bool = False,
     affine_passes: Optional[int] = None,
     keypoints: Optional[Mapping[str, int]] = None,
+    deform_passes: Optional[int] = None,
 ) -> Optional[Dict[str, Any]]:
     """``TrainConfig.arch``: the ``networks.build_model`` overrides given (``None`` when none is).
 
@@ -249,4 +265,6 @@ def arch_overrides(
     if affine_passes is not None:
         arch["affine_passes"] = int(affine_passes)
     arch.update(keypoints or {})
+    if deform_passes is not None:
+        arch["deform_passes"] = int(deform_passes)
     return arch or None

@@ -13,6 +13,10 @@ of both image files, the preprocessing (grid spacing, shape, centring), the two 
 refinement schedule with its loss constants. :func:`load_teacher` refuses, by name, a file whose
 record differs from the pair it is asked for (another subject, another grid, a changed schedule);
 :func:`build_teacher_cache` recomputes such files.
+
+Training: :class:`DistillationPairs` mixes the teacher pairs of a folder into a run's training pairs,
+each augmented like any training pair, its teacher field carried through both augmentations
+(:func:`augmented_target`).
 """
 from __future__ import annotations
 
@@ -34,6 +38,13 @@ from DeepRegAblationLib.registration.alignment import center_of_mass_alignment
 from DeepRegAblationLib.imageio import ImageData, normalize_intensity
 
 from ..augment import invert_field, seed_from
+
+__all__ = [
+    "TEACHER_FORMAT", "TeacherMismatch", "file_sha1", "schedule_record", "teacher_fingerprint", "fingerprint_difference",
+    "teacher_path", "save_teacher", "load_teacher", "teacher_pairs", "mapping_on_model_grids", "augmented_target",
+    "TeacherSource", "build_teacher_cache", "teacher_files", "DistillationPairs",
+    "build_training_teachers",
+]
 
 PathLike = Union[str, os.PathLike]
 TEACHER_FORMAT = "deepreg-ablation-teacher/1"
@@ -60,6 +71,9 @@ def schedule_record(schedule: Union[str, "refinement.RefineSchedule"]) -> Dict[s
     if plan is None:
         raise ValueError(f"a teacher needs a refinement schedule, got {schedule!r}")
     record = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()}
+    if not record.get("flat_window"):  # the flattening stop is off: its settings change nothing
+        record.pop("flat_window", None)
+        record.pop("flat_tolerance", None)
     record.update(lncc_window=refinement.REFINE_LNCC_WINDOW, diffusion_weight=refinement.REFINE_DIFFUSION_WEIGHT,
                   folding_weight=refinement.REFINE_FOLDING_WEIGHT, foreground=refinement.REFINE_FOREGROUND, start="com")
     return record
@@ -265,3 +279,126 @@ def build_teacher_cache(
         counts[state] += 1
         report(index + 1, len(pairs), f"{path.name}: {state} in {info['seconds']:.1f} s")
     return counts
+
+
+def teacher_files(folder: PathLike) -> List[Tuple[str, str, Path]]:
+    """``(moving_id, fixed_id, path)`` of every ``<moving>__<fixed>.npz`` in ``folder`` (sorted by name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"teacher folder not found: {folder}")
+    found = []
+    for path in sorted(folder.glob("*.npz")):
+        moving_id, sep, fixed_id = path.stem.partition("__")
+        if sep and moving_id and fixed_id:
+            found.append((moving_id, fixed_id, path))
+    if not found:
+        raise FileNotFoundError(f"teacher folder {folder} holds no <moving>__<fixed>.npz teacher fields")
+    return found
+
+
+class DistillationPairs(torch.utils.data.Dataset):
+    """A training :class:`~DeepRegAblationTrainingLib.data.PairDataset` whose items are, with probability
+    ``fraction``, one of the teacher pairs of ``folder`` (with ``"teacher_disp_vox"``), else its own.
+
+    A teacher item is augmented as the base dataset augments its pairs (same seeds), and its target is
+    the teacher field carried through both augmentations (:func:`augmented_target`). Items are a pure
+    function of ``(seed, epoch, index)``, as the base dataset's.
+
+    Raises (at construction, before any step):
+        ValueError: a teacher pair with a subject that is not a training subject (validation subjects'
+            fields must never reach training).
+        TeacherMismatch: a file computed for another image, grid, preprocessing or schedule, or damaged
+            (the message names it: recompute with ``deepreg-ablation teacher``).
+    """
+
+    def __init__(self, base: Any, folder: PathLike, fraction: float = 1.0,
+                 schedule: Union[str, "refinement.RefineSchedule"] = "recommended"):
+        self.base = base
+        self.fraction = float(fraction)
+        self.schedule_record = schedule_record(schedule)
+        self._sha1: Dict[str, str] = {}
+        files = teacher_files(folder)
+        known = {s.id for s in base.subjects}
+        foreign = sorted({i for m, f, _ in files for i in (m, f) if i not in known})
+        if foreign:
+            raise ValueError(
+                f"teacher folder {folder}: fields of subjects that are not training subjects of this run: {foreign[:8]}"
+                f"{' ...' if len(foreign) > 8 else ''} (validation subjects must not reach training)"
+            )
+        self.pairs = [(m, f) for m, f, _ in files]
+        self.paths = {(m, f): p for m, f, p in files}
+        for pair in self.pairs:  # every file checked before the first step
+            load_teacher(self.paths[pair], self.expected(*pair))
+
+    @property
+    def subjects(self):
+        return self.base.subjects
+
+    @property
+    def store(self):
+        return self.base.store
+
+    def expected(self, moving_id: str, fixed_id: str) -> Dict[str, Any]:
+        """The fingerprint a valid teacher field of this pair has (model grids from the base dataset's store)."""
+        for sid in (moving_id, fixed_id):
+            if sid not in self._sha1:
+                self._sha1[sid] = file_sha1(self.base.store.subjects[sid].image)
+        preprocess = self.base.preprocess
+        return teacher_fingerprint(
+            self._sha1[moving_id], self._sha1[fixed_id], preprocess.to_dict(),
+            self.base.store.get(moving_id)["ijk_to_ras"], self.base.store.get(fixed_id)["ijk_to_ras"],
+            preprocess.shape, self.schedule_record,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        rng = np.random.default_rng(seed_from(self.base.seed, self.base.epoch, int(index), 21))
+        if rng.random() >= self.fraction:
+            return self.base[index]
+        moving_id, fixed_id = self.pairs[int(rng.integers(len(self.pairs)))]
+        return self.teacher_item(int(index), moving_id, fixed_id)
+
+    def teacher_item(self, index: int, moving_id: str, fixed_id: str) -> Dict[str, Any]:
+        """The pair ``moving_id -> fixed_id`` augmented as item ``index`` of the epoch, with its teacher field."""
+        from ..augment import seeded_generator
+        from ..data import augment_sample, make_pair_item
+
+        base, epoch = self.base, self.base.epoch
+        teacher = torch.from_numpy(load_teacher(self.paths[(moving_id, fixed_id)], self.expected(moving_id, fixed_id)))
+        moving, fixed = base.store.get(moving_id), base.store.get(fixed_id)
+        if base.augment is not None:
+            generator = seeded_generator(base.seed, epoch, index, 3)
+            moving = augment_sample(moving, base.augment, generator)
+            fixed = augment_sample(fixed, base.augment, generator)
+            teacher = augmented_target(teacher[None], fixed["disp_vox"][None], moving["disp_vox"][None])[0]
+        item = make_pair_item(moving, fixed, f"{moving_id}->{fixed_id}", compact_labels=True,
+                              max_labels=base.max_labels, generator=seeded_generator(base.seed, epoch, index, 6))
+        if tuple(item["fixed"].shape[1:]) != tuple(teacher.shape[1:]):
+            raise ValueError(f"teacher field of {moving_id}->{fixed_id} has shape {tuple(teacher.shape)}, "
+                             f"the pair {tuple(item['fixed'].shape)}")
+        item["teacher_disp_vox"] = teacher.to(torch.float32)
+        return item
+
+
+def build_training_teachers(
+    data_spec: Mapping[str, Any], out: PathLike, per_dataset: int, schedule: str = "recommended", seed: int = 0,
+    threads: Optional[int] = None, progress: Optional[Callable[[int, int, str], None]] = None,
+) -> Dict[str, int]:
+    """The ``teacher`` command: teacher fields of up to ``per_dataset`` training pairs of each dataset in ``out``.
+
+    The training subjects and the model grids are those a training run on ``data_spec`` uses (its split
+    included); validation subjects are never paired. Returns the counts of :func:`build_teacher_cache`.
+    """
+    from ..data import build_data
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    bundle = build_data(dict(data_spec, augment=False), seed=seed)
+    subjects = list(bundle.train.subjects)
+    pairs = teacher_pairs(subjects, per_dataset, seed)
+    return build_teacher_cache(TeacherSource(subjects, bundle.preprocess, schedule), pairs, out, progress)

@@ -60,6 +60,7 @@ from .config import TrainConfig
 from .logs import ProgressBar, TrainLogger
 from .precision import amp_dtype, enable_mixed_precision
 from .state import capture_rng_state, check_resumable, restore_rng_state, seed_everything
+from .teacher import DistillationPairs
 from .transfer import frozen_parameters, init_from_checkpoint
 from .validation import best_criterion, to_device, validate
 
@@ -218,8 +219,10 @@ def _setup(
     model.to(device)
     if config.affine_weight > 0 and not spec.affine:
         raise ValueError(f"affine_weight {config.affine_weight}: variant {spec.id!r} has no affine stage")
+    if config.distill_dir is not None:  # every teacher file checked before the first step
+        bundle.train = DistillationPairs(bundle.train, config.distill_dir, config.distill_fraction)
     loss_fn = CompositeLoss.from_variant(spec, uncertainty=config.uncertainty, seg_weight=config.seg_weight,
-                                         affine_weight=config.affine_weight).to(device)
+                                         affine_weight=config.affine_weight, distill_weight=config.distill_weight).to(device)
     groups = [{"params": list(model.parameters()), "lr": spec.lr}]
     loss_params = list(loss_fn.parameters())
     if loss_params:
@@ -353,7 +356,8 @@ def _train_step(
     labels = {}
     if config.seg_weight > 0:
         labels = {"fixed_labels": batch.get("fixed_labels"), "moving_labels": batch.get("moving_labels")}
-    loss, terms = run.loss_fn(outputs, batch["fixed"], batch["moving"], epoch=epoch, epochs=run.epochs, **labels)
+    loss, terms = run.loss_fn(outputs, batch["fixed"], batch["moving"], epoch=epoch, epochs=run.epochs,
+                              teacher_disp_vox=batch.get("teacher_disp_vox"), **labels)
     row: Dict[str, Any] = {"loss": float(loss.detach())}
     row.update({k: v for k, v in terms.items() if k != "total"})
     row["lr"] = optimizer.param_groups[0]["lr"]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The distilled 3D models (issue 21), from the repository root; every step resumable (run it again to continue).
+# 1. teacher fields: the recommended refinement of 120 training pairs per dataset (IXI: all 6), from the centre of mass
+# 2. the four variants, each from its 5000-step file of commit e371607 (kept in runs/brains3d/shipped-5000), trained
+#    STEPS more steps (the last ANNEAL annealed) with the distillation term beside their own losses (same recipe for all four)
+# usage: distill.sh [teacher|VARIANT...]   (default: teacher, then the four variants one after the other)
+#   STEPS (default 3000), ANNEAL (default 1000), DISTILL_WEIGHT (default 1), DEFORM_PASSES, OUT_SUFFIX (run folder suffix)
+set -euo pipefail
+teacher=runs/brains3d/teacher
+steps=${STEPS:-3000}
+run_teacher() {
+  .venv/bin/deepreg-ablation teacher --data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json \
+    --pairs-per-dataset 120 --threads 1 --out "$teacher"
+}
+run_variant() {
+  local variant=$1 reg=""
+  case $variant in regloss|affine_enhanced) reg=m8 ;; esac
+  mkdir -p runs/brains3d/shipped-5000
+  [ -f "runs/brains3d/shipped-5000/$variant.pt" ] || git show "e371607:DeepRegAblation/Resources/Models/3d/$variant.pt" \
+    > "runs/brains3d/shipped-5000/$variant.pt"
+  INIT="runs/brains3d/shipped-5000/$variant.pt" DISTILL=$teacher ANNEAL=${ANNEAL:-1000} \
+    OUT="runs/brains3d/distill/$variant${OUT_SUFFIX:-}" scripts/brains3d/train.sh "$variant" "$steps" $reg
+}
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(teacher baseline regloss affine_basic affine_enhanced)
+for target in "${targets[@]}"; do
+  if [ "$target" = teacher ]; then run_teacher; else run_variant "$target"; fi
+done
