@@ -34,7 +34,7 @@ def test_rows_of_a_pair_and_the_ceiling(tmp_path):
     rows = refinement.refinement_table({"phantom": quality.dataset_pairs(subjects, 1)}, loaded, budgets=[2], threads=1,
                                        syn=False)
     methods = [r["method"] for r in rows]
-    assert methods == ["network", "network+refine@2", "com+refine@2", "network+refine", "com+refine", "ceiling"]
+    assert methods == ["network", "com", "network+refine@2", "com+refine@2", "network+refine", "com+refine", "ceiling"]
     assert all(tuple(r) == refinement.REFINEMENT_COLUMNS for r in rows)
     by = {r["method"]: r for r in rows}
     assert math.isnan(by["ceiling"]["runtime_s"]) and 0 < by["ceiling"]["dice"] <= 1
@@ -45,7 +45,8 @@ def test_rows_of_a_pair_and_the_ceiling(tmp_path):
 
 def _rows(dataset, syn, network, curves):
     rows = [dict(dataset=dataset, method="ants_syn", dice=syn[0], runtime_s=syn[1], folding_pct=0.0),
-            dict(dataset=dataset, method="network", dice=network[0], runtime_s=network[1], folding_pct=0.01)]
+            dict(dataset=dataset, method="network", dice=network[0], runtime_s=network[1], folding_pct=0.01),
+            dict(dataset=dataset, method="com", dice=0.5, runtime_s=0.3, folding_pct=0.0)]
     for start, points in curves.items():
         prefix = "network+refine" if start == "network" else "com+refine"
         for budget, (dice, seconds) in points.items():
@@ -66,7 +67,9 @@ def test_time_to_reach_syn_and_the_goal_lines(tmp_path):
     assert time_to_reach(summary, "com", 0.8) is None
     text = markdown_refinement(rows, "Setup: test.", "fig.png")
     assert "network 0.97 x SyN (met)" in text and "in 3.5 s = 0.09 x SyN's time, 0.35 x the centre-of-mass start (met)" in text
-    assert "| network | 0.685 in 2.0 s | 0.695 in 3.5 s | 0.705 in 8.0 s |" in text
+    assert "| network | 0.670 in 1.2 s | 0.685 in 2.0 s | 0.695 in 3.5 s | 0.705 in 8.0 s |" in text
+    assert "| start | 0 | 2 | 5 | recommended |" in text
+    assert time_to_reach(summary, "network", 0.67) == ("0", 1.2)  # the network alone already reaches it
     assert "The network start needs 0.35 x the time of the centre-of-mass start." in text
     path = plot_dice_against_time(rows, tmp_path / "curves.png")
     assert path.is_file() and path.stat().st_size > 1000

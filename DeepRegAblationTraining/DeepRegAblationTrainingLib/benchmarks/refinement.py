@@ -4,7 +4,8 @@ For each validation pair of each dataset (full resolution, the same final steps 
 ``registration.pipeline.result_from_mapping``):
 
 - ``ants_syn``: ANTs SyN with the antspyx defaults (``classical.classical_register``);
-- ``network``: the network alone (``register(model, refine=0)``);
+- ``network``: the network alone (``register(model, refine=0)``; the 0-iteration point of its curve);
+- ``com``: the centre-of-mass translation alone (the 0-iteration point of the other curve);
 - ``network+refine``: the network, then the refinement from its output (``register(refine="recommended")``:
   from the network's grid on, each level stopping once its loss flattens, ``refine.network_start_schedule``);
 - ``com+refine``: the recommended refinement from the centre-of-mass translation alone, no network
@@ -28,6 +29,7 @@ import torch
 
 from DeepRegAblationLib import geometry
 from DeepRegAblationLib.models.resolve import LoadedModel
+from DeepRegAblationLib.registration.alignment import center_of_mass_alignment
 from DeepRegAblationLib.registration.model_grid import model_grid_spec, model_orientation, model_size_multiple
 from DeepRegAblationLib.registration.pipeline import refine_without_network, register, result_from_mapping
 from DeepRegAblationLib.registration.result import RegistrationResult
@@ -37,7 +39,7 @@ from .quality import Images, read_pair
 
 __all__ = ["DEFAULT_BUDGETS", "REFINEMENT_COLUMNS", "ceiling_result", "pair_rows", "refinement_table", "refinement_section"]
 
-DEFAULT_BUDGETS = (2, 5, 10, 15)
+DEFAULT_BUDGETS = (1, 2, 5, 10)
 """Iterations per level of the Dice-against-time points (the recommended schedule itself is the last point)."""
 REFINEMENT_COLUMNS = ("dataset", "fixed", "moving", "method", "start", "budget", "dice", "folding_pct", "runtime_s")
 
@@ -84,6 +86,10 @@ def pair_rows(ids: Tuple[str, str, str], images: Images, loaded: LoadedModel, bu
         add("ants_syn", "", "", classical_register(fixed, moving, fixed_labels, moving_labels, method="ants",
                                                    transform="deformable", threads=threads))
     add("network", "network", 0, register(fixed, moving, loaded.model, fixed_labels, moving_labels, refine=0, device="cpu"))
+    t0 = time.perf_counter()
+    shift = center_of_mass_alignment(fixed, moving)
+    disp = np.broadcast_to(shift[:3, 3].astype(np.float32), tuple(fixed.shape) + (3,))
+    add("com", "com", 0, result_from_mapping("com", fixed, moving, shift, disp, fixed_labels, moving_labels, {}, t0))
     for budget in list(budgets) + ["recommended"]:
         net = register(fixed, moving, loaded.model, fixed_labels, moving_labels, refine=budget, device="cpu")
         com = refine_without_network(fixed, moving, fixed_labels, moving_labels, refine=budget)

@@ -84,8 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "ANTs SyN, on the validation pairs of --datasets (default all): the network alone, both "
                              "refinements, the model-grid ceiling, Dice against time (--budgets); the first of "
                              "--variants (a variant id or NAME=CHECKPOINT)")
-    parser.add_argument("--budgets", default="2,5,10,15",
-                        help="with --refinement: iterations per level of the Dice-against-time points (default 2,5,10,15)")
+    parser.add_argument("--budgets", default="1,2,5,10",
+                        help="with --refinement: iterations per level of the Dice-against-time points (default 1,2,5,10)")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
 
 
