@@ -129,10 +129,13 @@ transform, the total displacement as a grid transform in the resampling directio
 moving point: put the moving volume under it and it appears aligned to the fixed one), the
 Jacobian-determinant volume and, with labels, the warped labels.</p>
 
-<p><b>Reading the glyphs</b>: each arrow starts at a point of the fixed image and points to where that
-point is taken from in the moving image; its length is the displacement in mm (times the glyph
-scale), its colour the magnitude. Short, smoothly varying arrows mean a gentle deformation; long
-arrows, or neighbours pointing in very different directions, mean a large or implausible one.</p>
+<p><b>Reading the glyphs</b> (the arrows of the shown variant, in the slice and 3D views): each arrow starts
+at a point of the moving image and points to where that point goes when the moving image is registered to
+the fixed one. This is the direction Slicer draws a transform in (its transform to world: the inverse of the
+stored fixed-to-moving grid transform), and the glyphs.png snapshots of the command line draw the same arrows.
+Its length is the displacement in mm (times the glyph scale), its colour the length, from blue (none) to red
+(the longest arrow of the field). Short, smoothly varying arrows mean a gentle deformation; long arrows, or
+neighbours pointing in very different directions, mean a large or implausible one.</p>
 
 <p><b>Reading the Jacobian heatmap</b>: the determinant of the Jacobian of the mapping is the local
 volume change. White (1) = volume preserved, blue (&lt; 1) = tissue shrinks, red (&gt; 1) = tissue

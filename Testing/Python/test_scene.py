@@ -784,3 +784,82 @@ def test_display_settings_are_relative_to_the_automatic_glyphs(case):
     assert display.GetGlyphSpacingMm() == pytest.approx(auto_spacing)
     assert display.GetGlyphScalePercent() == pytest.approx(2 * auto_scale)
     scene.apply_display_settings({}, DisplaySettings())  # nothing shown: nothing to do
+
+
+# --------------------------------------------------------------------------- what the arrows show (issue 23)
+def _slicer_arrows(transform_node, points_ras: np.ndarray) -> np.ndarray:
+    """What Slicer's glyphs draw at ``points_ras`` ``(N, 3)``: the transform TO WORLD (Slicer v5.8.0
+    ``vtkSlicerTransformLogic::GetTransformedPointSamples(..., transformToWorld=true)``: ``GetTransformToWorld``,
+    then ``TransformPoint(p) - p``)."""
+    from vtkmodules.vtkCommonTransforms import vtkGeneralTransform
+
+    to_world = vtkGeneralTransform()
+    transform_node.GetTransformToWorld(to_world)
+    return np.array([np.subtract(to_world.TransformPoint(*p), p) for p in np.asarray(points_ras, dtype=float)])
+
+
+def test_slicers_glyph_logic_draws_the_transform_to_world(case):
+    """The real ``vtkSlicerTransformLogic`` samples the result's grid transform TO WORLD (the inverse of the stored
+    fixed -> moving field, roughly ``-u``): the direction every other test of the arrows relies on."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    node = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)["transform"]
+    image = vtkImageData()
+    image.SetExtent(0, FIXED_SHAPE[2] - 1, 0, FIXED_SHAPE[1] - 1, 0, FIXED_SHAPE[0] - 1)
+    assert slicer.vtkSlicerTransformLogic.GetTransformedPointSamplesAsVectorImage(
+        image, node, scene.nodes.vtk_matrix(FIXED_MATRIX))  # transformToWorld defaults to true
+    drawn = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(-1, 3)
+    points = geometry.grid_points_ras(FIXED_SHAPE, FIXED_MATRIX).reshape(-1, 3)
+    np.testing.assert_allclose(drawn, _slicer_arrows(node, points), atol=1e-6)
+    u = result.disp_ras_mm.reshape(-1, 3)
+    assert np.mean(np.sum(drawn * u, axis=-1) < 0) > 0.95  # opposite to the stored field
+
+
+def test_snapshot_arrows_are_the_arrows_slicer_draws_and_mean_what_the_help_says(case):
+    """The glyph snapshot's arrows (``snapshots.glyph_samples``) are Slicer's arrows at the same points, projected on
+    the slice (they drew ``+u``: the other way); and each says where the moving image's content at its start goes
+    once registered: the fixed point ``x + v`` maps back to ``x`` (``T(p) = p + u(p)``)."""
+    from DeepRegAblationLib.outputs import arrows
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    node = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)["transform"]
+    view = snapshots.SliceView(FIXED_MATRIX, FIXED_SHAPE)
+    samples = snapshots.glyph_samples(view, FIXED_MATRIX, result.disp_ras_mm, arrows_across=6)
+    starts = view.points_ras(samples.rows, samples.cols, FIXED_MATRIX)
+    drawn = _slicer_arrows(node, starts)
+    np.testing.assert_allclose(samples.u_x, drawn @ view.col_dir_ras, atol=0.02)
+    np.testing.assert_allclose(samples.u_y, drawn @ view.row_dir_ras, atol=0.02)
+    np.testing.assert_allclose(samples.magnitude, np.linalg.norm(drawn, axis=-1), atol=0.02)
+    ends = starts + arrows.displayed_displacement_ras_mm(starts, result.disp_ras_mm, FIXED_MATRIX)
+    inside = _interior(ends, FIXED_SHAPE, FIXED_MATRIX, margin=0.0)  # where the field is defined
+    assert inside.sum() > 20
+    u_at_ends = np.stack([geometry.sample_at_ras(result.disp_ras_mm[..., c], FIXED_MATRIX, ends) for c in range(3)], -1)
+    np.testing.assert_allclose((ends + u_at_ends)[inside], starts[inside], atol=0.02)
+
+
+def test_glyph_colours_cover_the_longest_arrow_drawn(case):
+    """Slicer's glyph colours span the colour node's range (``GetVisualization2d`` sets the display node's scalar
+    range from it): that range must reach the longest arrow drawn (it stopped at the 99th percentile of |u|),
+    and the display range must hide none of them; checked on the real 2D glyphs of slices through the field."""
+    from DeepRegAblationLib.outputs import arrows
+    from vtkmodules.vtkCommonDataModel import vtkPolyData
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    display = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)["transform"].GetDisplayNode()
+    top = display.GetColorNode().GetScalarsToColors().GetRange()[1]
+    longest = arrows.longest_arrow_mm(result.disp_ras_mm)
+    assert top >= longest and display.GetGlyphDisplayRangeMaxMm() >= longest
+    centre = _centre(FIXED_SHAPE, FIXED_MATRIX)
+    drawn_max = 0.0
+    for offset in (-4.0, -2.0, 0.0, 2.0, 4.0):
+        slice_to_ras = scene.nodes.vtk_matrix(geometry.translation_matrix(centre + [0.0, 0.0, offset]))
+        glyphs = vtkPolyData()
+        assert slicer.vtkSlicerTransformLogic.GetVisualization2d(glyphs, display, slice_to_ras, [0, 0, 0], [40, 40, 1])
+        assert display.GetScalarRange()[1] == pytest.approx(top)
+        drawn_max = max(drawn_max, glyphs.GetPointData().GetArray("DisplacementMagnitude").GetRange()[1])
+    assert 0.5 * longest < drawn_max <= top

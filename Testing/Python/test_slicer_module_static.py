@@ -750,3 +750,28 @@ def test_extension_urls_point_at_files_in_the_repository():
     for url in urls:
         assert url.startswith("${DEEPREGABLATION_RAW}/"), url
         assert (REPO / url[len("${DEEPREGABLATION_RAW}/"):]).is_file(), f"{url} ({raw}) names no file of the repository"
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", text).split())
+
+
+def _help_text(module_file: Path) -> str:
+    """The string assigned to ``self.parent.helpText`` in a module file (parsed, not imported)."""
+    for node in ast.walk(ast.parse(module_file.read_text(encoding="utf-8"))):
+        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)
+                and node.targets[0].attr == "helpText" and isinstance(node.value, ast.Constant)):
+            return node.value.value
+    raise AssertionError(f"no helpText string in {module_file}")
+
+
+def test_the_help_and_the_readme_say_which_way_the_arrows_point():
+    """The help text and the README say what an arrow shows in the words of ``outputs.arrows`` (the direction
+    Slicer draws, issue 23), and no longer the opposite."""
+    from DeepRegAblationLib.outputs.arrows import ARROW_DIRECTION_TEXT
+
+    help_text = _words(_help_text(GUI_MODULE))
+    readme = _words((REPO / "README.md").read_text(encoding="utf-8"))
+    for text in (help_text, readme):
+        assert ARROW_DIRECTION_TEXT in text
+        assert "is taken from in the moving image" not in text

@@ -27,7 +27,9 @@ hierarchy folder ``<moving>-<variant>``:
   parent. Put the moving volume under it (``moving.SetAndObserveTransformNodeID``) and it
   appears aligned with the fixed volume; hardening resamples it. It is not nested under
   the affine node (the grid already contains the affine part). Its display node shows
-  arrows coloured by displacement magnitude in slice and 3D views (:func:`glyph_settings`);
+  arrows coloured by length in slice and 3D views (:func:`glyph_settings`); Slicer draws them for
+  the transform to world, the inverse of the stored field (``outputs.arrows``): each arrow starts at
+  a point of the moving image and points to where that point goes when the moving image is registered;
 - ``-jacobian``: scalar volume of det(J), shown with the shared "DeepRegAblation Jacobian"
   colour table (:func:`snapshots.jacobian_colors`): window/level centred at 1 (white), blue
   for contraction, red for expansion, folded voxels (det <= 0) bright green;

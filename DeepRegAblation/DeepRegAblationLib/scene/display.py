@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Dict, List
 import numpy as np
 
 from .. import geometry
-from ..outputs import snapshots
+from ..outputs import arrows, snapshots
 from .nodes import RESULT_ATTRIBUTE, get_or_add
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,8 +37,10 @@ def glyph_settings(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray, arrows_acros
     ``spacing_mm``: about ``arrows_across`` arrows across the smallest in-plane extent of the
     grid (at least one voxel); ``scale_percent``: arrow length = magnitude x scale / 100 such
     that the 99th-percentile magnitude spans 0.8 glyph spacings; ``diameter_mm``: 0.3
-    spacings; ``range_min_mm`` / ``range_max_mm``: magnitudes drawn (all non-zero ones);
-    ``color_top_mm``: magnitude given the top colour (99th percentile).
+    spacings; ``color_top_mm``: the top of the colour ramp, the longest arrow Slicer can draw
+    (``arrows.longest_arrow_mm``: Slicer draws ``T^-1(x) - x``, never longer than ``max |u|``);
+    ``range_min_mm`` / ``range_max_mm``: the lengths drawn: every non-zero one (the upper bound
+    leaves room for an arrow where VTK's inverse of a folded field does not converge).
     """
     disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
     matrix = geometry.validate_ijk_to_ras(ijk_to_ras, "ijk_to_ras")
@@ -50,14 +52,14 @@ def glyph_settings(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray, arrows_acros
     magnitude = np.linalg.norm(disp_ras_mm, axis=-1)
     top = float(np.percentile(magnitude, 99)) if magnitude.size else 0.0
     scale_percent = 100.0 * 0.8 * spacing_mm / top if top > 1e-6 else 100.0
-    largest = float(magnitude.max()) if magnitude.size else 0.0
+    longest = arrows.longest_arrow_mm(disp_ras_mm)
     return {
         "spacing_mm": float(spacing_mm),
         "scale_percent": float(scale_percent),
         "diameter_mm": float(0.3 * spacing_mm),
         "range_min_mm": 1e-3,
-        "range_max_mm": float(largest * 1.001 + 1e-3),
-        "color_top_mm": float(top if top > 1e-6 else max(largest, 1.0)),
+        "range_max_mm": float(2.0 * longest + 1.0),
+        "color_top_mm": float(longest * 1.001 + 1e-3 if longest > 1e-6 else 1.0),
     }
 
 
@@ -75,9 +77,12 @@ def _magnitude_color_node(scene, name: str, top_mm: float, reuse: bool):
 
 
 def show_glyphs(scene, transform_node, disp_ras_mm, ijk_to_ras, color_name: str, reuse: bool, region_node=None):
-    """Show the transform as arrows coloured by |u| (:func:`glyph_settings`), in slice and 3D views,
+    """Show the transform as arrows coloured by their length (:func:`glyph_settings`), in slice and 3D views,
     with its own magnitude colour node ``color_name``; ``region_node``: the volume whose extent the glyphs cover.
-    Returns the transform's display node."""
+
+    Slicer draws the transform to world, the inverse of the stored fixed -> moving field
+    (:mod:`..outputs.arrows`): each arrow starts at a point of the moving image and points to where that
+    point goes when the moving image is registered to the fixed one. Returns the transform's display node."""
     import slicer
 
     if transform_node.GetDisplayNode() is None:
