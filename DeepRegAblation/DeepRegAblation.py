@@ -224,6 +224,8 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._resultNodes: Dict[str, Dict[str, Any]] = {}  # variant -> nodes of the last run (Compare all: four)
+        self._shownVariant: Optional[str] = None
         self._shownNodes: Optional[Dict[str, Any]] = None
         self._shownFixedVolume = None
         self._shownDisplay: Optional[DisplaySettings] = None
@@ -244,6 +246,7 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointPathChanged)
+        self.ui.resultsTableView.connect("selectionChanged()", self.onResultsTableSelectionChanged)
         self.ui.progressBar.setVisible(False)
         self.ui.resultsTableView.setVisible(False)
 
@@ -267,6 +270,8 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.isRunning():
             self.logic.cancel()
+        self._resultNodes = {}
+        self._shownVariant = None
         self._shownNodes = None
         self._shownFixedVolume = None
         self.setParameterNode(None)
@@ -441,12 +446,32 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.metricsTable = outcome.table
             self._showMetricsTable(outcome.table)
         if outcome.nodes:
-            firstVariant = next(iter(outcome.nodes))
-            self._log(f"Showing {firstVariant} in the slice views; every variant is in its own folder in Data.")
-            self._shownNodes = outcome.nodes[firstVariant]
+            self._resultNodes = dict(outcome.nodes)
             self._shownFixedVolume = outcome.fixedVolume
-            self._shownDisplay = self._displaySettings()
-            self.logic.showResults(self._shownFixedVolume, self._shownNodes, self._shownDisplay, fit=True)
+            if len(self._resultNodes) > 1:
+                self._log("Click a row of the table to show that variant; every variant is in its own folder in Data.")
+            self._showVariant(next(iter(self._resultNodes)), fit=True)
+
+    def onResultsTableSelectionChanged(self) -> None:
+        """A row of the metrics table chosen: show that variant (its warped volume or Jacobian and its glyphs)."""
+        indexes = self.ui.resultsTableView.selectionModel().selectedIndexes()
+        if not indexes or not self._resultNodes or self.logic.isRunning():
+            return
+        variant = str(indexes[0].sibling(indexes[0].row(), 0).data())  # column 0 of the table: the variant
+        if variant in self._resultNodes and variant != self._shownVariant:
+            self._showVariant(variant, fit=False)
+
+    def _showVariant(self, variant: str, fit: bool) -> None:
+        """Show one variant of the last run in the slice views, with the Display section applied to it."""
+        nodes = self._resultNodes[variant]
+        shownNodes = [node for node in nodes.values() if hasattr(node, "GetID")]
+        if not all(slicer.mrmlScene.IsNodePresent(node) for node in shownNodes + [self._shownFixedVolume]):
+            self._resultNodes.pop(variant, None)
+            return
+        self._shownVariant, self._shownNodes = variant, nodes
+        self._shownDisplay = self._displaySettings()
+        self._log(f"Showing {variant} in the slice views.")
+        self.logic.showResults(self._shownFixedVolume, self._shownNodes, self._shownDisplay, fit=fit)
 
     def _displaySettings(self) -> DisplaySettings:
         """The Display section of the panel."""
@@ -744,10 +769,11 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ display
     @staticmethod
     def showResults(fixedVolume, nodes: Dict[str, Any], display: DisplaySettings, fit: bool = True) -> None:
-        """Slice views: fixed volume in the background, warped volume (or the Jacobian) in the foreground."""
+        """Slice views: fixed volume in the background, warped volume (or the Jacobian) in the foreground; the
+        glyphs of this result only, with the Display settings (``scene.show_result``)."""
         from DeepRegAblationLib import scene
 
-        scene.apply_display_settings(nodes, display)
+        scene.show_result(slicer.mrmlScene, nodes, display)
         jacobianNode = nodes.get("jacobian")
         useJacobian = display.show_jacobian and jacobianNode is not None
         foreground = jacobianNode if useJacobian else nodes.get("warped")

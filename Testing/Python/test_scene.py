@@ -863,3 +863,44 @@ def test_glyph_colours_cover_the_longest_arrow_drawn(case):
         assert display.GetScalarRange()[1] == pytest.approx(top)
         drawn_max = max(drawn_max, glyphs.GetPointData().GetArray("DisplacementMagnitude").GetRange()[1])
     assert 0.5 * longest < drawn_max <= top
+
+
+# --------------------------------------------------------------------------- one result shown at a time (issue 23)
+def _visible_glyphs(mrml) -> list:
+    """The names of the grid transforms whose glyphs are visible."""
+    names = []
+    for index in range(mrml.GetNumberOfNodesByClass("vtkMRMLGridTransformNode")):
+        node = mrml.GetNthNodeByClass(index, "vtkMRMLGridTransformNode")
+        display = node.GetDisplayNode()
+        if display is not None and display.GetVisibility():
+            names.append(node.GetName())
+    return names
+
+
+def test_compare_all_shows_one_glyph_field_and_the_display_follows_the_shown_variant(case):
+    """Compare all: only the first variant's glyphs are visible after the run (all four were); showing another
+    variant (a row of the metrics table) switches the glyphs to it and applies the Display settings to it, not
+    to the first; the table's first column names the variant of each row (what the panel reads on a click)."""
+    from DeepRegAblationLib.panel import DisplaySettings
+
+    fixed, moving, _ = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    variants = ["baseline", "regloss", "affine_basic", "affine_enhanced"]
+    results = [_make_case(variant, amplitude=1.0 + 0.5 * n)[2] for n, variant in enumerate(variants)]
+    nodes, table = scene.add_results_to_scene(mrml, results, fixed_node, moving_node)
+    assert _visible_glyphs(mrml) == ["moving-baseline-transform"]
+    assert [table.GetCellText(row, 0) for row in range(table.GetNumberOfRows())] == variants
+
+    baseline_scale = nodes["baseline"]["transform"].GetDisplayNode().GetGlyphScalePercent()
+    auto_scale = nodes["regloss"]["transform"].GetDisplayNode().GetGlyphScalePercent()
+    scene.show_result(mrml, nodes["regloss"], DisplaySettings(glyph_scale_percent=50.0))
+    assert _visible_glyphs(mrml) == ["moving-regloss-transform"]
+    assert nodes["regloss"]["transform"].GetDisplayNode().GetGlyphScalePercent() == pytest.approx(0.5 * auto_scale)
+    assert nodes["baseline"]["transform"].GetDisplayNode().GetGlyphScalePercent() == pytest.approx(baseline_scale)
+    scene.show_result(mrml, nodes["affine_enhanced"], DisplaySettings(show_glyphs=False))
+    assert _visible_glyphs(mrml) == []
+    scene.show_result(mrml, nodes["affine_enhanced"], DisplaySettings())
+    assert _visible_glyphs(mrml) == ["moving-affine_enhanced-transform"]
+    # a later run (one variant) hides the glyphs of the earlier results too
+    later = scene.add_results_to_scene(mrml, [_make_case("baseline")[2]], fixed_node, moving_node, reuse=False)[0]
+    assert _visible_glyphs(mrml) == [later["baseline"]["transform"].GetName()]

@@ -775,3 +775,32 @@ def test_the_help_and_the_readme_say_which_way_the_arrows_point():
     for text in (help_text, readme):
         assert ARROW_DIRECTION_TEXT in text
         assert "is taken from in the moving image" not in text
+
+
+def _method(tree: ast.AST, class_name: str, name: str) -> ast.FunctionDef:
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == class_name)
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _calls(node: ast.AST) -> List[str]:
+    """Names of the functions / methods called in ``node``, in source order."""
+    calls = [n for n in ast.walk(node) if isinstance(n, ast.Call)]
+    calls.sort(key=lambda n: (n.lineno, n.col_offset))
+    return [decorator_name(n) for n in calls]
+
+
+def test_the_metrics_table_switches_the_shown_variant_and_one_glyph_field_is_shown():
+    """Compare all (issue 23): a row chosen in the metrics table shows that variant (its glyphs only, the Display
+    settings applied to it: ``scene.show_result``, tested in test_scene.py); the panel keeps every variant's nodes."""
+    tree = ast.parse(gui_source())
+    setup = ast.unparse(_method(tree, "DeepRegAblationWidget", "setup")).replace("'", "\"")
+    assert 'resultsTableView.connect("selectionChanged()", self.onResultsTableSelectionChanged)' in setup
+    handler = _method(tree, "DeepRegAblationWidget", "onResultsTableSelectionChanged")
+    assert "_showVariant" in _calls(handler) and "selectedIndexes" in _calls(handler)
+    assert "_showVariant" in _calls(_method(tree, "DeepRegAblationWidget", "_onRegistrationFinished"))
+    assert "show_result" in _calls(_method(tree, "DeepRegAblationLogic", "showResults"))
+    assert "apply_display_settings" not in _calls(_method(tree, "DeepRegAblationLogic", "showResults"))
+    table = ui_widgets(read_ui())["resultsTableView"]
+    properties = {p.get("name"): ET.tostring(p, encoding="unicode") for p in table.findall("property")}
+    assert "SelectRows" in properties.get("selectionBehavior", "")
+    assert "SingleSelection" in properties.get("selectionMode", "")

@@ -42,15 +42,16 @@ and the first warped volume as foreground; :func:`load_results_scene` reads it b
 For the module panel: :func:`check_inputs`; the inputs of a registration as images
 (:func:`label_images`) or NRRD files for the background run (:func:`write_input_files`), segmentations
 exported to label maps with one label value per segment name (:func:`labelmaps_for_inputs`, temporary
-nodes removed with :func:`remove_nodes`); :func:`add_results_to_scene` and :func:`apply_display_settings`
-(the Display section: glyphs relative to the automatic ones, Jacobian range).
+nodes removed with :func:`remove_nodes`); :func:`add_results_to_scene` (the first result's glyphs shown, every
+other result's hidden), :func:`show_result` (one result shown: its glyphs only, the Display settings applied)
+and :func:`apply_display_settings` (the Display section: glyphs relative to the automatic ones, Jacobian range).
 """
 from __future__ import annotations
 
 from .display import (
     AUTO_GLYPH_SCALE_ATTRIBUTE, AUTO_GLYPH_SPACING_ATTRIBUTE, JACOBIAN_COLOR_NAME, SLICE_VIEW_NAMES,
-    add_default_label_colors, apply_display_settings, glyph_settings, jacobian_color_node, jacobian_window_level,
-    remember_automatic_glyphs, result_label_layer, show_in_slice_views,
+    add_default_label_colors, apply_display_settings, glyph_settings, hide_other_result_glyphs, jacobian_color_node,
+    jacobian_window_level, remember_automatic_glyphs, result_label_layer, show_in_slice_views, show_result,
 )
 from .files import SCENE_FILE_NAME, load_results_scene, save_scene, write_results_scene
 from .inputs import (
@@ -74,5 +75,5 @@ __all__ = [
     "grid_transform_from_displacement", "glyph_settings", "jacobian_color_node", "add_default_label_colors",
     "jacobian_window_level", "add_registration_to_scene", "add_results_to_scene", "update_metrics_table",
     "show_in_slice_views", "result_label_layer", "remember_automatic_glyphs", "apply_display_settings",
-    "save_scene", "write_results_scene", "load_results_scene",
+    "hide_other_result_glyphs", "show_result", "save_scene", "write_results_scene", "load_results_scene",
 ]

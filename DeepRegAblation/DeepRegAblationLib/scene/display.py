@@ -21,6 +21,7 @@ __all__ = [
     "JACOBIAN_COLOR_NAME", "SLICE_VIEW_NAMES", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE",
     "glyph_settings", "show_glyphs", "jacobian_color_node", "add_default_label_colors", "jacobian_window_level",
     "show_in_slice_views", "result_label_layer", "remember_automatic_glyphs", "apply_display_settings",
+    "hide_other_result_glyphs", "show_result",
 ]
 
 JACOBIAN_COLOR_NAME = "DeepRegAblation Jacobian"
@@ -255,3 +256,28 @@ def apply_display_settings(nodes: Dict[str, object], display: "DisplaySettings")
         display_node = jacobian_node.GetDisplayNode()
         display_node.SetAutoWindowLevel(False)
         display_node.SetWindowLevelMinMax(display.jacobian_min, max(display.jacobian_max, display.jacobian_min + 1e-3))
+
+
+# --------------------------------------------------------------------------- one result at a time
+def hide_other_result_glyphs(scene, nodes: Dict[str, object]) -> List[object]:
+    """Hide the glyphs of every result's grid transform in ``scene`` (nodes with :data:`RESULT_ATTRIBUTE`) but
+    ``nodes["transform"]``: one field of arrows at a time (Compare all made four, over each other). Returns the
+    transforms hidden."""
+    shown = nodes.get("transform")
+    hidden = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLGridTransformNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLGridTransformNode")
+        display_node = node.GetDisplayNode()
+        if node is shown or node.GetAttribute(RESULT_ATTRIBUTE) is None or display_node is None:
+            continue
+        if display_node.GetVisibility():
+            display_node.SetVisibility(False)
+            hidden.append(node)
+    return hidden
+
+
+def show_result(scene, nodes: Dict[str, object], display: "DisplaySettings") -> None:
+    """Show one result (a variant's ``nodes``, e.g. the row chosen in the metrics table): its glyphs only
+    (:func:`hide_other_result_glyphs`), with the panel's Display settings (:func:`apply_display_settings`)."""
+    hide_other_result_glyphs(scene, nodes)
+    apply_display_settings(nodes, display)

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Dict, Sequence
 import numpy as np
 
 from .. import geometry
-from .display import jacobian_color_node, jacobian_window_level, remember_automatic_glyphs, show_glyphs
+from .display import (
+    hide_other_result_glyphs, jacobian_color_node, jacobian_window_level, remember_automatic_glyphs, show_glyphs,
+)
 from .nodes import (
     RESULT_ATTRIBUTE, get_or_add, grid_transform_from_displacement, node_ijk_to_ras, require_no_parent_transform,
     set_volume, vtk_matrix,
@@ -185,6 +187,9 @@ def add_results_to_scene(scene, results: Sequence["RegistrationResult"], fixed_n
     """Every result (:func:`add_registration_to_scene`, glyph choices remembered with
     :func:`remember_automatic_glyphs`) and the metrics table (:func:`update_metrics_table`).
 
+    Only the first result's glyphs stay visible (:func:`display.hide_other_result_glyphs`: other variants and
+    earlier runs are hidden); ``display.show_result`` switches to another one.
+
     ``table_node`` (a previous run's table) is filled again only with ``reuse``; otherwise the scene's
     "DeepRegAblation metrics" table is used or added. Returns ``(nodes by variant, table node)``.
     """
@@ -193,6 +198,8 @@ def add_results_to_scene(scene, results: Sequence["RegistrationResult"], fixed_n
         added = add_registration_to_scene(scene, result, fixed_node, moving_node, reuse=reuse)
         remember_automatic_glyphs(added)
         nodes[result.variant] = added
+    if nodes:
+        hide_other_result_glyphs(scene, next(iter(nodes.values())))
     table = update_metrics_table(scene, results, table_node=table_node if reuse else None)
     return nodes, table
 
