@@ -229,6 +229,7 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownNodes: Optional[Dict[str, Any]] = None
         self._shownFixedVolume = None
         self._shownDisplay: Optional[DisplaySettings] = None
+        self._applyGuard = panel.StartGuard()  # a second click while the first one starts is ignored
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -338,6 +339,9 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.checkpointPath = path
 
     def _checkCanApply(self) -> None:
+        if self._applyGuard.busy:  # starting: a parameter change meanwhile must not re-enable the button
+            self.ui.applyButton.enabled = False
+            return
         if self.logic.isRunning():
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.toolTip = "Stop the running registration; the scene is left unchanged."
@@ -398,6 +402,18 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ Apply / Cancel
     def onApplyButton(self) -> None:
+        """Apply (or Cancel). The button is disabled and the guard held before anything can process events
+        (the log, the PyTorch check): a double click cannot start two runs."""
+        if self._applyGuard.busy:  # the second click of a double click, delivered by the first one's events
+            return
+        try:
+            with self._applyGuard.starting():
+                self.ui.applyButton.enabled = False
+                self._applyOrCancel()
+        finally:
+            self._checkCanApply()  # the guard is free again: Apply, or Cancel while the run goes on
+
+    def _applyOrCancel(self) -> None:
         if self.logic.isRunning():
             self._log("Cancelling...")
             self.logic.cancel()
@@ -573,6 +589,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         self._process: Optional[jobs.BackgroundJob] = None
         self._job: Optional[panel.RegistrationJob] = None
         self._pollTimer = None
+        self._startGuard = panel.StartGuard()
 
     def getParameterNode(self) -> DeepRegAblationParameterNode:
         return DeepRegAblationParameterNode(super().getParameterNode())
@@ -684,10 +701,17 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         Arguments as in :meth:`process` (``variants``: one id or "all"; ``model``: ``None``, a checkpoint
         file of that variant, or a folder of ``<variant>.pt``). ``onLog(text)``,
         ``onProgress(fraction, message)`` and ``onFinished(RegistrationOutcome)`` are called on the
-        GUI thread. Nothing is added to the scene unless the process succeeds.
+        GUI thread. Nothing is added to the scene unless the process succeeds. A start while another one is
+        starting (its log lines process events) or running raises ``RuntimeError``.
         """
         if self.isRunning():
             raise RuntimeError("A registration is already running; cancel it first.")
+        with self._startGuard.starting():
+            self._startBackgroundRun(fixedVolume, movingVolume, variants, fixedLabels, movingLabels, model, device,
+                                     refine, initialAlignment, reuse, metricsTable, onLog, onProgress, onFinished)
+
+    def _startBackgroundRun(self, fixedVolume, movingVolume, variants, fixedLabels, movingLabels, model, device,
+                            refine, initialAlignment, reuse, metricsTable, onLog, onProgress, onFinished) -> None:
         self.checkInputs(fixedVolume, movingVolume, fixedLabels, movingLabels)
         variantIds = parse_variants(variants)
         if model:

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .options import ALIGNMENT_CHOICES, VARIANT_IDS, RefineArgument, parse_variants, refine_cli_arguments
 from .progress import parse_error_line, parse_progress_line
@@ -34,6 +35,7 @@ __all__ = [
     "DisplaySettings", "RegistrationOutcome", "RegistrationJob", "checkpoint_problem", "models_to_run",
     "initial_alignment_argument", "register_arguments", "register_command", "library_paths", "python_executable",
     "process_environment", "load_results", "metrics_summary", "version_tuple", "CLI_MODULE", "LIBRARY_PACKAGES",
+    "StartGuard",
 ]
 
 CLI_MODULE = "DeepRegAblationTrainingLib.cli"
@@ -323,3 +325,34 @@ def version_tuple(version: str) -> Tuple[int, ...]:
     """``"2.1.0+cu121"`` -> ``(2, 1, 0)``: the first three numbers of a version, local part dropped."""
     numbers = re.findall(r"\d+", version.split("+")[0])[:3]
     return tuple(int(n) for n in numbers)
+
+
+# --------------------------------------------------------------------------- one start at a time
+class StartGuard:
+    """One start at a time: refuses a start while another one is starting.
+
+    A double click on Apply: the first click's start logs lines, and each line processes GUI events
+    (``slicer.app.processEvents``, so that the panel shows it), which delivers the second click while the
+    first start is still running; both would then start a background run and break each other. The
+    panel checks :attr:`busy` before anything else; the logic's start runs inside :meth:`starting`.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        """True while a start is under way."""
+        return self._busy
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """The block of one start; ``RuntimeError`` when another one is under way. Freed when the block ends,
+        normally or by an exception."""
+        if self._busy:
+            raise RuntimeError("A registration is already starting; wait for it (or cancel it once it runs).")
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False

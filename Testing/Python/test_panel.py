@@ -277,3 +277,32 @@ def test_display_settings_defaults_are_the_panel_defaults():
     assert panel.DisplaySettings() == panel.DisplaySettings(
         show_glyphs=True, glyph_spacing_mm=0.0, glyph_scale_percent=100.0, show_jacobian=False,
         jacobian_opacity=0.6, jacobian_min=-1.0, jacobian_max=3.0)
+
+
+# --------------------------------------------------------------------------- one start at a time (issue 23)
+def test_a_second_start_while_one_is_starting_is_refused():
+    """A double click on Apply: the second click arrives while the first one's start processes GUI events (its
+    log lines); the guard refuses it, whatever the first one then does, and frees itself after (error or not)."""
+    guard = panel.StartGuard()
+    starts, refused = [], []
+
+    def start(again: bool) -> None:
+        with guard.starting():
+            if again:  # the events processed by a log line deliver the second click now
+                try:
+                    start(again=False)
+                except RuntimeError as exc:
+                    refused.append(str(exc))
+            starts.append("started")
+
+    assert not guard.busy
+    start(again=True)
+    assert starts == ["started"] and len(refused) == 1 and "already starting" in refused[0]
+    assert not guard.busy
+    with pytest.raises(ValueError):
+        with guard.starting():
+            assert guard.busy
+            raise ValueError("bad input")
+    assert not guard.busy
+    start(again=False)
+    assert starts == ["started", "started"]

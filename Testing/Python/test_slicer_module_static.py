@@ -804,3 +804,22 @@ def test_the_metrics_table_switches_the_shown_variant_and_one_glyph_field_is_sho
     properties = {p.get("name"): ET.tostring(p, encoding="unicode") for p in table.findall("property")}
     assert "SelectRows" in properties.get("selectionBehavior", "")
     assert "SingleSelection" in properties.get("selectionMode", "")
+
+
+def test_apply_is_guarded_before_anything_processes_events():
+    """A double click on Apply started two runs (issue 23): the button stayed enabled until the first
+    ``processEvents`` (in ``_log``, in the PyTorch install). ``onApplyButton`` must check the guard and disable the
+    button before it logs or checks PyTorch, and the logic's ``startRegistration`` must enter its guard before it
+    logs anything (``panel.StartGuard``, tested in test_panel.py)."""
+    tree = ast.parse(gui_source())
+    apply = _method(tree, "DeepRegAblationWidget", "onApplyButton")
+    first = ast.unparse(apply.body[1] if isinstance(apply.body[0], ast.Expr) else apply.body[0])
+    assert first.startswith("if self._applyGuard.busy:") and "return" in first, first
+    calls = _calls(apply)
+    assert calls.index("starting") < min(calls.index(name) for name in ("_log", "ensurePyTorch", "_applyOrCancel")
+                                         if name in calls)
+    source = ast.unparse(apply)
+    assert source.index("self.ui.applyButton.enabled = False") < source.index("_applyOrCancel")
+    start = _method(tree, "DeepRegAblationLogic", "startRegistration")
+    start_calls = [name for name in _calls(start) if name != "RuntimeError"]
+    assert start_calls[:2] == ["isRunning", "starting"], start_calls
