@@ -579,7 +579,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     **Background** (the Apply button): ``startRegistration(...)`` takes the same inputs plus
     callbacks, writes the inputs to a temporary folder, runs
-    ``PythonSlicer -m DeepRegAblationTrainingLib.cli register ... --save-npz --out <tmp>`` as a
+    ``PythonSlicer -m DeepRegAblationTrainingLib.cli register ... --npz-only --out <tmp>`` as a
     separate process, reports its progress lines, and only when it succeeded loads each
     ``<variant>/result.npz`` into the scene. ``cancel()`` kills the process; the scene is left as it was.
     """

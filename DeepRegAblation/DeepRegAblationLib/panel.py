@@ -4,7 +4,7 @@
   variants; the panel asks on every change), :func:`models_to_run` (what ``inference.register(model=...)``
   gets, once per registration, in the blocking run), :func:`initial_alignment_argument`.
 - **The background run**: :func:`register_command` (``PythonSlicer -m DeepRegAblationTrainingLib.cli
-  register ... --save-npz --no-scene --out DIR``, arguments by :func:`register_arguments`), run with
+  register ... --npz-only --out DIR``: only ``result.npz`` and the metrics, arguments by :func:`register_arguments`), run with
   :func:`process_environment` (:func:`library_paths` first on ``PYTHONPATH``, unbuffered output);
   :class:`RegistrationJob` reads its output lines (the :mod:`.progress` protocol) and says how it ended.
 - **Results**: :func:`load_results` (the run's ``<variant>/result.npz`` files), :func:`metrics_summary`,
@@ -187,7 +187,7 @@ def register_arguments(files: Dict[str, Path], out_dir: Path, variant_ids: Seque
     if initial_alignment not in ALIGNMENT_CHOICES:
         raise ValueError(f"initial_alignment must be one of {ALIGNMENT_CHOICES}, got {initial_alignment!r}")
     return args + ["--device", device, *refine_cli_arguments(refine), "--init-align", initial_alignment,
-                   "--save-npz", "--no-scene", "--out", str(out_dir)]  # the panel builds its nodes from result.npz
+                   "--npz-only", "--out", str(out_dir)]  # the panel builds its nodes from result.npz: nothing else
 
 
 def python_executable() -> str:

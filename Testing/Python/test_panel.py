@@ -47,8 +47,8 @@ def test_background_command_is_understood_by_the_register_command(tmp_path, vari
     assert parsed.fixed_labels == files.get("fixed_labels") and parsed.moving_labels == files.get("moving_labels")
     assert parsed.variant == (variants[0] if len(variants) == 1 else "all")
     assert str(parsed.model) == str(tmp_path / "models") and parsed.device == "cpu"
-    assert parsed.refine == refine and parsed.init_align == "com" and parsed.save_npz and parsed.out == tmp_path / "out"
-    assert parsed.no_scene  # the panel builds its nodes from result.npz: no scene in the background run
+    assert parsed.refine == refine and parsed.init_align == "com" and parsed.out == tmp_path / "out"
+    assert parsed.npz_only  # the panel builds its nodes from result.npz: nothing else is written (issue 23)
     for schedule in ("recommended", "thorough"):
         named = panel.register_arguments(files, tmp_path / "out", variants, None, "cpu", schedule, "auto")
         assert cli.build_parser(["register"]).parse_args(named).refine == schedule
@@ -67,7 +67,7 @@ def test_the_command_line_the_panel_runs_word_for_word(tmp_path):
         panel.python_executable(), "-m", "DeepRegAblationTrainingLib.cli", "register",
         "--fixed", str(Path("/w/fixed.nrrd")), "--moving", str(Path("/w/moving.nrrd")),
         "--moving-labels", str(Path("/w/ml.nrrd")), "--variant", "regloss", "--device", "auto", "--refine",
-        "--init-align", "auto", "--save-npz", "--no-scene", "--out", str(Path("/w/results")),
+        "--init-align", "auto", "--npz-only", "--out", str(Path("/w/results")),
     ]
     all_four = panel.register_command(files, Path("/w/results"), list(VARIANT_IDS), "/m", "cpu", 0, "none")
     assert all_four[all_four.index("--variant") + 1] == "all" and "--refine" not in all_four

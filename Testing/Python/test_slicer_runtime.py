@@ -138,6 +138,8 @@ def test_the_panels_background_run_end_to_end(tmp_path, tiny_images, tiny_inputs
     assert fractions[0] == 0.0 and fractions == sorted(fractions) and fractions[-1] > 0.9
     assert not any(line.startswith("progress ") for line in log)
 
+    written = sorted(p.relative_to(job.out_dir).as_posix() for p in job.out_dir.rglob("*") if p.is_file())
+    assert written == [".deepreg-ablation-register", "baseline/result.npz", "metrics.csv", "metrics.json"]  # issue 23
     results = panel.load_results(job.out_dir, job.variant_ids)
     nodes, table = scene.add_results_to_scene(mrml, results, fixed_node, moving_node)
     outcome = panel.RegistrationOutcome.done(fixed_node, results, nodes, table)
