@@ -240,3 +240,43 @@ def test_a_missing_pytorch_is_one_line(tmp_path, toy):
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("error: ") and "PyTorch" in lines[0] and "extension" in lines[0]
+
+
+# --------------------------------------------------------------------------- bench inside Slicer (issue 23, item 6)
+SLICER_MODULE_PATHS = """
+    import os, sys
+    # Slicer puts the scripted modules' folders on sys.path, not on PYTHONPATH: the next process does not inherit them
+    _folders = os.environ.pop("SLICER_MODULE_PATHS", "")
+    sys.path[:0] = [folder for folder in _folders.split(os.pathsep) if folder]
+    # nor is the project pip-installed in Slicer's Python (here an editable install may be: its finder goes)
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+"""
+
+
+def test_bench_cases_find_the_libraries_when_they_are_only_on_sys_path(tmp_path):
+    """``deepreg-ablation bench`` inside Slicer: every speed case runs in a new ``sys.executable -m
+    DeepRegAblationTrainingLib.benchmarks.speed`` process; Slicer puts the libraries on ``sys.path`` only, so each
+    case failed to import (``No module named DeepRegAblationTrainingLib``). A tiny model case must run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from _slicer_environment import REPO
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(SLICER_MODULE_PATHS))
+    script = ("import json\nfrom DeepRegAblationTrainingLib.benchmarks import speed\n"
+              "case = dict(kind='model', size='tiny', shape=[16, 16, 16], model='baseline', device='cpu', threads=1, "
+              "repeats=1)\nprint(json.dumps(speed.measure(case, timeout_s=240)))\n")
+    env = dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1",
+               SLICER_MODULE_PATHS=os.pathsep.join([str(REPO / "DeepRegAblation"), str(REPO / "DeepRegAblationTraining")]))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "error" not in row, row["error"]
+    assert row["seconds"] > 0
