@@ -570,7 +570,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
       it, centres of mass aligned first when far apart or not overlapping; the reason is logged),
       ``"none"`` (physical space as is) or ``"com"`` (centres of mass translated
       together first; part of the affine output).
-    - reuse: overwrite the output nodes of a previous run of the same variant and inputs.
+    - reuse: overwrite the output nodes of a previous run of the same variant on the same fixed and moving
+      volumes (results made from other volumes are never replaced).
     - progress: optional ``progress(fraction, message)``.
 
     Returns ``{"results": {variant: RegistrationResult}, "nodes": {variant: {"warped", "affine",

@@ -904,3 +904,39 @@ def test_compare_all_shows_one_glyph_field_and_the_display_follows_the_shown_var
     # a later run (one variant) hides the glyphs of the earlier results too
     later = scene.add_results_to_scene(mrml, [_make_case("baseline")[2]], fixed_node, moving_node, reuse=False)[0]
     assert _visible_glyphs(mrml) == [later["baseline"]["transform"].GetName()]
+
+
+# --------------------------------------------------------------------------- reuse only for the same inputs (issue 23)
+def test_reuse_replaces_only_the_results_of_the_same_fixed_and_moving_volumes(case):
+    """"Reuse" overwrote ``<moving>-<variant>-*`` nodes made with another fixed volume, silently replacing those
+    results (the tooltip promises reuse for the same inputs only). With another fixed volume, new nodes, folder,
+    colours and table; the earlier ones stay as they were; the same inputs again reuse them."""
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    other_fixed = scene.add_volume_node(mrml, fixed, "other fixed")  # same grid, another volume
+    first, first_table = scene.add_results_to_scene(mrml, [result], fixed_node, moving_node, reuse=True)
+    first = first["baseline"]
+    kept = {key: slicer.util.arrayFromVolume(first[key]).copy() for key in ("warped", "jacobian")}
+    kept_field = slicer.util.arrayFromGridTransform(first["transform"]).copy()
+
+    changed = _make_case(amplitude=1.0)[2]
+    second, second_table = scene.add_results_to_scene(mrml, [changed], other_fixed, moving_node, reuse=True,
+                                                      table_node=first_table)
+    second = second["baseline"]
+    for key in ("warped", "affine", "transform", "jacobian", "warped_labels"):
+        assert second[key].GetID() != first[key].GetID(), key
+        assert mrml.IsNodePresent(first[key]), key
+    assert second["folder"] != first["folder"] and second_table is not first_table
+    assert (second["transform"].GetDisplayNode().GetColorNodeID()
+            != first["transform"].GetDisplayNode().GetColorNodeID())
+    for key, array in kept.items():
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(first[key]), array)
+    np.testing.assert_array_equal(slicer.util.arrayFromGridTransform(first["transform"]), kept_field)
+    assert first_table.GetNumberOfRows() == 1
+
+    again, again_table = scene.add_results_to_scene(mrml, [changed], fixed_node, moving_node, reuse=True,
+                                                    table_node=first_table)
+    assert {k: v.GetID() for k, v in again["baseline"].items() if k != "folder"} == {
+        k: v.GetID() for k, v in first.items() if k != "folder"}
+    assert again["baseline"]["folder"] == first["folder"] and again_table is first_table
+    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(first["transform"]), changed.disp_ras_mm, atol=1e-6)

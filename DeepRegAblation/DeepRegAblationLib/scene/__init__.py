@@ -15,7 +15,8 @@ public name of the package's modules:
 
 What :func:`add_registration_to_scene` makes for one :class:`RegistrationResult`, named after
 the moving volume and the variant (``<moving>-<variant>-...``) and grouped in one subject
-hierarchy folder ``<moving>-<variant>``:
+hierarchy folder ``<moving>-<variant>``; each node records the fixed and moving volumes it was made
+from (:data:`INPUTS_ATTRIBUTE`), and "reuse" replaces only the results of the same volumes:
 
 - ``-warped``: scalar volume on the fixed grid (same IJKToRAS as the fixed volume);
 - ``-affine``: ``vtkMRMLLinearTransformNode``, the affine part; ``affine_ras`` maps a fixed
@@ -59,7 +60,7 @@ from .inputs import (
     remove_nodes, segment_names, shared_label_colors, write_input_files,
 )
 from .nodes import (
-    RESULT_ATTRIBUTE, add_volume_node, grid_transform_from_displacement, image_data_from_volume_node,
+    INPUTS_ATTRIBUTE, RESULT_ATTRIBUTE, add_volume_node, grid_transform_from_displacement, image_data_from_volume_node,
     parent_transform_problem, require_no_parent_transform, write_volume_file,
 )
 from .results import (
@@ -68,7 +69,7 @@ from .results import (
 
 __all__ = [
     "METRIC_COLUMNS", "METRICS_TABLE_NAME", "JACOBIAN_COLOR_NAME", "SCENE_FILE_NAME", "SLICE_VIEW_NAMES",
-    "RESULT_ATTRIBUTE", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE", "TEMP_LABELS_NAME",
+    "RESULT_ATTRIBUTE", "INPUTS_ATTRIBUTE", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE", "TEMP_LABELS_NAME",
     "TEMP_COLORS_NAME", "parent_transform_problem", "require_no_parent_transform", "image_data_from_volume_node",
     "add_volume_node", "write_volume_file", "check_inputs", "segment_names", "shared_label_colors",
     "labelmap_for_labels", "labelmaps_for_inputs", "remove_nodes", "label_images", "write_input_files",

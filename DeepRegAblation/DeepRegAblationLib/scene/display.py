@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import geometry
 from ..outputs import arrows, snapshots
-from .nodes import RESULT_ATTRIBUTE, get_or_add
+from .nodes import RESULT_ATTRIBUTE, get_or_add_for_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..panel import DisplaySettings
@@ -64,10 +64,10 @@ def glyph_settings(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray, arrows_acros
     }
 
 
-def _magnitude_color_node(scene, name: str, top_mm: float, reuse: bool):
+def _magnitude_color_node(scene, name: str, top_mm: float, reuse: bool, inputs: str = ""):
     from vtkmodules.vtkRenderingCore import vtkColorTransferFunction
 
-    node = get_or_add(scene, "vtkMRMLProceduralColorNode", name, reuse)
+    node = get_or_add_for_inputs(scene, "vtkMRMLProceduralColorNode", name, reuse, inputs)
     ramp = vtkColorTransferFunction()
     for value, r, g, b in snapshots.magnitude_color_points(top_mm):
         ramp.AddRGBPoint(value, r, g, b)
@@ -77,9 +77,11 @@ def _magnitude_color_node(scene, name: str, top_mm: float, reuse: bool):
     return node
 
 
-def show_glyphs(scene, transform_node, disp_ras_mm, ijk_to_ras, color_name: str, reuse: bool, region_node=None):
+def show_glyphs(scene, transform_node, disp_ras_mm, ijk_to_ras, color_name: str, reuse: bool, region_node=None,
+                inputs: str = ""):
     """Show the transform as arrows coloured by their length (:func:`glyph_settings`), in slice and 3D views,
-    with its own magnitude colour node ``color_name``; ``region_node``: the volume whose extent the glyphs cover.
+    with its own magnitude colour node ``color_name`` (reused for the same ``inputs`` only, ``nodes.inputs_key``);
+    ``region_node``: the volume whose extent the glyphs cover.
 
     Slicer draws the transform to world, the inverse of the stored fixed -> moving field
     (:mod:`..outputs.arrows`): each arrow starts at a point of the moving image and points to where that
@@ -90,7 +92,7 @@ def show_glyphs(scene, transform_node, disp_ras_mm, ijk_to_ras, color_name: str,
         transform_node.CreateDefaultDisplayNodes()
     display = transform_node.GetDisplayNode()
     settings = glyph_settings(disp_ras_mm, ijk_to_ras)
-    color_node = _magnitude_color_node(scene, color_name, settings["color_top_mm"], reuse)
+    color_node = _magnitude_color_node(scene, color_name, settings["color_top_mm"], reuse, inputs)
     was_modifying = display.StartModify()
     display.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH)
     display.SetGlyphType(slicer.vtkMRMLTransformDisplayNode.GLYPH_TYPE_ARROW)
