@@ -233,11 +233,15 @@ def library_paths(module_dir: Path, training_module_dir: Optional[Path] = None) 
 
 def process_environment(paths: Sequence[str], environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The background process's environment: ``environ`` (default ``os.environ``) with ``paths`` put
-    before its ``PYTHONPATH`` and ``PYTHONUNBUFFERED=1`` (progress lines arrive as they are printed)."""
+    before its ``PYTHONPATH``, ``PYTHONUNBUFFERED=1`` (progress lines arrive as they are printed) and
+    ``PYTHONUTF8=1`` / ``PYTHONIOENCODING=utf-8``: the output is read as UTF-8 (``jobs``), and on Windows a
+    child Python would otherwise write its ANSI code page (non-ASCII paths became replacement characters)."""
     env = dict(os.environ if environ is None else environ)
     previous = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = os.pathsep.join(list(paths) + ([previous] if previous else []))
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONUTF8"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
     return env
 
 

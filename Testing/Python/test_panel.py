@@ -104,7 +104,8 @@ def test_library_paths_in_the_source_tree_and_an_installed_extension(tmp_path):
 
 def test_process_environment_puts_the_libraries_first_and_unbuffers():
     env = panel.process_environment(["/a", "/b"], {"PYTHONPATH": "/old", "HOME": "/h"})
-    assert env == {"PYTHONPATH": os.pathsep.join(["/a", "/b", "/old"]), "HOME": "/h", "PYTHONUNBUFFERED": "1"}
+    assert env == {"PYTHONPATH": os.pathsep.join(["/a", "/b", "/old"]), "HOME": "/h", "PYTHONUNBUFFERED": "1",
+                   "PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8"}  # UTF-8 output on Windows too (issue 23)
     assert panel.process_environment(["/a"], {})["PYTHONPATH"] == "/a"
     assert panel.process_environment(["/a"])["PATH"] == os.environ["PATH"]
 
