@@ -102,7 +102,7 @@ class DeepRegAblation(ScriptedLoadableModule):
         self.parent.title = "DeepReg Ablation"
         self.parent.categories = ["Registration"]
         self.parent.dependencies = []
-        self.parent.contributors = ["DeepRegAblation contributors"]
+        self.parent.contributors = ["DeepRegAblation developers (independent)"]
         self.parent.helpText = """
 <p>Registers a <b>moving</b> brain MRI to a <b>fixed</b> one with learned deformable registration
 networks, and shows what each of four model variants did to the image.</p>

@@ -180,7 +180,7 @@ if ScriptedLoadableModule is not None:
             self.parent.title = "DeepReg Ablation Training"
             self.parent.categories = ["Developer Tools"]
             self.parent.dependencies = []
-            self.parent.contributors = ["DeepRegAblation contributors"]
+            self.parent.contributors = ["DeepRegAblation developers (independent)"]
             self.parent.helpText = """
 <p>Training, evaluation and the ablation study of the DeepRegAblation registration variants
 (<code>baseline</code>, <code>regloss</code>, <code>affine_basic</code>, <code>affine_enhanced</code>).

@@ -823,3 +823,33 @@ def test_apply_is_guarded_before_anything_processes_events():
     start = _method(tree, "DeepRegAblationLogic", "startRegistration")
     start_calls = [name for name in _calls(start) if name != "RuntimeError"]
     assert start_calls[:2] == ["isRunning", "starting"], start_calls
+
+
+CONTRIBUTOR = re.compile(r"^[^(),]+ \([^()]+\)$")
+"""``Firstname Lastname (Organization)``: the Extensions Index's form of a contributor (Slicer docs, extensions.md)."""
+
+
+def test_license_file_and_named_contributors_for_the_extensions_index():
+    """The Extensions Index asks for LICENSE.txt in the repository root and its name on the homepage (the README),
+    and for contributors as ``Name (Affiliation)`` in the extension's CMake metadata and the modules (issue 23)."""
+    license_text = (REPO / "LICENSE.txt").read_text(encoding="utf-8")
+    assert license_text.startswith("BSD 3-Clause License")
+    assert re.search(r"Copyright \(c\) 20\d\d, DeepRegAblation contributors", license_text)
+    for clause in ("Redistributions of source code must retain", "Redistributions in binary form must reproduce",
+                   "Neither the name of the copyright holder nor the names of its", 'PROVIDED BY THE COPYRIGHT HOLDERS AND CONTRIBUTORS "AS IS"'):
+        assert clause in license_text, clause
+    assert 'license = { text = "BSD-3-Clause" }' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "## License" in readme and "BSD 3-Clause" in readme and "LICENSE.txt" in readme
+
+    sets = {args[0]: args[1:] for name, args in cmake_commands((REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+            if name == "set" and args}
+    contributors = [c.strip() for c in " ".join(sets["EXTENSION_CONTRIBUTORS"]).split(",")]
+    assert contributors and all(CONTRIBUTOR.match(c) for c in contributors), contributors
+    for module in (GUI_MODULE, TRAINING_MODULE):
+        listed = [n for n in ast.walk(ast.parse(module.read_text(encoding="utf-8")))
+                  if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Attribute)
+                  and n.targets[0].attr == "contributors"]
+        assert listed, module
+        names = [element.value for element in listed[0].value.elts]
+        assert names == contributors, (module.name, names)
