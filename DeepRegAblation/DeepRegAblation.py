@@ -124,6 +124,15 @@ centres of mass are more than 20 mm apart or that do not overlap (heads of diffe
 scanners), and says so in the log.</p>
 <p>Inputs must not be under a parent transform: harden it first (Data module, right-click the transform).</p>
 
+<p><b>What the shipped models know</b>: they were trained on T1-weighted MRI of brains without lesions
+(healthy adults and older adults of the OASIS, LPBA40, IBSR18 and IXI datasets; the 2D models on
+neurite-OASIS slices), at a coarse grid, briefly, on a CPU. On pathology (a tumour, as in the
+MRBrainTumor1/2 sample data, a resection cavity, large lesions or oedema) the network tries to match tissue
+that has no counterpart in the other image: expect local distortion, large or folded displacements around
+the lesion (see the Jacobian heatmap) and metrics that say little there; the healthy tissue away from it is
+registered as usual. Other contrasts (T2, FLAIR, CT) are outside what the models saw. For such cases,
+use the result as a starting point, add Refinement, and check it visually.</p>
+
 <p><b>Outputs</b> (one subject-hierarchy folder per variant): the warped moving volume, the affine
 transform, the total displacement as a grid transform in the resampling direction (fixed point to
 moving point: put the moving volume under it and it appears aligned to the fixed one), the

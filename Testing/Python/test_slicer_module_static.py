@@ -853,3 +853,14 @@ def test_license_file_and_named_contributors_for_the_extensions_index():
         assert listed, module
         names = [element.value for element in listed[0].value.elts]
         assert names == contributors, (module.name, names)
+
+
+def test_the_help_says_what_the_models_were_trained_on_and_what_to_expect_on_pathology():
+    """The README's quick start registers two tumour brains (MRBrainTumor1/2): the help and the README say the
+    models were trained on T1 brains without lesions and what to expect on pathology (issue 23)."""
+    help_text = _words(_help_text(GUI_MODULE)).lower()
+    quick_start = _words((REPO / "README.md").read_text(encoding="utf-8").split("## Quick start in the panel")[1]
+                         .split("### Reading the outputs")[0]).lower()
+    for text in (help_text, quick_start):
+        assert "trained on" in text and "t1" in text and "healthy" in text
+        assert "tumour" in text and "pathology" in text and "jacobian" in text
