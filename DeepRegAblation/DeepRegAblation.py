@@ -827,7 +827,11 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
 
 class DeepRegAblationTest(ScriptedLoadableModuleTest):
-    """Self-tests run inside Slicer (Reload and Test, or ctest): logic on real MRI, background run, GUI."""
+    """Self-tests run inside Slicer (Reload and Test, or ctest): the blocking logic on real MRI, the panel's Apply
+    (a double click starts one run), Cancel and Compare all (one variant shown at a time), the panel's checks.
+
+    On a CPU they take about a minute (MRBrainTumor1/2 subsampled to 4x coarser voxels; the shipped 3D models).
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -836,7 +840,9 @@ class DeepRegAblationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_logic_process_one_variant()
         self.setUp()
-        self.test_background_run_and_cancel()
+        self.test_panel_apply_double_click_and_cancel()
+        self.setUp()
+        self.test_panel_compare_all_shows_one_variant_at_a_time()
         self.setUp()
         self.test_widget_apply_needs_inputs()
 
@@ -902,36 +908,85 @@ class DeepRegAblationTest(ScriptedLoadableModuleTest):
         self.assertEqual(out["table"].GetNumberOfRows(), 1)
         self.delayDisplay("Logic test passed")
 
-    def test_background_run_and_cancel(self):
+    def _panelWithInputs(self, variant: VariantChoice):
+        """The module's panel with the sample pair as inputs, shipped weights, CPU, the given variant."""
         fixed, moving = self._sampleVolumes()
-        logic = DeepRegAblationLogic()
-        logic.ensurePyTorch()
-        outcomes: List[RegistrationOutcome] = []
+        slicer.util.selectModule("DeepRegAblation")
+        widget = slicer.util.getModuleWidget("DeepRegAblation")
+        widget.logic.ensurePyTorch()
+        parameterNode = widget._parameterNode
+        parameterNode.fixedVolume, parameterNode.movingVolume = fixed, moving
+        parameterNode.fixedLabels = parameterNode.movingLabels = None
+        parameterNode.variant = variant
+        parameterNode.modelSource = ModelSource.shipped
+        parameterNode.device = DeviceChoice.cpu
+        parameterNode.refineMode = RefineChoice.off if self._refineIterations() == 0 else RefineChoice.custom
+        parameterNode.refineIterationsPerLevel = max(1, self._refineIterations())
+        return widget
 
-        def waitForOutcome(timeoutSeconds: float) -> RegistrationOutcome:
-            deadline = time.time() + timeoutSeconds
-            while not outcomes and time.time() < deadline:
-                slicer.app.processEvents()
-                time.sleep(0.05)
-            self.assertTrue(outcomes, "the background registration did not finish in time")
-            return outcomes.pop()
+    def _waitUntilFinished(self, widget, timeoutSeconds: float) -> str:
+        """Process events until the panel's run ended; returns the status log."""
+        deadline = time.time() + timeoutSeconds
+        while widget.logic.isRunning() and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertFalse(widget.logic.isRunning(), "the background registration did not end in time")
+        return widget.ui.statusLog.toPlainText()
 
+    def test_panel_apply_double_click_and_cancel(self):
+        """Apply through the panel with a second click arriving while the first one starts (its log line
+        processes events): one run starts. Apply (now Cancel) again: the run stops and the scene is unchanged."""
+        widget = self._panelWithInputs(VariantChoice.baseline)
         nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-        logic.startRegistration(fixed, moving, variants="baseline", device="cpu", onFinished=outcomes.append)
-        self.assertTrue(logic.isRunning())
-        logic.cancel()
-        outcome = waitForOutcome(60)
-        self.assertEqual(outcome.status, "cancelled")
-        self.assertFalse(logic.isRunning())
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        originalLog, secondClicks = widget._log, []
 
-        logic.startRegistration(fixed, moving, variants="baseline", device="cpu", refine=self._refineIterations(),
-                                onFinished=outcomes.append)
-        outcome = waitForOutcome(600)
-        self.assertEqual(outcome.status, "done", outcome.message)
-        self.assertIn("baseline", outcome.nodes)
-        self.assertEqual(outcome.table.GetNumberOfRows(), 1)
-        self.delayDisplay("Background test passed")
+        def logAndClickAgain(text: str) -> None:
+            originalLog(text)
+            if not secondClicks:
+                secondClicks.append(text)
+                widget.onApplyButton()  # the double click's second click, delivered by the events of this line
+
+        widget._log = logAndClickAgain
+        try:
+            widget.onApplyButton()
+        finally:
+            widget._log = originalLog
+        self.assertTrue(secondClicks)
+        self.assertTrue(widget.logic.isRunning())
+        self.assertEqual(widget.ui.statusLog.toPlainText().count("Running: "), 1)
+        self.assertEqual(widget.ui.applyButton.text, "Cancel")
+        self.assertTrue(widget.ui.applyButton.enabled)
+        widget.onApplyButton()  # Cancel
+        log = self._waitUntilFinished(widget, 60)
+        self.assertIn("Cancelled. The scene was not changed.", log)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertEqual(widget.ui.applyButton.text, "Apply")
+        self.delayDisplay("Apply / Cancel test passed")
+
+    def test_panel_compare_all_shows_one_variant_at_a_time(self):
+        """Compare all through the panel: four rows in the metrics table, the first variant's glyphs alone are
+        visible; choosing the second row shows that variant (its glyphs alone, its warped volume in the views)."""
+        widget = self._panelWithInputs(VariantChoice.compare_all)
+        widget.onApplyButton()
+        log = self._waitUntilFinished(widget, 600)
+        self.assertIn("Finished (done)", log, log)
+        table = widget._parameterNode.metricsTable
+        self.assertEqual(table.GetNumberOfRows(), 4)
+        variants = [table.GetCellText(row, 0) for row in range(4)]
+        self.assertEqual(variants, list(parse_variants("all")))
+
+        def visibleGlyphs():
+            return [variant for variant, nodes in widget._resultNodes.items()
+                    if nodes["transform"].GetDisplayNode().GetVisibility()]
+
+        self.assertEqual(visibleGlyphs(), [variants[0]])
+        widget.ui.resultsTableView.selectRow(1)
+        slicer.app.processEvents()
+        self.assertEqual(widget._shownVariant, variants[1])
+        self.assertEqual(visibleGlyphs(), [variants[1]])
+        composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+        self.assertEqual(composite.GetForegroundVolumeID(), widget._resultNodes[variants[1]]["warped"].GetID())
+        self.delayDisplay("Compare all test passed")
 
     def test_widget_apply_needs_inputs(self):
         fixed, moving = self._sampleVolumes(factor=8)

@@ -212,11 +212,14 @@ See the DeepRegAblation module for the ablation design.</p>
             self.layout.addStretch(1)
 
     class DeepRegAblationTrainingTest(ScriptedLoadableModuleTest):
-        """The launcher's argument forwarding and the CLI, with Slicer's Python."""
+        """The launcher's argument forwarding, the CLI, and the launcher run headless in its own process with
+        Slicer's Python (``PythonSlicer``): its exit status, and a short training on a toy dataset (under half a
+        minute on a CPU; without PyTorch, the one-line message instead)."""
 
         def runTest(self):
             self.test_arguments_after_double_dash()
             self.test_cli_help_and_usage_error()
+            self.test_launcher_exit_status_in_its_own_process()
 
         def test_arguments_after_double_dash(self):
             self.assertEqual(script_arguments(["x.py", "--", "train", "--epochs", "1"]), ["train", "--epochs", "1"])
@@ -226,6 +229,41 @@ See the DeepRegAblation module for the ablation design.</p>
         def test_cli_help_and_usage_error(self):
             self.assertEqual(run_cli(["--help"]), 0)
             self.assertEqual(run_cli(["no-such-command"]), 2)
+
+        def test_launcher_exit_status_in_its_own_process(self):
+            """``PythonSlicer DeepRegAblationTraining.py -- <command>`` (the headless way on a server): 0 for
+            ``--help``, 2 for a usage error, and a 2-step training on a toy dataset (Slicer's own packages only)."""
+            import importlib.util
+            import shutil
+            import subprocess
+            import tempfile
+
+            python = shutil.which("PythonSlicer") or sys.executable  # in Slicer sys.executable is PythonSlicer
+
+            def launch_process(*args: str) -> "subprocess.CompletedProcess":
+                return subprocess.run([python, str(Path(__file__).resolve()), "--", *args], capture_output=True,
+                                      text=True, timeout=300)
+
+            self.assertEqual(launch_process("--help").returncode, 0)
+            self.assertEqual(launch_process("no-such-command").returncode, 2)
+            with tempfile.TemporaryDirectory() as folder:
+                if importlib.util.find_spec("torch") is None:  # the PyTorch extension has not installed it yet
+                    result = launch_process("train", "--data", f"oasis2d:{folder}", "--out", str(Path(folder) / "run"))
+                    self.assertEqual(result.returncode, 2, result.stderr)
+                    self.assertIn("PyTorch", result.stderr)
+                    self.assertNotIn("Traceback", result.stderr)
+                    return
+                ensure_import_paths()
+                from DeepRegAblationTrainingLib.data import write_toy_oasis2d
+
+                toy = write_toy_oasis2d(Path(folder) / "toy", n_subjects=6, shape=(32, 32))
+                out = Path(folder) / "run"
+                tiny = ["--features-enc", "8", "8", "8", "8", "--features-dec", "8", "8", "8", "8", "8", "8", "8"]
+                result = launch_process("train", "--variant", "baseline", "--data", f"oasis2d:{toy}", "--steps", "2",
+                                        "--steps-per-epoch", "1", "--val-pairs", "2", "--val-fraction", "0.4",
+                                        "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out), *tiny)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertTrue((out / "last.pt").is_file())
             self.delayDisplay("DeepRegAblationTraining test passed")
 
 

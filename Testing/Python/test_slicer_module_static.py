@@ -864,3 +864,29 @@ def test_the_help_says_what_the_models_were_trained_on_and_what_to_expect_on_pat
     for text in (help_text, quick_start):
         assert "trained on" in text and "t1" in text and "healthy" in text
         assert "tumour" in text and "pathology" in text and "jacobian" in text
+
+
+def _run_test_calls(module_file: Path, class_name: str) -> Dict[str, str]:
+    """The test methods that ``runTest`` of a self-test class calls: name -> their source."""
+    tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == class_name)
+    methods = {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
+    called = [name for name in _calls(methods["runTest"]) if name.startswith("test_")]
+    return {name: ast.unparse(methods[name]) for name in called}
+
+
+def test_the_self_tests_cover_apply_cancel_compare_all_and_the_launchers_exit_status():
+    """What a Slicer developer runs first (issue 23): the GUI self-test clicks Apply (a double click starts one
+    run), Cancel and Compare all (one glyph field shown, a table row switches it); the training self-test runs the
+    headless launcher in its own process and checks its exit status."""
+    gui = _run_test_calls(GUI_MODULE, "DeepRegAblationTest")
+    gui_source = "\n".join(gui.values())
+    assert "onApplyButton" in gui_source
+    assert any("compare_all" in name for name in gui), list(gui)
+    compare = next(source for name, source in gui.items() if "compare_all" in name)
+    assert "selectRow" in compare and "GetVisibility" in compare and "GetNumberOfRows" in compare
+    apply = next(source for name, source in gui.items() if "apply" in name and "cancel" in name)
+    assert apply.count("onApplyButton") >= 3 and "Cancelled" in apply and "isRunning" in apply
+    training = _run_test_calls(TRAINING_MODULE, "DeepRegAblationTrainingTest")
+    launcher = next(source for name, source in training.items() if "launcher" in name and "exit" in name)
+    assert "subprocess" in launcher and "returncode" in launcher and "train" in launcher
