@@ -92,7 +92,7 @@ def slicer_python_launcher() -> Optional[Path]:
     is ``PythonSlicer`` itself, ``qSlicerCoreApplication``); ``slicer.util`` finds it the same way.
     """
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    launcher = Path(sys.executable).resolve().parent / name if sys.executable else None
+    launcher = Path(sys.executable).parent / name if sys.executable else None
     return launcher if launcher is not None and launcher.is_file() else None
 
 
