@@ -4,7 +4,8 @@
   variants; the panel asks on every change), :func:`models_to_run` (what ``inference.register(model=...)``
   gets, once per registration, in the blocking run), :func:`initial_alignment_argument`.
 - **The background run**: :func:`register_command` (``PythonSlicer -m DeepRegAblationTrainingLib.cli
-  register ... --npz-only --out DIR``: only ``result.npz`` and the metrics, arguments by :func:`register_arguments`), run with
+  register ... --npz-only --out DIR``: only ``result.npz`` and the metrics; arguments by
+  :func:`register_arguments`), run with
   :func:`process_environment` (:func:`library_paths` first on ``PYTHONPATH``, unbuffered output);
   :class:`RegistrationJob` reads its output lines (the :mod:`.progress` protocol) and says how it ended.
 - **Results**: :func:`load_results` (the run's ``<variant>/result.npz`` files), :func:`metrics_summary`,

@@ -414,7 +414,8 @@ class GlyphSamples(NamedTuple):
     spacing_mm: float
 
 
-def glyph_samples(view: SliceView, ijk_to_ras: np.ndarray, disp_ras_mm: np.ndarray, arrows_across: int) -> GlyphSamples:
+def glyph_samples(view: SliceView, ijk_to_ras: np.ndarray, disp_ras_mm: np.ndarray,
+                  arrows_across: int) -> GlyphSamples:
     """Arrows on every ``stride``-th pixel of the slice, about ``arrows_across`` along its longer side: at each,
     the arrow Slicer's transform display draws for the grid transform of ``disp_ras_mm`` (``(K, J, I, 3)`` on
     ``ijk_to_ras``), projected on the slice as Slicer projects it."""

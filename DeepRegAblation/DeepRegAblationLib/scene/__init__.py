@@ -69,8 +69,9 @@ from .results import (
 
 __all__ = [
     "METRIC_COLUMNS", "METRICS_TABLE_NAME", "JACOBIAN_COLOR_NAME", "SCENE_FILE_NAME", "SLICE_VIEW_NAMES",
-    "RESULT_ATTRIBUTE", "INPUTS_ATTRIBUTE", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE", "TEMP_LABELS_NAME",
-    "TEMP_COLORS_NAME", "parent_transform_problem", "require_no_parent_transform", "image_data_from_volume_node",
+    "RESULT_ATTRIBUTE", "INPUTS_ATTRIBUTE", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE",
+    "TEMP_LABELS_NAME", "TEMP_COLORS_NAME", "parent_transform_problem", "require_no_parent_transform",
+    "image_data_from_volume_node",
     "add_volume_node", "write_volume_file", "check_inputs", "segment_names", "shared_label_colors",
     "labelmap_for_labels", "labelmaps_for_inputs", "remove_nodes", "label_images", "write_input_files",
     "grid_transform_from_displacement", "glyph_settings", "jacobian_color_node", "add_default_label_colors",

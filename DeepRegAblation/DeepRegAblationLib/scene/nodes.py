@@ -25,7 +25,8 @@ PathLike = Union[str, Path]
 RESULT_ATTRIBUTE = "DeepRegAblation.variant"
 """Attribute set on every output node (its value: the variant)."""
 INPUTS_ATTRIBUTE = "DeepRegAblation.inputs"
-"""Attribute of every output node: the inputs it was made from (:func:`inputs_key`); reuse is for the same inputs only."""
+"""Attribute of every output node: the inputs it was made from (:func:`inputs_key`); reuse is for the same
+inputs only."""
 
 
 def _slicer():
@@ -164,7 +165,8 @@ def get_or_add_for_inputs(scene, class_name: str, name: str, reuse: bool, inputs
     name) a new, uniquely named node. The node carries ``inputs`` either way."""
     node = None
     if reuse:
-        candidates = (scene.GetNthNodeByClass(index, class_name) for index in range(scene.GetNumberOfNodesByClass(class_name)))
+        count = scene.GetNumberOfNodesByClass(class_name)
+        candidates = (scene.GetNthNodeByClass(index, class_name) for index in range(count))
         node = next((c for c in candidates if c.GetName() == name and c.GetAttribute(INPUTS_ATTRIBUTE) == inputs), None)
     if node is None:
         node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name) if scene.GetFirstNodeByName(name)

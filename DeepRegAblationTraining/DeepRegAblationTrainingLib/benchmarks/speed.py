@@ -216,7 +216,8 @@ def case_environment() -> dict:
     import DeepRegAblationTrainingLib
     from DeepRegAblationLib.panel import process_environment
 
-    folders = [str(Path(package.__file__).resolve().parents[1]) for package in (DeepRegAblationLib, DeepRegAblationTrainingLib)]
+    packages = (DeepRegAblationLib, DeepRegAblationTrainingLib)
+    folders = [str(Path(package.__file__).resolve().parents[1]) for package in packages]
     return process_environment(list(dict.fromkeys(folders)))
 
 

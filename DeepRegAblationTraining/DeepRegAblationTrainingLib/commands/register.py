@@ -64,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-scene", action="store_true",
                         help="do not write DIR/scene/ (the Slicer panel's background run builds its nodes from result.npz)")
     parser.add_argument("--npz-only", action="store_true",
-                        help="write only DIR/<variant>/result.npz and the metrics files, what the Slicer panel reads back: "
-                             "no NIfTI, ITK, PNG or scene files, no off-screen rendering")
+                        help="write only DIR/<variant>/result.npz and the metrics files, what the Slicer panel "
+                             "reads back: no NIfTI, ITK, PNG or scene files, no off-screen rendering")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
 
 
