@@ -193,7 +193,8 @@ Slicer --no-main-window --python-script &lt;extension&gt;/DeepRegAblationTrainin
 <p><code>Slicer --no-main-window</code> still starts a GUI application: without a display set
 <code>QT_QPA_PLATFORM=offscreen</code>. Reading images needs only what Slicer's Python ships. The report figures
 of <code>evaluate</code>, <code>ablation</code> and <code>sweep</code> need matplotlib and the MNI152 data
-(<code>demo</code>, <code>mni-synthetic</code>) nilearn: they are installed with <code>slicer.util.pip_install</code>
+(<code>demo</code>, <code>mni-synthetic</code>) nilearn, and <code>bench</code> its reference voxelmorph (not with
+<code>--no-reference</code>): they are installed with <code>slicer.util.pip_install</code>
 before the command starts, with a line saying so. Without PyTorch (install the PyTorch extension) every
 command stops with one line saying so.</p>
 <p>Commands: train, evaluate, ablation, sweep, register, bench, demo (see <code>-- &lt;command&gt; --help</code>).

@@ -4,7 +4,8 @@ Slicer's Python ships numpy, scipy, SimpleITK, pillow and VTK (Slicer ``SuperBui
 PyTorch comes from the PyTorch extension. Beyond those, a command may need (:data:`OPTIONAL_PACKAGES`):
 
 - ``matplotlib``: the report figures of ``evaluate``, ``ablation`` and ``sweep``;
-- ``nilearn``: the MNI152 template it ships (``demo``, the ``mni-synthetic`` and ``mni-ixi:`` data).
+- ``nilearn``: the MNI152 template it ships (``demo``, the ``mni-synthetic`` and ``mni-ixi:`` data);
+- ``voxelmorph``: the reference model of ``bench --train`` / ``--infer`` (not with ``--no-reference``).
 
 A command module lists what it needs for its arguments in ``required_packages(args) -> List[str]``;
 ``cli.main`` calls :func:`ensure_packages` with them after the arguments are parsed and before the command
@@ -44,6 +45,8 @@ class OptionalPackage:
 OPTIONAL_PACKAGES: Dict[str, OptionalPackage] = {
     "matplotlib": OptionalPackage("matplotlib", "matplotlib>=3.5", "the report figures (PNG)"),
     "nilearn": OptionalPackage("nilearn", "nilearn", "the MNI152 template that ships inside it (no download)"),
+    "voxelmorph": OptionalPackage("voxelmorph", "voxelmorph==0.3.4",
+                                  "the speed benchmark's reference model, VxmPairwise (or run bench with --no-reference)"),
 }
 
 

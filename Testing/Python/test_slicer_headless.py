@@ -280,3 +280,15 @@ def test_bench_cases_find_the_libraries_when_they_are_only_on_sys_path(tmp_path)
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert "error" not in row, row["error"]
     assert row["seconds"] > 0
+
+
+def test_bench_without_its_reference_package_stops_before_step_1(tmp_path):
+    """``bench --infer`` measures voxelmorph's VxmPairwise beside the variants; Slicer's Python has no voxelmorph, and
+    every reference case failed after the others had run. It says so first, with the way around it."""
+    report = tmp_path / "bench.md"
+    result = run_python(tmp_path, SLICER_PACKAGES_ONLY, ["-m", "DeepRegAblationTrainingLib.cli", "bench", "--infer",
+                                                         "--sizes", "2d", "--repeats", "1", "--report", report])
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "voxelmorph" in lines[0] and "--no-reference" in lines[0], result.stderr
+    assert not report.exists()

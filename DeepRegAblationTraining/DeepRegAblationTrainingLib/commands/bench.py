@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import List
 
 # PyTorch's OpenMP threads wait passively: on a shared, busy machine spinning threads made small tensor
 # operations many times slower (set before torch is imported; an explicit setting wins)
@@ -78,6 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quality: initial alignment(s) to run our variants with (register's --init-align; "
                              "default auto: what each model was trained with); com also adds a row for the centre-of-mass translation alone")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
+
+
+def required_packages(args: argparse.Namespace) -> List[str]:
+    """voxelmorph for the reference rows of the speed cases (checked, or installed in Slicer, by ``cli.main``)."""
+    return ["voxelmorph"] if (args.train or args.infer) and not args.no_reference else []
 
 
 def run(args: argparse.Namespace) -> int:
