@@ -17,7 +17,9 @@ from typing import Callable, Dict, List, Optional
 from DeepRegAblationLib.options import ALL_VARIANTS, VARIANT_IDS
 from DeepRegAblationLib.progress import progress_line, step_line
 
-from .register_outputs import prepare_out_dir, staged_output, write_marker, write_summary, write_variant_outputs
+from .register_outputs import (
+    prepare_out_dir, staged_output, write_marker, write_panel_outputs, write_summary, write_variant_outputs,
+)
 
 __all__ = ["load_models", "progress_printer", "run_register"]
 
@@ -99,8 +101,11 @@ def run_register(args: argparse.Namespace) -> Path:
                 initial_alignment=args.init_align,
             )
             result.timings["read"] = read_s
-            written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
+            if getattr(args, "npz_only", False):  # the Slicer panel: only what it reads back
+                written = write_panel_outputs(staging / variant, result)
+            else:
+                written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
             print(f"      wrote {', '.join(p.name for p in written)} in {out / variant}", flush=True)
             results.append(result)
-        write_summary(staging, fixed, moving, results, scene=not args.no_scene)
+        write_summary(staging, fixed, moving, results, scene=not (args.no_scene or getattr(args, "npz_only", False)))
     return out

@@ -27,7 +27,7 @@ Layer = Tuple[str, Tuple[str, ...]]  # (library, units)
 LAYERS: Tuple[Layer, ...] = (
     # the core, DeepRegAblationLib
     (CORE, ("options", "progress")),                  # user options and the progress protocol: plain Python
-    (CORE, ("fields", "geometry", "imageio")),        # tensors, fields, grids, image files
+    (CORE, ("fields", "geometry", "imageio", "nifti_header")),  # tensors, fields, grids, image files
     (CORE, ("losses", "models")),                     # losses; networks, variants, checkpoints, the resolver
     (CORE, ("metrics",)),                             # evaluation metrics (SSIM shared with losses.similarity)
     (CORE, ("registration",)),                        # register(), refine(), the result type
@@ -35,7 +35,7 @@ LAYERS: Tuple[Layer, ...] = (
     (CORE, ("jobs", "panel", "scene")),               # the Slicer module's Lib: job runner, panel logic, MRML
     (CORE, ("inference",)),                           # the public re-export of the registration API
     # the training library, above all of the core
-    (TRAINING, ("augment", "data")),
+    (TRAINING, ("augment", "data", "optional_packages")),
     (TRAINING, ("training", "evaluation")),
     (TRAINING, ("experiments", "benchmarks", "reports", "register_job", "register_outputs")),
     (TRAINING, ("commands", "cli")),

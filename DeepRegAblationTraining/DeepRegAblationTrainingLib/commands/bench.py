@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import List
 
 # PyTorch's OpenMP threads wait passively: on a shared, busy machine spinning threads made small tensor
 # operations many times slower (set before torch is imported; an explicit setting wins)
@@ -87,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", default="1,2,5,10",
                         help="with --refinement: iterations per level of the Dice-against-time points (default 1,2,5,10)")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
+
+
+def required_packages(args: argparse.Namespace) -> List[str]:
+    """voxelmorph for the reference rows of the speed cases (checked, or installed in Slicer, by ``cli.main``)."""
+    return ["voxelmorph"] if (args.train or args.infer) and not args.no_reference else []
 
 
 def run(args: argparse.Namespace) -> int:
