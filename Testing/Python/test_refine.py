@@ -204,6 +204,18 @@ def test_a_level_stops_once_its_loss_has_flattened():
     assert 5 <= run(flat) < 20
 
 
+def test_a_rising_loss_is_not_flat():
+    """A loss that rose over the window (Adam's first steps from a network's output can raise it) keeps the level going;
+    only a loss that stopped moving either way ends it (the demo's refined run lost 0.37 mm when rises counted)."""
+    from DeepRegAblationLib.registration import refine as refinement
+
+    plan = RefineSchedule("custom", (8.0,), (8.0,), 100, 100, flat_window=3, flat_tolerance=1e-3)
+    assert not refinement._flattened([1.0, 1.1, 1.2, 1.3], plan)  # rising by 30 %
+    assert not refinement._flattened([1.3, 1.2, 1.1, 1.0], plan)  # falling by 30 %
+    assert refinement._flattened([1.0, 1.0002, 0.9999, 1.0001], plan)  # within 0.1 % either way
+    assert not refinement._flattened([1.0, 1.0, 1.0], plan)  # fewer values than the window needs
+
+
 def test_register_refines_a_trained_network_from_its_grid_on(tmp_path):
     """register(refine="recommended") after a trained 4 mm network: no 8 mm level; a RefineSchedule runs as given."""
     from DeepRegAblationLib.models.checkpoints import save_checkpoint

@@ -5,6 +5,8 @@
 #    STEPS more steps (the last ANNEAL annealed) with the distillation term beside their own losses (same recipe for all four)
 # usage: distill.sh [teacher|VARIANT...]   (default: teacher, then the four variants one after the other)
 #   STEPS (default 3000), ANNEAL (default 1000), DISTILL_WEIGHT (default 1), DEFORM_PASSES, OUT_SUFFIX (run folder suffix)
+#   PLAIN=1: the control without distillation (same start, losses and anneal; run folder suffix _plain), e.g. the
+#   longer plain run of the what-was-tried table: PLAIN=1 STEPS=3000 distill.sh affine_enhanced
 set -euo pipefail
 teacher=runs/brains3d/teacher
 steps=${STEPS:-3000}
@@ -18,8 +20,10 @@ run_variant() {
   mkdir -p runs/brains3d/shipped-5000
   [ -f "runs/brains3d/shipped-5000/$variant.pt" ] || git show "e371607:DeepRegAblation/Resources/Models/3d/$variant.pt" \
     > "runs/brains3d/shipped-5000/$variant.pt"
-  INIT="runs/brains3d/shipped-5000/$variant.pt" DISTILL=$teacher ANNEAL=${ANNEAL:-1000} \
-    OUT="runs/brains3d/distill/$variant${OUT_SUFFIX:-}" scripts/brains3d/train.sh "$variant" "$steps" $reg
+  local distill=$teacher suffix=${OUT_SUFFIX:-}
+  if [ -n "${PLAIN:-}" ]; then distill=""; suffix=${OUT_SUFFIX:-_plain}; fi
+  INIT="runs/brains3d/shipped-5000/$variant.pt" DISTILL=$distill ANNEAL=${ANNEAL:-1000} \
+    OUT="runs/brains3d/distill/$variant$suffix" scripts/brains3d/train.sh "$variant" "$steps" $reg
 }
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(teacher baseline regloss affine_basic affine_enhanced)
 for target in "${targets[@]}"; do

@@ -6,7 +6,10 @@
 # (runs/brains3d/<variant>_reference_3k), for the equal-budget comparison of the two regularisation strengths
 # (evaluate.sh), written as runs/brains3d/<run>/average_21-30.pt; and over steps 3100-4000 of the four shipped runs
 # (the files shipped before the anneal, for weight_averaging.py), written as runs/brains3d/<run>/average_31-40.pt.
-# usage (from the repository root): ship.sh [comparison]
+# "ship.sh distill" (issue 21): the same average over the annealed steps 1100-2000 of the distilled runs
+# (runs/brains3d/distill/<run>/average_11-20.pt) and over steps 2100-3000 of the longer plain run
+# (runs/brains3d/distill/affine_enhanced_plain/average_21-30.pt), for distill_eval.sh; "ship.sh distilled" ships them.
+# usage (from the repository root): ship.sh [comparison|distill|distilled]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -14,7 +17,15 @@ average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
 from DeepRegAblationLib.models.checkpoints import ship_checkpoint
 print(ship_checkpoint(['$1/epoch_%04d.pt' % e for e in range($2, $3 + 1)], '$4'))"
 }
-if [ "${1:-}" = comparison ]; then
+D=$B/distill
+if [ "${1:-}" = distill ]; then
+  for run in baseline regloss affine_basic affine_enhanced affine_enhanced_cascade2; do
+    [ ! -f $D/$run/epoch_0020.pt ] || average $D/$run 11 20 $D/$run/average_11-20.pt
+  done
+  average $D/affine_enhanced_plain 21 30 $D/affine_enhanced_plain/average_21-30.pt
+elif [ "${1:-}" = distilled ]; then
+  for variant in baseline regloss affine_basic affine_enhanced; do average $D/$variant 11 20 $M/$variant.pt; done
+elif [ "${1:-}" = comparison ]; then
   for run in regloss_m8 affine_enhanced_m8 regloss_reference_3k affine_enhanced_reference_3k; do
     average $B/$run 21 30 $B/$run/average_21-30.pt
   done
