@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .registration.result import RegistrationResult
 
 __all__ = [
-    "DisplaySettings", "RegistrationOutcome", "RegistrationJob", "checkpoint_problem", "models_to_run",
+    "DisplaySettings", "RegistrationOutcome", "RegistrationJob", "checkpoint_problem", "checkpoint_files_problem",
+    "models_to_run",
     "initial_alignment_argument", "register_arguments", "register_command", "library_paths", "python_executable",
     "process_environment", "load_results", "metrics_summary", "version_tuple", "CLI_MODULE", "LIBRARY_PACKAGES",
 ]
@@ -268,9 +269,23 @@ def checkpoint_problem(path: str, variants: Union[str, Sequence[str]]) -> str:
         if len(ids) != 1:
             return ("A checkpoint file holds one variant: choose that variant, or give a folder of "
                     "<variant>.pt checkpoints to compare all four.")
-        return ""
+        return checkpoint_files_problem([path])
     missing = [f"{v}.pt" for v in ids if not os.path.isfile(os.path.join(path, f"{v}.pt"))]
-    return f"The checkpoint folder lacks {', '.join(missing)}." if missing else ""
+    if missing:
+        return f"The checkpoint folder lacks {', '.join(missing)}."
+    return checkpoint_files_problem([os.path.join(path, f"{v}.pt") for v in ids])
+
+
+def checkpoint_files_problem(paths: Sequence[str]) -> str:
+    """The first checkpoint file of ``paths`` that is cut short, corrupt or not a checkpoint, in plain words
+    (``checkpoint_files.checkpoint_file_problem``, no PyTorch); "" when every file is a complete archive."""
+    from .checkpoint_files import checkpoint_file_problem
+
+    for path in paths:
+        problem = checkpoint_file_problem(path)
+        if problem:
+            return f"The checkpoint {os.path.basename(path)} ({path}) {problem}."
+    return ""
 
 
 def models_to_run(model: Any, variants: Union[str, Sequence[str]], ndim: int) -> List[Any]:

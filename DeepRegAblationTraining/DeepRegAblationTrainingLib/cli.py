@@ -4,16 +4,18 @@ Each command lives in ``DeepRegAblationTrainingLib.commands.<name>`` with
 ``add_arguments(parser)`` and ``run(args) -> int``. Only the command being run is imported
 (``deepreg-ablation --help`` imports none), so one command's dependencies (PyTorch, a
 Unix-only module) never stop another command or the help from working. Bad input ends with
-``error: <message>`` on stderr and exit status 2, never a Python trace.
+``error: <message>`` on stderr and exit status 2, never a Python trace; Python warnings are printed as one
+line ``warning: <message>`` (the Slicer panel shows both in its status log).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
 from typing import List, Optional, Sequence
 
-from DeepRegAblationLib.progress import error_line
+from DeepRegAblationLib.progress import error_line, warning_line
 
 __all__ = ["COMMANDS", "command_in", "build_parser", "main"]
 
@@ -65,13 +67,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser([command] if command in dict(COMMANDS) else [])
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():  # restores the usual display afterwards
+            warnings.showwarning = _show_warning
+            return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as exc:
         print(error_line(str(exc)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one ``warning: <message>`` line on stderr (no file, line or category)."""
+    print(warning_line(str(message)), file=sys.stderr if file is None else file, flush=True)
 
 
 if __name__ == "__main__":
