@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional
 from DeepRegAblationLib.options import ALL_VARIANTS, VARIANT_IDS
 from DeepRegAblationLib.progress import progress_line, step_line
 
+from .output_lock import clean_leftover_staging, output_lock
 from .register_outputs import prepare_out_dir, staged_output, write_marker, write_summary, write_variant_outputs
 
 __all__ = ["load_models", "progress_printer", "run_register"]
@@ -77,6 +78,13 @@ def run_register(args: argparse.Namespace) -> Path:
 
     resolve_device(args.device)  # "cuda" without CUDA fails before any work
     out: Path = args.out
+    with output_lock(out, "deepreg-ablation register"):  # a second run into --out is refused at once
+        clean_leftover_staging(out)  # what killed runs left beside --out
+        return _register_into(args, out, register)
+
+
+def _register_into(args: argparse.Namespace, out: Path, register) -> Path:
+    """:func:`run_register` once it holds ``--out``'s lock."""
     rerun = prepare_out_dir(out)
     t0 = time.perf_counter()
     fixed, moving, fixed_labels, moving_labels = _read_inputs(args)

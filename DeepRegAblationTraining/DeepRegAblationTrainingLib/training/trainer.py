@@ -18,6 +18,9 @@ epoch boundary; on the CPU the result is bitwise identical to an uninterrupted r
 thread count). Steps logged by the interrupted run after its last checkpoint are dropped from
 the logs.
 
+One run per ``out_dir``: rank 0 holds ``output_lock.output_lock`` (``.<name>.lock`` beside it) for the whole
+run, so a second run into the folder is refused at once (``OutputInUseError``).
+
 Files in ``out_dir``: ``last.pt`` (every epoch), ``best.pt`` (validation improved),
 ``epoch_XXXX.pt`` (every ``checkpoint_every`` epochs), ``split.json``, ``val_pairs.json``,
 ``config.json``, ``steps.csv/.jsonl``, ``epochs.csv/.jsonl``, ``tensorboard/`` (when available).
@@ -34,6 +37,7 @@ DistributedDataParallel, every rank holds identical weights, rank 0 validates an
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -56,6 +60,7 @@ from DeepRegAblationLib.models.variants import VariantSpec
 
 from ..augment import seeded_generator
 from ..data import DataBundle, build_data, collate_pairs, data_ndim
+from ..output_lock import output_lock
 from . import distributed
 from .config import TrainConfig
 from .logs import ProgressBar, TrainLogger
@@ -132,8 +137,12 @@ def train(config: Union[TrainConfig, Mapping[str, Any]], progress: Progress = No
     info = distributed.init_distributed(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    # one run per --out: a second run into the folder is refused at once (rank 0 holds the lock)
+    lock = output_lock(Path(config.out_dir), f"deepreg-ablation train --variant {config.variant_spec().id}") if info.is_main \
+        else contextlib.nullcontext()
     try:
-        return _train(config, device, info, progress)
+        with lock:
+            return _train(config, device, info, progress)
     finally:
         if joined_here:
             distributed.cleanup()
