@@ -18,7 +18,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import geometry
+from . import geometry, nifti_header
 
 PathLike = Union[str, Path]
 
@@ -243,6 +243,8 @@ def read_image(path: PathLike, name: Optional[str] = None, kind: str = "image") 
     ijk_to_lps[:3, :3] = direction * spacing[None, :]
     ijk_to_lps[:3, 3] = origin
     image = ImageData(array, geometry.ijk_to_ras_from_lps(ijk_to_lps), _name_from_path(path))
+    if path.name.lower().endswith((".nii", ".nii.gz")):  # qform vs sform: placed as ITK / Slicer do, reported
+        nifti_header.warn_header_disagreements(path, what)
     return validate_image(image, what, kind)
 
 

@@ -27,7 +27,7 @@ Layer = Tuple[str, Tuple[str, ...]]  # (library, units)
 LAYERS: Tuple[Layer, ...] = (
     # the core, DeepRegAblationLib
     (CORE, ("options", "progress")),                  # user options and the progress protocol: plain Python
-    (CORE, ("fields", "geometry", "imageio", "checkpoint_files")),  # tensors, fields, grids, image / checkpoint files
+    (CORE, ("fields", "geometry", "imageio", "nifti_header", "checkpoint_files")),  # tensors, grids, image / checkpoint files
     (CORE, ("losses", "models")),                     # losses; networks, variants, checkpoints, the resolver
     (CORE, ("metrics",)),                             # evaluation metrics (SSIM shared with losses.similarity)
     (CORE, ("registration",)),                        # register(), refine(), the result type
