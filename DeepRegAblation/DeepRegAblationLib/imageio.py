@@ -11,14 +11,13 @@ import gzip
 import os
 import tempfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import geometry, nifti_header
+from . import geometry, nifti_header, nifti_writer
 
 PathLike = Union[str, Path]
 
@@ -134,7 +133,8 @@ def intensity_window(array: np.ndarray, low_pct: float = 1.0, high_pct: float = 
     values = np.asarray(array, dtype=np.float64).reshape(-1)
     if values.size == 0:
         raise ValueError("array is empty: no intensity window")
-    low, high = np.percentile(values, [low_pct, high_pct])
+    own_copy = not np.shares_memory(values, array)  # partition our own copy in place: one copy, not two
+    low, high = np.percentile(values, [low_pct, high_pct], overwrite_input=own_copy)
     return float(low), float(high)
 
 
@@ -152,7 +152,9 @@ def normalize_intensity(
     array = np.asarray(array, dtype=np.float32)
     if not high > low:
         return np.zeros(array.shape, dtype=np.float32)
-    return np.clip((array - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    out = np.subtract(array, low, dtype=np.float32)  # one array, updated in place
+    np.divide(out, high - low, out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 # --------------------------------------------------------------------------- files
@@ -471,16 +473,12 @@ def write_image(path: PathLike, image: ImageData, compress: bool = True) -> Path
     return write_itk_image(itk_image, path, compress)
 
 
-GZIP_CHUNK_BYTES = 1 << 22
-"""``.nii.gz`` files are compressed in chunks of 4 MiB, each a gzip member, on several threads."""
-
-
 def write_itk_image(itk_image, path: PathLike, compress: bool = True, threads: Optional[int] = None) -> Path:
     """Write a SimpleITK image; a ``.nii.gz`` is compressed on ``threads`` threads (default: CPU count).
 
     ITK writes the uncompressed ``.nii`` (same header and data as its own ``.nii.gz``) and the
-    file is then gzip-compressed in independent chunks, one gzip member each (RFC 1952 allows a
-    series of members; ITK, nibabel and ``gzip`` read them as one stream). The file appears
+    file is then gzip-compressed in independent chunks, one gzip member each
+    (``nifti_writer.write_gzip_members``: a few chunks in memory at a time). The file appears
     atomically. Other formats go through ``sitk.WriteImage``.
     """
     import SimpleITK as sitk
@@ -492,26 +490,10 @@ def write_itk_image(itk_image, path: PathLike, compress: bool = True, threads: O
         return path
     fd, raw_name = tempfile.mkstemp(prefix=path.name[: -len(".gz")] + ".", suffix=".nii", dir=str(path.parent))
     os.close(fd)
-    part = path.with_name(path.name + ".part")
     try:
         sitk.WriteImage(itk_image, raw_name, useCompression=False)
-        raw = Path(raw_name).read_bytes()
-        chunks = [raw[i : i + GZIP_CHUNK_BYTES] for i in range(0, len(raw), GZIP_CHUNK_BYTES)] or [b""]
-        workers = max(1, min(len(chunks), os.cpu_count() or 1) if threads is None else int(threads))
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # zlib releases Python's lock
-            members = list(pool.map(_gzip_member, chunks))
-        with open(part, "wb") as handle:
-            for member in members:
-                handle.write(member)
-        os.replace(part, path)
+        nifti_writer.write_gzip_members(path, nifti_writer.file_chunks(raw_name), threads)
     finally:
-        for leftover in (Path(raw_name), part):
-            if leftover.exists():
-                leftover.unlink()
+        if Path(raw_name).exists():
+            Path(raw_name).unlink()
     return path
-
-
-def _gzip_member(data: bytes) -> bytes:
-    """One complete gzip member (header, deflate stream at level 1: fast, and float images barely compress further)."""
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return compressor.compress(data) + compressor.flush()

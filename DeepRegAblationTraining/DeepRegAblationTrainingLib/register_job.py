@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
 from DeepRegAblationLib.options import ALL_VARIANTS, VARIANT_IDS
@@ -33,6 +34,12 @@ def load_models(model: Optional[Path], variants: List[str], ndim: int) -> Dict[s
         print(untrained_warning(names, ndim), file=sys.stderr)
 
     return {name: loaded.model for name, loaded in resolve_models(model, variants, ndim, on_untrained=warn).items()}
+
+
+def _metrics_only(result) -> SimpleNamespace:
+    """What the summary needs of a written result when no scene is written: its variant and metrics (its arrays
+    go, so that the memory of ``--variant all`` does not grow with the number of variants)."""
+    return SimpleNamespace(variant=result.variant, metrics=result.metrics)
 
 
 def progress_printer(done: int, total: int) -> Callable[[float, str], None]:
@@ -109,6 +116,6 @@ def _register_into(args: argparse.Namespace, out: Path, register) -> Path:
             result.timings["read"] = read_s
             written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
             print(f"      wrote {', '.join(p.name for p in written)} in {out / variant}", flush=True)
-            results.append(result)
+            results.append(result if not args.no_scene else _metrics_only(result))
         write_summary(staging, fixed, moving, results, scene=not args.no_scene)
     return out

@@ -112,7 +112,9 @@ def _write_snapshots(out_dir: Path, fixed, moving, result) -> List[Path]:
 
 def _write_scene(out_dir: Path, fixed, moving, results) -> Path:
     from DeepRegAblationLib import scene
+    from DeepRegAblationLib.registration.memory import check_scene_memory
 
+    check_scene_memory(fixed, len(results))  # skipped with a warning when it cannot fit
     return scene.write_results_scene(out_dir, fixed, moving, results)
 
 

@@ -27,9 +27,9 @@ Layer = Tuple[str, Tuple[str, ...]]  # (library, units)
 LAYERS: Tuple[Layer, ...] = (
     # the core, DeepRegAblationLib
     (CORE, ("options", "progress")),                  # user options and the progress protocol: plain Python
-    (CORE, ("fields", "geometry", "imageio", "nifti_header", "checkpoint_files")),  # tensors, grids, image / checkpoint files
+    (CORE, ("fields", "geometry", "imageio", "nifti_header", "nifti_writer", "checkpoint_files")),  # grids, files
     (CORE, ("losses", "models")),                     # losses; networks, variants, checkpoints, the resolver
-    (CORE, ("metrics",)),                             # evaluation metrics (SSIM shared with losses.similarity)
+    (CORE, ("metrics", "slab_metrics")),              # evaluation metrics (SSIM shared with losses.similarity)
     (CORE, ("registration",)),                        # register(), refine(), the result type
     (CORE, ("outputs",)),                             # exports and snapshots of a result
     (CORE, ("jobs", "panel", "scene")),               # the Slicer module's Lib: job runner, panel logic, MRML

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, List, NamedTuple, Sequence, Tuple, Union
 import numpy as np
 
 from .. import geometry
-from ..imageio import normalize_intensity
+from ..imageio import intensity_window, normalize_intensity
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..imageio import ImageData
@@ -375,8 +375,9 @@ def _check_inputs(fixed: "ImageData", moving: "ImageData", result: "Registration
 
 
 def _background_plane(view: SliceView, volume: np.ndarray) -> np.ndarray:
-    """The slice of ``volume`` mapped to [0, 1] with the volume's robust (1-99 %) window."""
-    return view.extract(normalize_intensity(volume))
+    """The slice of ``volume`` mapped to [0, 1] with the volume's robust (1-99 %) window (only the slice is
+    normalised: the same values, without a normalised copy of the volume)."""
+    return normalize_intensity(view.extract(volume), window=intensity_window(volume))
 
 
 class _GlyphSamples(NamedTuple):
@@ -398,7 +399,7 @@ class _GlyphSamples(NamedTuple):
 
 def _glyph_samples(view: SliceView, disp_ras_mm: np.ndarray, arrows_across: int) -> _GlyphSamples:
     """Arrows on every ``stride``-th pixel of the slice, about ``arrows_across`` along its longer side."""
-    disp = view.extract(np.asarray(disp_ras_mm, dtype=np.float64))  # (rows, cols, 3)
+    disp = view.extract(disp_ras_mm).astype(np.float64)  # (rows, cols, 3)
     magnitude = np.linalg.norm(disp, axis=-1)
     u_x = disp @ view.col_dir_ras
     u_y = disp @ view.row_dir_ras
@@ -422,9 +423,12 @@ def _arrow_scale(samples: _GlyphSamples) -> float:
 
 
 def _magnitude_range(disp_ras_mm: np.ndarray) -> Tuple[float, float]:
-    """``(max, 99th percentile)`` of |u| in mm over the whole field (not only the slice)."""
-    field_magnitude = np.linalg.norm(np.asarray(disp_ras_mm, dtype=np.float64), axis=-1)
-    return float(field_magnitude.max()), float(np.percentile(field_magnitude, 99))
+    """``(max, 99th percentile)`` of |u| in mm over the whole field (not only the slice), slab by slab."""
+    disp_ras_mm = np.asarray(disp_ras_mm)
+    field_magnitude = np.empty(disp_ras_mm.shape[:-1], dtype=np.float64)
+    for k0, k1 in geometry.slabs(field_magnitude.shape):
+        field_magnitude[k0:k1] = np.linalg.norm(disp_ras_mm[k0:k1].astype(np.float64), axis=-1)
+    return float(field_magnitude.max()), float(np.percentile(field_magnitude, 99, overwrite_input=True))
 
 
 def _glyph_points(view: SliceView, samples: _GlyphSamples):
@@ -521,7 +525,7 @@ def render_jacobian(path: PathLike, fixed: "ImageData", result: "RegistrationRes
     from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
 
     view = SliceView(result.fixed_ijk_to_ras, np.shape(fixed.array))
-    jacobian = view.extract(np.asarray(result.jacobian, dtype=np.float64))
+    jacobian = view.extract(result.jacobian).astype(np.float64)
     table = jacobian_lookup_table()
     panel = _Panel((0.0, 0.0, 1.0, 1.0 - TITLE_HEIGHT), view.size_mm, bar_fraction=0.16)
     renderer = panel.renderer
