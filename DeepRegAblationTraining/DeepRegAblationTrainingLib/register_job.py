@@ -39,7 +39,7 @@ def load_models(model: Optional[Path], variants: List[str], ndim: int) -> Dict[s
 def _metrics_only(result) -> SimpleNamespace:
     """What the summary needs of a written result when no scene is written: its variant and metrics (its arrays
     go, so that the memory of ``--variant all`` does not grow with the number of variants)."""
-    return SimpleNamespace(variant=result.variant, metrics=result.metrics)
+    return SimpleNamespace(variant=result.variant, metrics=result.metrics, warnings=list(result.warnings))
 
 
 def progress_printer(done: int, total: int) -> Callable[[float, str], None]:
@@ -117,5 +117,6 @@ def _register_into(args: argparse.Namespace, out: Path, register) -> Path:
             written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
             print(f"      wrote {', '.join(p.name for p in written)} in {out / variant}", flush=True)
             results.append(result if not args.no_scene else _metrics_only(result))
+            result = written = None  # not held while the next variant registers
         write_summary(staging, fixed, moving, results, scene=not args.no_scene)
     return out

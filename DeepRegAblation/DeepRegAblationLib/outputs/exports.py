@@ -13,7 +13,8 @@ Per variant (:func:`write_result_files`), all on the fixed image grid:
   field second: ``T(p) = A(p + u_def(p))``, the same mapping as ``displacement.nii.gz``.
 
 The metrics table (:func:`write_metrics`) has one record per variant with the columns
-:data:`METRIC_COLUMNS`, as ``metrics.csv`` and ``metrics.json`` (NaN -> empty cell / ``null``).
+:data:`METRIC_COLUMNS`, as ``metrics.csv`` and ``metrics.json`` (NaN -> empty cell / ``null``);
+``metrics.json`` also lists each result's ``warnings`` (inputs outside what the models know).
 """
 from __future__ import annotations
 
@@ -214,8 +215,9 @@ def write_metrics(out_dir: PathLike, results: Sequence) -> Tuple[Path, Path]:
         for record in records:
             writer.writerow({k: _csv_value(v) for k, v in record.items()})
     json_records = [
-        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        for record in records
+        dict({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()},
+             warnings=[str(w) for w in getattr(result, "warnings", [])])
+        for record, result in zip(records, results)
     ]
     json_path.write_text(json.dumps(json_records, indent=2) + "\n")
     return csv_path, json_path

@@ -47,6 +47,7 @@ from ..options import ALIGNMENT_CHOICES
 from . import refine as refinement
 from .alignment import center_of_mass_alignment, decide_initial_alignment
 from .devices import resolve_device, run_with_cpu_fallback
+from .input_warnings import input_features, input_warnings, warn_inputs
 from .memory import check_memory
 from .model_grid import model_grid_spec, model_orientation, model_size_multiple
 from .refine import RefineSchedule, refine_schedule
@@ -99,7 +100,9 @@ def register(
             also gets its model grid centred on the fixed image's centre of mass.
 
     Returns:
-        :class:`RegistrationResult` (see the module docstring for the pipeline).
+        :class:`RegistrationResult` (see the module docstring for the pipeline). Its ``warnings`` name inputs
+        outside what the models know (``input_warnings``: a field of view far from a brain's, inverted or
+        foreign contrast, little overlap after alignment), each also emitted as an ``InputWarning``.
     """
     report = progress or (lambda fraction, message: None)
     timings: Dict[str, float] = {}
@@ -148,6 +151,9 @@ def register(
     report(0.85, "warped image, Jacobian and metrics")
     result = result_from_mapping(variant_id, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels,
                                  timings, t_start, windows=inputs.windows)
+    features = input_features(fixed, moving, result.warped, result.metrics["ncc"], inputs.windows)
+    result.warnings = input_warnings(features, fixed, moving)  # inputs outside what the models know
+    warn_inputs(result.warnings, variant_id)
     report(1.0, "done")
     return result
 
