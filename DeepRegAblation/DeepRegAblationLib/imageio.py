@@ -244,9 +244,12 @@ def read_image(path: PathLike, name: Optional[str] = None, kind: str = "image") 
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = direction * spacing[None, :]
     ijk_to_lps[:3, 3] = origin
-    image = ImageData(array, geometry.ijk_to_ras_from_lps(ijk_to_lps), _name_from_path(path))
+    try:
+        image = ImageData(array, geometry.ijk_to_ras_from_lps(ijk_to_lps), _name_from_path(path))
+    except ValueError as exc:  # e.g. a spacing so small that the matrix is numerically singular
+        raise ImageReadError(f"{what} has an unusable geometry: {exc}") from None
     if path.name.lower().endswith((".nii", ".nii.gz")):  # qform vs sform: placed as ITK / Slicer do, reported
-        nifti_header.warn_header_disagreements(path, what)
+        nifti_header.warn_header_disagreements(path, what, image.ijk_to_ras)
     return validate_image(image, what, kind)
 
 
@@ -362,6 +365,16 @@ def _nifti_header(head: bytes, what: str):
     return header
 
 
+def _voxel_offset(vox_offset: float, header_bytes: int, what: str) -> int:
+    """Where the voxels of a single-file NIfTI start: ``vox_offset`` (an offset inside the header means right after
+    it and its 4-byte extension flag, as the NIfTI library reads it); NaN, inf, a negative or a fractional offset is
+    a corrupt header."""
+    if not np.isfinite(vox_offset) or vox_offset < 0 or vox_offset != int(vox_offset) or vox_offset > 2**40:
+        raise ImageReadError(f"{what} declares an invalid voxel data offset (NIfTI vox_offset {vox_offset!r}): a "
+                             f"corrupt header")
+    return max(int(vox_offset), abs(int(header_bytes)) + 4)
+
+
 def _check_nifti_file(path: Path, what: str) -> None:
     """Check a NIfTI file against its own header, reading its whole (decompressed) byte stream.
 
@@ -399,7 +412,7 @@ def _check_nifti_file(path: Path, what: str) -> None:
                 dtype = header.get_data_dtype()
             except (KeyError, ValueError):
                 raise ImageReadError(f"{what} has an unknown NIfTI datatype code {int(header['datatype'])}") from None
-            offset = int(header.get_data_offset())
+            offset = _voxel_offset(float(header["vox_offset"]), int(header["sizeof_hdr"]), what)
             expected = offset + int(np.prod(shape)) * dtype.itemsize
             while True:
                 chunk = stream.read(_READ_CHUNK_BYTES)

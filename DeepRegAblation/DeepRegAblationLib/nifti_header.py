@@ -217,9 +217,22 @@ def _difference(s: np.ndarray, q: np.ndarray, shape: Sequence[int]) -> Tuple[flo
     return distance_mm, how
 
 
-def orientation_disagreement(header: NiftiOrientation, what: str) -> str:
+def _closest(ijk_to_ras: np.ndarray, header: NiftiOrientation) -> str:
+    """``"sform"`` or ``"qform"``: which of the two the geometry an image was read with is (ITK scales the sform's
+    directions by ``pixdim``)."""
+    spacing = _spacing(header)
+    sform = sform_matrix(header)
+    sform[:3, :3] = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)[None, :] * spacing[None, :]
+    errors = {name: float(np.abs(matrix - ijk_to_ras).max()) for name, matrix in
+              (("sform", sform), ("qform", qform_matrix(header)))}
+    return min(errors, key=errors.get)
+
+
+def orientation_disagreement(header: NiftiOrientation, what: str, ijk_to_ras: Optional[np.ndarray] = None) -> str:
     """``""``, or one line saying that the qform and sform of ``header`` (of the file ``what``) disagree,
-    by how much, and which one ITK (so this program and Slicer) uses, and that sform-first tools differ."""
+    by how much, and which one ITK (so this program and Slicer) uses, and that the other tools differ.
+
+    ``ijk_to_ras``: the geometry ITK read the file with, which tells the choice; without it, :func:`itk_choice`."""
     if header.qform_code <= 0 or header.sform_code <= 0:
         return ""
     spatial = max(1, min(int(header.dim[0]), 3))
@@ -229,15 +242,13 @@ def orientation_disagreement(header: NiftiOrientation, what: str) -> str:
     tolerance_mm = TOLERANCE_VOXELS * float(np.min(_spacing(header)[:spatial]))
     if not distance_mm > tolerance_mm:
         return ""
-    choice = itk_choice(header)
+    choice = itk_choice(header) if ijk_to_ras is None else _closest(np.asarray(ijk_to_ras, np.float64), header)
     codes = (f"qform_code {header.qform_code} {XFORM_CODES.get(header.qform_code, '?')}, "
              f"sform_code {header.sform_code} {XFORM_CODES.get(header.sform_code, '?')}")
+    used = f"used the {choice}, as ITK and 3D Slicer do"
     if choice == "sform":
-        used = "used the sform, as ITK and 3D Slicer do (sform_code 1 SCANNER_ANAT, or an sform with orthogonal axes)"
         others = "tools that read the qform place it differently"
     else:
-        used = ("used the qform, as ITK and 3D Slicer do (" + ("the sform's axes are not orthogonal" if not
-                _orthogonal_axes(s) else "sform_code is not 1 SCANNER_ANAT") + ")")
         others = "tools that prefer the sform (nibabel, FSL) place it differently"
     return (f"{what}: its NIfTI qform and sform disagree ({how}; they place the image up to {distance_mm:.1f} mm "
             f"apart; {codes}): {used}; {others}. Check the image's position, or fix the header so both agree")
@@ -258,13 +269,15 @@ def sform_scale_mismatch(header: NiftiOrientation, what: str) -> str:
             f"tools that use the sform as it is (nibabel, FSL) scale the image differently")
 
 
-def warn_header_disagreements(path: Union[str, Path], what: str) -> Tuple[str, ...]:
+def warn_header_disagreements(path: Union[str, Path], what: str, ijk_to_ras: Optional[np.ndarray] = None) -> Tuple[str, ...]:
     """Warn (:class:`HeaderDisagreementWarning`) about what tools read differently in the header of the NIfTI file
-    ``path`` (:func:`orientation_disagreement`, :func:`sform_scale_mismatch`); returns the messages."""
+    ``path`` (:func:`orientation_disagreement`, :func:`sform_scale_mismatch`), ``ijk_to_ras`` the geometry ITK read
+    it with; returns the messages."""
     header = read_orientation(path)
     if header is None:
         return ()
-    messages = tuple(m for m in (orientation_disagreement(header, what), sform_scale_mismatch(header, what)) if m)
+    messages = tuple(m for m in (orientation_disagreement(header, what, ijk_to_ras),
+                                 sform_scale_mismatch(header, what)) if m)
     for message in messages:
         warnings.warn(message, HeaderDisagreementWarning, stacklevel=3)
     return messages

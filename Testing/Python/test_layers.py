@@ -39,7 +39,7 @@ LAYERS: Tuple[Layer, ...] = (
     (TRAINING, ("training", "evaluation")),
     (TRAINING, ("experiments", "benchmarks", "reports", "register_job", "register_outputs")),
     (TRAINING, ("commands", "cli")),
-    (TRAINING, ("benchmarks.reliability",)),          # drives every entry point, the command line included
+    (TRAINING, ("benchmarks.reliability", "benchmarks.faults")),  # drive every entry point, the command line included
 )
 
 Unit = Tuple[str, str]  # (library, unit)

@@ -100,6 +100,21 @@ def test_the_choice_is_simpleitks(tmp_path, qname, sname, qcode, scode):
         np.testing.assert_allclose(read_image(path).ijk_to_ras, itk_ras, atol=1e-6)  # this program = ITK = Slicer
 
 
+@pytest.mark.parametrize("scode", [1, 2, 3])
+def test_a_mirror_at_the_origin_is_placed_as_simpleitk_places_it(tmp_path, scode):
+    """No offsets: ITK's similarity test (singular values, rotations U, offsets) passes a one-axis mirror, so it
+    keeps the sform even for sform_code 2 or 3; the report names what ITK actually did."""
+    mirrored = np.diag([-1.0, 1.2, 1.5, 1.0])
+    path = _write(tmp_path / "image.nii.gz", mirrored, 1, np.diag([1.0, 1.2, 1.5, 1.0]), scode)
+    with pytest.warns(nifti_header.HeaderDisagreementWarning) as record:
+        image = read_image(path)
+    itk_ras = _sitk_ras(path)
+    np.testing.assert_allclose(image.ijk_to_ras, itk_ras, atol=1e-6)
+    header = nifti_header.read_orientation(path)
+    used = "sform" if np.allclose(itk_ras, nifti_header.sform_matrix(header), atol=1e-4) else "qform"
+    assert f"used the {used}, as ITK" in str(record[0].message)
+
+
 def test_the_issue_case_mirrored_qform_is_reported_with_the_choice(tmp_path):
     for scode, used in ((1, "used the sform"), (2, "used the qform")):
         path = _write(tmp_path / f"mirrored{scode}.nii.gz", _mirrored(), 1, BASE, scode)
