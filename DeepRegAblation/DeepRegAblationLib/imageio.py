@@ -126,16 +126,52 @@ def validate_image(image: ImageData, name: str, kind: Optional[str] = None) -> I
 
 
 # --------------------------------------------------------------------------- intensities
-def intensity_window(array: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> Tuple[float, float]:
-    """Robust intensity range: the ``low_pct`` and ``high_pct`` percentiles of all voxels."""
+def intensity_window(array: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0,
+                     overwrite_input: bool = False) -> Tuple[float, float]:
+    """Robust intensity range: the ``low_pct`` and ``high_pct`` percentiles of all voxels.
+
+    Exactly ``np.percentile`` of the voxels as float64 (its default, linear method). Images whose values float32
+    holds exactly (float32, integers of up to 16 bits) are partitioned as float32 (4 bytes per voxel instead of 8;
+    ``overwrite_input``: a float32 array is partitioned in place, e.g. a temporary the caller no longer needs).
+    """
     if not 0.0 <= low_pct < high_pct <= 100.0:
         raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}")
-    values = np.asarray(array, dtype=np.float64).reshape(-1)
-    if values.size == 0:
+    array = np.asarray(array)
+    if array.size == 0:
         raise ValueError("array is empty: no intensity window")
-    own_copy = not np.shares_memory(values, array)  # partition our own copy in place: one copy, not two
+    if array.dtype == np.float32 or (array.dtype.kind in "iub" and array.dtype.itemsize <= 2):
+        own = overwrite_input and array.dtype == np.float32 and array.flags.writeable and array.flags.c_contiguous
+        low, high = _linear_percentiles(array.reshape(-1) if own else array.astype(np.float32).reshape(-1),
+                                        (low_pct, high_pct))
+        return low, high
+    values = np.asarray(array, dtype=np.float64).reshape(-1)
+    own_copy = overwrite_input or not np.shares_memory(values, array)  # partition a copy in place: one copy, not two
     low, high = np.percentile(values, [low_pct, high_pct], overwrite_input=own_copy)
     return float(low), float(high)
+
+
+def _linear_percentiles(values: np.ndarray, percents: Tuple[float, float]) -> Tuple[float, float]:
+    """``np.percentile(values.astype(np.float64), percents)`` for 1D float32 ``values``, partitioned in place: the
+    same virtual indexes, order statistics (exact in float32) and float64 interpolation as numpy's linear method."""
+    count = values.size
+    quantiles = np.true_divide(np.asarray(percents, dtype=np.float64), np.float64(100))
+    virtual = (count - 1) * quantiles
+    previous = np.floor(virtual)
+    following = previous + 1
+    above = virtual >= count - 1
+    previous[above], following[above] = -1, -1
+    below = virtual < 0
+    previous[below], following[below] = 0, 0
+    previous, following = previous.astype(np.intp), following.astype(np.intp)
+    values.partition(np.unique(np.concatenate(([0, -1], previous, following))))
+    low_values = values[previous].astype(np.float64)
+    high_values = values[following].astype(np.float64)
+    gamma = virtual - previous
+    difference = high_values - low_values
+    result = low_values + difference * gamma
+    upper = gamma >= 0.5
+    result[upper] = (high_values - difference * (1 - gamma))[upper]
+    return float(result[0]), float(result[1])
 
 
 def normalize_intensity(

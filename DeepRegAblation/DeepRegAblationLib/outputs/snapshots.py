@@ -374,10 +374,12 @@ def _check_inputs(fixed: "ImageData", moving: "ImageData", result: "Registration
         raise ValueError(f"result.disp_ras_mm must be {shape + (3,)}, got {np.shape(result.disp_ras_mm)}")
 
 
-def _background_plane(view: SliceView, volume: np.ndarray) -> np.ndarray:
+def _background_plane(view: SliceView, volume: np.ndarray, scratch: bool = False) -> np.ndarray:
     """The slice of ``volume`` mapped to [0, 1] with the volume's robust (1-99 %) window (only the slice is
-    normalised: the same values, without a normalised copy of the volume)."""
-    return normalize_intensity(view.extract(volume), window=intensity_window(volume))
+    normalised: the same values, without a normalised copy of the volume). ``scratch``: ``volume`` is a temporary
+    the window may reorder in place (no copy)."""
+    plane = view.extract(volume)
+    return normalize_intensity(plane, window=intensity_window(volume, overwrite_input=scratch))
 
 
 class _GlyphSamples(NamedTuple):
@@ -585,7 +587,8 @@ def render_checkerboard(path: PathLike, fixed: "ImageData", moving: "ImageData",
     moving_on_fixed = geometry.resample_to_grid(moving.array, moving.ijk_to_ras, result.fixed_ijk_to_ras, shape)
     view = SliceView(result.fixed_ijk_to_ras, shape)
     fixed_plane = _background_plane(view, fixed.array)
-    before = checkerboard(fixed_plane, _background_plane(view, moving_on_fixed))
+    before = checkerboard(fixed_plane, _background_plane(view, moving_on_fixed, scratch=True))
+    del moving_on_fixed
     after = checkerboard(fixed_plane, _background_plane(view, result.warped))
     panels = []
     for column, (plane, title) in enumerate(((before, "before: fixed | moving"),
