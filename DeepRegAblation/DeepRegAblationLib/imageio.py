@@ -18,6 +18,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import geometry, nifti_header, nifti_writer
+from .percentiles import linear_percentiles
 
 PathLike = Union[str, Path]
 
@@ -141,37 +142,13 @@ def intensity_window(array: np.ndarray, low_pct: float = 1.0, high_pct: float = 
         raise ValueError("array is empty: no intensity window")
     if array.dtype == np.float32 or (array.dtype.kind in "iub" and array.dtype.itemsize <= 2):
         own = overwrite_input and array.dtype == np.float32 and array.flags.writeable and array.flags.c_contiguous
-        low, high = _linear_percentiles(array.reshape(-1) if own else array.astype(np.float32).reshape(-1),
-                                        (low_pct, high_pct))
+        low, high = linear_percentiles(array.reshape(-1) if own else array.astype(np.float32).reshape(-1),
+                                       (low_pct, high_pct))
         return low, high
     values = np.asarray(array, dtype=np.float64).reshape(-1)
     own_copy = overwrite_input or not np.shares_memory(values, array)  # partition a copy in place: one copy, not two
     low, high = np.percentile(values, [low_pct, high_pct], overwrite_input=own_copy)
     return float(low), float(high)
-
-
-def _linear_percentiles(values: np.ndarray, percents: Tuple[float, float]) -> Tuple[float, float]:
-    """``np.percentile(values.astype(np.float64), percents)`` for 1D float32 ``values``, partitioned in place: the
-    same virtual indexes, order statistics (exact in float32) and float64 interpolation as numpy's linear method."""
-    count = values.size
-    quantiles = np.true_divide(np.asarray(percents, dtype=np.float64), np.float64(100))
-    virtual = (count - 1) * quantiles
-    previous = np.floor(virtual)
-    following = previous + 1
-    above = virtual >= count - 1
-    previous[above], following[above] = -1, -1
-    below = virtual < 0
-    previous[below], following[below] = 0, 0
-    previous, following = previous.astype(np.intp), following.astype(np.intp)
-    values.partition(np.unique(np.concatenate(([0, -1], previous, following))))
-    low_values = values[previous].astype(np.float64)
-    high_values = values[following].astype(np.float64)
-    gamma = virtual - previous
-    difference = high_values - low_values
-    result = low_values + difference * gamma
-    upper = gamma >= 0.5
-    result[upper] = (high_values - difference * (1 - gamma))[upper]
-    return float(result[0]), float(result[1])
 
 
 def normalize_intensity(

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import geometry
 from ..imageio import intensity_window, normalize_intensity
+from ..percentiles import streamed_percentiles
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..imageio import ImageData
@@ -425,12 +426,16 @@ def _arrow_scale(samples: _GlyphSamples) -> float:
 
 
 def _magnitude_range(disp_ras_mm: np.ndarray) -> Tuple[float, float]:
-    """``(max, 99th percentile)`` of |u| in mm over the whole field (not only the slice), slab by slab."""
+    """``(max, 99th percentile)`` of |u| in mm over the whole field (not only the slice): the norms computed slab
+    by slab (float64, as ``np.linalg.norm``), the percentile exactly as ``np.percentile`` without holding them all."""
     disp_ras_mm = np.asarray(disp_ras_mm)
-    field_magnitude = np.empty(disp_ras_mm.shape[:-1], dtype=np.float64)
-    for k0, k1 in geometry.slabs(field_magnitude.shape):
-        field_magnitude[k0:k1] = np.linalg.norm(disp_ras_mm[k0:k1].astype(np.float64), axis=-1)
-    return float(field_magnitude.max()), float(np.percentile(field_magnitude, 99, overwrite_input=True))
+
+    def magnitudes():
+        for k0, k1 in geometry.slabs(disp_ras_mm.shape[:-1]):
+            yield np.linalg.norm(disp_ras_mm[k0:k1].astype(np.float64), axis=-1).reshape(-1)
+
+    largest = max(float(chunk.max()) for chunk in magnitudes())
+    return largest, streamed_percentiles(magnitudes, (99,))[0]
 
 
 def _glyph_points(view: SliceView, samples: _GlyphSamples):
@@ -584,9 +589,9 @@ def render_checkerboard(path: PathLike, fixed: "ImageData", moving: "ImageData",
     fixed vs warped (after, right), each image in its own robust intensity window."""
     _init_vtk_rendering()
     shape = tuple(np.shape(fixed.array))
-    moving_on_fixed = geometry.resample_to_grid(moving.array, moving.ijk_to_ras, result.fixed_ijk_to_ras, shape)
     view = SliceView(result.fixed_ijk_to_ras, shape)
-    fixed_plane = _background_plane(view, fixed.array)
+    fixed_plane = _background_plane(view, fixed.array)  # before the resampled moving volume exists: one at a time
+    moving_on_fixed = geometry.resample_to_grid(moving.array, moving.ijk_to_ras, result.fixed_ijk_to_ras, shape)
     before = checkerboard(fixed_plane, _background_plane(view, moving_on_fixed, scratch=True))
     del moving_on_fixed
     after = checkerboard(fixed_plane, _background_plane(view, result.warped))
