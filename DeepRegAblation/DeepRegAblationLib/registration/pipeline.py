@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -151,11 +151,18 @@ def register(
     report(0.85, "warped image, Jacobian and metrics")
     result = result_from_mapping(variant_id, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels,
                                  timings, t_start, windows=inputs.windows)
-    features = input_features(fixed, moving, result.warped, result.metrics["ncc"], inputs.windows)
-    result.warnings = input_warnings(features, fixed, moving)  # inputs outside what the models know
-    warn_inputs(result.warnings, variant_id)
+    result.warnings = _warnings_about_inputs(fixed, moving, result, inputs.windows)
     report(1.0, "done")
     return result
+
+
+def _warnings_about_inputs(fixed: ImageData, moving: ImageData, result: RegistrationResult,
+                           windows: Tuple[Window, Window]) -> List[str]:
+    """Inputs outside what the models know (``input_warnings``), each also emitted as an ``InputWarning``."""
+    features = input_features(fixed, moving, result.warped, result.metrics["ncc"], windows)
+    messages = input_warnings(features, fixed, moving)
+    warn_inputs(messages, result.variant)
+    return messages
 
 
 # --------------------------------------------------------------------------- input checks
