@@ -102,7 +102,7 @@ class DeepRegAblation(ScriptedLoadableModule):
         self.parent.title = "DeepReg Ablation"
         self.parent.categories = ["Registration"]
         self.parent.dependencies = []
-        self.parent.contributors = ["DeepRegAblation contributors"]
+        self.parent.contributors = ["DeepRegAblation developers (independent)"]
         self.parent.helpText = """
 <p>Registers a <b>moving</b> brain MRI to a <b>fixed</b> one with learned deformable registration
 networks, and shows what each of four model variants did to the image.</p>
@@ -124,15 +124,27 @@ centres of mass are more than 20 mm apart or that do not overlap (heads of diffe
 scanners), and says so in the log.</p>
 <p>Inputs must not be under a parent transform: harden it first (Data module, right-click the transform).</p>
 
+<p><b>What the shipped models know</b>: they were trained on T1-weighted MRI of brains without lesions
+(healthy adults and older adults of the OASIS, LPBA40, IBSR18 and IXI datasets; the 2D models on
+neurite-OASIS slices), at a coarse grid, briefly, on a CPU. On pathology (a tumour, as in the
+MRBrainTumor1/2 sample data, a resection cavity, large lesions or oedema) the network tries to match tissue
+that has no counterpart in the other image: expect local distortion, large or folded displacements around
+the lesion (see the Jacobian heatmap) and metrics that say little there; the healthy tissue away from it is
+registered as usual. Other contrasts (T2, FLAIR, CT) are outside what the models saw. For such cases,
+use the result as a starting point, add Refinement, and check it visually.</p>
+
 <p><b>Outputs</b> (one subject-hierarchy folder per variant): the warped moving volume, the affine
 transform, the total displacement as a grid transform in the resampling direction (fixed point to
 moving point: put the moving volume under it and it appears aligned to the fixed one), the
 Jacobian-determinant volume and, with labels, the warped labels.</p>
 
-<p><b>Reading the glyphs</b>: each arrow starts at a point of the fixed image and points to where that
-point is taken from in the moving image; its length is the displacement in mm (times the glyph
-scale), its colour the magnitude. Short, smoothly varying arrows mean a gentle deformation; long
-arrows, or neighbours pointing in very different directions, mean a large or implausible one.</p>
+<p><b>Reading the glyphs</b> (the arrows of the shown variant, in the slice and 3D views): each arrow starts
+at a point of the moving image and points to where that point goes when the moving image is registered to
+the fixed one. This is the direction Slicer draws a transform in (its transform to world: the inverse of the
+stored fixed-to-moving grid transform), and the glyphs.png snapshots of the command line draw the same arrows.
+Its length is the displacement in mm (times the glyph scale), its colour the length, from blue (none) to red
+(the longest arrow of the field). Short, smoothly varying arrows mean a gentle deformation; long arrows, or
+neighbours pointing in very different directions, mean a large or implausible one.</p>
 
 <p><b>Reading the Jacobian heatmap</b>: the determinant of the Jacobian of the mapping is the local
 volume change. White (1) = volume preserved, blue (&lt; 1) = tissue shrinks, red (&gt; 1) = tissue
@@ -221,9 +233,12 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._resultNodes: Dict[str, Dict[str, Any]] = {}  # variant -> nodes of the last run (Compare all: four)
+        self._shownVariant: Optional[str] = None
         self._shownNodes: Optional[Dict[str, Any]] = None
         self._shownFixedVolume = None
         self._shownDisplay: Optional[DisplaySettings] = None
+        self._applyGuard = panel.StartGuard()  # a second click while the first one starts is ignored
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -241,6 +256,7 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointPathChanged)
+        self.ui.resultsTableView.connect("selectionChanged()", self.onResultsTableSelectionChanged)
         self.ui.progressBar.setVisible(False)
         self.ui.resultsTableView.setVisible(False)
 
@@ -264,6 +280,8 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.isRunning():
             self.logic.cancel()
+        self._resultNodes = {}
+        self._shownVariant = None
         self._shownNodes = None
         self._shownFixedVolume = None
         self.setParameterNode(None)
@@ -330,6 +348,9 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.checkpointPath = path
 
     def _checkCanApply(self) -> None:
+        if self._applyGuard.busy:  # starting: a parameter change meanwhile must not re-enable the button
+            self.ui.applyButton.enabled = False
+            return
         if self.logic.isRunning():
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.toolTip = "Stop the running registration; the scene is left unchanged."
@@ -390,6 +411,18 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ Apply / Cancel
     def onApplyButton(self) -> None:
+        """Apply (or Cancel). The button is disabled and the guard held before anything can process events
+        (the log, the PyTorch check): a double click cannot start two runs."""
+        if self._applyGuard.busy:  # the second click of a double click, delivered by the first one's events
+            return
+        try:
+            with self._applyGuard.starting():
+                self.ui.applyButton.enabled = False
+                self._applyOrCancel()
+        finally:
+            self._checkCanApply()  # the guard is free again: Apply, or Cancel while the run goes on
+
+    def _applyOrCancel(self) -> None:
         if self.logic.isRunning():
             self._log("Cancelling...")
             self.logic.cancel()
@@ -438,12 +471,32 @@ class DeepRegAblationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.metricsTable = outcome.table
             self._showMetricsTable(outcome.table)
         if outcome.nodes:
-            firstVariant = next(iter(outcome.nodes))
-            self._log(f"Showing {firstVariant} in the slice views; every variant is in its own folder in Data.")
-            self._shownNodes = outcome.nodes[firstVariant]
+            self._resultNodes = dict(outcome.nodes)
             self._shownFixedVolume = outcome.fixedVolume
-            self._shownDisplay = self._displaySettings()
-            self.logic.showResults(self._shownFixedVolume, self._shownNodes, self._shownDisplay, fit=True)
+            if len(self._resultNodes) > 1:
+                self._log("Click a row of the table to show that variant; every variant is in its own folder in Data.")
+            self._showVariant(next(iter(self._resultNodes)), fit=True)
+
+    def onResultsTableSelectionChanged(self) -> None:
+        """A row of the metrics table chosen: show that variant (its warped volume or Jacobian and its glyphs)."""
+        indexes = self.ui.resultsTableView.selectionModel().selectedIndexes()
+        if not indexes or not self._resultNodes or self.logic.isRunning():
+            return
+        variant = str(indexes[0].sibling(indexes[0].row(), 0).data())  # column 0 of the table: the variant
+        if variant in self._resultNodes and variant != self._shownVariant:
+            self._showVariant(variant, fit=False)
+
+    def _showVariant(self, variant: str, fit: bool) -> None:
+        """Show one variant of the last run in the slice views, with the Display section applied to it."""
+        nodes = self._resultNodes[variant]
+        shownNodes = [node for node in nodes.values() if hasattr(node, "GetID")]
+        if not all(slicer.mrmlScene.IsNodePresent(node) for node in shownNodes + [self._shownFixedVolume]):
+            self._resultNodes.pop(variant, None)
+            return
+        self._shownVariant, self._shownNodes = variant, nodes
+        self._shownDisplay = self._displaySettings()
+        self._log(f"Showing {variant} in the slice views.")
+        self.logic.showResults(self._shownFixedVolume, self._shownNodes, self._shownDisplay, fit=fit)
 
     def _displaySettings(self) -> DisplaySettings:
         """The Display section of the panel."""
@@ -526,7 +579,8 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
       it, centres of mass aligned first when far apart or not overlapping; the reason is logged),
       ``"none"`` (physical space as is) or ``"com"`` (centres of mass translated
       together first; part of the affine output).
-    - reuse: overwrite the output nodes of a previous run of the same variant and inputs.
+    - reuse: overwrite the output nodes of a previous run of the same variant on the same fixed and moving
+      volumes (results made from other volumes are never replaced).
     - progress: optional ``progress(fraction, message)``.
 
     Returns ``{"results": {variant: RegistrationResult}, "nodes": {variant: {"warped", "affine",
@@ -535,7 +589,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
     **Background** (the Apply button): ``startRegistration(...)`` takes the same inputs plus
     callbacks, writes the inputs to a temporary folder, runs
-    ``PythonSlicer -m DeepRegAblationTrainingLib.cli register ... --save-npz --out <tmp>`` as a
+    ``PythonSlicer -m DeepRegAblationTrainingLib.cli register ... --npz-only --out <tmp>`` as a
     separate process, reports its progress lines, and only when it succeeded loads each
     ``<variant>/result.npz`` into the scene. ``cancel()`` kills the process; the scene is left as it was.
     """
@@ -545,6 +599,7 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         self._process: Optional[jobs.BackgroundJob] = None
         self._job: Optional[panel.RegistrationJob] = None
         self._pollTimer = None
+        self._startGuard = panel.StartGuard()
 
     def getParameterNode(self) -> DeepRegAblationParameterNode:
         return DeepRegAblationParameterNode(super().getParameterNode())
@@ -656,10 +711,17 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
         Arguments as in :meth:`process` (``variants``: one id or "all"; ``model``: ``None``, a checkpoint
         file of that variant, or a folder of ``<variant>.pt``). ``onLog(text)``,
         ``onProgress(fraction, message)`` and ``onFinished(RegistrationOutcome)`` are called on the
-        GUI thread. Nothing is added to the scene unless the process succeeds.
+        GUI thread. Nothing is added to the scene unless the process succeeds. A start while another one is
+        starting (its log lines process events) or running raises ``RuntimeError``.
         """
         if self.isRunning():
             raise RuntimeError("A registration is already running; cancel it first.")
+        with self._startGuard.starting():
+            self._startBackgroundRun(fixedVolume, movingVolume, variants, fixedLabels, movingLabels, model, device,
+                                     refine, initialAlignment, reuse, metricsTable, onLog, onProgress, onFinished)
+
+    def _startBackgroundRun(self, fixedVolume, movingVolume, variants, fixedLabels, movingLabels, model, device,
+                            refine, initialAlignment, reuse, metricsTable, onLog, onProgress, onFinished) -> None:
         self.checkInputs(fixedVolume, movingVolume, fixedLabels, movingLabels)
         variantIds = parse_variants(variants)
         if model:
@@ -741,10 +803,11 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ display
     @staticmethod
     def showResults(fixedVolume, nodes: Dict[str, Any], display: DisplaySettings, fit: bool = True) -> None:
-        """Slice views: fixed volume in the background, warped volume (or the Jacobian) in the foreground."""
+        """Slice views: fixed volume in the background, warped volume (or the Jacobian) in the foreground; the
+        glyphs of this result only, with the Display settings (``scene.show_result``)."""
         from DeepRegAblationLib import scene
 
-        scene.apply_display_settings(nodes, display)
+        scene.show_result(slicer.mrmlScene, nodes, display)
         jacobianNode = nodes.get("jacobian")
         useJacobian = display.show_jacobian and jacobianNode is not None
         foreground = jacobianNode if useJacobian else nodes.get("warped")
@@ -764,7 +827,11 @@ class DeepRegAblationLogic(ScriptedLoadableModuleLogic):
 
 
 class DeepRegAblationTest(ScriptedLoadableModuleTest):
-    """Self-tests run inside Slicer (Reload and Test, or ctest): logic on real MRI, background run, GUI."""
+    """Self-tests run inside Slicer (Reload and Test, or ctest): the blocking logic on real MRI, the panel's Apply
+    (a double click starts one run), Cancel and Compare all (one variant shown at a time), the panel's checks.
+
+    On a CPU they take about a minute (MRBrainTumor1/2 subsampled to 4x coarser voxels; the shipped 3D models).
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -773,7 +840,9 @@ class DeepRegAblationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_logic_process_one_variant()
         self.setUp()
-        self.test_background_run_and_cancel()
+        self.test_panel_apply_double_click_and_cancel()
+        self.setUp()
+        self.test_panel_compare_all_shows_one_variant_at_a_time()
         self.setUp()
         self.test_widget_apply_needs_inputs()
 
@@ -839,36 +908,85 @@ class DeepRegAblationTest(ScriptedLoadableModuleTest):
         self.assertEqual(out["table"].GetNumberOfRows(), 1)
         self.delayDisplay("Logic test passed")
 
-    def test_background_run_and_cancel(self):
+    def _panelWithInputs(self, variant: VariantChoice):
+        """The module's panel with the sample pair as inputs, shipped weights, CPU, the given variant."""
         fixed, moving = self._sampleVolumes()
-        logic = DeepRegAblationLogic()
-        logic.ensurePyTorch()
-        outcomes: List[RegistrationOutcome] = []
+        slicer.util.selectModule("DeepRegAblation")
+        widget = slicer.util.getModuleWidget("DeepRegAblation")
+        widget.logic.ensurePyTorch()
+        parameterNode = widget._parameterNode
+        parameterNode.fixedVolume, parameterNode.movingVolume = fixed, moving
+        parameterNode.fixedLabels = parameterNode.movingLabels = None
+        parameterNode.variant = variant
+        parameterNode.modelSource = ModelSource.shipped
+        parameterNode.device = DeviceChoice.cpu
+        parameterNode.refineMode = RefineChoice.off if self._refineIterations() == 0 else RefineChoice.custom
+        parameterNode.refineIterationsPerLevel = max(1, self._refineIterations())
+        return widget
 
-        def waitForOutcome(timeoutSeconds: float) -> RegistrationOutcome:
-            deadline = time.time() + timeoutSeconds
-            while not outcomes and time.time() < deadline:
-                slicer.app.processEvents()
-                time.sleep(0.05)
-            self.assertTrue(outcomes, "the background registration did not finish in time")
-            return outcomes.pop()
+    def _waitUntilFinished(self, widget, timeoutSeconds: float) -> str:
+        """Process events until the panel's run ended; returns the status log."""
+        deadline = time.time() + timeoutSeconds
+        while widget.logic.isRunning() and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertFalse(widget.logic.isRunning(), "the background registration did not end in time")
+        return widget.ui.statusLog.toPlainText()
 
+    def test_panel_apply_double_click_and_cancel(self):
+        """Apply through the panel with a second click arriving while the first one starts (its log line
+        processes events): one run starts. Apply (now Cancel) again: the run stops and the scene is unchanged."""
+        widget = self._panelWithInputs(VariantChoice.baseline)
         nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-        logic.startRegistration(fixed, moving, variants="baseline", device="cpu", onFinished=outcomes.append)
-        self.assertTrue(logic.isRunning())
-        logic.cancel()
-        outcome = waitForOutcome(60)
-        self.assertEqual(outcome.status, "cancelled")
-        self.assertFalse(logic.isRunning())
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        originalLog, secondClicks = widget._log, []
 
-        logic.startRegistration(fixed, moving, variants="baseline", device="cpu", refine=self._refineIterations(),
-                                onFinished=outcomes.append)
-        outcome = waitForOutcome(600)
-        self.assertEqual(outcome.status, "done", outcome.message)
-        self.assertIn("baseline", outcome.nodes)
-        self.assertEqual(outcome.table.GetNumberOfRows(), 1)
-        self.delayDisplay("Background test passed")
+        def logAndClickAgain(text: str) -> None:
+            originalLog(text)
+            if not secondClicks:
+                secondClicks.append(text)
+                widget.onApplyButton()  # the double click's second click, delivered by the events of this line
+
+        widget._log = logAndClickAgain
+        try:
+            widget.onApplyButton()
+        finally:
+            widget._log = originalLog
+        self.assertTrue(secondClicks)
+        self.assertTrue(widget.logic.isRunning())
+        self.assertEqual(widget.ui.statusLog.toPlainText().count("Running: "), 1)
+        self.assertEqual(widget.ui.applyButton.text, "Cancel")
+        self.assertTrue(widget.ui.applyButton.enabled)
+        widget.onApplyButton()  # Cancel
+        log = self._waitUntilFinished(widget, 60)
+        self.assertIn("Cancelled. The scene was not changed.", log)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertEqual(widget.ui.applyButton.text, "Apply")
+        self.delayDisplay("Apply / Cancel test passed")
+
+    def test_panel_compare_all_shows_one_variant_at_a_time(self):
+        """Compare all through the panel: four rows in the metrics table, the first variant's glyphs alone are
+        visible; choosing the second row shows that variant (its glyphs alone, its warped volume in the views)."""
+        widget = self._panelWithInputs(VariantChoice.compare_all)
+        widget.onApplyButton()
+        log = self._waitUntilFinished(widget, 600)
+        self.assertIn("Finished (done)", log, log)
+        table = widget._parameterNode.metricsTable
+        self.assertEqual(table.GetNumberOfRows(), 4)
+        variants = [table.GetCellText(row, 0) for row in range(4)]
+        self.assertEqual(variants, list(parse_variants("all")))
+
+        def visibleGlyphs():
+            return [variant for variant, nodes in widget._resultNodes.items()
+                    if nodes["transform"].GetDisplayNode().GetVisibility()]
+
+        self.assertEqual(visibleGlyphs(), [variants[0]])
+        widget.ui.resultsTableView.selectRow(1)
+        slicer.app.processEvents()
+        self.assertEqual(widget._shownVariant, variants[1])
+        self.assertEqual(visibleGlyphs(), [variants[1]])
+        composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+        self.assertEqual(composite.GetForegroundVolumeID(), widget._resultNodes[variants[1]]["warped"].GetID())
+        self.delayDisplay("Compare all test passed")
 
     def test_widget_apply_needs_inputs(self):
         fixed, moving = self._sampleVolumes(factor=8)

@@ -6,14 +6,21 @@ Two roles in one file:
   the extension, so the ``deepreg-ablation`` commands run with Slicer's Python and PyTorch;
 - a launcher of the command line::
 
-      Slicer --no-main-window --python-script DeepRegAblationTraining/DeepRegAblationTraining.py -- train --variant regloss ...
+      PythonSlicer DeepRegAblationTraining/DeepRegAblationTraining.py -- train --variant regloss ...
+      Slicer --no-main-window --python-script DeepRegAblationTraining/DeepRegAblationTraining.py -- train ...
 
-  runs ``DeepRegAblationTrainingLib.cli.main(<arguments after "--">)`` and exits Slicer with its
-  status. Outside Slicer (plain Python) the same file runs the CLI and exits with ``sys.exit``.
+  runs ``DeepRegAblationTrainingLib.cli.main(<arguments after "--">)`` and exits with its status.
+  ``PythonSlicer`` (Slicer's Python, in Slicer's ``bin`` folder) needs no display: the way on a Linux
+  server. ``Slicer --no-main-window`` still starts a Qt GUI application, which needs a display there
+  (or ``QT_QPA_PLATFORM=offscreen``). Outside Slicer (plain Python) the same file runs the CLI.
+  Inside Slicer's Python a package the command needs that Slicer does not ship (matplotlib for the
+  report figures, nilearn for the MNI152 template) is installed with ``slicer.util.pip_install``
+  before the command starts, after a line that says what and why (:func:`slicer_pip_installer`).
   Whatever happens, the launcher exits: with ``--python-script`` Slicer does not quit by itself
   after the script (``qSlicerCoreApplication`` quits on its own only in testing mode, for ``-c`` or
   a bare ``.py`` argument), so an exception that escaped would leave a ``--no-main-window`` Slicer
-  running forever. Any error prints its traceback and exits with status 1.
+  running forever. A missing PyTorch is one ``error:`` line and status 2; a bug prints its
+  traceback and exits with status 1.
 
 The file imports without Slicer (only the module classes need it), so it can be checked with pytest.
 """
@@ -23,7 +30,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 LIB_PACKAGES = ("DeepRegAblationTrainingLib", "DeepRegAblationLib")
 
@@ -72,17 +79,37 @@ def script_arguments(argv: Sequence[str], inside_slicer: bool = False) -> List[s
     return args
 
 
+def slicer_pip_installer() -> Optional[Callable[[str], None]]:
+    """``slicer.util.pip_install`` in Slicer's Python (the application, or ``PythonSlicer``: a ``PythonSlicer``
+    launcher beside ``sys.executable``, as ``slicer.util`` finds it), else ``None``.
+
+    ``cli.main`` installs with it, before the command starts, a package the command needs that Slicer's Python
+    does not ship (matplotlib for report figures, nilearn for the MNI152 template), saying what and why first.
+    """
+    from DeepRegAblationTrainingLib.optional_packages import slicer_python_launcher
+
+    if not in_slicer_application() and slicer_python_launcher() is None:
+        return None
+    try:
+        import slicer.util
+    except ImportError:
+        return None
+    return getattr(slicer.util, "pip_install", None)
+
+
 def run_cli(args: Sequence[str]) -> int:
     """``DeepRegAblationTrainingLib.cli.main(args)`` as an exit status; never raises.
 
-    argparse exits (``--help``: 0, a usage error: 2) become their status; Ctrl+C is 130; any
-    other exception (an import that fails, a bug) prints its traceback and gives 1.
+    Inside Slicer, a package the command needs that Slicer lacks is installed first
+    (:func:`slicer_pip_installer`). argparse exits (``--help``: 0, a usage error: 2) become their status;
+    a missing package (PyTorch) is one ``error:`` line and 2; Ctrl+C is 130; any other exception (a bug)
+    prints its traceback and gives 1.
     """
     try:
         ensure_import_paths()
         from DeepRegAblationTrainingLib import cli
 
-        return int(cli.main(list(args)) or 0)
+        return int(cli.main(list(args), installer=slicer_pip_installer()) or 0)
     except SystemExit as exc:  # --help, or an argparse usage error
         code = exc.code
         if code is None:
@@ -153,14 +180,23 @@ if ScriptedLoadableModule is not None:
             self.parent.title = "DeepReg Ablation Training"
             self.parent.categories = ["Developer Tools"]
             self.parent.dependencies = []
-            self.parent.contributors = ["DeepRegAblation contributors"]
+            self.parent.contributors = ["DeepRegAblation developers (independent)"]
             self.parent.helpText = """
 <p>Training, evaluation and the ablation study of the DeepRegAblation registration variants
 (<code>baseline</code>, <code>regloss</code>, <code>affine_basic</code>, <code>affine_enhanced</code>).
-There is no panel: run the command line with Slicer's Python (it has PyTorch from the PyTorch extension):</p>
-<pre>Slicer --no-main-window --python-script &lt;extension&gt;/DeepRegAblationTraining.py -- --help
-Slicer --no-main-window --python-script &lt;extension&gt;/DeepRegAblationTraining.py -- train --variant regloss ...
+There is no panel: run the command line with Slicer's Python (it has PyTorch from the PyTorch extension).
+On a server without a display use <code>PythonSlicer</code> (in Slicer's <code>bin</code> folder), which starts
+no GUI:</p>
+<pre>PythonSlicer &lt;extension&gt;/DeepRegAblationTraining.py -- --help
+PythonSlicer &lt;extension&gt;/DeepRegAblationTraining.py -- train --variant regloss --data oasis2d:/data ...
 Slicer --no-main-window --python-script &lt;extension&gt;/DeepRegAblationTraining.py -- ablation ...</pre>
+<p><code>Slicer --no-main-window</code> still starts a GUI application: without a display set
+<code>QT_QPA_PLATFORM=offscreen</code>. Reading images needs only what Slicer's Python ships. The report figures
+of <code>evaluate</code>, <code>ablation</code> and <code>sweep</code> need matplotlib and the MNI152 data
+(<code>demo</code>, <code>mni-synthetic</code>) nilearn, and <code>bench</code> its reference voxelmorph (not with
+<code>--no-reference</code>): they are installed with <code>slicer.util.pip_install</code>
+before the command starts, with a line saying so. Without PyTorch (install the PyTorch extension) every
+command stops with one line saying so.</p>
 <p>Commands: train, evaluate, ablation, sweep, register, bench, demo (see <code>-- &lt;command&gt; --help</code>).
 Checkpoints it writes can be chosen in the DeepRegAblation module (Model weights: Checkpoint file).</p>
 """
@@ -177,11 +213,14 @@ See the DeepRegAblation module for the ablation design.</p>
             self.layout.addStretch(1)
 
     class DeepRegAblationTrainingTest(ScriptedLoadableModuleTest):
-        """The launcher's argument forwarding and the CLI, with Slicer's Python."""
+        """The launcher's argument forwarding, the CLI, and the launcher run headless in its own process with
+        Slicer's Python (``PythonSlicer``): its exit status, and a short training on a toy dataset (under half a
+        minute on a CPU; without PyTorch, the one-line message instead)."""
 
         def runTest(self):
             self.test_arguments_after_double_dash()
             self.test_cli_help_and_usage_error()
+            self.test_launcher_exit_status_in_its_own_process()
 
         def test_arguments_after_double_dash(self):
             self.assertEqual(script_arguments(["x.py", "--", "train", "--epochs", "1"]), ["train", "--epochs", "1"])
@@ -191,6 +230,41 @@ See the DeepRegAblation module for the ablation design.</p>
         def test_cli_help_and_usage_error(self):
             self.assertEqual(run_cli(["--help"]), 0)
             self.assertEqual(run_cli(["no-such-command"]), 2)
+
+        def test_launcher_exit_status_in_its_own_process(self):
+            """``PythonSlicer DeepRegAblationTraining.py -- <command>`` (the headless way on a server): 0 for
+            ``--help``, 2 for a usage error, and a 2-step training on a toy dataset (Slicer's own packages only)."""
+            import importlib.util
+            import shutil
+            import subprocess
+            import tempfile
+
+            python = shutil.which("PythonSlicer") or sys.executable  # in Slicer sys.executable is PythonSlicer
+
+            def launch_process(*args: str) -> "subprocess.CompletedProcess":
+                return subprocess.run([python, str(Path(__file__).resolve()), "--", *args], capture_output=True,
+                                      text=True, timeout=300)
+
+            self.assertEqual(launch_process("--help").returncode, 0)
+            self.assertEqual(launch_process("no-such-command").returncode, 2)
+            with tempfile.TemporaryDirectory() as folder:
+                if importlib.util.find_spec("torch") is None:  # the PyTorch extension has not installed it yet
+                    result = launch_process("train", "--data", f"oasis2d:{folder}", "--out", str(Path(folder) / "run"))
+                    self.assertEqual(result.returncode, 2, result.stderr)
+                    self.assertIn("PyTorch", result.stderr)
+                    self.assertNotIn("Traceback", result.stderr)
+                    return
+                ensure_import_paths()
+                from DeepRegAblationTrainingLib.data import write_toy_oasis2d
+
+                toy = write_toy_oasis2d(Path(folder) / "toy", n_subjects=6, shape=(32, 32))
+                out = Path(folder) / "run"
+                tiny = ["--features-enc", "8", "8", "8", "8", "--features-dec", "8", "8", "8", "8", "8", "8", "8"]
+                result = launch_process("train", "--variant", "baseline", "--data", f"oasis2d:{toy}", "--steps", "2",
+                                        "--steps-per-epoch", "1", "--val-pairs", "2", "--val-fraction", "0.4",
+                                        "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out), *tiny)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertTrue((out / "last.pt").is_file())
             self.delayDisplay("DeepRegAblationTraining test passed")
 
 

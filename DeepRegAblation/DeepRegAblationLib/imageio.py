@@ -18,6 +18,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import geometry, nifti_header, nifti_writer
+from .nifti_header import NiftiHeaderError, parse_nifti_header
 from .percentiles import linear_percentiles
 
 PathLike = Union[str, Path]
@@ -363,15 +364,12 @@ def _check_declared_grid(what: str, components: int, size, spacing, direction) -
 
 
 def _nifti_header(head: bytes, what: str):
-    """nibabel's NIfTI-1 / NIfTI-2 header of the first bytes of a file, unchecked (``ImageReadError`` if there is none)."""
-    import nibabel
-
-    classes = {348: nibabel.Nifti1Header, 540: nibabel.Nifti2Header}
-    sizes = (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))
-    header_class = classes.get(sizes[0]) or classes.get(sizes[1])
-    if header_class is None or len(head) < header_class.template_dtype.itemsize:
-        raise ImageReadError(f"cannot read {what}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header in its first {len(head)} bytes)")
-    header = header_class(head[: header_class.template_dtype.itemsize], check=False)
+    """The NIfTI-1 / NIfTI-2 header of the first bytes of a file (:mod:`.nifti_header`: numpy only, no nibabel,
+    which Slicer's Python does not ship), unchecked (``ImageReadError`` if there is none)."""
+    try:
+        header = parse_nifti_header(head, what)
+    except NiftiHeaderError as exc:
+        raise ImageReadError(str(exc)) from None
     magic = bytes(header["magic"].item())
     if not magic.startswith((b"n+1", b"n+2")):
         raise ImageReadError(f"cannot read {what}: not a single-file NIfTI image (bad magic {magic!r}; expected 'n+1' or 'n+2')")

@@ -10,7 +10,10 @@ exactly once. :meth:`BackgroundJob.cancel` kills the process and its children
 
 Platforms: on Linux and macOS the process leads a new session, so its process group holds its
 children (Slicer's ``PythonSlicer`` is a launcher that starts the real Python); on Windows it gets a
-new process group and no console window, and ``taskkill /T`` ends the tree.
+new process group and no console window, and ``taskkill /T`` ends the tree, itself started without a
+console window (:func:`hidden_console_options`, as ``slicer.util.launchConsoleProcess`` starts its
+processes). The child's output is read as UTF-8: its environment should ask for it (``PYTHONUTF8``,
+``PYTHONIOENCODING``, as ``panel.process_environment`` does), or a Windows child writes its ANSI code page.
 """
 from __future__ import annotations
 
@@ -21,7 +24,19 @@ import subprocess
 import threading
 from typing import Any, Callable, Dict, Sequence
 
-__all__ = ["BackgroundJob", "kill_process_tree"]
+__all__ = ["BackgroundJob", "kill_process_tree", "hidden_console_options"]
+
+
+def hidden_console_options() -> Dict[str, Any]:
+    """``subprocess`` options that start a console program without a console window on Windows: a
+    ``STARTUPINFO`` with ``SW_HIDE`` (what ``slicer.util.launchConsoleProcess`` passes) and
+    ``CREATE_NO_WINDOW``; ``{}`` on other systems."""
+    if os.name != "nt":
+        return {}
+    info = subprocess.STARTUPINFO()
+    info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    info.wShowWindow = subprocess.SW_HIDE
+    return {"startupinfo": info, "creationflags": subprocess.CREATE_NO_WINDOW}
 
 
 def kill_process_tree(proc: subprocess.Popen) -> None:
@@ -30,7 +45,7 @@ def kill_process_tree(proc: subprocess.Popen) -> None:
         return
     if os.name == "nt":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, **hidden_console_options())
     else:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # started with start_new_session: group id == pid
@@ -49,7 +64,9 @@ def _popen_options(env: Dict[str, str]) -> Dict[str, Any]:
         universal_newlines=True, encoding="utf-8", errors="replace", bufsize=1,
     )
     if os.name == "nt":
-        options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        hidden = hidden_console_options()
+        options["startupinfo"] = hidden["startupinfo"]
+        options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | hidden["creationflags"]
     else:
         options["start_new_session"] = True
     return options

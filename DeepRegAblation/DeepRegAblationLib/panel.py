@@ -4,7 +4,8 @@
   variants; the panel asks on every change), :func:`models_to_run` (what ``inference.register(model=...)``
   gets, once per registration, in the blocking run), :func:`initial_alignment_argument`.
 - **The background run**: :func:`register_command` (``PythonSlicer -m DeepRegAblationTrainingLib.cli
-  register ... --save-npz --no-scene --out DIR``, arguments by :func:`register_arguments`), run with
+  register ... --npz-only --out DIR``: only ``result.npz`` and the metrics; arguments by
+  :func:`register_arguments`), run with
   :func:`process_environment` (:func:`library_paths` first on ``PYTHONPATH``, unbuffered output);
   :class:`RegistrationJob` reads its output lines (the :mod:`.progress` protocol) and says how it ended.
 - **Results**: :func:`load_results` (the run's ``<variant>/result.npz`` files), :func:`metrics_summary`,
@@ -13,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .options import ALIGNMENT_CHOICES, VARIANT_IDS, RefineArgument, parse_variants, refine_cli_arguments
 from .progress import parse_error_line, parse_progress_line, parse_warning_line
@@ -35,6 +37,7 @@ __all__ = [
     "models_to_run",
     "initial_alignment_argument", "register_arguments", "register_command", "library_paths", "python_executable",
     "process_environment", "load_results", "metrics_summary", "version_tuple", "CLI_MODULE", "LIBRARY_PACKAGES",
+    "StartGuard",
 ]
 
 CLI_MODULE = "DeepRegAblationTrainingLib.cli"
@@ -200,7 +203,7 @@ def register_arguments(files: Dict[str, Path], out_dir: Path, variant_ids: Seque
     if initial_alignment not in ALIGNMENT_CHOICES:
         raise ValueError(f"initial_alignment must be one of {ALIGNMENT_CHOICES}, got {initial_alignment!r}")
     return args + ["--device", device, *refine_cli_arguments(refine), "--init-align", initial_alignment,
-                   "--save-npz", "--no-scene", "--out", str(out_dir)]  # the panel builds its nodes from result.npz
+                   "--npz-only", "--out", str(out_dir)]  # the panel builds its nodes from result.npz: nothing else
 
 
 def python_executable() -> str:
@@ -246,11 +249,15 @@ def library_paths(module_dir: Path, training_module_dir: Optional[Path] = None) 
 
 def process_environment(paths: Sequence[str], environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The background process's environment: ``environ`` (default ``os.environ``) with ``paths`` put
-    before its ``PYTHONPATH`` and ``PYTHONUNBUFFERED=1`` (progress lines arrive as they are printed)."""
+    before its ``PYTHONPATH``, ``PYTHONUNBUFFERED=1`` (progress lines arrive as they are printed) and
+    ``PYTHONUTF8=1`` / ``PYTHONIOENCODING=utf-8``: the output is read as UTF-8 (``jobs``), and on Windows a
+    child Python would otherwise write its ANSI code page (non-ASCII paths became replacement characters)."""
     env = dict(os.environ if environ is None else environ)
     previous = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = os.pathsep.join(list(paths) + ([previous] if previous else []))
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONUTF8"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
     return env
 
 
@@ -352,3 +359,34 @@ def version_tuple(version: str) -> Tuple[int, ...]:
     """``"2.1.0+cu121"`` -> ``(2, 1, 0)``: the first three numbers of a version, local part dropped."""
     numbers = re.findall(r"\d+", version.split("+")[0])[:3]
     return tuple(int(n) for n in numbers)
+
+
+# --------------------------------------------------------------------------- one start at a time
+class StartGuard:
+    """One start at a time: refuses a start while another one is starting.
+
+    A double click on Apply: the first click's start logs lines, and each line processes GUI events
+    (``slicer.app.processEvents``, so that the panel shows it), which delivers the second click while the
+    first start is still running; both would then start a background run and break each other. The
+    panel checks :attr:`busy` before anything else; the logic's start runs inside :meth:`starting`.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        """True while a start is under way."""
+        return self._busy
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """The block of one start; ``RuntimeError`` when another one is under way. Freed when the block ends,
+        normally or by an exception."""
+        if self._busy:
+            raise RuntimeError("A registration is already starting; wait for it (or cancel it once it runs).")
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False

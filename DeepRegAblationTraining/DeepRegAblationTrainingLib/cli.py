@@ -4,8 +4,11 @@ Each command lives in ``DeepRegAblationTrainingLib.commands.<name>`` with
 ``add_arguments(parser)`` and ``run(args) -> int``. Only the command being run is imported
 (``deepreg-ablation --help`` imports none), so one command's dependencies (PyTorch, a
 Unix-only module) never stop another command or the help from working. Bad input ends with
-``error: <message>`` on stderr and exit status 2, never a Python trace; Python warnings are printed as one
-line ``warning: <message>`` (the Slicer panel shows both in its status log).
+``error: <message>`` on stderr and exit status 2, never a Python trace; so does a missing package
+(PyTorch above all: ``optional_packages.missing_module_message``). A command module may list the
+optional packages its arguments need (``required_packages(args)``): they are checked, or installed
+inside Slicer, before the command starts (``optional_packages.ensure_packages``). Python warnings are
+printed as one line ``warning: <message>`` (the Slicer panel shows both in its status log).
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import argparse
 import importlib
 import sys
 import warnings
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from DeepRegAblationLib.progress import error_line, warning_line
+
+from .optional_packages import ensure_packages, missing_module_message
 
 __all__ = ["COMMANDS", "command_in", "build_parser", "main"]
 
@@ -56,20 +61,36 @@ def build_parser(commands: Optional[Sequence[str]] = None) -> argparse.ArgumentP
         module = importlib.import_module(f"DeepRegAblationTrainingLib.commands.{name}")
         cmd = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(cmd)
-        cmd.set_defaults(_run=module.run)
+        cmd.set_defaults(_run=module.run, _packages=getattr(module, "required_packages", _no_packages))
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command of ``argv`` (default ``sys.argv[1:]``); its exit status (2 with an ``error:`` line on bad input)."""
+def _no_packages(args: argparse.Namespace) -> List[str]:
+    return []
+
+
+def main(argv: Optional[List[str]] = None, installer: Optional[Callable[[str], None]] = None) -> int:
+    """Run the command of ``argv`` (default ``sys.argv[1:]``); its exit status (2 with an ``error:`` line on bad input).
+
+    ``installer(requirement)`` installs a missing optional package before the command starts (the Slicer
+    launcher passes ``slicer.util.pip_install``); without it a missing one is an ``error:`` line.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = command_in(argv)
-    parser = build_parser([command] if command in dict(COMMANDS) else [])
+    try:
+        parser = build_parser([command] if command in dict(COMMANDS) else [])
+    except ModuleNotFoundError as exc:  # the command's module imports PyTorch (or another missing package)
+        print(error_line(missing_module_message(exc, command)), file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():  # restores the usual display afterwards
             warnings.showwarning = _show_warning
+            ensure_packages(args._packages(args), args.command, installer)  # before step 1: never after hours of training
             return int(args._run(args) or 0)
+    except ModuleNotFoundError as exc:
+        print(error_line(missing_module_message(exc, args.command)), file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as exc:
         print(error_line(str(exc)), file=sys.stderr)
         return 2

@@ -19,7 +19,9 @@ from DeepRegAblationLib.options import ALL_VARIANTS, VARIANT_IDS
 from DeepRegAblationLib.progress import progress_line, step_line
 
 from .output_lock import clean_leftover_staging, output_lock
-from .register_outputs import prepare_out_dir, staged_output, write_marker, write_summary, write_variant_outputs
+from .register_outputs import (
+    prepare_out_dir, staged_output, write_marker, write_panel_outputs, write_summary, write_variant_outputs,
+)
 
 __all__ = ["load_models", "progress_printer", "run_register"]
 
@@ -99,6 +101,8 @@ def _register_into(args: argparse.Namespace, out: Path, register) -> Path:
     ndim = 2 if fixed.is_2d else 3
     variants = list(VARIANT_IDS) if args.variant == ALL_VARIANTS else [args.variant]
     models = load_models(args.model, variants, ndim)
+    npz_only = getattr(args, "npz_only", False)  # the Slicer panel: only what it reads back
+    scene = not (args.no_scene or npz_only)
 
     if rerun:
         print(f"note: replacing the earlier 'deepreg-ablation register' results in {out}")
@@ -114,9 +118,12 @@ def _register_into(args: argparse.Namespace, out: Path, register) -> Path:
                 initial_alignment=args.init_align,
             )
             result.timings["read"] = read_s
-            written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
+            if npz_only:
+                written = write_panel_outputs(staging / variant, result)
+            else:
+                written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
             print(f"      wrote {', '.join(p.name for p in written)} in {out / variant}", flush=True)
-            results.append(result if not args.no_scene else _metrics_only(result))
+            results.append(result if scene else _metrics_only(result))
             result = written = None  # not held while the next variant registers
-        write_summary(staging, fixed, moving, results, scene=not args.no_scene)
+        write_summary(staging, fixed, moving, results, scene=scene)
     return out

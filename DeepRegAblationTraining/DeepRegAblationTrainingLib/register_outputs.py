@@ -5,6 +5,7 @@
 - :func:`staged_output`: everything is written into a hidden folder beside DIR and renamed into place
   only when complete;
 - :func:`write_variant_outputs`: per variant, NIfTI images, ITK transforms, PNG snapshots (and ``result.npz``);
+- :func:`write_panel_outputs`: per variant, ``result.npz`` only (``--npz-only``: what the Slicer panel reads back);
 - :func:`write_summary`: ``metrics.csv`` / ``metrics.json``, the Slicer scene, and the table printed to
   stdout (:func:`format_table`).
 
@@ -26,7 +27,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 from DeepRegAblationLib.progress import warning_line
 
 __all__ = [
-    "MARKER", "prepare_out_dir", "write_marker", "staged_output", "write_variant_outputs", "write_summary", "format_table",
+    "MARKER", "prepare_out_dir", "write_marker", "staged_output", "write_variant_outputs", "write_panel_outputs",
+    "write_summary", "format_table",
 ]
 
 MARKER = ".deepreg-ablation-register"
@@ -129,6 +131,14 @@ def write_variant_outputs(variant_dir: Path, fixed, moving, result, save_npz: bo
         written.append(result.save(variant_dir / "result.npz"))
     written += _optional_outputs("PNG snapshots", _write_snapshots, variant_dir, fixed, moving, result)
     return written
+
+
+def write_panel_outputs(variant_dir: Path, result) -> List[Path]:
+    """What the Slicer panel's background run writes per variant (``register --npz-only``): ``result.npz``, the one
+    file the panel reads back. No NIfTI, no ITK transform, no off-screen render (seconds per variant for Compare
+    all, and a native crash in a render window would fail the run)."""
+    variant_dir.mkdir(parents=True, exist_ok=True)
+    return [result.save(variant_dir / "result.npz")]
 
 
 def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dict[str, Dict[str, float]]] = None,

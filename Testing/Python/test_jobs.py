@@ -179,3 +179,58 @@ def test_a_command_that_cannot_start_raises_at_once(tmp_path):
     with pytest.raises(OSError):
         jobs.BackgroundJob([str(tmp_path / "no-such-program")], dict(os.environ),
                            on_line=lambda line: None, on_exit=lambda code, cancelled: None)
+
+
+# --------------------------------------------------------------------------- Windows (issue 23)
+def test_non_ascii_paths_survive_a_child_whose_console_encoding_is_not_utf8(tmp_path):
+    """On Windows a child Python writes in the ANSI code page (cp1252 here, as its PYTHONIOENCODING) while the job
+    decodes UTF-8: a non-ASCII path came out as replacement characters. The panel's environment
+    (``panel.process_environment``) makes the child write UTF-8."""
+    from DeepRegAblationLib import panel
+
+    recorder = Recorder()
+    path = "C:/Users/José/Gehirn-ü-ß/fixed.nrrd"
+    env = panel.process_environment([], dict(os.environ, PYTHONIOENCODING="cp1252"))
+    job = jobs.BackgroundJob([sys.executable, "-c", f"print('reading {path}')"], env,
+                             on_line=recorder.on_line, on_exit=recorder.on_exit)
+    poll_until_exit(job, recorder)
+    assert recorder.lines == [f"reading {path}"]
+
+
+class _StartupInfo:
+    """``subprocess.STARTUPINFO`` (Windows only) as recorded here."""
+
+    def __init__(self) -> None:
+        self.dwFlags = 0
+        self.wShowWindow = 1  # SW_SHOWNORMAL
+
+
+def test_cancel_on_windows_runs_taskkill_without_a_console_window(monkeypatch):
+    """Cancel's ``taskkill /T`` flashed a console window; Slicer hides it (``slicer.util.launchConsoleProcess``:
+    ``STARTUPINFO`` with ``SW_HIDE``). Windows is not here: ``os.name`` and the Windows-only ``subprocess`` names
+    are set for the call, ``subprocess.run`` records it."""
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "STARTUPINFO", _StartupInfo, raising=False)
+    monkeypatch.setattr(subprocess, "STARTF_USESHOWWINDOW", 1, raising=False)
+    monkeypatch.setattr(subprocess, "SW_HIDE", 0, raising=False)
+    monkeypatch.setattr(subprocess, "CREATE_NO_WINDOW", 0x08000000, raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda args, **kwargs: calls.append((args, kwargs)))
+
+    class Proc:
+        pid = 4242
+
+        def poll(self):
+            return None
+
+        def wait(self, timeout=None):
+            return 1
+
+    monkeypatch.setattr(jobs.os, "name", "nt")
+    jobs.kill_process_tree(Proc())
+    monkeypatch.undo()
+    assert len(calls) == 1 and calls[0][0] == ["taskkill", "/F", "/T", "/PID", "4242"]
+    options = calls[0][1]
+    assert options["startupinfo"].dwFlags & 1 and options["startupinfo"].wShowWindow == 0
+    assert options["creationflags"] & 0x08000000

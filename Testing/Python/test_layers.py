@@ -35,7 +35,7 @@ LAYERS: Tuple[Layer, ...] = (
     (CORE, ("jobs", "panel", "scene")),               # the Slicer module's Lib: job runner, panel logic, MRML
     (CORE, ("inference",)),                           # the public re-export of the registration API
     # the training library, above all of the core
-    (TRAINING, ("augment", "data", "output_lock")),
+    (TRAINING, ("augment", "data", "optional_packages", "output_lock")),
     (TRAINING, ("training", "evaluation")),
     (TRAINING, ("experiments", "benchmarks", "reports", "register_job", "register_outputs")),
     (TRAINING, ("commands", "cli")),

@@ -83,7 +83,7 @@ CASES = [(q, s, qcode, scode) for q in QFORMS for s in SFORMS for qcode in (0, 1
 @pytest.mark.parametrize("qname, sname, qcode, scode", CASES)
 def test_the_choice_is_simpleitks(tmp_path, qname, sname, qcode, scode):
     path = _write(tmp_path / "image.nii.gz", QFORMS[qname], qcode, SFORMS[sname], scode)
-    header = nifti_header.read_orientation(path)
+    header = nifti_header.read_nifti_header(path)
     choice = nifti_header.itk_choice(header)
     try:
         itk_ras = _sitk_ras(path)
@@ -110,7 +110,7 @@ def test_a_mirror_at_the_origin_is_placed_as_simpleitk_places_it(tmp_path, scode
         image = read_image(path)
     itk_ras = _sitk_ras(path)
     np.testing.assert_allclose(image.ijk_to_ras, itk_ras, atol=1e-6)
-    header = nifti_header.read_orientation(path)
+    header = nifti_header.read_nifti_header(path)
     used = "sform" if np.allclose(itk_ras, nifti_header.sform_matrix(header), atol=1e-4) else "qform"
     assert f"used the {used}, as ITK" in str(record[0].message)
 
@@ -141,14 +141,18 @@ def test_the_command_line_prints_one_warning_line(tmp_path, capsys):
 @pytest.mark.parametrize("version, big_endian", [(1, False), (1, True), (2, False), (2, True)])
 def test_the_raw_parser_reads_nifti1_and_nifti2_in_both_byte_orders(tmp_path, version, big_endian):
     path = _write(tmp_path / "image.nii", _rotation_z(20) @ _shifted(), 1, _sheared(), 2, version, big_endian)
-    header = nifti_header.read_orientation(path)
+    header = nifti_header.read_nifti_header(path)
     reference = nib.load(str(path)).header
     assert header.version == version
-    assert (header.qform_code, header.sform_code) == (1, 2)
-    assert header.dim[:4] == (3, 14, 12, 10)  # (i, j, k)
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 2)
+    assert tuple(header["dim"][:4]) == (3, 14, 12, 10)  # (i, j, k)
     np.testing.assert_allclose(nifti_header.qform_matrix(header), reference.get_qform(), atol=1e-5)
     np.testing.assert_allclose(nifti_header.sform_matrix(header), reference.get_sform(), atol=1e-6)
-    assert nifti_header.parse_orientation(b"not a header" * 50) is None
+    not_nifti = tmp_path / "not-a-header.nii"
+    not_nifti.write_bytes(b"not a header" * 50)
+    assert nifti_header.read_nifti_header(not_nifti) is None
+    with pytest.raises(nifti_header.NiftiHeaderError, match="not a NIfTI file"):
+        nifti_header.parse_nifti_header(b"not a header" * 50, "x")
 
 
 def test_agreeing_headers_raise_no_alarm(tmp_path):
@@ -160,7 +164,7 @@ def test_agreeing_headers_raise_no_alarm(tmp_path):
             read_image(path)
     tiny = BASE.copy()
     tiny[:3, 3] += 0.05  # a twentieth of a voxel
-    header = nifti_header.read_orientation(_write(tmp_path / "tiny.nii.gz", tiny, 1, BASE, 2))
+    header = nifti_header.read_nifti_header(_write(tmp_path / "tiny.nii.gz", tiny, 1, BASE, 2))
     assert nifti_header.orientation_disagreement(header, "x") == ""
 
 
@@ -183,7 +187,7 @@ def test_no_file_of_the_shared_data_disagrees():
         pytest.skip(f"no shared data at {SHARED}")
     found = []
     for path in files:
-        header = nifti_header.read_orientation(path)
+        header = nifti_header.read_nifti_header(path)
         assert header is not None, path
         found += [m for m in (nifti_header.orientation_disagreement(header, str(path)),
                               nifti_header.sform_scale_mismatch(header, str(path))) if m]

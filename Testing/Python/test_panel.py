@@ -47,8 +47,8 @@ def test_background_command_is_understood_by_the_register_command(tmp_path, vari
     assert parsed.fixed_labels == files.get("fixed_labels") and parsed.moving_labels == files.get("moving_labels")
     assert parsed.variant == (variants[0] if len(variants) == 1 else "all")
     assert str(parsed.model) == str(tmp_path / "models") and parsed.device == "cpu"
-    assert parsed.refine == refine and parsed.init_align == "com" and parsed.save_npz and parsed.out == tmp_path / "out"
-    assert parsed.no_scene  # the panel builds its nodes from result.npz: no scene in the background run
+    assert parsed.refine == refine and parsed.init_align == "com" and parsed.out == tmp_path / "out"
+    assert parsed.npz_only  # the panel builds its nodes from result.npz: nothing else is written (issue 23)
     for schedule in ("recommended", "thorough"):
         named = panel.register_arguments(files, tmp_path / "out", variants, None, "cpu", schedule, "auto")
         assert cli.build_parser(["register"]).parse_args(named).refine == schedule
@@ -67,7 +67,7 @@ def test_the_command_line_the_panel_runs_word_for_word(tmp_path):
         panel.python_executable(), "-m", "DeepRegAblationTrainingLib.cli", "register",
         "--fixed", str(Path("/w/fixed.nrrd")), "--moving", str(Path("/w/moving.nrrd")),
         "--moving-labels", str(Path("/w/ml.nrrd")), "--variant", "regloss", "--device", "auto", "--refine",
-        "--init-align", "auto", "--save-npz", "--no-scene", "--out", str(Path("/w/results")),
+        "--init-align", "auto", "--npz-only", "--out", str(Path("/w/results")),
     ]
     all_four = panel.register_command(files, Path("/w/results"), list(VARIANT_IDS), "/m", "cpu", 0, "none")
     assert all_four[all_four.index("--variant") + 1] == "all" and "--refine" not in all_four
@@ -104,7 +104,8 @@ def test_library_paths_in_the_source_tree_and_an_installed_extension(tmp_path):
 
 def test_process_environment_puts_the_libraries_first_and_unbuffers():
     env = panel.process_environment(["/a", "/b"], {"PYTHONPATH": "/old", "HOME": "/h"})
-    assert env == {"PYTHONPATH": os.pathsep.join(["/a", "/b", "/old"]), "HOME": "/h", "PYTHONUNBUFFERED": "1"}
+    assert env == {"PYTHONPATH": os.pathsep.join(["/a", "/b", "/old"]), "HOME": "/h", "PYTHONUNBUFFERED": "1",
+                   "PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8"}  # UTF-8 output on Windows too (issue 23)
     assert panel.process_environment(["/a"], {})["PYTHONPATH"] == "/a"
     assert panel.process_environment(["/a"])["PATH"] == os.environ["PATH"]
 
@@ -277,3 +278,32 @@ def test_display_settings_defaults_are_the_panel_defaults():
     assert panel.DisplaySettings() == panel.DisplaySettings(
         show_glyphs=True, glyph_spacing_mm=0.0, glyph_scale_percent=100.0, show_jacobian=False,
         jacobian_opacity=0.6, jacobian_min=-1.0, jacobian_max=3.0)
+
+
+# --------------------------------------------------------------------------- one start at a time (issue 23)
+def test_a_second_start_while_one_is_starting_is_refused():
+    """A double click on Apply: the second click arrives while the first one's start processes GUI events (its
+    log lines); the guard refuses it, whatever the first one then does, and frees itself after (error or not)."""
+    guard = panel.StartGuard()
+    starts, refused = [], []
+
+    def start(again: bool) -> None:
+        with guard.starting():
+            if again:  # the events processed by a log line deliver the second click now
+                try:
+                    start(again=False)
+                except RuntimeError as exc:
+                    refused.append(str(exc))
+            starts.append("started")
+
+    assert not guard.busy
+    start(again=True)
+    assert starts == ["started"] and len(refused) == 1 and "already starting" in refused[0]
+    assert not guard.busy
+    with pytest.raises(ValueError):
+        with guard.starting():
+            assert guard.busy
+            raise ValueError("bad input")
+    assert not guard.busy
+    start(again=False)
+    assert starts == ["started", "started"]

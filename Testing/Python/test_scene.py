@@ -784,3 +784,159 @@ def test_display_settings_are_relative_to_the_automatic_glyphs(case):
     assert display.GetGlyphSpacingMm() == pytest.approx(auto_spacing)
     assert display.GetGlyphScalePercent() == pytest.approx(2 * auto_scale)
     scene.apply_display_settings({}, DisplaySettings())  # nothing shown: nothing to do
+
+
+# --------------------------------------------------------------------------- what the arrows show (issue 23)
+def _slicer_arrows(transform_node, points_ras: np.ndarray) -> np.ndarray:
+    """What Slicer's glyphs draw at ``points_ras`` ``(N, 3)``: the transform TO WORLD (Slicer v5.8.0
+    ``vtkSlicerTransformLogic::GetTransformedPointSamples(..., transformToWorld=true)``: ``GetTransformToWorld``,
+    then ``TransformPoint(p) - p``)."""
+    from vtkmodules.vtkCommonTransforms import vtkGeneralTransform
+
+    to_world = vtkGeneralTransform()
+    transform_node.GetTransformToWorld(to_world)
+    return np.array([np.subtract(to_world.TransformPoint(*p), p) for p in np.asarray(points_ras, dtype=float)])
+
+
+def test_slicers_glyph_logic_draws_the_transform_to_world(case):
+    """The real ``vtkSlicerTransformLogic`` samples the result's grid transform TO WORLD (the inverse of the stored
+    fixed -> moving field, roughly ``-u``): the direction every other test of the arrows relies on."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    node = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)["transform"]
+    image = vtkImageData()
+    image.SetExtent(0, FIXED_SHAPE[2] - 1, 0, FIXED_SHAPE[1] - 1, 0, FIXED_SHAPE[0] - 1)
+    assert slicer.vtkSlicerTransformLogic.GetTransformedPointSamplesAsVectorImage(
+        image, node, scene.nodes.vtk_matrix(FIXED_MATRIX))  # transformToWorld defaults to true
+    drawn = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(-1, 3)
+    points = geometry.grid_points_ras(FIXED_SHAPE, FIXED_MATRIX).reshape(-1, 3)
+    np.testing.assert_allclose(drawn, _slicer_arrows(node, points), atol=1e-6)
+    u = result.disp_ras_mm.reshape(-1, 3)
+    assert np.mean(np.sum(drawn * u, axis=-1) < 0) > 0.95  # opposite to the stored field
+
+
+def test_snapshot_arrows_are_the_arrows_slicer_draws_and_mean_what_the_help_says(case):
+    """The glyph snapshot's arrows (``snapshots.glyph_samples``) are Slicer's arrows at the same points, projected on
+    the slice (they drew ``+u``: the other way); and each says where the moving image's content at its start goes
+    once registered: the fixed point ``x + v`` maps back to ``x`` (``T(p) = p + u(p)``)."""
+    from DeepRegAblationLib.outputs import arrows
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    node = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)["transform"]
+    view = snapshots.SliceView(FIXED_MATRIX, FIXED_SHAPE)
+    samples = snapshots.glyph_samples(view, FIXED_MATRIX, result.disp_ras_mm, arrows_across=6)
+    starts = view.points_ras(samples.rows, samples.cols, FIXED_MATRIX)
+    drawn = _slicer_arrows(node, starts)
+    np.testing.assert_allclose(samples.u_x, drawn @ view.col_dir_ras, atol=0.02)
+    np.testing.assert_allclose(samples.u_y, drawn @ view.row_dir_ras, atol=0.02)
+    np.testing.assert_allclose(samples.magnitude, np.linalg.norm(drawn, axis=-1), atol=0.02)
+    ends = starts + arrows.displayed_displacement_ras_mm(starts, result.disp_ras_mm, FIXED_MATRIX)
+    inside = _interior(ends, FIXED_SHAPE, FIXED_MATRIX, margin=0.0)  # where the field is defined
+    assert inside.sum() > 20
+    u_at_ends = np.stack([geometry.sample_at_ras(result.disp_ras_mm[..., c], FIXED_MATRIX, ends) for c in range(3)], -1)
+    np.testing.assert_allclose((ends + u_at_ends)[inside], starts[inside], atol=0.02)
+
+
+def test_glyph_colours_cover_the_longest_arrow_drawn(case):
+    """Slicer's glyph colours span the colour node's range (``GetVisualization2d`` sets the display node's scalar
+    range from it): that range must reach the longest arrow drawn (it stopped at the 99th percentile of |u|),
+    and the display range must hide none of them; checked on the real 2D glyphs of slices through the field."""
+    from DeepRegAblationLib.outputs import arrows
+    from vtkmodules.vtkCommonDataModel import vtkPolyData
+
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    display = scene.add_registration_to_scene(mrml, result, fixed_node, moving_node)["transform"].GetDisplayNode()
+    top = display.GetColorNode().GetScalarsToColors().GetRange()[1]
+    longest = arrows.longest_arrow_mm(result.disp_ras_mm)
+    assert top >= longest and display.GetGlyphDisplayRangeMaxMm() >= longest
+    centre = _centre(FIXED_SHAPE, FIXED_MATRIX)
+    drawn_max = 0.0
+    for offset in (-4.0, -2.0, 0.0, 2.0, 4.0):
+        slice_to_ras = scene.nodes.vtk_matrix(geometry.translation_matrix(centre + [0.0, 0.0, offset]))
+        glyphs = vtkPolyData()
+        assert slicer.vtkSlicerTransformLogic.GetVisualization2d(glyphs, display, slice_to_ras, [0, 0, 0], [40, 40, 1])
+        assert display.GetScalarRange()[1] == pytest.approx(top)
+        drawn_max = max(drawn_max, glyphs.GetPointData().GetArray("DisplacementMagnitude").GetRange()[1])
+    assert 0.5 * longest < drawn_max <= top
+
+
+# --------------------------------------------------------------------------- one result shown at a time (issue 23)
+def _visible_glyphs(mrml) -> list:
+    """The names of the grid transforms whose glyphs are visible."""
+    names = []
+    for index in range(mrml.GetNumberOfNodesByClass("vtkMRMLGridTransformNode")):
+        node = mrml.GetNthNodeByClass(index, "vtkMRMLGridTransformNode")
+        display = node.GetDisplayNode()
+        if display is not None and display.GetVisibility():
+            names.append(node.GetName())
+    return names
+
+
+def test_compare_all_shows_one_glyph_field_and_the_display_follows_the_shown_variant(case):
+    """Compare all: only the first variant's glyphs are visible after the run (all four were); showing another
+    variant (a row of the metrics table) switches the glyphs to it and applies the Display settings to it, not
+    to the first; the table's first column names the variant of each row (what the panel reads on a click)."""
+    from DeepRegAblationLib.panel import DisplaySettings
+
+    fixed, moving, _ = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    variants = ["baseline", "regloss", "affine_basic", "affine_enhanced"]
+    results = [_make_case(variant, amplitude=1.0 + 0.5 * n)[2] for n, variant in enumerate(variants)]
+    nodes, table = scene.add_results_to_scene(mrml, results, fixed_node, moving_node)
+    assert _visible_glyphs(mrml) == ["moving-baseline-transform"]
+    assert [table.GetCellText(row, 0) for row in range(table.GetNumberOfRows())] == variants
+
+    baseline_scale = nodes["baseline"]["transform"].GetDisplayNode().GetGlyphScalePercent()
+    auto_scale = nodes["regloss"]["transform"].GetDisplayNode().GetGlyphScalePercent()
+    scene.show_result(mrml, nodes["regloss"], DisplaySettings(glyph_scale_percent=50.0))
+    assert _visible_glyphs(mrml) == ["moving-regloss-transform"]
+    assert nodes["regloss"]["transform"].GetDisplayNode().GetGlyphScalePercent() == pytest.approx(0.5 * auto_scale)
+    assert nodes["baseline"]["transform"].GetDisplayNode().GetGlyphScalePercent() == pytest.approx(baseline_scale)
+    scene.show_result(mrml, nodes["affine_enhanced"], DisplaySettings(show_glyphs=False))
+    assert _visible_glyphs(mrml) == []
+    scene.show_result(mrml, nodes["affine_enhanced"], DisplaySettings())
+    assert _visible_glyphs(mrml) == ["moving-affine_enhanced-transform"]
+    # a later run (one variant) hides the glyphs of the earlier results too
+    later = scene.add_results_to_scene(mrml, [_make_case("baseline")[2]], fixed_node, moving_node, reuse=False)[0]
+    assert _visible_glyphs(mrml) == [later["baseline"]["transform"].GetName()]
+
+
+# --------------------------------------------------------------------------- reuse only for the same inputs (issue 23)
+def test_reuse_replaces_only_the_results_of_the_same_fixed_and_moving_volumes(case):
+    """"Reuse" overwrote ``<moving>-<variant>-*`` nodes made with another fixed volume, silently replacing those
+    results (the tooltip promises reuse for the same inputs only). With another fixed volume, new nodes, folder,
+    colours and table; the earlier ones stay as they were; the same inputs again reuse them."""
+    fixed, moving, result = case
+    mrml, fixed_node, moving_node = _scene_with_inputs(fixed, moving)
+    other_fixed = scene.add_volume_node(mrml, fixed, "other fixed")  # same grid, another volume
+    first, first_table = scene.add_results_to_scene(mrml, [result], fixed_node, moving_node, reuse=True)
+    first = first["baseline"]
+    kept = {key: slicer.util.arrayFromVolume(first[key]).copy() for key in ("warped", "jacobian")}
+    kept_field = slicer.util.arrayFromGridTransform(first["transform"]).copy()
+
+    changed = _make_case(amplitude=1.0)[2]
+    second, second_table = scene.add_results_to_scene(mrml, [changed], other_fixed, moving_node, reuse=True,
+                                                      table_node=first_table)
+    second = second["baseline"]
+    for key in ("warped", "affine", "transform", "jacobian", "warped_labels"):
+        assert second[key].GetID() != first[key].GetID(), key
+        assert mrml.IsNodePresent(first[key]), key
+    assert second["folder"] != first["folder"] and second_table is not first_table
+    assert (second["transform"].GetDisplayNode().GetColorNodeID()
+            != first["transform"].GetDisplayNode().GetColorNodeID())
+    for key, array in kept.items():
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(first[key]), array)
+    np.testing.assert_array_equal(slicer.util.arrayFromGridTransform(first["transform"]), kept_field)
+    assert first_table.GetNumberOfRows() == 1
+
+    again, again_table = scene.add_results_to_scene(mrml, [changed], fixed_node, moving_node, reuse=True,
+                                                    table_node=first_table)
+    assert {k: v.GetID() for k, v in again["baseline"].items() if k != "folder"} == {
+        k: v.GetID() for k, v in first.items() if k != "folder"}
+    assert again["baseline"]["folder"] == first["folder"] and again_table is first_table
+    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(first["transform"]), changed.disp_ras_mm, atol=1e-6)

@@ -750,3 +750,143 @@ def test_extension_urls_point_at_files_in_the_repository():
     for url in urls:
         assert url.startswith("${DEEPREGABLATION_RAW}/"), url
         assert (REPO / url[len("${DEEPREGABLATION_RAW}/"):]).is_file(), f"{url} ({raw}) names no file of the repository"
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", text).split())
+
+
+def _help_text(module_file: Path) -> str:
+    """The string assigned to ``self.parent.helpText`` in a module file (parsed, not imported)."""
+    for node in ast.walk(ast.parse(module_file.read_text(encoding="utf-8"))):
+        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)
+                and node.targets[0].attr == "helpText" and isinstance(node.value, ast.Constant)):
+            return node.value.value
+    raise AssertionError(f"no helpText string in {module_file}")
+
+
+def test_the_help_and_the_readme_say_which_way_the_arrows_point():
+    """The help text and the README say what an arrow shows in the words of ``outputs.arrows`` (the direction
+    Slicer draws, issue 23), and no longer the opposite."""
+    from DeepRegAblationLib.outputs.arrows import ARROW_DIRECTION_TEXT
+
+    help_text = _words(_help_text(GUI_MODULE))
+    readme = _words((REPO / "README.md").read_text(encoding="utf-8"))
+    for text in (help_text, readme):
+        assert ARROW_DIRECTION_TEXT in text
+        assert "is taken from in the moving image" not in text
+
+
+def _method(tree: ast.AST, class_name: str, name: str) -> ast.FunctionDef:
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == class_name)
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _calls(node: ast.AST) -> List[str]:
+    """Names of the functions / methods called in ``node``, in source order."""
+    calls = [n for n in ast.walk(node) if isinstance(n, ast.Call)]
+    calls.sort(key=lambda n: (n.lineno, n.col_offset))
+    return [decorator_name(n) for n in calls]
+
+
+def test_the_metrics_table_switches_the_shown_variant_and_one_glyph_field_is_shown():
+    """Compare all (issue 23): a row chosen in the metrics table shows that variant (its glyphs only, the Display
+    settings applied to it: ``scene.show_result``, tested in test_scene.py); the panel keeps every variant's nodes."""
+    tree = ast.parse(gui_source())
+    setup = ast.unparse(_method(tree, "DeepRegAblationWidget", "setup")).replace("'", "\"")
+    assert 'resultsTableView.connect("selectionChanged()", self.onResultsTableSelectionChanged)' in setup
+    handler = _method(tree, "DeepRegAblationWidget", "onResultsTableSelectionChanged")
+    assert "_showVariant" in _calls(handler) and "selectedIndexes" in _calls(handler)
+    assert "_showVariant" in _calls(_method(tree, "DeepRegAblationWidget", "_onRegistrationFinished"))
+    assert "show_result" in _calls(_method(tree, "DeepRegAblationLogic", "showResults"))
+    assert "apply_display_settings" not in _calls(_method(tree, "DeepRegAblationLogic", "showResults"))
+    table = ui_widgets(read_ui())["resultsTableView"]
+    properties = {p.get("name"): ET.tostring(p, encoding="unicode") for p in table.findall("property")}
+    assert "SelectRows" in properties.get("selectionBehavior", "")
+    assert "SingleSelection" in properties.get("selectionMode", "")
+
+
+def test_apply_is_guarded_before_anything_processes_events():
+    """A double click on Apply started two runs (issue 23): the button stayed enabled until the first
+    ``processEvents`` (in ``_log``, in the PyTorch install). ``onApplyButton`` must check the guard and disable the
+    button before it logs or checks PyTorch, and the logic's ``startRegistration`` must enter its guard before it
+    logs anything (``panel.StartGuard``, tested in test_panel.py)."""
+    tree = ast.parse(gui_source())
+    apply = _method(tree, "DeepRegAblationWidget", "onApplyButton")
+    first = ast.unparse(apply.body[1] if isinstance(apply.body[0], ast.Expr) else apply.body[0])
+    assert first.startswith("if self._applyGuard.busy:") and "return" in first, first
+    calls = _calls(apply)
+    assert calls.index("starting") < min(calls.index(name) for name in ("_log", "ensurePyTorch", "_applyOrCancel")
+                                         if name in calls)
+    source = ast.unparse(apply)
+    assert source.index("self.ui.applyButton.enabled = False") < source.index("_applyOrCancel")
+    start = _method(tree, "DeepRegAblationLogic", "startRegistration")
+    start_calls = [name for name in _calls(start) if name != "RuntimeError"]
+    assert start_calls[:2] == ["isRunning", "starting"], start_calls
+
+
+CONTRIBUTOR = re.compile(r"^[^(),]+ \([^()]+\)$")
+"""``Firstname Lastname (Organization)``: the Extensions Index's form of a contributor (Slicer docs, extensions.md)."""
+
+
+def test_license_file_and_named_contributors_for_the_extensions_index():
+    """The Extensions Index asks for LICENSE.txt in the repository root and its name on the homepage (the README),
+    and for contributors as ``Name (Affiliation)`` in the extension's CMake metadata and the modules (issue 23)."""
+    license_text = (REPO / "LICENSE.txt").read_text(encoding="utf-8")
+    assert license_text.startswith("BSD 3-Clause License")
+    assert re.search(r"Copyright \(c\) 20\d\d, DeepRegAblation contributors", license_text)
+    for clause in ("Redistributions of source code must retain", "Redistributions in binary form must reproduce",
+                   "Neither the name of the copyright holder nor the names of its", 'PROVIDED BY THE COPYRIGHT HOLDERS AND CONTRIBUTORS "AS IS"'):
+        assert clause in license_text, clause
+    assert 'license = { text = "BSD-3-Clause" }' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "## License" in readme and "BSD 3-Clause" in readme and "LICENSE.txt" in readme
+
+    sets = {args[0]: args[1:] for name, args in cmake_commands((REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+            if name == "set" and args}
+    contributors = [c.strip() for c in " ".join(sets["EXTENSION_CONTRIBUTORS"]).split(",")]
+    assert contributors and all(CONTRIBUTOR.match(c) for c in contributors), contributors
+    for module in (GUI_MODULE, TRAINING_MODULE):
+        listed = [n for n in ast.walk(ast.parse(module.read_text(encoding="utf-8")))
+                  if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Attribute)
+                  and n.targets[0].attr == "contributors"]
+        assert listed, module
+        names = [element.value for element in listed[0].value.elts]
+        assert names == contributors, (module.name, names)
+
+
+def test_the_help_says_what_the_models_were_trained_on_and_what_to_expect_on_pathology():
+    """The README's quick start registers two tumour brains (MRBrainTumor1/2): the help and the README say the
+    models were trained on T1 brains without lesions and what to expect on pathology (issue 23)."""
+    help_text = _words(_help_text(GUI_MODULE)).lower()
+    quick_start = _words((REPO / "README.md").read_text(encoding="utf-8").split("## Quick start in the panel")[1]
+                         .split("### Reading the outputs")[0]).lower()
+    for text in (help_text, quick_start):
+        assert "trained on" in text and "t1" in text and "healthy" in text
+        assert "tumour" in text and "pathology" in text and "jacobian" in text
+
+
+def _run_test_calls(module_file: Path, class_name: str) -> Dict[str, str]:
+    """The test methods that ``runTest`` of a self-test class calls: name -> their source."""
+    tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == class_name)
+    methods = {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
+    called = [name for name in _calls(methods["runTest"]) if name.startswith("test_")]
+    return {name: ast.unparse(methods[name]) for name in called}
+
+
+def test_the_self_tests_cover_apply_cancel_compare_all_and_the_launchers_exit_status():
+    """What a Slicer developer runs first (issue 23): the GUI self-test clicks Apply (a double click starts one
+    run), Cancel and Compare all (one glyph field shown, a table row switches it); the training self-test runs the
+    headless launcher in its own process and checks its exit status."""
+    gui = _run_test_calls(GUI_MODULE, "DeepRegAblationTest")
+    gui_source = "\n".join(gui.values())
+    assert "onApplyButton" in gui_source
+    assert any("compare_all" in name for name in gui), list(gui)
+    compare = next(source for name, source in gui.items() if "compare_all" in name)
+    assert "selectRow" in compare and "GetVisibility" in compare and "GetNumberOfRows" in compare
+    apply = next(source for name, source in gui.items() if "apply" in name and "cancel" in name)
+    assert apply.count("onApplyButton") >= 3 and "Cancelled" in apply and "isRunning" in apply
+    training = _run_test_calls(TRAINING_MODULE, "DeepRegAblationTrainingTest")
+    launcher = next(source for name, source in training.items() if "launcher" in name and "exit" in name)
+    assert "subprocess" in launcher and "returncode" in launcher and "train" in launcher

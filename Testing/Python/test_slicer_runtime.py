@@ -1,16 +1,9 @@
 """The extension's code paths as Slicer really runs them, reproduced outside Slicer.
 
 Each test starts a fresh Python process whose start-up (a ``sitecustomize`` module) makes it
-look like the process Slicer starts, in the one respect under test:
-
-- PythonSlicer: ``import slicer`` gives the MRML classes but not ``slicer.util`` (Slicer's
-  ``Base/Python/slicer/__init__.py`` does not import it; only the main application's start-up
-  does, while the ``slicer-core`` meta-package used here imports every submodule);
-- a Slicer without PyTorch yet, or on Windows (no ``resource`` module): the module is made
-  unimportable with ``sys.modules[name] = None``;
-- the application itself (``Slicer --no-main-window --python-script``): ``slicer.app`` is set and
-  ``slicer.util.exit`` records the status it is given instead of quitting, as Slicer only quits
-  once its event loop runs: a script that never calls it leaves Slicer running.
+look like the process Slicer starts, in the one respect under test (``_slicer_environment``):
+PythonSlicer (``import slicer`` without ``slicer.util``), only the packages Slicer's Python ships, a
+Slicer without PyTorch yet or on Windows, the application itself (``slicer.util.exit`` recorded).
 
 The panel's background run is reproduced whole, Qt aside: its inputs written from a real MRML scene
 (``scene.write_input_files``), its command line and environment (``panel``), run and polled by
@@ -21,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -33,48 +25,13 @@ import torch
 slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML) is not installed")
 
 from _registration_helpers import label_volume, oblique_matrix, smooth_volume  # noqa: E402
+from _slicer_environment import (  # noqa: E402
+    IN_SLICER_APP, LAUNCHER, NO_TORCH_NO_RESOURCE, PYTHONSLICER, REPO, SLICER_PACKAGES_ONLY, run_python,
+)
 from DeepRegAblationLib import jobs, panel  # noqa: E402
 from DeepRegAblationLib.models.checkpoints import save_checkpoint  # noqa: E402
 from DeepRegAblationLib.imageio import ImageData, write_image  # noqa: E402
 from DeepRegAblationLib.models.network import build_model  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-LAUNCHER = REPO / "DeepRegAblationTraining" / "DeepRegAblationTraining.py"
-
-PYTHONSLICER = """
-    import sys
-    import slicer  # slicer-core imports every submodule; Slicer's own package does not import slicer.util
-    del slicer.util
-    del sys.modules["slicer.util"]
-"""
-NO_TORCH_NO_RESOURCE = """
-    import sys
-    sys.modules["torch"] = None  # PyTorch not installed yet (the PyTorch extension installs it on demand)
-    sys.modules["resource"] = None  # Windows
-"""
-IN_SLICER_APP = """
-    import os, sys
-    import slicer
-    import slicer.util
-    slicer.app = object()  # what in_slicer_application() looks for
-
-    def _exit(status=0):  # Slicer quits later, from its event loop: record the request only
-        with open(os.environ["EXIT_STATUS_FILE"], "w") as f:
-            f.write(str(status))
-
-    slicer.util.exit = _exit
-"""
-
-
-def run_python(tmp_path: Path, startup: str, args, **env_extra) -> subprocess.CompletedProcess:
-    """``python <args>`` in a fresh process that runs ``startup`` first (as its sitecustomize)."""
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(textwrap.dedent(startup))
-    paths = [str(site), str(REPO / "DeepRegAblation"), str(REPO / "DeepRegAblationTraining")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1", **env_extra)
-    return subprocess.run([sys.executable, *[str(a) for a in args]], capture_output=True, text=True,
-                          env=env, cwd=str(tmp_path), timeout=300)
 
 
 def test_startup_files_reproduce_slicer(tmp_path):
@@ -110,13 +67,14 @@ def tiny_inputs(tmp_path_factory, tiny_images):
 
 
 def test_register_in_pythonslicer_writes_every_output_and_no_vtk_warning(tmp_path, tiny_inputs):
-    """The Apply button's background process: ``PythonSlicer -m DeepRegAblationTrainingLib.cli register``.
+    """The Apply button's background process: ``PythonSlicer -m DeepRegAblationTrainingLib.cli register``, with
+    only the packages Slicer's Python ships (NIfTI inputs read without nibabel, issue 23).
     Without ``slicer.util`` pre-imported the scene step must still work (it raised AttributeError and
     the run ended with status 1), and the console shows no VTK warning (label map colour table,
     deprecated table header call)."""
     out = tmp_path / "out"
     args = [a for pair in tiny_inputs.items() for a in pair]
-    result = run_python(tmp_path, PYTHONSLICER, ["-m", "DeepRegAblationTrainingLib.cli", "register", *args,
+    result = run_python(tmp_path, PYTHONSLICER + SLICER_PACKAGES_ONLY, ["-m", "DeepRegAblationTrainingLib.cli", "register", *args,
                                                  "--variant", "baseline", "--device", "cpu", "--save-npz",
                                                  "--out", out])
     assert result.returncode == 0, result.stderr
@@ -135,7 +93,7 @@ def run_as_the_panel(tmp_path: Path, files, model, variants=("baseline",)):
     lines go to a ``panel.RegistrationJob``. Returns (job, exit status, cancelled, log lines, progress)."""
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(textwrap.dedent(PYTHONSLICER))
+    (site / "sitecustomize.py").write_text(textwrap.dedent(PYTHONSLICER + SLICER_PACKAGES_ONLY))
     out = tmp_path / "work" / "results"
     command = panel.register_command(files, out, list(variants), model, "cpu", 0, "auto")
     assert command[1:3] == ["-m", "DeepRegAblationTrainingLib.cli"]
@@ -180,6 +138,8 @@ def test_the_panels_background_run_end_to_end(tmp_path, tiny_images, tiny_inputs
     assert fractions[0] == 0.0 and fractions == sorted(fractions) and fractions[-1] > 0.9
     assert not any(line.startswith("progress ") for line in log)
 
+    written = sorted(p.relative_to(job.out_dir).as_posix() for p in job.out_dir.rglob("*") if p.is_file())
+    assert written == [".deepreg-ablation-register", "baseline/result.npz", "metrics.csv", "metrics.json"]  # issue 23
     results = panel.load_results(job.out_dir, job.variant_ids)
     nodes, table = scene.add_results_to_scene(mrml, results, fixed_node, moving_node)
     outcome = panel.RegistrationOutcome.done(fixed_node, results, nodes, table)
@@ -220,19 +180,36 @@ def test_help_needs_neither_torch_nor_resource(tmp_path, entry):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
-def test_launcher_in_slicer_exits_with_1_when_the_command_raises(tmp_path):
-    """``Slicer --no-main-window --python-script DeepRegAblationTraining.py -- train --help`` in a Slicer
-    without PyTorch: importing the command raises. The launcher must still ask Slicer to exit (status 1,
-    with the traceback), or Slicer stays alive forever after the script."""
+BROKEN_CLI = """
+    import DeepRegAblationTrainingLib.cli as cli
+
+    def _broken(*args, **kwargs):  # a bug anywhere in a command
+        raise ZeroDivisionError("a bug")
+
+    cli.build_parser = _broken
+"""
+
+
+def test_launcher_in_slicer_always_asks_slicer_to_exit(tmp_path):
+    """``Slicer --no-main-window --python-script DeepRegAblationTraining.py -- <command>``: whatever happens the
+    launcher asks Slicer to exit, or Slicer stays alive forever after the script. A bug: status 1 with its
+    traceback; a Slicer without PyTorch: status 2 with one line (issue 23); ``--help``: 0."""
     status_file = tmp_path / "exit-status"
-    startup = NO_TORCH_NO_RESOURCE + IN_SLICER_APP
     # inside Slicer, Slicer consumes "--" and the script sees [script, <arguments after it>]
-    result = run_python(tmp_path, startup, [LAUNCHER, "train", "--help"], EXIT_STATUS_FILE=str(status_file))
+    result = run_python(tmp_path, IN_SLICER_APP + BROKEN_CLI, [LAUNCHER, "train", "--help"],
+                        EXIT_STATUS_FILE=str(status_file))
     assert status_file.is_file(), f"slicer.util.exit was never called:\n{result.stderr}"
     assert status_file.read_text() == "1"
-    assert "Traceback" in result.stderr and "torch" in result.stderr
+    assert "Traceback" in result.stderr and "ZeroDivisionError: a bug" in result.stderr
 
     status_file.unlink()
-    ok = run_python(tmp_path, startup, [LAUNCHER, "register", "--help"], EXIT_STATUS_FILE=str(status_file))
+    no_torch = run_python(tmp_path, NO_TORCH_NO_RESOURCE + IN_SLICER_APP, [LAUNCHER, "train", "--help"],
+                          EXIT_STATUS_FILE=str(status_file))
+    assert status_file.read_text() == "2", no_torch.stderr
+    assert "Traceback" not in no_torch.stderr and no_torch.stderr.startswith("error: PyTorch is not installed")
+
+    status_file.unlink()
+    ok = run_python(tmp_path, NO_TORCH_NO_RESOURCE + IN_SLICER_APP, [LAUNCHER, "register", "--help"],
+                    EXIT_STATUS_FILE=str(status_file))
     assert status_file.read_text() == "0", ok.stderr
     assert "usage: deepreg-ablation register" in ok.stdout

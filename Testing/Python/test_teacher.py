@@ -217,3 +217,29 @@ def test_teacher_command_builds_a_resumable_cache_of_training_pairs_only(tmp_pat
     assert len(files) == 2 and not any(m in val or f in val for m, f, _ in files)
     assert cli.main(args) == 0
     assert "0 computed, 0 recomputed, 2 reused" in capsys.readouterr().out
+
+
+def test_teacher_pairs_keep_the_dataset_weights(tmp_path):
+    """Two datasets weighted 1 : 3 draw their teacher pairs in that ratio, however many pairs each has."""
+    from test_brain_data import make_dataset
+
+    from DeepRegAblationTrainingLib.data import build_data
+
+    make_dataset(tmp_path / "data" / "lpba40", "lpba40")
+    make_dataset(tmp_path / "data" / "ibsr18", "ibsr18")
+    spec = {"kind": "mix", "parts": [{"kind": "lpba40", "path": str(tmp_path / "data" / "lpba40"), "weight": 1.0},
+                                     {"kind": "ibsr18", "path": str(tmp_path / "data" / "ibsr18"), "weight": 3.0}],
+            "spacing_mm": [8.0], "shape": [16, 16, 16], "val_per_dataset": {"lpba40": 1, "ibsr18": 1}}
+    bundle = build_data(spec, seed=0, pairs_per_epoch=400)
+    lpba = sorted(s.id for s in bundle.train.subjects if s.dataset == "lpba40")
+    ibsr = sorted(s.id for s in bundle.train.subjects if s.dataset == "ibsr18")
+    pairs = [(lpba[0], lpba[1]), (lpba[1], lpba[0]), (lpba[2], lpba[0]), (ibsr[0], ibsr[1])]
+    _teachers(bundle, tmp_path / "t", pairs)
+    distill = teacher.DistillationPairs(bundle.train, tmp_path / "t", schedule=TINY_SCHEDULE)
+    counts = {"lpba40": 0, "ibsr18": 0}
+    for index in range(200):
+        item = distill[index]
+        assert "teacher_disp_vox" in item and item["pair_id"] in {f"{m}->{f}" for m, f in pairs}
+        counts["ibsr18" if "ibsr18" in item["pair_id"] else "lpba40"] += 1
+    assert 0.62 < counts["ibsr18"] / 200 < 0.88  # 3 : 1, although lpba40 has three teacher pairs and ibsr18 one
+    assert distill.by_dataset["ibsr18"] == [(ibsr[0], ibsr[1])]

@@ -12,8 +12,13 @@ The colour definitions used here are also the ones the scene adapter gives Slice
 - Jacobian determinant: :data:`JACOBIAN_RANGE` = (-1, 3), centred at 1 (white), blue for
   contraction and red for expansion, symmetric in ``log(detJ)`` (full colour at 1/3 and 3),
   and every ``detJ <= 0`` (folding) in :data:`FOLDED_RGB`, a green that no other entry uses.
-- Displacement magnitude: blue - cyan - yellow - red from 0 to a top value in mm (the
-  99th percentile of |u| over the field; larger values get the top colour).
+- Displacement magnitude: blue - cyan - yellow - red from 0 to the longest arrow, ``max |u|``
+  over the field (:func:`arrows.longest_arrow_mm`), in the snapshot and in Slicer alike.
+
+The glyph snapshot draws what Slicer's transform display draws (:mod:`.arrows`): the transform to
+world of the result's grid transform, ``v(x) = T^-1(x) - x``, not the stored ``u``: each arrow starts
+at a point of the moving image and points to where that point goes when the moving image is
+registered to the fixed one.
 
 Rendering uses a real VTK render window with ``SetOffScreenRendering(1)``. On a Linux machine
 without an X display, VTK's default X window would fail first; if ``VTK_DEFAULT_OPENGL_WINDOW``
@@ -31,7 +36,7 @@ import numpy as np
 
 from .. import geometry
 from ..imageio import intensity_window, normalize_intensity
-from ..percentiles import streamed_percentiles
+from .arrows import displayed_displacement_ras_mm, longest_arrow_mm
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..imageio import ImageData
@@ -39,7 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "JACOBIAN_RANGE", "JACOBIAN_TABLE_SIZE", "FOLDED_RGB", "SNAPSHOT_NAMES", "TITLE_HEIGHT", "jacobian_colors",
-    "jacobian_lookup_table", "magnitude_color_points", "magnitude_lookup_table", "SliceView", "render_glyphs",
+    "jacobian_lookup_table", "magnitude_color_points", "magnitude_lookup_table", "SliceView", "GlyphSamples",
+    "glyph_samples", "render_glyphs",
     "render_jacobian", "checkerboard", "render_checkerboard", "write_snapshots",
 ]
 
@@ -179,6 +185,16 @@ class SliceView:
         if self.col_flip:
             plane = plane[:, ::-1]
         return np.ascontiguousarray(plane)
+
+    def points_ras(self, rows: np.ndarray, cols: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` RAS mm of the slice pixels ``(rows[n], cols[n])`` (row 0 at the bottom of the screen) on the
+        grid ``ijk_to_ras`` this view was made for."""
+        rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+        kji = np.empty(rows.shape + (3,), dtype=np.float64)
+        kji[..., self.axis] = self.index
+        kji[..., self.row_axis] = self.shape[self.row_axis] - 1 - rows if self.row_flip else rows
+        kji[..., self.col_axis] = self.shape[self.col_axis] - 1 - cols if self.col_flip else cols
+        return geometry.voxel_to_ras(kji[..., ::-1], ijk_to_ras)
 
     @property
     def size_mm(self) -> Tuple[float, float]:
@@ -383,13 +399,14 @@ def _background_plane(view: SliceView, volume: np.ndarray, scratch: bool = False
     return normalize_intensity(plane, window=intensity_window(volume, overwrite_input=scratch))
 
 
-class _GlyphSamples(NamedTuple):
+class GlyphSamples(NamedTuple):
     """The arrows of a glyph snapshot, one entry per arrow (``N`` arrows on a regular pixel lattice).
 
     ``rows`` / ``cols``: ``(N,)`` pixel indices of the slice (row 0 at the bottom); ``u_x`` / ``u_y``:
-    ``(N,)`` in-plane displacement along screen right / screen up, mm; ``magnitude``: ``(N,)`` full 3D
-    |u| in mm; ``spacing_mm``: the distance between neighbouring arrows (the smaller pixel size times
-    the stride).
+    ``(N,)`` in-plane components along screen right / screen up (mm) of the arrow Slicer draws there
+    (:func:`arrows.displayed_displacement_ras_mm`); ``magnitude``: ``(N,)`` its full 3D length in mm (Slicer
+    colours by it too); ``spacing_mm``: the distance between neighbouring arrows (the smaller pixel size
+    times the stride).
     """
 
     rows: np.ndarray
@@ -400,45 +417,32 @@ class _GlyphSamples(NamedTuple):
     spacing_mm: float
 
 
-def _glyph_samples(view: SliceView, disp_ras_mm: np.ndarray, arrows_across: int) -> _GlyphSamples:
-    """Arrows on every ``stride``-th pixel of the slice, about ``arrows_across`` along its longer side."""
-    disp = view.extract(disp_ras_mm).astype(np.float64)  # (rows, cols, 3)
-    magnitude = np.linalg.norm(disp, axis=-1)
-    u_x = disp @ view.col_dir_ras
-    u_y = disp @ view.row_dir_ras
-    rows, cols = magnitude.shape
+def glyph_samples(view: SliceView, ijk_to_ras: np.ndarray, disp_ras_mm: np.ndarray,
+                  arrows_across: int) -> GlyphSamples:
+    """Arrows on every ``stride``-th pixel of the slice, about ``arrows_across`` along its longer side: at each,
+    the arrow Slicer's transform display draws for the grid transform of ``disp_ras_mm`` (``(K, J, I, 3)`` on
+    ``ijk_to_ras``), projected on the slice as Slicer projects it."""
+    rows, cols = (view.shape[view.row_axis], view.shape[view.col_axis])
     stride = max(1, int(round(max(rows, cols) / float(arrows_across))))
     r_idx, c_idx = np.meshgrid(
         np.arange(stride // 2, rows, stride), np.arange(stride // 2, cols, stride), indexing="ij"
     )
     r_idx, c_idx = r_idx.ravel(), c_idx.ravel()
-    return _GlyphSamples(
-        rows=r_idx, cols=c_idx, u_x=u_x[r_idx, c_idx], u_y=u_y[r_idx, c_idx], magnitude=magnitude[r_idx, c_idx],
-        spacing_mm=stride * min(view.col_spacing_mm, view.row_spacing_mm),
+    drawn = displayed_displacement_ras_mm(view.points_ras(r_idx, c_idx, ijk_to_ras), disp_ras_mm, ijk_to_ras)
+    return GlyphSamples(
+        rows=r_idx, cols=c_idx, u_x=drawn @ view.col_dir_ras, u_y=drawn @ view.row_dir_ras,
+        magnitude=np.linalg.norm(drawn, axis=-1), spacing_mm=stride * min(view.col_spacing_mm, view.row_spacing_mm),
     )
 
 
-def _arrow_scale(samples: _GlyphSamples) -> float:
+def _arrow_scale(samples: GlyphSamples) -> float:
     """Arrow length per mm of displacement: the 95th-percentile in-plane arrow spans 0.9 arrow spacings."""
     in_plane = np.hypot(samples.u_x, samples.u_y)
     typical = float(np.percentile(in_plane, 95)) if in_plane.size else 0.0
     return 0.9 * samples.spacing_mm / typical if typical > 1e-9 else 1.0
 
 
-def _magnitude_range(disp_ras_mm: np.ndarray) -> Tuple[float, float]:
-    """``(max, 99th percentile)`` of |u| in mm over the whole field (not only the slice): the norms computed slab
-    by slab (float64, as ``np.linalg.norm``), the percentile exactly as ``np.percentile`` without holding them all."""
-    disp_ras_mm = np.asarray(disp_ras_mm)
-
-    def magnitudes():
-        for k0, k1 in geometry.slabs(disp_ras_mm.shape[:-1]):
-            yield np.linalg.norm(disp_ras_mm[k0:k1].astype(np.float64), axis=-1).reshape(-1)
-
-    largest = max(float(chunk.max()) for chunk in magnitudes())
-    return largest, streamed_percentiles(magnitudes, (99,))[0]
-
-
-def _glyph_points(view: SliceView, samples: _GlyphSamples):
+def _glyph_points(view: SliceView, samples: GlyphSamples):
     """``vtkPolyData``: one point per arrow in screen mm (z = 1, above the image), the in-plane
     displacement as its vectors and |u| as its scalars."""
     from vtkmodules.util import numpy_support
@@ -495,20 +499,22 @@ def _arrows_actor(polydata, scale: float, lookup_table):
 
 def render_glyphs(path: PathLike, fixed: "ImageData", result: "RegistrationResult",
                   size: Tuple[int, int] = (900, 800), arrows_across: int = 24) -> Path:
-    """``glyphs.png``: the fixed slice with in-plane displacement arrows coloured by |u| (mm).
+    """``glyphs.png``: the fixed slice with the arrows Slicer draws (:func:`glyph_samples`: each arrow starts
+    at a point of the moving image and points to where that point goes when the moving image is registered
+    to the fixed one), coloured by their length (mm).
 
     Arrows sit on every ``stride``-th pixel (about ``arrows_across`` along the longer side);
     the arrow length is the in-plane displacement scaled so the 95th-percentile arrow spans
-    0.9 arrow spacings (the scale is written on the image). Colour: full 3D magnitude, ramp
-    from 0 to the 99th percentile of |u| over the whole field.
+    0.9 arrow spacings (the scale is written on the image). Colour: full 3D length, ramp
+    from 0 to the longest arrow (``max |u|`` over the whole field), as in Slicer.
     """
     _init_vtk_rendering()
     view = SliceView(result.fixed_ijk_to_ras, np.shape(fixed.array))
     background = _background_plane(view, fixed.array)
-    samples = _glyph_samples(view, result.disp_ras_mm, arrows_across)
+    samples = glyph_samples(view, result.fixed_ijk_to_ras, result.disp_ras_mm, arrows_across)
     scale = _arrow_scale(samples)
-    max_mm, top_mm = _magnitude_range(result.disp_ras_mm)
-    table = magnitude_lookup_table(top_mm)
+    max_mm = longest_arrow_mm(result.disp_ras_mm)
+    table = magnitude_lookup_table(max_mm)
     arrows = _arrows_actor(_glyph_points(view, samples), scale, table)
 
     panel = _Panel((0.0, 0.0, 1.0, 1.0 - TITLE_HEIGHT), view.size_mm, bar_fraction=0.16)
@@ -516,7 +522,8 @@ def render_glyphs(path: PathLike, fixed: "ImageData", result: "RegistrationResul
     renderer.AddActor(_image_actor(background, (view.col_spacing_mm, view.row_spacing_mm), _grey_table(), True))
     renderer.AddActor(arrows)
     renderer.AddViewProp(_scalar_bar(table, "|u| mm"))
-    title = _title_panel(f"{result.variant}: displacement, {view.describe()}; max {max_mm:.2f} mm; arrows x{scale:.2g}")
+    title = _title_panel(f"{result.variant}: moving -> registered, {view.describe()}; max {max_mm:.2f} mm; "
+                         f"arrows x{scale:.2g}")
     return _render_to_png([panel, title], size, Path(path))
 
 

@@ -53,7 +53,7 @@ from .model_grid import model_grid_spec, model_orientation, model_size_multiple
 from .refine import RefineSchedule, refine_schedule
 from .result import RegistrationResult
 
-__all__ = ["register", "result_from_mapping", "check_dimension", "labels_array"]
+__all__ = ["register", "refine_without_network", "result_from_mapping", "check_dimension", "labels_array"]
 
 PathLike = Union[str, Path]
 Progress = Optional[Callable[[float, str], None]]
@@ -152,6 +152,47 @@ def register(
     result = result_from_mapping(variant_id, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels,
                                  timings, t_start, windows=inputs.windows)
     result.warnings = _warnings_about_inputs(fixed, moving, result, inputs.windows)
+    report(1.0, "done")
+    return result
+
+
+def refine_without_network(
+    fixed: Union[ImageData, PathLike],
+    moving: Union[ImageData, PathLike],
+    fixed_labels: Union[ImageData, PathLike, None] = None,
+    moving_labels: Union[ImageData, PathLike, None] = None,
+    refine: Union[int, str, RefineSchedule] = "recommended",
+    device: Union[str, torch.device] = "cpu",
+    progress: Progress = None,
+) -> RegistrationResult:
+    """The instance refinement alone, from the centre-of-mass translation (no network): the reference that
+    a network's start must beat. The same inputs, checks and final steps as :func:`register`
+    (``variant`` ``"com+refine"``; ``metrics["runtime_s"]`` from the images in memory to the warped image)."""
+    report = progress or (lambda fraction, message: None)
+    t_start = time.perf_counter()
+    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
+    fixed_labels = as_image(fixed_labels, "fixed_labels", kind="labels")
+    moving_labels = as_image(moving_labels, "moving_labels", kind="labels")
+    _check_images(fixed, moving, fixed_labels, moving_labels, "com")
+    schedule = refine_schedule(refine)
+    if schedule is None:
+        raise ValueError(f"refine_without_network needs a refinement schedule, got {refine!r}")
+    check_memory(fixed, moving, fixed_labels is not None and moving_labels is not None, schedule)  # before any large array
+    windows = (intensity_window(fixed.array), intensity_window(moving.array))
+    fixed_norm = ImageData(normalize_intensity(fixed.array, window=windows[0]), fixed.ijk_to_ras, "fixed")
+    moving_norm = ImageData(normalize_intensity(moving.array, window=windows[1]), moving.ijk_to_ras, "moving")
+    start = center_of_mass_alignment(fixed, moving, fixed_norm.array, moving_norm.array)
+    geometry.check_overlap(fixed, ImageData(moving.array, np.linalg.inv(start) @ moving.ijk_to_ras, moving.name))
+    t0 = time.perf_counter()
+    refined = refinement.refine(fixed_norm, moving_norm, start, schedule=schedule, device=resolve_device(device),
+                                progress=lambda f, m: report(0.8 * f, m))
+    timings = dict(refined.timings, refine=time.perf_counter() - t0)
+    fixed_norm = moving_norm = None  # full-resolution copies not needed any more
+    disp_ras = _full_resolution_displacement(fixed, refined.affine_ras, refined.deform_ras, refined.grid_ijk_to_ras)
+    report(0.85, "warped image, Jacobian and metrics")
+    result = result_from_mapping("com+refine", fixed, moving, refined.affine_ras, disp_ras, fixed_labels,
+                                 moving_labels, timings, t_start, windows=windows)
+    result.warnings = _warnings_about_inputs(fixed, moving, result, windows)
     report(1.0, "done")
     return result
 

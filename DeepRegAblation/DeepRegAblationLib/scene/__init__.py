@@ -15,7 +15,8 @@ public name of the package's modules:
 
 What :func:`add_registration_to_scene` makes for one :class:`RegistrationResult`, named after
 the moving volume and the variant (``<moving>-<variant>-...``) and grouped in one subject
-hierarchy folder ``<moving>-<variant>``:
+hierarchy folder ``<moving>-<variant>``; each node records the fixed and moving volumes it was made
+from (:data:`INPUTS_ATTRIBUTE`), and "reuse" replaces only the results of the same volumes:
 
 - ``-warped``: scalar volume on the fixed grid (same IJKToRAS as the fixed volume);
 - ``-affine``: ``vtkMRMLLinearTransformNode``, the affine part; ``affine_ras`` maps a fixed
@@ -27,7 +28,9 @@ hierarchy folder ``<moving>-<variant>``:
   parent. Put the moving volume under it (``moving.SetAndObserveTransformNodeID``) and it
   appears aligned with the fixed volume; hardening resamples it. It is not nested under
   the affine node (the grid already contains the affine part). Its display node shows
-  arrows coloured by displacement magnitude in slice and 3D views (:func:`glyph_settings`);
+  arrows coloured by length in slice and 3D views (:func:`glyph_settings`); Slicer draws them for
+  the transform to world, the inverse of the stored field (``outputs.arrows``): each arrow starts at
+  a point of the moving image and points to where that point goes when the moving image is registered;
 - ``-jacobian``: scalar volume of det(J), shown with the shared "DeepRegAblation Jacobian"
   colour table (:func:`snapshots.jacobian_colors`): window/level centred at 1 (white), blue
   for contraction, red for expansion, folded voxels (det <= 0) bright green;
@@ -40,15 +43,16 @@ and the first warped volume as foreground; :func:`load_results_scene` reads it b
 For the module panel: :func:`check_inputs`; the inputs of a registration as images
 (:func:`label_images`) or NRRD files for the background run (:func:`write_input_files`), segmentations
 exported to label maps with one label value per segment name (:func:`labelmaps_for_inputs`, temporary
-nodes removed with :func:`remove_nodes`); :func:`add_results_to_scene` and :func:`apply_display_settings`
-(the Display section: glyphs relative to the automatic ones, Jacobian range).
+nodes removed with :func:`remove_nodes`); :func:`add_results_to_scene` (the first result's glyphs shown, every
+other result's hidden), :func:`show_result` (one result shown: its glyphs only, the Display settings applied)
+and :func:`apply_display_settings` (the Display section: glyphs relative to the automatic ones, Jacobian range).
 """
 from __future__ import annotations
 
 from .display import (
     AUTO_GLYPH_SCALE_ATTRIBUTE, AUTO_GLYPH_SPACING_ATTRIBUTE, JACOBIAN_COLOR_NAME, SLICE_VIEW_NAMES,
-    add_default_label_colors, apply_display_settings, glyph_settings, jacobian_color_node, jacobian_window_level,
-    remember_automatic_glyphs, result_label_layer, show_in_slice_views,
+    add_default_label_colors, apply_display_settings, glyph_settings, hide_other_result_glyphs, jacobian_color_node,
+    jacobian_window_level, remember_automatic_glyphs, result_label_layer, show_in_slice_views, show_result,
 )
 from .files import SCENE_FILE_NAME, load_results_scene, save_scene, write_results_scene
 from .inputs import (
@@ -56,7 +60,7 @@ from .inputs import (
     remove_nodes, segment_names, shared_label_colors, write_input_files,
 )
 from .nodes import (
-    RESULT_ATTRIBUTE, add_volume_node, grid_transform_from_displacement, image_data_from_volume_node,
+    INPUTS_ATTRIBUTE, RESULT_ATTRIBUTE, add_volume_node, grid_transform_from_displacement, image_data_from_volume_node,
     parent_transform_problem, require_no_parent_transform, write_volume_file,
 )
 from .results import (
@@ -65,12 +69,13 @@ from .results import (
 
 __all__ = [
     "METRIC_COLUMNS", "METRICS_TABLE_NAME", "JACOBIAN_COLOR_NAME", "SCENE_FILE_NAME", "SLICE_VIEW_NAMES",
-    "RESULT_ATTRIBUTE", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE", "TEMP_LABELS_NAME",
-    "TEMP_COLORS_NAME", "parent_transform_problem", "require_no_parent_transform", "image_data_from_volume_node",
+    "RESULT_ATTRIBUTE", "INPUTS_ATTRIBUTE", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE",
+    "TEMP_LABELS_NAME", "TEMP_COLORS_NAME", "parent_transform_problem", "require_no_parent_transform",
+    "image_data_from_volume_node",
     "add_volume_node", "write_volume_file", "check_inputs", "segment_names", "shared_label_colors",
     "labelmap_for_labels", "labelmaps_for_inputs", "remove_nodes", "label_images", "write_input_files",
     "grid_transform_from_displacement", "glyph_settings", "jacobian_color_node", "add_default_label_colors",
     "jacobian_window_level", "add_registration_to_scene", "add_results_to_scene", "update_metrics_table",
     "show_in_slice_views", "result_label_layer", "remember_automatic_glyphs", "apply_display_settings",
-    "save_scene", "write_results_scene", "load_results_scene",
+    "hide_other_result_glyphs", "show_result", "save_scene", "write_results_scene", "load_results_scene",
 ]

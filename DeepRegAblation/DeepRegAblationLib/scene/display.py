@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Dict, List
 import numpy as np
 
 from .. import geometry
-from ..outputs import snapshots
-from .nodes import RESULT_ATTRIBUTE, get_or_add
+from ..outputs import arrows, snapshots
+from .nodes import RESULT_ATTRIBUTE, get_or_add_for_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..panel import DisplaySettings
@@ -21,6 +21,7 @@ __all__ = [
     "JACOBIAN_COLOR_NAME", "SLICE_VIEW_NAMES", "AUTO_GLYPH_SPACING_ATTRIBUTE", "AUTO_GLYPH_SCALE_ATTRIBUTE",
     "glyph_settings", "show_glyphs", "jacobian_color_node", "add_default_label_colors", "jacobian_window_level",
     "show_in_slice_views", "result_label_layer", "remember_automatic_glyphs", "apply_display_settings",
+    "hide_other_result_glyphs", "show_result",
 ]
 
 JACOBIAN_COLOR_NAME = "DeepRegAblation Jacobian"
@@ -37,8 +38,10 @@ def glyph_settings(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray, arrows_acros
     ``spacing_mm``: about ``arrows_across`` arrows across the smallest in-plane extent of the
     grid (at least one voxel); ``scale_percent``: arrow length = magnitude x scale / 100 such
     that the 99th-percentile magnitude spans 0.8 glyph spacings; ``diameter_mm``: 0.3
-    spacings; ``range_min_mm`` / ``range_max_mm``: magnitudes drawn (all non-zero ones);
-    ``color_top_mm``: magnitude given the top colour (99th percentile).
+    spacings; ``color_top_mm``: the top of the colour ramp, the longest arrow Slicer can draw
+    (``arrows.longest_arrow_mm``: Slicer draws ``T^-1(x) - x``, never longer than ``max |u|``);
+    ``range_min_mm`` / ``range_max_mm``: the lengths drawn: every non-zero one (the upper bound
+    leaves room for an arrow where VTK's inverse of a folded field does not converge).
     """
     disp_ras_mm = np.asarray(disp_ras_mm, dtype=np.float64)
     matrix = geometry.validate_ijk_to_ras(ijk_to_ras, "ijk_to_ras")
@@ -50,21 +53,21 @@ def glyph_settings(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray, arrows_acros
     magnitude = np.linalg.norm(disp_ras_mm, axis=-1)
     top = float(np.percentile(magnitude, 99)) if magnitude.size else 0.0
     scale_percent = 100.0 * 0.8 * spacing_mm / top if top > 1e-6 else 100.0
-    largest = float(magnitude.max()) if magnitude.size else 0.0
+    longest = arrows.longest_arrow_mm(disp_ras_mm)
     return {
         "spacing_mm": float(spacing_mm),
         "scale_percent": float(scale_percent),
         "diameter_mm": float(0.3 * spacing_mm),
         "range_min_mm": 1e-3,
-        "range_max_mm": float(largest * 1.001 + 1e-3),
-        "color_top_mm": float(top if top > 1e-6 else max(largest, 1.0)),
+        "range_max_mm": float(2.0 * longest + 1.0),
+        "color_top_mm": float(longest * 1.001 + 1e-3 if longest > 1e-6 else 1.0),
     }
 
 
-def _magnitude_color_node(scene, name: str, top_mm: float, reuse: bool):
+def _magnitude_color_node(scene, name: str, top_mm: float, reuse: bool, inputs: str = ""):
     from vtkmodules.vtkRenderingCore import vtkColorTransferFunction
 
-    node = get_or_add(scene, "vtkMRMLProceduralColorNode", name, reuse)
+    node = get_or_add_for_inputs(scene, "vtkMRMLProceduralColorNode", name, reuse, inputs)
     ramp = vtkColorTransferFunction()
     for value, r, g, b in snapshots.magnitude_color_points(top_mm):
         ramp.AddRGBPoint(value, r, g, b)
@@ -74,17 +77,22 @@ def _magnitude_color_node(scene, name: str, top_mm: float, reuse: bool):
     return node
 
 
-def show_glyphs(scene, transform_node, disp_ras_mm, ijk_to_ras, color_name: str, reuse: bool, region_node=None):
-    """Show the transform as arrows coloured by |u| (:func:`glyph_settings`), in slice and 3D views,
-    with its own magnitude colour node ``color_name``; ``region_node``: the volume whose extent the glyphs cover.
-    Returns the transform's display node."""
+def show_glyphs(scene, transform_node, disp_ras_mm, ijk_to_ras, color_name: str, reuse: bool, region_node=None,
+                inputs: str = ""):
+    """Show the transform as arrows coloured by their length (:func:`glyph_settings`), in slice and 3D views,
+    with its own magnitude colour node ``color_name`` (reused for the same ``inputs`` only, ``nodes.inputs_key``);
+    ``region_node``: the volume whose extent the glyphs cover.
+
+    Slicer draws the transform to world, the inverse of the stored fixed -> moving field
+    (:mod:`..outputs.arrows`): each arrow starts at a point of the moving image and points to where that
+    point goes when the moving image is registered to the fixed one. Returns the transform's display node."""
     import slicer
 
     if transform_node.GetDisplayNode() is None:
         transform_node.CreateDefaultDisplayNodes()
     display = transform_node.GetDisplayNode()
     settings = glyph_settings(disp_ras_mm, ijk_to_ras)
-    color_node = _magnitude_color_node(scene, color_name, settings["color_top_mm"], reuse)
+    color_node = _magnitude_color_node(scene, color_name, settings["color_top_mm"], reuse, inputs)
     was_modifying = display.StartModify()
     display.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH)
     display.SetGlyphType(slicer.vtkMRMLTransformDisplayNode.GLYPH_TYPE_ARROW)
@@ -250,3 +258,28 @@ def apply_display_settings(nodes: Dict[str, object], display: "DisplaySettings")
         display_node = jacobian_node.GetDisplayNode()
         display_node.SetAutoWindowLevel(False)
         display_node.SetWindowLevelMinMax(display.jacobian_min, max(display.jacobian_max, display.jacobian_min + 1e-3))
+
+
+# --------------------------------------------------------------------------- one result at a time
+def hide_other_result_glyphs(scene, nodes: Dict[str, object]) -> List[object]:
+    """Hide the glyphs of every result's grid transform in ``scene`` (nodes with :data:`RESULT_ATTRIBUTE`) but
+    ``nodes["transform"]``: one field of arrows at a time (Compare all made four, over each other). Returns the
+    transforms hidden."""
+    shown = nodes.get("transform")
+    hidden = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLGridTransformNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLGridTransformNode")
+        display_node = node.GetDisplayNode()
+        if node is shown or node.GetAttribute(RESULT_ATTRIBUTE) is None or display_node is None:
+            continue
+        if display_node.GetVisibility():
+            display_node.SetVisibility(False)
+            hidden.append(node)
+    return hidden
+
+
+def show_result(scene, nodes: Dict[str, object], display: "DisplaySettings") -> None:
+    """Show one result (a variant's ``nodes``, e.g. the row chosen in the metrics table): its glyphs only
+    (:func:`hide_other_result_glyphs`), with the panel's Display settings (:func:`apply_display_settings`)."""
+    hide_other_result_glyphs(scene, nodes)
+    apply_display_settings(nodes, display)

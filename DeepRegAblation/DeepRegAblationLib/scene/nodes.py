@@ -15,15 +15,18 @@ from .. import geometry
 from ..imageio import ImageData
 
 __all__ = [
-    "RESULT_ATTRIBUTE", "parent_transform_problem", "require_no_parent_transform", "vtk_matrix", "node_ijk_to_ras",
-    "image_data_from_volume_node", "set_volume", "get_or_add", "add_volume_node", "write_volume_file",
-    "grid_transform_from_displacement",
+    "RESULT_ATTRIBUTE", "INPUTS_ATTRIBUTE", "parent_transform_problem", "require_no_parent_transform", "vtk_matrix",
+    "node_ijk_to_ras", "image_data_from_volume_node", "set_volume", "get_or_add", "inputs_key", "get_or_add_for_inputs",
+    "add_volume_node", "write_volume_file", "grid_transform_from_displacement",
 ]
 
 PathLike = Union[str, Path]
 
 RESULT_ATTRIBUTE = "DeepRegAblation.variant"
 """Attribute set on every output node (its value: the variant)."""
+INPUTS_ATTRIBUTE = "DeepRegAblation.inputs"
+"""Attribute of every output node: the inputs it was made from (:func:`inputs_key`); reuse is for the same
+inputs only."""
 
 
 def _slicer():
@@ -149,6 +152,27 @@ def get_or_add(scene, class_name: str, name: str, reuse: bool):
         if node is not None and node.IsA(class_name):
             return node
     return scene.AddNewNodeByClass(class_name, name if reuse else scene.GenerateUniqueName(name))
+
+
+def inputs_key(fixed_node, moving_node) -> str:
+    """``"<fixed node ID>|<moving node ID>"``: which registration inputs a result's nodes belong to ("" for none)."""
+    return "|".join(node.GetID() if node is not None else "" for node in (fixed_node, moving_node))
+
+
+def get_or_add_for_inputs(scene, class_name: str, name: str, reuse: bool, inputs: str):
+    """With ``reuse``, the first node of ``class_name`` named ``name`` made from the same ``inputs``
+    (:data:`INPUTS_ATTRIBUTE`); else (or when there is none: another fixed or moving volume made the one of that
+    name) a new, uniquely named node. The node carries ``inputs`` either way."""
+    node = None
+    if reuse:
+        count = scene.GetNumberOfNodesByClass(class_name)
+        candidates = (scene.GetNthNodeByClass(index, class_name) for index in range(count))
+        node = next((c for c in candidates if c.GetName() == name and c.GetAttribute(INPUTS_ATTRIBUTE) == inputs), None)
+    if node is None:
+        node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name) if scene.GetFirstNodeByName(name)
+                                       else name)
+    node.SetAttribute(INPUTS_ATTRIBUTE, inputs)
+    return node
 
 
 def add_volume_node(scene, image: ImageData, name: Optional[str] = None, label: bool = False,

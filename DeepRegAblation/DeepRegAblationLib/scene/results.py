@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Dict, Sequence
 import numpy as np
 
 from .. import geometry
-from .display import jacobian_color_node, jacobian_window_level, remember_automatic_glyphs, show_glyphs
+from .display import (
+    hide_other_result_glyphs, jacobian_color_node, jacobian_window_level, remember_automatic_glyphs, show_glyphs,
+)
 from .nodes import (
-    RESULT_ATTRIBUTE, get_or_add, grid_transform_from_displacement, node_ijk_to_ras, require_no_parent_transform,
-    set_volume, vtk_matrix,
+    INPUTS_ATTRIBUTE, RESULT_ATTRIBUTE, get_or_add, get_or_add_for_inputs, grid_transform_from_displacement, inputs_key,
+    node_ijk_to_ras, require_no_parent_transform, set_volume, vtk_matrix,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,16 +45,22 @@ METRICS_TABLE_NAME = "DeepRegAblation metrics"
 
 
 # --------------------------------------------------------------------------- subject hierarchy
-def _folder(scene, name: str, reuse: bool) -> int:
+def _folder(scene, name: str, reuse: bool, inputs: str) -> int:
+    """The subject hierarchy folder ``name`` of these ``inputs`` (reused), or a new one."""
     import slicer
+    from vtkmodules.vtkCommonCore import vtkIdList
 
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     root = hierarchy.GetSceneItemID()
     if reuse:
-        item = hierarchy.GetItemChildWithName(root, name)
-        if item:
-            return item
-    return hierarchy.CreateFolderItem(root, name)
+        children = vtkIdList()
+        hierarchy.GetItemChildren(root, children)
+        for item in (children.GetId(index) for index in range(children.GetNumberOfIds())):
+            if hierarchy.GetItemName(item) == name and hierarchy.GetItemAttribute(item, INPUTS_ATTRIBUTE) == inputs:
+                return item
+    item = hierarchy.CreateFolderItem(root, name)
+    hierarchy.SetItemAttribute(item, INPUTS_ATTRIBUTE, inputs)
+    return item
 
 
 def _put_in_folder(scene, folder: int, nodes) -> None:
@@ -104,9 +112,10 @@ def _check_on_fixed_grid(fixed_node, shape: tuple, fixed_matrix: np.ndarray) -> 
         )
 
 
-def _add_warped(scene, base: str, result: "RegistrationResult", fixed_matrix: np.ndarray, moving_node, reuse: bool):
+def _add_warped(scene, base: str, result: "RegistrationResult", fixed_matrix: np.ndarray, moving_node, reuse: bool,
+                inputs: str = ""):
     """``<base>-warped``, displayed as the moving volume is (window/level, colours)."""
-    warped = get_or_add(scene, "vtkMRMLScalarVolumeNode", f"{base}-warped", reuse)
+    warped = get_or_add_for_inputs(scene, "vtkMRMLScalarVolumeNode", f"{base}-warped", reuse, inputs)
     set_volume(warped, result.warped, fixed_matrix, label=False)
     moving_display = moving_node.GetDisplayNode() if moving_node is not None else None
     if moving_display is not None and moving_display.IsA("vtkMRMLScalarVolumeDisplayNode"):
@@ -119,9 +128,10 @@ def _add_warped(scene, base: str, result: "RegistrationResult", fixed_matrix: np
     return warped
 
 
-def _add_jacobian(scene, base: str, result: "RegistrationResult", fixed_matrix: np.ndarray, reuse: bool):
+def _add_jacobian(scene, base: str, result: "RegistrationResult", fixed_matrix: np.ndarray, reuse: bool,
+                  inputs: str = ""):
     """``<base>-jacobian`` with the shared Jacobian colours and the count of folded voxels as an attribute."""
-    jacobian = get_or_add(scene, "vtkMRMLScalarVolumeNode", f"{base}-jacobian", reuse)
+    jacobian = get_or_add_for_inputs(scene, "vtkMRMLScalarVolumeNode", f"{base}-jacobian", reuse, inputs)
     set_volume(jacobian, np.asarray(result.jacobian, dtype=np.float32), fixed_matrix, label=False)
     jacobian_display = jacobian.GetDisplayNode()
     jacobian_display.SetAndObserveColorNodeID(jacobian_color_node(scene).GetID())
@@ -142,8 +152,10 @@ def add_registration_to_scene(scene, result: "RegistrationResult", fixed_node, m
         fixed_node: the fixed volume node (its grid must be ``result.fixed_ijk_to_ras`` and
             shape ``result.warped.shape``; ``None`` skips the check and names it "fixed").
         moving_node: the moving volume node (names the outputs; left unchanged).
-        reuse: update nodes named ``<moving>-<variant>-...`` if they exist (so running a
-            variant again replaces its outputs); ``False`` always adds new, uniquely named nodes.
+        reuse: update nodes named ``<moving>-<variant>-...`` made from the same fixed and moving volumes
+            (:data:`nodes.INPUTS_ATTRIBUTE`), so running a variant again on the same inputs replaces its
+            outputs; results of other inputs are never replaced (new, uniquely named nodes then); ``False``
+            always adds new, uniquely named nodes.
 
     Returns:
         ``{"warped", "affine", "transform", "jacobian", ["warped_labels"], "folder"}``: the
@@ -157,24 +169,25 @@ def add_registration_to_scene(scene, result: "RegistrationResult", fixed_node, m
         _check_on_fixed_grid(fixed_node, shape, fixed_matrix)
     moving_name = moving_node.GetName() if moving_node is not None else "moving"
     base = f"{moving_name}-{result.variant}"
+    inputs = inputs_key(fixed_node, moving_node)
 
-    warped = _add_warped(scene, base, result, fixed_matrix, moving_node, reuse)
-    affine = get_or_add(scene, "vtkMRMLLinearTransformNode", f"{base}-affine", reuse)
+    warped = _add_warped(scene, base, result, fixed_matrix, moving_node, reuse, inputs)
+    affine = get_or_add_for_inputs(scene, "vtkMRMLLinearTransformNode", f"{base}-affine", reuse, inputs)
     affine.SetMatrixTransformFromParent(vtk_matrix(result.affine_ras))
-    transform = get_or_add(scene, "vtkMRMLGridTransformNode", f"{base}-transform", reuse)
+    transform = get_or_add_for_inputs(scene, "vtkMRMLGridTransformNode", f"{base}-transform", reuse, inputs)
     transform.SetAndObserveTransformFromParent(grid_transform_from_displacement(result.disp_ras_mm, fixed_matrix))
     show_glyphs(scene, transform, result.disp_ras_mm, fixed_matrix, f"{base}-displacement-colors", reuse,
-                 region_node=fixed_node)
-    jacobian = _add_jacobian(scene, base, result, fixed_matrix, reuse)
+                 region_node=fixed_node, inputs=inputs)
+    jacobian = _add_jacobian(scene, base, result, fixed_matrix, reuse, inputs)
 
     nodes: Dict[str, object] = {"warped": warped, "affine": affine, "transform": transform, "jacobian": jacobian}
     if result.warped_labels is not None:
-        labels = get_or_add(scene, "vtkMRMLLabelMapVolumeNode", f"{base}-warped-labels", reuse)
+        labels = get_or_add_for_inputs(scene, "vtkMRMLLabelMapVolumeNode", f"{base}-warped-labels", reuse, inputs)
         set_volume(labels, result.warped_labels, fixed_matrix, label=True)
         nodes["warped_labels"] = labels
     for node in nodes.values():
         node.SetAttribute(RESULT_ATTRIBUTE, str(result.variant))
-    folder = _folder(scene, base, reuse)
+    folder = _folder(scene, base, reuse, inputs)
     _put_in_folder(scene, folder, list(nodes.values()))
     nodes["folder"] = int(folder)
     return nodes
@@ -185,16 +198,26 @@ def add_results_to_scene(scene, results: Sequence["RegistrationResult"], fixed_n
     """Every result (:func:`add_registration_to_scene`, glyph choices remembered with
     :func:`remember_automatic_glyphs`) and the metrics table (:func:`update_metrics_table`).
 
-    ``table_node`` (a previous run's table) is filled again only with ``reuse``; otherwise the scene's
-    "DeepRegAblation metrics" table is used or added. Returns ``(nodes by variant, table node)``.
+    Only the first result's glyphs stay visible (:func:`display.hide_other_result_glyphs`: other variants and
+    earlier runs are hidden); ``display.show_result`` switches to another one.
+
+    ``table_node`` (a previous run's table) is filled again only with ``reuse`` and when it holds results of
+    the same inputs (or was not made here); otherwise the "DeepRegAblation metrics" table of these inputs is
+    used (``reuse``) or a new one added. Returns ``(nodes by variant, table node)``.
     """
     nodes: Dict[str, Dict[str, object]] = {}
     for result in results:
         added = add_registration_to_scene(scene, result, fixed_node, moving_node, reuse=reuse)
         remember_automatic_glyphs(added)
         nodes[result.variant] = added
-    table = update_metrics_table(scene, results, table_node=table_node if reuse else None)
-    return nodes, table
+    if nodes:
+        hide_other_result_glyphs(scene, next(iter(nodes.values())))
+    inputs = inputs_key(fixed_node, moving_node)
+    reusable = table_node is not None and table_node.GetAttribute(INPUTS_ATTRIBUTE) in (None, inputs)
+    table = table_node if reuse and reusable else get_or_add_for_inputs(
+        scene, "vtkMRMLTableNode", METRICS_TABLE_NAME, reuse, inputs)
+    table.SetAttribute(INPUTS_ATTRIBUTE, inputs)
+    return nodes, update_metrics_table(scene, results, table_node=table)
 
 
 def _metric_value(result: "RegistrationResult", key: str) -> float:

@@ -23,6 +23,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .speed import case_environment
+
 __all__ = ["Row", "CASES", "run_faults", "markdown"]
 
 Row = Dict[str, str]
@@ -161,7 +163,7 @@ def _training_rows(root: Path) -> List[Row]:
 # --------------------------------------------------------------------------- concurrent and killed runs
 def _start(argv: Sequence[str]) -> subprocess.Popen:
     return subprocess.Popen(_CLI + [str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env=case_environment())
 
 
 def _until(proc: subprocess.Popen, prefix: str) -> None:
@@ -182,7 +184,8 @@ def _concurrency_rows(root: Path) -> List[Row]:
     _until(first, "[1/1]")
     first.send_signal(signal.SIGSTOP)
     try:
-        second = subprocess.run(_CLI + [str(a) for a in argv], capture_output=True, text=True, timeout=600)
+        second = subprocess.run(_CLI + [str(a) for a in argv], capture_output=True, text=True, timeout=600,
+                                env=case_environment())
     finally:
         first.send_signal(signal.SIGCONT)
     first.communicate(timeout=600)
@@ -322,8 +325,8 @@ BEFORE = {
     "`--model`: a checkpoint cut short (30000 bytes)": "bare traceback, `OSError: [Errno 22] Invalid argument`, exit 1, "
                                                        "file not named",
     "`--model`: 16 zeroed bytes inside the weights": "loaded silently (PyTorch does not check the CRC)",
-    "two `register` runs into the same `--out` at once (the first frozen mid-run)": "both exit 0; the first run's "
-                                                                                    "results are gone",
+    "two `register` runs into one `--out` at once (the first frozen mid-run)": "both exit 0; the first run's "
+                                                                               "results are gone",
     "`kill -9` during a run, then the same command again": "a `.<out>.partial-*` folder stays beside `--out`",
     "NIfTI whose qform is mirrored against its sform (sform_code 1)": "accepted without a word",
     "NIfTI whose qform is mirrored against its sform (sform_code 2)": "accepted without a word",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import random
 import struct
@@ -33,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .speed import case_environment
 
 __all__ = [
     "TIME_LIMIT_S", "DEFAULT_CASES", "GOOD", "MUTATIONS", "FuzzCase", "seed_files", "plan_cases", "read_case",
@@ -346,7 +347,7 @@ def run_cases(cases: Sequence[FuzzCase], folder: Path, time_limit_s: float = TIM
         errors = tempfile.TemporaryFile(mode="w+")
         proc = subprocess.Popen([sys.executable, "-m", _MODULE, "--worker", str(cases_file), str(position)],
                                 stdout=subprocess.PIPE, stderr=errors, text=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                env=case_environment())
         lines: "queue.Queue[Optional[str]]" = queue.Queue()
         threading.Thread(target=_lines, args=(proc, lines), daemon=True).start()
         current, started = None, time.perf_counter()

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .speed import case_environment
+
 __all__ = [
     "SIZES", "FIELD_OF_VIEW_MM", "CASE_OPTIONS", "DEFAULT_CACHE", "grid_for", "pair_files", "plan_cases",
     "measure_case", "run_memory_cases", "markdown_table", "rows_json", "memory_section",
@@ -136,7 +138,7 @@ def measure_case(case: dict, cache: Path, threads: int = 2, no_scene: bool = Fal
     voxels = int(np.prod(grid_for(SIZES[case["size"]])[1]))
     row = dict(case, voxels=voxels, threads=threads, scene=not no_scene)
     out_root = Path(tempfile.mkdtemp(prefix="deepreg-memory-", dir=str(cache)))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    env = dict(case_environment(), OMP_NUM_THREADS=str(threads))  # the libraries found as in Slicer (speed)
     log = out_root / "output.txt"
     start = time.perf_counter()
     try:

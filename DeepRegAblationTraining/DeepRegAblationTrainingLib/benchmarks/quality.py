@@ -39,7 +39,7 @@ from .classical import classical_register, identity_register, peer_register, set
 from .methods import CLASSICAL_METHODS, PEER_METHODS, PEER_PACKAGES
 
 __all__ = [
-    "COM_LABEL", "QUALITY_COLUMNS", "SUMMARY_METRICS", "dataset_pairs",
+    "COM_LABEL", "QUALITY_COLUMNS", "SUMMARY_METRICS", "Images", "dataset_pairs", "read_pair",
     "refine_schedules", "quality_table", "summarize_quality",
 ]
 
@@ -179,7 +179,7 @@ def quality_table(
     rows: List[Dict[str, Any]] = []
     report = progress or (lambda message: None)
     for fixed_subject, moving_subject in pairs:
-        images = _read_pair(fixed_subject, moving_subject)
+        images = read_pair(fixed_subject, moving_subject)
         ids = (str(fixed_subject.id), str(moving_subject.id))
         for method in methods:
             rows.append(_method_row(ids, images, method, threads, dataset))
@@ -190,7 +190,7 @@ def quality_table(
     return rows
 
 
-def _read_pair(fixed_subject: Any, moving_subject: Any) -> Images:
+def read_pair(fixed_subject: Any, moving_subject: Any) -> Images:
     """Read a pair's images and label maps (when the subjects have them); each label map must cover its image."""
     fixed = read_image(fixed_subject.image, "fixed image")
     moving = read_image(moving_subject.image, "moving image")

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import List, Sequence
 
-__all__ = ["SIZES", "VXM", "run_case", "measure", "plan_cases", "markdown_tables", "machine_description"]
+__all__ = ["SIZES", "VXM", "run_case", "case_environment", "measure", "plan_cases", "markdown_tables",
+           "machine_description"]
 
 SIZES = {"2d": (160, 192), "3d128": (128, 128, 128), "3d160": (160, 192, 224),
          # the 3D brain models' grid (192 x 256 x 192 mm, data.brain_grid_shape) at 4, 3 and 2 mm
@@ -205,10 +206,25 @@ def run_case(case: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- driver side
+def case_environment() -> dict:
+    """The environment of a case's process: this one with the folders of both libraries first on ``PYTHONPATH``.
+
+    Inside Slicer the libraries are on ``sys.path`` only (Slicer adds its modules' folders there), not on
+    ``PYTHONPATH``, so a new ``sys.executable`` (``PythonSlicer``) process would not find them.
+    """
+    import DeepRegAblationLib
+    import DeepRegAblationTrainingLib
+    from DeepRegAblationLib.panel import process_environment
+
+    packages = (DeepRegAblationLib, DeepRegAblationTrainingLib)
+    folders = [str(Path(package.__file__).resolve().parents[1]) for package in packages]
+    return process_environment(list(dict.fromkeys(folders)))
+
+
 def measure(case: dict, timeout_s: float = 1800.0) -> dict:
-    """Run ``case`` in a fresh interpreter; returns the case merged with its result or an error."""
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
+    """Run ``case`` in a fresh interpreter (:func:`case_environment`); returns the case merged with its result
+    or an error."""
+    env = case_environment()
     proc = subprocess.run(
         [sys.executable, "-m", "DeepRegAblationTrainingLib.benchmarks.speed", json.dumps(case)],
         capture_output=True, text=True, timeout=timeout_s, env=env,

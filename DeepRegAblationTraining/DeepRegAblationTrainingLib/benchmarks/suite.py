@@ -38,8 +38,9 @@ DATASETS = ("miccai2012", "lpba40", "ibsr18", "ixi")
 def parse_variants(args: argparse.Namespace) -> List[str]:
     """``--variants`` -> its entries (variant ids; ``NAME=CHECKPOINT`` with ``--quality`` only), checked with the
     other options (a part chosen, CUDA present for ``--device cuda``)."""
-    if not (args.train or args.infer or args.quality or getattr(args, "memory", False)):
-        raise ValueError("choose --train, --infer, --quality and/or --memory")
+    if not (args.train or args.infer or args.quality or getattr(args, "refinement", False)
+            or getattr(args, "memory", False)):
+        raise ValueError("choose --train, --infer, --quality, --refinement and/or --memory")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     checkpoints = [v for v in variants if "=" in v]
     if checkpoints and (args.train or args.infer):
@@ -295,11 +296,17 @@ def run_bench(args: argparse.Namespace, command: str) -> Tuple[List[dict], str]:
     cases = plan_speed_cases(args, variants)
     rows = measure_cases(cases)
     quality_text, quality_rows = quality_section(args, variants) if args.quality else ("", [])
+    if getattr(args, "refinement", False):
+        from .refinement import refinement_section
+
+        text, refinement_rows = refinement_section(args, variants)
+        quality_text, quality_rows = "\n".join(t for t in (quality_text, text) if t), quality_rows + refinement_rows
+    with_rows = args.quality or getattr(args, "refinement", False)
     memory_text, memory_rows = "", []
     if getattr(args, "memory", False):
         from . import memory
 
         memory_text, memory_rows = memory.memory_section(args.memory_sizes, args.memory_cases, args.memory_cache,
                                                          args.threads, args.memory_scene)
-    write_report(args.report, command, rows, quality_text, quality_rows, args.quality, memory_text, memory_rows)
-    return rows, quality_text + memory_text
+    write_report(args.report, command, rows, quality_text, quality_rows, with_rows, memory_text, memory_rows)
+    return rows, "\n".join(t for t in (quality_text, memory_text) if t)

@@ -33,6 +33,7 @@ import argparse
 from DeepRegAblationLib.options import VARIANT_IDS
 
 from ..experiments.ablation import TUNED_SUFFIX, run_ablation
+from ..optional_packages import report_command_packages as required_packages  # noqa: F401  (cli.main)
 from .arguments import add_data_arguments, add_training_arguments, canonical_command
 
 

@@ -4,6 +4,8 @@ registration quality beside classical registration on real IXI pairs.
 --train: training steps per second and peak memory (2D 160x192 and 3D 128^3 by default).
 --infer: model-only and full-pipeline (read to written) time and peak memory (2D 160x192, 3D
 128^3 and 3D 160x192x224). Each case runs in its own process.
+--refinement: refinement from the network's output against refinement from the centre of mass alone,
+beside ANTs SyN, per dataset (network alone, both refinements, the model-grid ceiling, Dice against time).
 --quality: Dice, HD95, folding % and runtime of the variants (shipped 3D models, or untrained
 networks where none is shipped), with and without instance refinement (--refine recommended
 thorough@affine_enhanced), beside no registration, classical registration (--classical: ANTs SyN
@@ -27,6 +29,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import List
 
 # PyTorch's OpenMP threads wait passively: on a shared, busy machine spinning threads made small tensor
 # operations many times slower (set before torch is imported; an explicit setting wins)
@@ -83,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-align", nargs="+", default=["auto"], choices=INIT_ALIGN_CHOICES,
                         help="quality: initial alignment(s) to run our variants with (register's --init-align; "
                              "default auto: what each model was trained with); com also adds a row for the centre-of-mass translation alone")
+    parser.add_argument("--refinement", action="store_true",
+                        help="refinement from the network against refinement from the centre of mass alone, beside "
+                             "ANTs SyN, on the validation pairs of --datasets (default all): the network alone, both "
+                             "refinements, the model-grid ceiling, Dice against time (--budgets); the first of "
+                             "--variants (a variant id or NAME=CHECKPOINT)")
+    parser.add_argument("--budgets", default="1,2,5,10",
+                        help="with --refinement: iterations per level of the Dice-against-time points (default 1,2,5,10)")
     parser.add_argument("--memory", action="store_true",
                         help="peak memory per voxel of the register command at several resolutions")
     parser.add_argument("--memory-sizes", default="1mm,0.7mm",
@@ -96,12 +106,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
 
 
+def required_packages(args: argparse.Namespace) -> List[str]:
+    """voxelmorph for the reference rows of the speed cases (checked, or installed in Slicer, by ``cli.main``)."""
+    return ["voxelmorph"] if (args.train or args.infer) and not args.no_reference else []
+
+
 def run(args: argparse.Namespace) -> int:
     command = "deepreg-ablation bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     rows, quality_text = run_bench(args, command)
     if rows:
         print(speed.markdown_tables(rows))
-    if args.quality or args.memory:
+    if args.quality or args.refinement or args.memory:
         print(quality_text)
     print(f"wrote {args.report}")
     return 1 if any("error" in r for r in rows) else 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import List
 
 from DeepRegAblationLib.options import DEVICE_CHOICES
 
@@ -39,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--spacing-mm", type=float, default=DEMO_SPACING_MM,
                         help="grid spacing of the pair (default 2 mm, the shipped 3D models' spacing)")
+
+
+def required_packages(args: argparse.Namespace) -> List[str]:
+    """The MNI152 template ships inside nilearn (checked, or installed in Slicer, by ``cli.main`` before the demo)."""
+    return ["nilearn"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import argparse
 from pathlib import Path
 
 from ..experiments.checkpoint_evaluation import evaluate_checkpoints
+from ..optional_packages import report_command_packages as required_packages  # noqa: F401  (cli.main)
 from .arguments import add_data_arguments, canonical_command
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..optional_packages import data_command_packages as required_packages  # noqa: F401  (cli.main)
 from .training_arguments import add_keypoint_arguments, keypoint_arch
 
 

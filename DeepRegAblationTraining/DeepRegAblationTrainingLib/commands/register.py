@@ -12,6 +12,8 @@ Writes into --out DIR (refused if DIR exists, is not empty and was not made by t
   DIR/metrics.csv, DIR/metrics.json   one record per variant
   DIR/scene/DeepRegAblation-results.mrml   a Slicer scene with every result (and its data files; not with --no-scene)
 
+With --npz-only (the Slicer panel's background run): DIR/<variant>/result.npz and the metrics files only.
+
 Models: --model CKPT (one variant) or a directory of <variant>.pt files; without --model the
 weights shipped in DeepRegAblation/Resources/Models/<2|3>d/<variant>.pt, or an UNTRAINED
 network (with a warning) when none are shipped.
@@ -61,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-npz", action="store_true", help="also write DIR/<variant>/result.npz (for the Slicer GUI)")
     parser.add_argument("--no-scene", action="store_true",
                         help="do not write DIR/scene/ (the Slicer panel's background run builds its nodes from result.npz)")
+    parser.add_argument("--npz-only", action="store_true",
+                        help="write only DIR/<variant>/result.npz and the metrics files, what the Slicer panel "
+                             "reads back: no NIfTI, ITK, PNG or scene files, no off-screen rendering")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
 
 

@@ -38,6 +38,7 @@ import argparse
 
 from ..experiments import sweep as experiment
 from ..experiments.sweep import DEFAULT_FOLDING_TARGET, DEFAULT_LAMBDAS, DEFAULT_LR, DEFAULT_REG_TYPES, DEFAULT_SIMILARITY
+from ..optional_packages import report_command_packages as required_packages  # noqa: F401  (cli.main)
 from .arguments import add_data_arguments, add_training_arguments, canonical_command
 
 

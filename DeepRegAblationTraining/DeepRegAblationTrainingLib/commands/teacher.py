@@ -17,6 +17,8 @@ import time
 
 from DeepRegAblationLib.options import REFINE_SCHEDULE_NAMES
 
+from ..optional_packages import data_command_packages as required_packages  # noqa: F401  (cli.main)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

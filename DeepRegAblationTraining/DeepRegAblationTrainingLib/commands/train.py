@@ -21,6 +21,7 @@ from DeepRegAblationLib.losses import REGULARIZERS, SIMILARITIES
 from DeepRegAblationLib.models.variants import VARIANTS
 
 from ..data import PAIR_MODES
+from ..optional_packages import data_command_packages as required_packages  # noqa: F401  (cli.main)
 from ..training.config import TrainConfig, arch_overrides, parse_regularizers, train_data_spec
 from .training_arguments import add_keypoint_arguments, keypoint_arch
 

@@ -6,6 +6,8 @@ from typing import Tuple
 
 import numpy as np
 
+from DeepRegAblationLib.imageio import ImageData, write_image
+
 from ..augment import seed_from
 from .reading import SEG4_T1_INTENSITY
 from .subjects import PathLike
@@ -18,10 +20,10 @@ def write_toy_oasis2d(folder: PathLike, n_subjects: int = 6, shape: Tuple[int, i
 
     Each subject ``OASIS_TOY_xxxx`` gets ``slice_norm.nii.gz`` (float32 in [0, 1]) and
     ``slice_seg4.nii.gz`` (uint8: nested ellipses 0 background, 1 cortex, 3 white matter, 2 deep
-    grey, 4 ventricle) with random sizes, offsets and smooth intensity noise; nibabel shape
-    ``(shape[1], shape[0], 1)`` with the real data's orientation (so arrays are ``(1, *shape)``).
+    grey, 4 ventricle) with random sizes, offsets and smooth intensity noise; NIfTI size
+    ``(shape[1], shape[0], 1)`` with the real data's orientation (so arrays are ``(1, *shape)``). Written
+    with SimpleITK (``imageio.write_image``), so it works in Slicer's Python, which has no nibabel.
     """
-    import nibabel as nib
     from scipy import ndimage
 
     folder = Path(folder)
@@ -46,8 +48,8 @@ def write_toy_oasis2d(folder: PathLike, n_subjects: int = 6, shape: Tuple[int, i
         ids.append(sid)
         sub = folder / sid
         sub.mkdir(parents=True, exist_ok=True)
-        # (K, J, I) = (1, h, w)  ->  nibabel (I, J, K) = (w, h, 1)
-        nib.save(nib.Nifti1Image(image.T[:, :, None], affine), str(sub / "slice_norm.nii.gz"))
-        nib.save(nib.Nifti1Image(labels.T[:, :, None], affine), str(sub / "slice_seg4.nii.gz"))
+        # (K, J, I) = (1, h, w), NIfTI size (I, J, K) = (w, h, 1)
+        write_image(sub / "slice_norm.nii.gz", ImageData(image[None], affine, sid))
+        write_image(sub / "slice_seg4.nii.gz", ImageData(labels[None], affine, sid))
     (folder / "subjects.txt").write_text("\n".join(ids) + "\n")
     return folder

@@ -298,7 +298,9 @@ def teacher_files(folder: PathLike) -> List[Tuple[str, str, Path]]:
 
 class DistillationPairs(torch.utils.data.Dataset):
     """A training :class:`~DeepRegAblationTrainingLib.data.PairDataset` whose items are, with probability
-    ``fraction``, one of the teacher pairs of ``folder`` (with ``"teacher_disp_vox"``), else its own.
+    ``fraction``, one of the teacher pairs of ``folder`` (with ``"teacher_disp_vox"``), else its own. With
+    the base dataset's dataset weights (the 3D brain data) a teacher item first draws its dataset with
+    those weights, then one of that dataset's teacher pairs (the base dataset's own pair where it has none).
 
     A teacher item is augmented as the base dataset augments its pairs (same seeds), and its target is
     the teacher field carried through both augmentations (:func:`augmented_target`). Items are a pure
@@ -327,6 +329,10 @@ class DistillationPairs(torch.utils.data.Dataset):
             )
         self.pairs = [(m, f) for m, f, _ in files]
         self.paths = {(m, f): p for m, f, p in files}
+        datasets = {s.id: str(s.dataset) for s in base.subjects}
+        self.by_dataset: Dict[str, List[Tuple[str, str]]] = {}
+        for moving_id, fixed_id in self.pairs:
+            self.by_dataset.setdefault(datasets[fixed_id], []).append((moving_id, fixed_id))
         for pair in self.pairs:  # every file checked before the first step
             load_teacher(self.paths[pair], self.expected(*pair))
 
@@ -360,7 +366,13 @@ class DistillationPairs(torch.utils.data.Dataset):
         rng = np.random.default_rng(seed_from(self.base.seed, self.base.epoch, int(index), 21))
         if rng.random() >= self.fraction:
             return self.base[index]
-        moving_id, fixed_id = self.pairs[int(rng.integers(len(self.pairs)))]
+        candidates = self.pairs
+        weights = getattr(self.base, "group_weights", None)
+        if weights is not None:  # the datasets keep the base dataset's weights; their teacher pairs are drawn evenly
+            names = sorted(self.base.groups)
+            dataset = names[int(rng.choice(len(names), p=weights))]
+            candidates = self.by_dataset.get(dataset) or self.pairs
+        moving_id, fixed_id = candidates[int(rng.integers(len(candidates)))]
         return self.teacher_item(int(index), moving_id, fixed_id)
 
     def teacher_item(self, index: int, moving_id: str, fixed_id: str) -> Dict[str, Any]:
