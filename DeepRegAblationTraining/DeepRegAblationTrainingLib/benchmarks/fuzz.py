@@ -331,8 +331,10 @@ def _worker(cases_file: str, first: int) -> None:
 
 
 def _lines(proc: subprocess.Popen, out: "queue.Queue[Optional[str]]") -> None:
-    for line in proc.stdout:
-        out.put(line)
+    """The worker's output lines into ``out``, then ``None`` (its end; the pipe is closed)."""
+    with proc.stdout:
+        for line in proc.stdout:
+            out.put(line)
     out.put(None)
 
 
@@ -344,43 +346,44 @@ def run_cases(cases: Sequence[FuzzCase], folder: Path, time_limit_s: float = TIM
     results: Dict[int, Dict[str, object]] = {}
     position = 0
     while position < len(cases):
-        errors = tempfile.TemporaryFile(mode="w+")
-        proc = subprocess.Popen([sys.executable, "-m", _MODULE, "--worker", str(cases_file), str(position)],
-                                stdout=subprocess.PIPE, stderr=errors, text=True,
-                                env=case_environment())
-        lines: "queue.Queue[Optional[str]]" = queue.Queue()
-        threading.Thread(target=_lines, args=(proc, lines), daemon=True).start()
-        current, started = None, time.perf_counter()
-        while True:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                if current is not None and time.perf_counter() - started > time_limit_s:
-                    proc.kill()
-                    results[current] = {"status": "hang", "error": f"over {time_limit_s:.0f} s", "seconds": time_limit_s}
-                    position = current + 1
+        with tempfile.TemporaryFile(mode="w+") as errors:  # the worker's stderr, closed once it is done
+            proc = subprocess.Popen([sys.executable, "-m", _MODULE, "--worker", str(cases_file), str(position)],
+                                    stdout=subprocess.PIPE, stderr=errors, text=True, env=case_environment())
+            lines: "queue.Queue[Optional[str]]" = queue.Queue()
+            threading.Thread(target=_lines, args=(proc, lines), daemon=True).start()
+            current, started = None, time.perf_counter()
+            while True:
+                try:
+                    line = lines.get(timeout=0.5)
+                except queue.Empty:
+                    if current is not None and time.perf_counter() - started > time_limit_s:
+                        proc.kill()
+                        proc.wait()
+                        results[current] = {"status": "hang", "error": f"over {time_limit_s:.0f} s",
+                                            "seconds": time_limit_s}
+                        position = current + 1
+                        break
+                    continue
+                if line is None:  # the worker ended: done, or died on the current case
+                    proc.wait()
+                    if current is None:  # it did not even start: the worker itself is broken
+                        errors.seek(0)
+                        raise RuntimeError(f"the fuzzer's worker failed to start: {errors.read()[-2000:]}")
+                    if current not in results:
+                        results[current] = {"status": "crash", "error": f"worker died (exit status {proc.returncode})",
+                                            "seconds": time.perf_counter() - started}
+                        position = current + 1
+                    else:
+                        position = len(cases)
                     break
-                continue
-            if line is None:  # the worker ended: done, or died on the current case
-                proc.wait()
-                if current is None:  # it did not even start: the worker itself is broken
-                    errors.seek(0)
-                    raise RuntimeError(f"the fuzzer's worker failed to start: {errors.read()[-2000:]}")
-                if current not in results:
-                    results[current] = {"status": "crash", "error": f"worker died (exit status {proc.returncode})",
-                                        "seconds": time.perf_counter() - started}
-                    position = current + 1
-                else:
-                    position = len(cases)
-                break
-            record = json.loads(line)
-            if "start" in record:
-                current, started = int(record["start"]), time.perf_counter()
-                continue
-            results[int(record.pop("index"))] = record
-            position = current + 1
-            if progress is not None and position % 50 == 0:
-                progress(f"{position}/{len(cases)} cases")
+                record = json.loads(line)
+                if "start" in record:
+                    current, started = int(record["start"]), time.perf_counter()
+                    continue
+                results[int(record.pop("index"))] = record
+                position = current + 1
+                if progress is not None and position % 50 == 0:
+                    progress(f"{position}/{len(cases)} cases")
     return [dict(case.__dict__, **results[case.index]) for case in cases]
 
 
@@ -396,12 +399,14 @@ def summary(rows: Sequence[Dict[str, object]]) -> Dict[str, int]:
 
 def markdown(rows: Sequence[Dict[str, object]], command: str, seconds: float) -> str:
     """The fuzzer's section: counts per seed file and mutation family, the slowest case, every finding."""
+    from ..reports.tables import markdown_from_docstring
+
     total = summary(rows)
     lines = [
         "## Fuzzer: mutated headers and bytes of real NIfTI and NRRD files", "",
         f"Produced by `{command}` ({len(rows)} seeded cases, {seconds:.0f} s); the slow test "
         "`Testing/Python/test_fuzz.py` runs the same cases and asserts no finding.", "",
-        __doc__.strip().split("\n\n", 1)[1], "",
+        markdown_from_docstring(__doc__.strip().split("\n\n", 1)[1]), "",
         f"- cases: {len(rows)}; refused naming the file: {total['refused']}; accepted with a finite result: "
         f"{total['accepted']}",
         f"- refused without naming the file: {total['unnamed']}; accepted with NaN / inf: {total['non-finite']}; "

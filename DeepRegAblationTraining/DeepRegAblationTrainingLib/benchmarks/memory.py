@@ -209,6 +209,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
                      f"{'yes' if r['labels'] else 'no'} | {r['refine'] or 'off'} | {memory} | {per_voxel} | "
                      f"{r.get('seconds', float('nan')):.0f} |")
     slopes = _slopes(rows)
+    if all(value == "-" for value in slopes.values()):  # one size: no slope
+        return "\n".join(lines) + "\n"
     lines += ["", "Bytes per added voxel between consecutive sizes (peak RSS difference / voxel difference; a "
               "constant value means memory linear in the voxel count):", ""]
     lines += [f"- `{case}`: {value}" for case, value in slopes.items()]
@@ -226,9 +228,11 @@ def memory_section(sizes: str, cases: str, cache: Path, threads: int, scene: boo
                          [c.strip() for c in cases.split(",") if c.strip()])
     start = time.perf_counter()
     rows = run_memory_cases(planned, Path(cache), threads, no_scene=not scene)
+    from ..reports.tables import markdown_from_docstring
+
     text = "\n".join([
         "## Memory: peak resident memory of `register` per voxel", "",
-        __doc__.strip().split("\n\n", 1)[1], "",
+        markdown_from_docstring(__doc__.strip().split("\n\n", 1)[1]), "",
         f"Setup: {threads} CPU thread(s) per case, outputs {'with' if scene else 'without'} the Slicer scene "
         f"(`--no-scene` {'not ' if scene else ''}given); wall time of this part {time.perf_counter() - start:.0f} s.", "",
         markdown_table(rows),

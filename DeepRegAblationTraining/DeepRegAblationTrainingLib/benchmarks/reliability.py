@@ -504,12 +504,16 @@ def memory_markdown(paths: Sequence[Path]) -> str:
              "command in its own process, its peak RSS from the kernel, `ru_maxrss`); the pair is the MNI152 "
              "template on a 200 x 240 x 200 mm field of view at 1, 0.7 and 0.5 mm and itself moved rigidly. "
              "`registration.memory` refuses a run whose estimated need exceeds the available memory before any "
-             "work (see the cases above), and skips the Slicer scene with a warning when it cannot fit.", ""]
+             "work (see the cases above), and skips the Slicer scene with a warning when it cannot fit. These "
+             "tables are not measured by this report's command (the 0.5 mm case alone takes minutes and about 4.3 GB): "
+             "each is read from the rows a `bench --memory` run saved, and that run's command stands above it.", ""]
     for path in paths:
         if not Path(path).is_file():
             continue
         payload = json.loads(Path(path).read_text())
-        parts += [f"Produced by `{payload['command']}`:", "", memory.markdown_table(payload["rows"])]
+        report = Path(path).with_name(Path(path).name.replace(".memory.json", ".md"))
+        parts += [f"Produced by `{payload['command']}` (rows: `{Path(path).as_posix()}`; its full report, machine "
+                  f"and date: `{report.as_posix()}`):", "", memory.markdown_table(payload["rows"])]
     return "\n".join(parts) + "\n"
 
 
