@@ -16,7 +16,7 @@ Conventions (see ``docs/architecture.md``):
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,6 +29,10 @@ LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
 _SNAP_TOLERANCE_VOX = 1e-8  # continuous float64 indices this close to an integer are exact grid points
 _SNAP_TOLERANCE_VOX_FLOAT32 = 5e-5  # the same for float32 indices (one float32 step at index 256 is 1.5e-5)
 _CHUNK_POINTS = 1 << 21  # sampling works on chunks of ~2M points to bound memory
+CHUNK_VOXELS = 1 << 21
+"""Whole-grid work (resampling here, the full-resolution steps of ``registration.pipeline``, the metrics) runs
+on slabs of about this many voxels along the first array axis (:func:`slabs`), so that its working memory does
+not grow with the image; a volume of at most this size is one slab."""
 
 
 # --------------------------------------------------------------------------- matrices
@@ -408,6 +412,15 @@ def resample_to_grid(
 
 
 # --------------------------------------------------------------------------- whole grids (the pipeline's fast path)
+def slabs(shape: Sequence[int], chunk_voxels: Optional[int] = None) -> List[Tuple[int, int]]:
+    """``[(k0, k1), ...]``: consecutive ranges of the first axis of a ``(K, ...)`` grid covering it, each of about
+    ``chunk_voxels`` voxels (default :data:`CHUNK_VOXELS`; at least one slice per slab)."""
+    shape = tuple(int(n) for n in shape)
+    per_slice = max(1, int(np.prod(shape[1:], dtype=np.int64)))
+    step = max(1, int(chunk_voxels or CHUNK_VOXELS) // per_slice)
+    return [(k0, min(k0 + step, shape[0])) for k0 in range(0, shape[0], step)]
+
+
 def index_map(src_ijk_to_ras: ArrayLike, dst_ijk_to_ras: ArrayLike) -> np.ndarray:
     """``(4, 4)`` destination voxel ``(i, j, k)`` -> source continuous voxel ``(i, j, k)``: ``src^-1 @ dst``."""
     src = validate_ijk_to_ras(src_ijk_to_ras, "src_ijk_to_ras")
@@ -421,28 +434,32 @@ def affine_on_grid(
     linear: Optional[np.ndarray] = None,
     field: Optional[torch.Tensor] = None,
     dtype: torch.dtype = torch.float32,
+    start: Sequence[int] = (0, 0, 0),
 ) -> torch.Tensor:
-    """``matrix @ (i, j, k, 1) + linear @ field`` at every voxel of a ``(K, J, I)`` grid.
+    """``matrix @ (i, j, k, 1) + linear @ field`` at every voxel of a ``(K, J, I)`` grid (or a block of one).
 
     Each output row is computed in float64 from the voxel indices and then rounded to ``dtype``
-    (integer results stay exact); the field part is added in ``dtype``.
+    (integer results stay exact); the field part is added in ``dtype``. Every voxel's value depends on its
+    indices and field vector alone, so a block (``start``) holds exactly the values of the whole grid there.
 
     Args:
         matrix: ``(3 or 4, 4)``; its first three rows give the three output channels (``None``: 0).
-        shape: ``(K, J, I)``.
+        shape: ``(K, J, I)`` of the grid, or of the block of it that starts at ``start``.
         linear: ``(3, C)`` applied to ``field`` (``None``: no field part).
-        field: ``(C, K, J, I)`` tensor on the same grid.
+        field: ``(C, K, J, I)`` tensor on the same grid (block).
+        start: ``(k0, j0, i0)``: the block's first voxel in the whole grid (the indices ``matrix`` applies to).
 
     Returns:
         ``(3, K, J, I)`` in ``dtype``.
     """
     k_size, j_size, i_size = _shape3(shape)
+    k0, j0, i0 = (int(n) for n in start)
     out = torch.zeros((3, k_size, j_size, i_size), dtype=dtype)
     if matrix is not None and np.any(np.asarray(matrix)[:3] != 0):
         matrix = np.asarray(matrix, dtype=np.float64)
-        i = np.arange(i_size, dtype=np.float64)
-        j = np.arange(j_size, dtype=np.float64)[:, None]
-        k = np.arange(k_size, dtype=np.float64)[:, None, None]
+        i = np.arange(i0, i0 + i_size, dtype=np.float64)
+        j = np.arange(j0, j0 + j_size, dtype=np.float64)[:, None]
+        k = np.arange(k0, k0 + k_size, dtype=np.float64)[:, None, None]
         for row in range(3):
             m = matrix[row]
             out[row] = torch.from_numpy((m[2] * k + m[3]) + (m[1] * j + m[0] * i))
@@ -459,27 +476,32 @@ def affine_on_grid(
 
 
 def _exact_index_view(
-    volume: np.ndarray, matrix: np.ndarray, dst_shape: Tuple[int, int, int], fill_value: Optional[float]
+    volume: np.ndarray, matrix: np.ndarray, dst_shape: Tuple[int, int, int], fill_value: Optional[float],
+    k_range: Optional[Tuple[int, int]] = None,
 ) -> Optional[np.ndarray]:
     """Copy voxels when every destination voxel IS a source voxel (no interpolation), else ``None``.
 
     That is the case when ``matrix`` (destination ``ijk`` -> source ``ijk``) is a signed
     permutation with an integer offset: same spacing, axes permuted or flipped, shifted by whole
     voxels (e.g. a volume and its closest-RAS view, or a crop / pad). Outside the source:
-    ``fill_value``, or the nearest border voxel when ``None``.
+    ``fill_value``, or the nearest border voxel when ``None``. ``k_range``: only the destination
+    slices ``k0 <= k < k1``.
     """
     linear, offset = matrix[:3, :3], matrix[:3, 3]
     signs = np.round(linear)
     if (np.abs(linear - signs).max() > 1e-9 or np.abs(offset - np.round(offset)).max() > 1e-6
             or not np.all(np.abs(signs).sum(axis=0) == 1) or not np.all(np.abs(signs).sum(axis=1) == 1)):
         return None
-    src_sizes_ijk = volume.shape[1:][::-1]
+    ranges = [(0, n) for n in dst_shape]
+    if k_range is not None:
+        ranges[0] = (int(k_range[0]), int(k_range[1]))
     axes, indices = [], []
     for dst_axis in (2, 1, 0):  # destination array axes k, j, i
         src_axis = int(np.argmax(np.abs(signs[:, dst_axis])))
         axes.append(3 - src_axis)  # array axis of the source (channel axis first)
-        n = dst_shape[2 - dst_axis]
-        indices.append((signs[src_axis, dst_axis] * np.arange(n) + np.round(offset[src_axis])).astype(np.int64))
+        first, last = ranges[2 - dst_axis]
+        index = signs[src_axis, dst_axis] * np.arange(first, last) + np.round(offset[src_axis])
+        indices.append(index.astype(np.int64))
     out = np.transpose(volume, [0] + axes)
     sizes = out.shape[1:]
     for axis, index in enumerate(indices):
@@ -497,7 +519,8 @@ def _exact_index_view(
     return np.ascontiguousarray(out)
 
 
-def affine_after_displacement(transform: np.ndarray, disp_ras_mm: torch.Tensor, ijk_to_ras: ArrayLike) -> torch.Tensor:
+def affine_after_displacement(transform: np.ndarray, disp_ras_mm: torch.Tensor, ijk_to_ras: ArrayLike,
+                              k_start: int = 0) -> torch.Tensor:
     """``T(p + v(p)) - p`` at every voxel ``p`` of a grid: a point transform applied after a displacement.
 
     With ``T`` the affine part ``A`` and ``v`` the deformable part, this is the total
@@ -505,15 +528,17 @@ def affine_after_displacement(transform: np.ndarray, disp_ras_mm: torch.Tensor, 
 
     Args:
         transform: ``(4, 4)`` RAS point transform ``T``.
-        disp_ras_mm: ``(3, K, J, I)`` tensor ``v``, RAS mm, channels ``(x, y, z)``.
-        ijk_to_ras: ``(4, 4)`` of the grid.
+        disp_ras_mm: ``(3, K, J, I)`` tensor ``v``, RAS mm, channels ``(x, y, z)``: the whole grid, or the slab of
+            it that starts at slice ``k_start`` (the values are those of the whole grid there).
+        ijk_to_ras: ``(4, 4)`` of the (whole) grid.
 
     Returns:
         ``(3, K, J, I)`` float32, RAS mm.
     """
     transform = np.asarray(transform, dtype=np.float64)
     grid = validate_ijk_to_ras(ijk_to_ras)
-    return affine_on_grid((transform - np.eye(4)) @ grid, disp_ras_mm.shape[1:], linear=transform[:3, :3], field=disp_ras_mm)
+    return affine_on_grid((transform - np.eye(4)) @ grid, disp_ras_mm.shape[1:], linear=transform[:3, :3],
+                          field=disp_ras_mm, start=(k_start, 0, 0))
 
 
 def resample_channels(
@@ -523,14 +548,17 @@ def resample_channels(
     dst_shape: Sequence[int],
     mode: str = "linear",
     fill_value: Optional[float] = 0.0,
+    k_range: Optional[Tuple[int, int]] = None,
 ) -> np.ndarray:
     """Resample a ``(C, K, J, I)`` volume onto another grid: ``(C, K', J', I')``.
 
     Voxels are copied when the grids share their voxel lattice (see ``_exact_index_view``);
-    otherwise the source voxel indices of all destination voxels come from
-    :func:`affine_on_grid` and :func:`sample_voxels` samples them (float32 for linear, float64
-    for nearest so that integer labels stay exact). ``fill_value=None`` extends the border
+    otherwise the source voxel indices of the destination voxels come from :func:`affine_on_grid`,
+    one slab at a time (:func:`slabs`), and :func:`sample_voxels` samples them (float32 for linear,
+    float64 for nearest so that integer labels stay exact). ``fill_value=None`` extends the border
     values (fields). Linear results are float32; nearest results keep ``volume.dtype``.
+    ``k_range=(k0, k1)``: only the destination slices ``k0 <= k < k1`` (``(C, k1 - k0, J', I')``, the
+    values of the whole result there).
     """
     dst_shape = _shape3(dst_shape, "dst_shape")
     volume = np.asarray(volume)
@@ -538,13 +566,20 @@ def resample_channels(
         raise ValueError(f"volume must be (C, K, J, I), got shape {volume.shape}")
     if mode not in ("linear", "nearest"):
         raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    first, last = (0, dst_shape[0]) if k_range is None else (int(k_range[0]), int(k_range[1]))
+    if not 0 <= first < last <= dst_shape[0]:
+        raise ValueError(f"k_range {k_range} is not a range of slices of a grid of shape {dst_shape}")
     matrix = index_map(src_ijk_to_ras, dst_ijk_to_ras)
-    exact = _exact_index_view(volume, matrix, dst_shape, fill_value)
+    exact = _exact_index_view(volume, matrix, dst_shape, fill_value, (first, last))
     if exact is not None:
         return exact.astype(np.float32, copy=False) if mode == "linear" else exact
-    coords = affine_on_grid(matrix[[2, 1, 0]], dst_shape)  # (k, j, i) source indices
-    values = sample_voxels(_volume_tensor(volume, mode), coords, mode, fill_value).numpy()
-    return values if mode == "linear" else values.astype(volume.dtype)
+    source = _volume_tensor(volume, mode)
+    block = (last - first,) + dst_shape[1:]
+    out = np.empty((volume.shape[0],) + block, dtype=np.float32 if mode == "linear" else volume.dtype)
+    for k0, k1 in slabs(block):  # the source indices of one slab at a time: memory does not grow with the grid
+        coords = affine_on_grid(matrix[[2, 1, 0]], (k1 - k0,) + block[1:], start=(first + k0, 0, 0))  # (k, j, i)
+        out[:, k0:k1] = sample_voxels(source, coords, mode, fill_value).numpy()
+    return out
 
 
 def center_of_mass_ras(weights: np.ndarray, ijk_to_ras: ArrayLike) -> np.ndarray:

@@ -11,15 +11,15 @@ import gzip
 import os
 import tempfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import geometry
+from . import geometry, nifti_header, nifti_writer
 from .nifti_header import NiftiHeaderError, parse_nifti_header
+from .percentiles import linear_percentiles
 
 PathLike = Union[str, Path]
 
@@ -128,14 +128,27 @@ def validate_image(image: ImageData, name: str, kind: Optional[str] = None) -> I
 
 
 # --------------------------------------------------------------------------- intensities
-def intensity_window(array: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> Tuple[float, float]:
-    """Robust intensity range: the ``low_pct`` and ``high_pct`` percentiles of all voxels."""
+def intensity_window(array: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0,
+                     overwrite_input: bool = False) -> Tuple[float, float]:
+    """Robust intensity range: the ``low_pct`` and ``high_pct`` percentiles of all voxels.
+
+    Exactly ``np.percentile`` of the voxels as float64 (its default, linear method). Images whose values float32
+    holds exactly (float32, integers of up to 16 bits) are partitioned as float32 (4 bytes per voxel instead of 8;
+    ``overwrite_input``: a float32 array is partitioned in place, e.g. a temporary the caller no longer needs).
+    """
     if not 0.0 <= low_pct < high_pct <= 100.0:
         raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}")
-    values = np.asarray(array, dtype=np.float64).reshape(-1)
-    if values.size == 0:
+    array = np.asarray(array)
+    if array.size == 0:
         raise ValueError("array is empty: no intensity window")
-    low, high = np.percentile(values, [low_pct, high_pct])
+    if array.dtype == np.float32 or (array.dtype.kind in "iub" and array.dtype.itemsize <= 2):
+        own = overwrite_input and array.dtype == np.float32 and array.flags.writeable and array.flags.c_contiguous
+        low, high = linear_percentiles(array.reshape(-1) if own else array.astype(np.float32).reshape(-1),
+                                       (low_pct, high_pct))
+        return low, high
+    values = np.asarray(array, dtype=np.float64).reshape(-1)
+    own_copy = overwrite_input or not np.shares_memory(values, array)  # partition a copy in place: one copy, not two
+    low, high = np.percentile(values, [low_pct, high_pct], overwrite_input=own_copy)
     return float(low), float(high)
 
 
@@ -153,7 +166,9 @@ def normalize_intensity(
     array = np.asarray(array, dtype=np.float32)
     if not high > low:
         return np.zeros(array.shape, dtype=np.float32)
-    return np.clip((array - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    out = np.subtract(array, low, dtype=np.float32)  # one array, updated in place
+    np.divide(out, high - low, out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 # --------------------------------------------------------------------------- files
@@ -243,7 +258,12 @@ def read_image(path: PathLike, name: Optional[str] = None, kind: str = "image") 
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = direction * spacing[None, :]
     ijk_to_lps[:3, 3] = origin
-    image = ImageData(array, geometry.ijk_to_ras_from_lps(ijk_to_lps), _name_from_path(path))
+    try:
+        image = ImageData(array, geometry.ijk_to_ras_from_lps(ijk_to_lps), _name_from_path(path))
+    except ValueError as exc:  # e.g. a spacing so small that the matrix is numerically singular
+        raise ImageReadError(f"{what} has an unusable geometry: {exc}") from None
+    if path.name.lower().endswith((".nii", ".nii.gz")):  # qform vs sform: placed as ITK / Slicer do, reported
+        nifti_header.warn_header_disagreements(path, what, image.ijk_to_ras)
     return validate_image(image, what, kind)
 
 
@@ -356,6 +376,16 @@ def _nifti_header(head: bytes, what: str):
     return header
 
 
+def _voxel_offset(vox_offset: float, header_bytes: int, what: str) -> int:
+    """Where the voxels of a single-file NIfTI start: ``vox_offset`` (an offset inside the header means right after
+    it and its 4-byte extension flag, as the NIfTI library reads it); NaN, inf, a negative or a fractional offset is
+    a corrupt header."""
+    if not np.isfinite(vox_offset) or vox_offset < 0 or vox_offset != int(vox_offset) or vox_offset > 2**40:
+        raise ImageReadError(f"{what} declares an invalid voxel data offset (NIfTI vox_offset {vox_offset!r}): a "
+                             f"corrupt header")
+    return max(int(vox_offset), abs(int(header_bytes)) + 4)
+
+
 def _check_nifti_file(path: Path, what: str) -> None:
     """Check a NIfTI file against its own header, reading its whole (decompressed) byte stream.
 
@@ -393,7 +423,7 @@ def _check_nifti_file(path: Path, what: str) -> None:
                 dtype = header.get_data_dtype()
             except (KeyError, ValueError):
                 raise ImageReadError(f"{what} has an unknown NIfTI datatype code {int(header['datatype'])}") from None
-            offset = int(header.get_data_offset())
+            offset = _voxel_offset(float(header["vox_offset"]), int(header["sizeof_hdr"]), what)
             expected = offset + int(np.prod(shape)) * dtype.itemsize
             while True:
                 chunk = stream.read(_READ_CHUNK_BYTES)
@@ -467,16 +497,12 @@ def write_image(path: PathLike, image: ImageData, compress: bool = True) -> Path
     return write_itk_image(itk_image, path, compress)
 
 
-GZIP_CHUNK_BYTES = 1 << 22
-"""``.nii.gz`` files are compressed in chunks of 4 MiB, each a gzip member, on several threads."""
-
-
 def write_itk_image(itk_image, path: PathLike, compress: bool = True, threads: Optional[int] = None) -> Path:
     """Write a SimpleITK image; a ``.nii.gz`` is compressed on ``threads`` threads (default: CPU count).
 
     ITK writes the uncompressed ``.nii`` (same header and data as its own ``.nii.gz``) and the
-    file is then gzip-compressed in independent chunks, one gzip member each (RFC 1952 allows a
-    series of members; ITK, nibabel and ``gzip`` read them as one stream). The file appears
+    file is then gzip-compressed in independent chunks, one gzip member each
+    (``nifti_writer.write_gzip_members``: a few chunks in memory at a time). The file appears
     atomically. Other formats go through ``sitk.WriteImage``.
     """
     import SimpleITK as sitk
@@ -488,26 +514,10 @@ def write_itk_image(itk_image, path: PathLike, compress: bool = True, threads: O
         return path
     fd, raw_name = tempfile.mkstemp(prefix=path.name[: -len(".gz")] + ".", suffix=".nii", dir=str(path.parent))
     os.close(fd)
-    part = path.with_name(path.name + ".part")
     try:
         sitk.WriteImage(itk_image, raw_name, useCompression=False)
-        raw = Path(raw_name).read_bytes()
-        chunks = [raw[i : i + GZIP_CHUNK_BYTES] for i in range(0, len(raw), GZIP_CHUNK_BYTES)] or [b""]
-        workers = max(1, min(len(chunks), os.cpu_count() or 1) if threads is None else int(threads))
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # zlib releases Python's lock
-            members = list(pool.map(_gzip_member, chunks))
-        with open(part, "wb") as handle:
-            for member in members:
-                handle.write(member)
-        os.replace(part, path)
+        nifti_writer.write_gzip_members(path, nifti_writer.file_chunks(raw_name), threads)
     finally:
-        for leftover in (Path(raw_name), part):
-            if leftover.exists():
-                leftover.unlink()
+        if Path(raw_name).exists():
+            Path(raw_name).unlink()
     return path
-
-
-def _gzip_member(data: bytes) -> bytes:
-    """One complete gzip member (header, deflate stream at level 1: fast, and float images barely compress further)."""
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return compressor.compress(data) + compressor.flush()

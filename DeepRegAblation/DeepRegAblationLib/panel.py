@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .options import ALIGNMENT_CHOICES, VARIANT_IDS, RefineArgument, parse_variants, refine_cli_arguments
-from .progress import parse_error_line, parse_progress_line
+from .progress import parse_error_line, parse_progress_line, parse_warning_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from .registration.result import RegistrationResult
 
 __all__ = [
-    "DisplaySettings", "RegistrationOutcome", "RegistrationJob", "checkpoint_problem", "models_to_run",
+    "DisplaySettings", "RegistrationOutcome", "RegistrationJob", "checkpoint_problem", "checkpoint_files_problem",
+    "models_to_run",
     "initial_alignment_argument", "register_arguments", "register_command", "library_paths", "python_executable",
     "process_environment", "load_results", "metrics_summary", "version_tuple", "CLI_MODULE", "LIBRARY_PACKAGES",
     "StartGuard",
@@ -86,6 +87,7 @@ class RegistrationOutcome:
     fixedVolume: the fixed volume node the results live on.
     nodes: variant -> dict of output nodes (``scene.add_registration_to_scene`` keys).
     metrics: variant -> metrics dict; table: the metrics table node.
+    warnings: variant -> warnings about inputs outside what the models know (``RegistrationResult.warnings``).
     """
 
     status: str
@@ -94,17 +96,23 @@ class RegistrationOutcome:
     nodes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
     table: Any = None
+    warnings: Dict[str, List[str]] = field(default_factory=dict)
 
     @classmethod
     def done(cls, fixed_volume: Any, results: Sequence["RegistrationResult"], nodes: Dict[str, Dict[str, Any]],
              table: Any) -> "RegistrationOutcome":
         """The outcome of results added to the scene (``nodes`` by variant, the metrics ``table`` node)."""
         return cls(status="done", fixedVolume=fixed_volume, nodes=dict(nodes),
-                   metrics={result.variant: dict(result.metrics) for result in results}, table=table)
+                   metrics={result.variant: dict(result.metrics) for result in results}, table=table,
+                   warnings={result.variant: list(getattr(result, "warnings", [])) for result in results})
 
     def summaryLines(self) -> List[str]:
-        """:func:`metrics_summary` of every variant."""
-        return [metrics_summary(variant, values) for variant, values in self.metrics.items()]
+        """:func:`metrics_summary` of every variant, each followed by its warnings (``"variant: warning: ..."``)."""
+        lines = []
+        for variant, values in self.metrics.items():
+            lines.append(metrics_summary(variant, values))
+            lines += [f"{variant}: warning: {message}" for message in self.warnings.get(variant, [])]
+        return lines
 
 
 # --------------------------------------------------------------------------- the background run
@@ -130,10 +138,12 @@ class RegistrationJob:
     start_time: float = field(default_factory=time.time)
     error_lines: List[str] = field(default_factory=list)
     tail_lines: List[str] = field(default_factory=list)
+    warning_lines: List[str] = field(default_factory=list)
 
     def handle_line(self, line: str) -> None:
         """One output line: progress lines go to ``on_progress`` (and their message to ``on_log``),
-        ``error:`` lines are kept for the failure message, any other non-blank line is logged."""
+        ``error:`` lines are kept for the failure message, ``warning:`` lines in ``warning_lines`` (each
+        once), any other non-blank line is logged."""
         if not line.strip():
             return
         progress = parse_progress_line(line)
@@ -145,6 +155,11 @@ class RegistrationJob:
         error = parse_error_line(line)
         if error is not None:
             self.error_lines.append(error)
+        warning = parse_warning_line(line)
+        if warning is not None:
+            if warning in self.warning_lines:
+                return  # the command repeats its warnings beside the metrics table
+            self.warning_lines.append(warning)
         self.tail_lines = (self.tail_lines + [line])[-TAIL_LINES:]
         self.on_log(line)
 
@@ -275,9 +290,23 @@ def checkpoint_problem(path: str, variants: Union[str, Sequence[str]]) -> str:
         if len(ids) != 1:
             return ("A checkpoint file holds one variant: choose that variant, or give a folder of "
                     "<variant>.pt checkpoints to compare all four.")
-        return ""
+        return checkpoint_files_problem([path])
     missing = [f"{v}.pt" for v in ids if not os.path.isfile(os.path.join(path, f"{v}.pt"))]
-    return f"The checkpoint folder lacks {', '.join(missing)}." if missing else ""
+    if missing:
+        return f"The checkpoint folder lacks {', '.join(missing)}."
+    return checkpoint_files_problem([os.path.join(path, f"{v}.pt") for v in ids])
+
+
+def checkpoint_files_problem(paths: Sequence[str]) -> str:
+    """The first checkpoint file of ``paths`` that is cut short, corrupt or not a checkpoint, in plain words
+    (``checkpoint_files.checkpoint_file_problem``, no PyTorch); "" when every file is a complete archive."""
+    from .checkpoint_files import checkpoint_file_problem
+
+    for path in paths:
+        problem = checkpoint_file_problem(path)
+        if problem:
+            return f"The checkpoint {os.path.basename(path)} ({path}) {problem}."
+    return ""
 
 
 def models_to_run(model: Any, variants: Union[str, Sequence[str]], ndim: int) -> List[Any]:

@@ -7,16 +7,18 @@ Unix-only module) never stop another command or the help from working. Bad input
 ``error: <message>`` on stderr and exit status 2, never a Python trace; so does a missing package
 (PyTorch above all: ``optional_packages.missing_module_message``). A command module may list the
 optional packages its arguments need (``required_packages(args)``): they are checked, or installed
-inside Slicer, before the command starts (``optional_packages.ensure_packages``).
+inside Slicer, before the command starts (``optional_packages.ensure_packages``). Python warnings are
+printed as one line ``warning: <message>`` (the Slicer panel shows both in its status log).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Callable, List, Optional, Sequence
 
-from DeepRegAblationLib.progress import error_line
+from DeepRegAblationLib.progress import error_line, warning_line
 
 from .optional_packages import ensure_packages, missing_module_message
 
@@ -82,8 +84,10 @@ def main(argv: Optional[List[str]] = None, installer: Optional[Callable[[str], N
         return 2
     args = parser.parse_args(argv)
     try:
-        ensure_packages(args._packages(args), args.command, installer)  # before step 1: never after hours of training
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():  # restores the usual display afterwards
+            warnings.showwarning = _show_warning
+            ensure_packages(args._packages(args), args.command, installer)  # before step 1: never after hours of training
+            return int(args._run(args) or 0)
     except ModuleNotFoundError as exc:
         print(error_line(missing_module_message(exc, args.command)), file=sys.stderr)
         return 2
@@ -93,6 +97,11 @@ def main(argv: Optional[List[str]] = None, installer: Optional[Callable[[str], N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one ``warning: <message>`` line on stderr (no file, line or category)."""
+    print(warning_line(str(message)), file=sys.stderr if file is None else file, flush=True)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
 from DeepRegAblationLib.options import ALL_VARIANTS, VARIANT_IDS
 from DeepRegAblationLib.progress import progress_line, step_line
 
+from .output_lock import clean_leftover_staging, output_lock
 from .register_outputs import (
     prepare_out_dir, staged_output, write_marker, write_panel_outputs, write_summary, write_variant_outputs,
 )
@@ -34,6 +36,12 @@ def load_models(model: Optional[Path], variants: List[str], ndim: int) -> Dict[s
         print(untrained_warning(names, ndim), file=sys.stderr)
 
     return {name: loaded.model for name, loaded in resolve_models(model, variants, ndim, on_untrained=warn).items()}
+
+
+def _metrics_only(result) -> SimpleNamespace:
+    """What the summary needs of a written result when no scene is written: its variant and metrics (its arrays
+    go, so that the memory of ``--variant all`` does not grow with the number of variants)."""
+    return SimpleNamespace(variant=result.variant, metrics=result.metrics, warnings=list(result.warnings))
 
 
 def progress_printer(done: int, total: int) -> Callable[[float, str], None]:
@@ -79,6 +87,13 @@ def run_register(args: argparse.Namespace) -> Path:
 
     resolve_device(args.device)  # "cuda" without CUDA fails before any work
     out: Path = args.out
+    with output_lock(out, "deepreg-ablation register"):  # a second run into --out is refused at once
+        clean_leftover_staging(out)  # what killed runs left beside --out
+        return _register_into(args, out, register)
+
+
+def _register_into(args: argparse.Namespace, out: Path, register) -> Path:
+    """:func:`run_register` once it holds ``--out``'s lock."""
     rerun = prepare_out_dir(out)
     t0 = time.perf_counter()
     fixed, moving, fixed_labels, moving_labels = _read_inputs(args)
@@ -86,6 +101,8 @@ def run_register(args: argparse.Namespace) -> Path:
     ndim = 2 if fixed.is_2d else 3
     variants = list(VARIANT_IDS) if args.variant == ALL_VARIANTS else [args.variant]
     models = load_models(args.model, variants, ndim)
+    npz_only = getattr(args, "npz_only", False)  # the Slicer panel: only what it reads back
+    scene = not (args.no_scene or npz_only)
 
     if rerun:
         print(f"note: replacing the earlier 'deepreg-ablation register' results in {out}")
@@ -101,11 +118,12 @@ def run_register(args: argparse.Namespace) -> Path:
                 initial_alignment=args.init_align,
             )
             result.timings["read"] = read_s
-            if getattr(args, "npz_only", False):  # the Slicer panel: only what it reads back
+            if npz_only:
                 written = write_panel_outputs(staging / variant, result)
             else:
                 written = write_variant_outputs(staging / variant, fixed, moving, result, args.save_npz)
             print(f"      wrote {', '.join(p.name for p in written)} in {out / variant}", flush=True)
-            results.append(result)
-        write_summary(staging, fixed, moving, results, scene=not (args.no_scene or getattr(args, "npz_only", False)))
+            results.append(result if scene else _metrics_only(result))
+            result = written = None  # not held while the next variant registers
+        write_summary(staging, fixed, moving, results, scene=scene)
     return out

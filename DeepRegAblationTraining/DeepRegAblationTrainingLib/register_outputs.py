@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
+from DeepRegAblationLib.progress import warning_line
+
 __all__ = [
     "MARKER", "prepare_out_dir", "write_marker", "staged_output", "write_variant_outputs", "write_panel_outputs",
     "write_summary", "format_table",
@@ -114,7 +116,9 @@ def _write_snapshots(out_dir: Path, fixed, moving, result) -> List[Path]:
 
 def _write_scene(out_dir: Path, fixed, moving, results) -> Path:
     from DeepRegAblationLib import scene
+    from DeepRegAblationLib.registration.memory import check_scene_memory
 
+    check_scene_memory(fixed, len(results))  # skipped with a warning when it cannot fit
     return scene.write_results_scene(out_dir, fixed, moving, results)
 
 
@@ -154,6 +158,9 @@ def write_summary(out: Path, fixed, moving, results, extra_columns: Optional[Dic
     print()
     print(format_table(records, extra=sorted({k for cols in (extra_columns or {}).values() for k in cols})))
     print()
+    for result in results:  # again beside the numbers they concern (the panel's status log shows them too)
+        for message in getattr(result, "warnings", []):
+            print(warning_line(f"{result.variant}: {message}"), flush=True)
     print(f"metrics: {csv_path.name} {json_path.name}")
     if scene_files:
         print(f"Slicer scene: {os.path.relpath(scene_files[0], out)}")  # one path may be absolute, the other relative

@@ -17,8 +17,7 @@ import sys
 import pytest
 
 from conftest import SHARED_DATA
-from DeepRegAblationLib import imageio
-from DeepRegAblationLib.outputs import exports
+from DeepRegAblationLib import imageio, nifti_writer
 from DeepRegAblationLib.imageio import ImageReadError, read_image
 from DeepRegAblationTrainingLib import cli, data
 from DeepRegAblationTrainingLib.benchmarks import reliability
@@ -115,18 +114,17 @@ def _run_register(capsys, inputs, out, fixed=None):
 def test_full_disk_while_writing_leaves_no_half_written_out(inputs, tmp_path, capsys, monkeypatch):
     """A write raising OSError(ENOSPC) after some files were written: exit 2, one error line, --out
     absent (first run) or holding the earlier complete results (re-run), no temporary folder left."""
-    real_write = imageio.write_itk_image  # every NIfTI result is written through it
+    real_write = nifti_writer.write_gzip_members  # every .nii.gz result is written through it
     calls = []
 
-    def write_until_full(image, path, *args, **kwargs):
+    def write_until_full(path, chunks, *args, **kwargs):
         calls.append(path)
         if len(calls) > 1:  # the first file is written, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(image, path, *args, **kwargs)
+        return real_write(path, chunks, *args, **kwargs)
 
     def use_writer(writer):
-        monkeypatch.setattr(imageio, "write_itk_image", writer)
-        monkeypatch.setattr(exports, "write_itk_image", writer)  # exports holds its own reference
+        monkeypatch.setattr(nifti_writer, "write_gzip_members", writer)
 
     out = tmp_path / "out"
     use_writer(write_until_full)

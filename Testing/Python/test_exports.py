@@ -129,7 +129,8 @@ def test_metrics_table_columns_and_nan(tmp_path, registered):
     assert rows[0] == ["variant", "dice", "hd95_mm", "folding_pct", "sdlogj", "mse", "ncc", "ssim", "max_disp_mm", "runtime_s", "metrics_s"]
     assert [r[0] for r in rows[1:]] == ["affine_basic", "regloss"]
     records = json.loads(json_path.read_text())
-    assert [list(r) for r in records] == [list(exports.METRIC_COLUMNS)] * 2
+    assert [list(r) for r in records] == [list(exports.METRIC_COLUMNS) + ["warnings"]] * 2  # warnings: JSON only
+    assert records[0]["warnings"] == result.warnings
     assert records[0]["dice"] == pytest.approx(result.metrics["dice"]) and records[1]["dice"] == 0.75
     assert records[0]["variant"] == "affine_basic"
     nan_result = RegistrationResult(**{**result.__dict__, "metrics": {**result.metrics, "hd95_mm": float("nan")}})

@@ -106,9 +106,9 @@ def test_nii_gz_is_written_as_parallel_gzip_members_that_readers_accept(tmp_path
 
     import nibabel as nib
 
-    from DeepRegAblationLib import imageio
+    from DeepRegAblationLib import imageio, nifti_writer
 
-    monkeypatch.setattr(imageio, "GZIP_CHUNK_BYTES", 1000)  # many members even for a small image
+    monkeypatch.setattr(nifti_writer, "GZIP_CHUNK_BYTES", 1000)  # many members even for a small image
     rng = np.random.default_rng(0)
     array = rng.normal(size=(9, 11, 13)).astype(np.float32)
     matrix = np.diag([1.5, 0.8, 2.0, 1.0])

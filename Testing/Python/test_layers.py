@@ -27,19 +27,19 @@ Layer = Tuple[str, Tuple[str, ...]]  # (library, units)
 LAYERS: Tuple[Layer, ...] = (
     # the core, DeepRegAblationLib
     (CORE, ("options", "progress")),                  # user options and the progress protocol: plain Python
-    (CORE, ("fields", "geometry", "imageio", "nifti_header")),  # tensors, fields, grids, image files
+    (CORE, ("fields", "geometry", "imageio", "nifti_header", "nifti_writer", "checkpoint_files", "percentiles")),
     (CORE, ("losses", "models")),                     # losses; networks, variants, checkpoints, the resolver
-    (CORE, ("metrics",)),                             # evaluation metrics (SSIM shared with losses.similarity)
+    (CORE, ("metrics", "slab_metrics")),              # evaluation metrics (SSIM shared with losses.similarity)
     (CORE, ("registration",)),                        # register(), refine(), the result type
     (CORE, ("outputs",)),                             # exports and snapshots of a result
     (CORE, ("jobs", "panel", "scene")),               # the Slicer module's Lib: job runner, panel logic, MRML
     (CORE, ("inference",)),                           # the public re-export of the registration API
     # the training library, above all of the core
-    (TRAINING, ("augment", "data", "optional_packages")),
+    (TRAINING, ("augment", "data", "optional_packages", "output_lock")),
     (TRAINING, ("training", "evaluation")),
     (TRAINING, ("experiments", "benchmarks", "reports", "register_job", "register_outputs")),
     (TRAINING, ("commands", "cli")),
-    (TRAINING, ("benchmarks.reliability",)),          # drives every entry point, the command line included
+    (TRAINING, ("benchmarks.reliability", "benchmarks.faults")),  # drive every entry point, the command line included
 )
 
 Unit = Tuple[str, str]  # (library, unit)

@@ -258,7 +258,8 @@ def test_refine_and_init_align_arguments(capsys):
 def test_npz_only_writes_what_the_panel_reads_back_and_renders_nothing(inputs, tmp_path):
     """``--npz-only`` (the Slicer panel's background run, issue 23): ``<variant>/result.npz`` and the metrics files,
     nothing else: no NIfTI, no ITK transforms, no PNG, no scene; and no off-screen render is even attempted (VTK
-    made unimportable: no warning that the snapshots were skipped)."""
+    made unimportable: no warning that the snapshots were skipped; issue 24's input warnings about these toy
+    volumes aside)."""
     model = save_checkpoint(tmp_path / "b.pt", build_model("baseline", 3))
     out = tmp_path / "out"
     startup = tmp_path / "site"
@@ -273,7 +274,9 @@ def test_npz_only_writes_what_the_panel_reads_back_and_renders_nothing(inputs, t
          str(inputs["moving_labels"]), "--variant", "baseline", "--model", str(model), "--device", "cpu",
          "--npz-only", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "warning" not in result.stderr.lower(), result.stderr
+    input_warning = "do not trust these numbers without a look"  # issue 24: these toy volumes are no brains
+    others = [line for line in result.stderr.splitlines() if "warning" in line.lower() and input_warning not in line]
+    assert others == [], result.stderr
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == [".deepreg-ablation-register", "baseline/result.npz", "metrics.csv", "metrics.json"]
     loaded = RegistrationResult.load(out / "baseline" / "result.npz")

@@ -167,7 +167,8 @@ def test_train_through_the_launcher_in_pythonslicer_with_slicers_packages(tmp_pa
 
 
 def test_register_reads_nifti_and_writes_everything_with_slicers_packages(tmp_path):
-    """``register`` on ``.nii.gz`` files in PythonSlicer with only Slicer's packages: every output, no warning."""
+    """``register`` on ``.nii.gz`` files in PythonSlicer with only Slicer's packages: every output, no warning (but
+    the input warnings of issue 24: the toy volumes are far smaller than a brain)."""
     from DeepRegAblationLib.models.checkpoints import save_checkpoint
     from DeepRegAblationLib.models.network import build_model
 
@@ -182,7 +183,9 @@ def test_register_reads_nifti_and_writes_everything_with_slicers_packages(tmp_pa
         "-m", "DeepRegAblationTrainingLib.cli", "register", "--fixed", files[0], "--moving", files[1],
         "--fixed-labels", files[2], "--moving-labels", files[3], "--variant", "baseline", "--model", model, "--device", "cpu", "--out", out])
     assert result.returncode == 0, result.stderr
-    assert "warning" not in result.stderr.lower(), result.stderr
+    input_warning = "do not trust these numbers without a look"  # issue 24: these 20-mm toy volumes are no brains
+    others = [line for line in result.stderr.splitlines() if "warning" in line.lower() and input_warning not in line]
+    assert others == [], result.stderr
     for name in ("warped.nii.gz", "transform.h5", "glyphs.png", "jacobian.png"):
         assert (out / "baseline" / name).is_file(), name
     assert (out / "scene" / "DeepRegAblation-results.mrml").is_file()

@@ -26,11 +26,11 @@ from .composite import LABEL_LOSSES, REGULARIZERS, SCHEDULES, SIMILARITIES, Comp
 from .distillation import field_distance
 from .labels import cross_entropy_logits, hausdorff_dt, soft_dice
 from .regularizers import bending_energy, displacement_hinge, grad_l1, grad_l2, jacobian_penalty, local_rigidity
-from .similarity import gncc, lncc, mse, mutual_information, ssim_index, ssim_loss
+from .similarity import gncc, lncc, mse, mutual_information, ssim_index, ssim_loss, ssim_map
 
 __all__ = [
     "Spacing",
-    "mse", "lncc", "gncc", "ssim_index", "ssim_loss", "mutual_information",
+    "mse", "lncc", "gncc", "ssim_index", "ssim_map", "ssim_loss", "mutual_information",
     "soft_dice", "cross_entropy_logits", "hausdorff_dt",
     "grad_l2", "grad_l1", "bending_energy", "displacement_hinge", "local_rigidity", "jacobian_penalty",
     "field_distance",

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .checks import check_pair
 
-__all__ = ["mse", "lncc", "gncc", "ssim_index", "ssim_loss", "mutual_information"]
+__all__ = ["mse", "lncc", "gncc", "ssim_index", "ssim_map", "ssim_loss", "mutual_information"]
 
 
 def _box_mean(image: torch.Tensor, window: int) -> torch.Tensor:
@@ -134,6 +134,20 @@ def ssim_index(
     if data_range is None:
         with torch.no_grad():
             data_range = float(torch.maximum(a.max(), b.max()) - torch.minimum(a.min(), b.min()))
+    return torch.mean(ssim_map(a, b, data_range, window, sigma))
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The local SSIM of every window position (``valid`` mode) that :func:`ssim_index` averages.
+
+    Args:
+        a, b: ``(B, C, *S)``, same shape, every spatial size >= ``window`` (unchecked).
+        data_range: ``L`` (a value <= 0 is taken as 1: two identical constant images).
+
+    Returns:
+        ``(B, C, *S')`` with ``S' = S - (window - 1)``. A block of positions needs only the ``window - 1``
+        slices after it: the metrics of large volumes sum it slab by slab.
+    """
     if not data_range > 0:
         data_range = 1.0  # two identical constant images: SSIM = 1 whatever L is
     c1 = (0.01 * data_range) ** 2
@@ -146,7 +160,7 @@ def ssim_index(
     cov = e_ab - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
-    return torch.mean(num / den)
+    return num / den
 
 
 def ssim_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:

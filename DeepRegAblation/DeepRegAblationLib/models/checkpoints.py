@@ -16,6 +16,7 @@ tuples -> lists, paths -> str; anything else is refused with a ``ValueError``.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
@@ -23,11 +24,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..checkpoint_files import checkpoint_file_problem
 from .network import DEFAULT_ARCH, RegistrationModel, build_model, model_from_config
 from .variants import VARIANTS, VariantSpec
 
 __all__ = [
-    "FORMAT", "RESERVED_KEYS", "TRAINING_STATE_KEYS", "save_checkpoint", "load_checkpoint", "describe_architecture",
+    "FORMAT", "RESERVED_KEYS", "TRAINING_STATE_KEYS", "CheckpointError", "CheckpointNotFoundError", "save_checkpoint",
+    "load_checkpoint", "describe_architecture",
     "architecture", "load_model_state", "model_from_checkpoint", "load_model", "ship_checkpoint",
 ]
 
@@ -138,31 +141,99 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``.
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: its one-line message names the file and the problem (cut short,
+    corrupt, not a checkpoint, another program's weights, another format version). A ``ValueError``, so the
+    command line prints it as one ``error:`` line and exits with status 2."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (a :class:`CheckpointError` and a ``FileNotFoundError``)."""
+
+
+def load_checkpoint(
+    path: PathLike, map_location: Union[str, torch.device] = "cpu", role: str = "checkpoint"
+) -> Dict[str, Any]:
+    """Read a checkpoint: the one reader of every ``.pt`` the project opens (``--model``, ``--resume``,
+    ``--init-from``, the panel's checkpoint, the shipped weights).
+
+    First the file (``checkpoint_files.checkpoint_file_problem``: complete, undamaged, a PyTorch archive),
+    then ``torch.load(weights_only=True)`` (no code from the file runs), then the content (a dict with this
+    program's ``format``, ``model_config`` and ``model_state``; another program's weights are named as such).
+
+    Args:
+        role: how messages name the file, e.g. ``"--model checkpoint"`` (``"<role> <path> is truncated: ..."``).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist (the message names it).
-        ValueError: the file is not a readable DeepRegAblation checkpoint (corrupt, truncated,
-            another program's file, or another format version).
+        CheckpointNotFoundError: ``path`` does not exist (also a ``FileNotFoundError``).
+        CheckpointError: (a ``ValueError``) one line naming ``role``, the file and what is wrong.
     """
     path = Path(os.fspath(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    what = f"{role} {path}"
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{role} not found: {path}")
+    problem = checkpoint_file_problem(path)
+    if problem:
+        raise CheckpointError(f"{what} {problem}")
     try:
         ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
-    except OSError:
-        raise
-    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...: not ours or damaged
-        raise ValueError(f"{path} is not a readable DeepRegAblation checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or "format" not in ckpt:
-        raise ValueError(f"{path} is not a DeepRegAblation checkpoint (no 'format' entry)")
+    except Exception as exc:  # UnpicklingError (objects a weights-only load refuses), RuntimeError, OSError, ...
+        raise CheckpointError(f"{what} {_torch_load_problem(exc)}") from None
+    problem = _content_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{what} {problem}")
+    return ckpt
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _torch_load_problem(exc: BaseException) -> str:
+    """What a failed ``torch.load(weights_only=True)`` of a complete, undamaged archive means, in one line."""
+    message = str(exc)
+    refused = re.search(r"(?:Unsupported global|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([\w.]+)", message)
+    if refused:
+        return (f"holds pickled Python objects ({refused.group(1)}), not only tensors and plain values: another "
+                f"program's file or a whole pickled model, not a DeepRegAblation checkpoint (it was not loaded: no "
+                f"code from a file is run)")
+    unpickler = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
+    if unpickler:
+        return (f"holds data that a weights-only load refuses ({_one_line(unpickler.group(1), 160)}): not a "
+                f"DeepRegAblation checkpoint")
+    return f"cannot be read as a checkpoint ({type(exc).__name__}: {_one_line(message.splitlines()[0] if message else '')})"
+
+
+def _content_problem(ckpt: Any) -> str:
+    """``""`` for a dict of this program's format with its model entries; else what the file holds instead."""
+    if not isinstance(ckpt, dict):
+        return f"is not a DeepRegAblation checkpoint: it holds a {type(ckpt).__name__}, not a dict"
+    if "format" not in ckpt:
+        keys = [str(k) for k in ckpt]
+        shown = ", ".join(repr(k) for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
+        if keys and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            if all(k.split(".")[0] in _OWN_MODULES for k in keys):
+                return (f"is a bare state dict of a DeepRegAblation network ({len(keys)} tensors), not a "
+                        f"DeepRegAblation checkpoint: it lacks the model config (save it with save_checkpoint)")
+            return (f"holds another program's weights (a bare state dict of {len(keys)} tensors, e.g. {shown}), not "
+                    f"a DeepRegAblation checkpoint (no 'format' entry): networks of other programs (voxelmorph, "
+                    f"MONAI, ...) cannot be loaded; train one with 'deepreg-ablation train' or use the shipped weights")
+        return (f"is another program's checkpoint (entries {shown or 'none'}), not a DeepRegAblation checkpoint "
+                f"(no 'format' entry)")
     if ckpt["format"] != FORMAT:
-        raise ValueError(f"{path} has checkpoint format {ckpt['format']!r}; this version reads {FORMAT!r}")
+        return f"has checkpoint format {ckpt['format']!r}; this version reads {FORMAT!r}"
     missing = [k for k in ("model_config", "model_state") if k not in ckpt]
     if missing:
-        raise ValueError(f"{path} is an incomplete checkpoint: missing {missing}")
-    return ckpt
+        return f"is an incomplete checkpoint: missing {missing}"
+    if not isinstance(ckpt["model_config"], Mapping) or not isinstance(ckpt["model_state"], Mapping):
+        return "is a damaged checkpoint: its model_config and model_state must be dicts"
+    return ""
+
+
+_OWN_MODULES = ("unet", "flow", "affine", "integrate", "transformer")
+"""First parts of the parameter names of ``RegistrationModel`` (a bare state dict of ours is told apart)."""
 
 
 def describe_architecture(config: Mapping[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .checkpoints import load_checkpoint, model_from_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
 from .network import RegistrationModel, build_model
 from .variants import VARIANTS
 
@@ -153,26 +153,27 @@ def load_model_file(
     """Read a checkpoint file once and build its model (CPU, eval mode, strict weights).
 
     Args:
-        path: the checkpoint (``FileNotFoundError`` / ``ValueError`` from ``checkpoints.load_checkpoint``).
+        path: the checkpoint (``FileNotFoundError`` / ``CheckpointError`` from ``checkpoints.load_checkpoint``).
         ndim: if given, the model must have this dimensionality (checked after ``variant``).
         variant: if given, the checkpoint must hold this variant.
-        role: names the file in those two messages (``"--model"``: ``"--model checkpoint PATH holds ..."``).
+        role: names the file in the messages (``"--model"``: ``"--model checkpoint PATH holds ..."``; shipped
+            weights are named ``"shipped weights PATH"``).
         name: the row name (default: ``variant``, else the checkpoint's variant id).
         source: ``"checkpoint"`` or ``"shipped"``.
     """
     path = Path(os.fspath(path))
-    checkpoint = load_checkpoint(path)
+    what = "shipped weights" if source == "shipped" else f"{role} checkpoint"
+    checkpoint = load_checkpoint(path, role=what)  # the one reader: file, format and content checked
     net = model_from_checkpoint(checkpoint, path)  # strict weights, architecture checks
     preprocessing = checkpoint.get("preprocessing")
     net.preprocessing = preprocessing  # travels with the model (register() honours it)
     loaded_id = getattr(getattr(net, "variant", None), "id", None)
     if variant is not None and loaded_id != variant:
-        raise ValueError(f"{role} checkpoint {path} holds variant {loaded_id!r}, not {variant!r}")
+        raise CheckpointError(f"{what} {path} holds variant {loaded_id!r}, not {variant!r}")
     if ndim is not None and int(net.ndim) != int(ndim):
         kind = "single-slice (2D)" if int(ndim) == 2 else "3D"
-        raise ValueError(
-            f"{role} checkpoint {path} is a {net.ndim}D model but --fixed is a {kind} image; "
-            f"use a {ndim}D checkpoint"
+        raise CheckpointError(
+            f"{what} {path} is a {net.ndim}D model but --fixed is a {kind} image; use a {ndim}D checkpoint"
         )
     return LoadedModel(name or variant or str(loaded_id), net, preprocessing, source, path, checkpoint)
 

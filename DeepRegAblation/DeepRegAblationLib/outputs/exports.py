@@ -13,7 +13,8 @@ Per variant (:func:`write_result_files`), all on the fixed image grid:
   field second: ``T(p) = A(p + u_def(p))``, the same mapping as ``displacement.nii.gz``.
 
 The metrics table (:func:`write_metrics`) has one record per variant with the columns
-:data:`METRIC_COLUMNS`, as ``metrics.csv`` and ``metrics.json`` (NaN -> empty cell / ``null``).
+:data:`METRIC_COLUMNS`, as ``metrics.csv`` and ``metrics.json`` (NaN -> empty cell / ``null``);
+``metrics.json`` also lists each result's ``warnings`` (inputs outside what the models know).
 """
 from __future__ import annotations
 
@@ -27,12 +28,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .. import geometry
-from ..imageio import ImageData, itk_image_from_array, write_image, write_itk_image
+from .. import geometry, nifti_writer
+from ..imageio import ImageData, itk_image_from_array, validate_image, write_image, write_itk_image
 
 __all__ = [
     "METRIC_COLUMNS", "RESULT_FILES", "affine_transform_lps", "affine_ras_from_itk", "displacement_image_lps",
-    "displacement_transform", "composite_transform", "write_affine_tfm", "write_displacement_field",
+    "displacement_transform", "composite_transform", "write_affine_tfm", "write_volume", "write_displacement_field",
     "write_composite_h5", "write_result_files", "metrics_record", "write_metrics", "read_metrics_csv",
 ]
 
@@ -82,8 +83,18 @@ def displacement_image_lps(disp_ras_mm: np.ndarray, fixed_ijk_to_ras: np.ndarray
     disp_ras_mm = np.asarray(disp_ras_mm)
     if disp_ras_mm.ndim != 4 or disp_ras_mm.shape[-1] != 3:
         raise ValueError(f"disp_ras_mm must be (K, J, I, 3), got shape {disp_ras_mm.shape}")
-    disp_lps = geometry.vectors_ras_to_lps(disp_ras_mm).astype(dtype)
-    return itk_image_from_array(disp_lps, fixed_ijk_to_ras, is_vector=True)
+    disp_lps = _lps_vectors(disp_ras_mm, dtype)
+    image = itk_image_from_array(disp_lps, fixed_ijk_to_ras, is_vector=True)
+    del disp_lps  # SimpleITK holds its own copy
+    return image
+
+
+def _lps_vectors(disp_ras_mm: np.ndarray, dtype) -> np.ndarray:
+    """``(K, J, I, 3)`` RAS vectors as LPS in ``dtype`` (x and y negated, exactly), one slab at a time."""
+    out = np.empty(disp_ras_mm.shape, dtype=dtype)
+    for k0, k1 in geometry.slabs(disp_ras_mm.shape[:3]):
+        out[k0:k1] = geometry.vectors_ras_to_lps(disp_ras_mm[k0:k1])
+    return out
 
 
 def displacement_transform(disp_ras_mm: np.ndarray, fixed_ijk_to_ras: np.ndarray):
@@ -97,9 +108,12 @@ def composite_transform(result):
     """One ``sitk.CompositeTransform``, fixed -> moving: ``T(p) = A(p + u_def(p))`` (affine added first)."""
     import SimpleITK as sitk
 
-    affine = affine_transform_lps(result.affine_ras)
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(affine_transform_lps(result.affine_ras))
     deform = displacement_transform(result.deform_disp_ras_mm, result.fixed_ijk_to_ras)
-    return sitk.CompositeTransform([affine, deform])
+    composite.AddTransform(deform)  # a copy: the field is held once as soon as ``deform`` goes
+    del deform
+    return composite
 
 
 # --------------------------------------------------------------------------- files
@@ -113,17 +127,44 @@ def write_affine_tfm(path: PathLike, affine_ras: np.ndarray) -> Path:
     return path
 
 
+def write_volume(path: PathLike, array: np.ndarray, fixed_ijk_to_ras: np.ndarray, name: str) -> Path:
+    """Write a result volume (warped image, labels, Jacobian) on the fixed grid as NIfTI: streamed slab by slab
+    (``nifti_writer.write_nifti_streamed``, the same file as ``imageio.write_image``) for float32 / int32 volumes,
+    else through ``imageio.write_image``."""
+    array = np.asarray(array)
+    grid = np.asarray(fixed_ijk_to_ras, dtype=np.float64)
+    if array.dtype not in (np.float32, np.int32) or not nifti_writer.streamable(array.shape):
+        return write_image(path, ImageData(array, grid, name))
+    validate_image(ImageData(array, grid, name), f"image {name!r}")
+    return nifti_writer.write_nifti_streamed(path, array, lambda two: itk_image_from_array(two, grid))
+
+
 def write_displacement_field(path: PathLike, disp_ras_mm: np.ndarray, fixed_ijk_to_ras: np.ndarray) -> Path:
-    """Write an ITK displacement-field image (float32 LPS vectors on the fixed grid), e.g. ``.nii.gz``."""
-    return write_itk_image(displacement_image_lps(disp_ras_mm, fixed_ijk_to_ras, np.float32), path)
+    """Write an ITK displacement-field image (float32 LPS vectors on the fixed grid), e.g. ``.nii.gz``; a volume
+    is streamed slab by slab (no whole LPS copy), the same file as through SimpleITK."""
+    disp_ras_mm = np.asarray(disp_ras_mm)
+    grid = np.asarray(fixed_ijk_to_ras, dtype=np.float64)
+    if disp_ras_mm.ndim == 4 and disp_ras_mm.shape[-1] == 3 and nifti_writer.streamable(disp_ras_mm.shape) \
+            and str(path).endswith((".nii", ".nii.gz")):
+        return nifti_writer.write_nifti_streamed(
+            path, disp_ras_mm.astype(np.float32, copy=False), lambda two: itk_image_from_array(two, grid, is_vector=True),
+            signs=(-1.0, -1.0, 1.0))
+    return write_itk_image(displacement_image_lps(disp_ras_mm, grid, np.float32), path)
 
 
 def write_composite_h5(path: PathLike, result) -> Path:
-    """Write :func:`composite_transform` of ``result`` as one ITK HDF5 transform file."""
-    import SimpleITK as sitk
+    """Write :func:`composite_transform` of ``result`` as one ITK HDF5 transform file: with h5py (when installed) the
+    field is written slab by slab (``outputs.hdf_transforms``: bounded memory), else through SimpleITK (the field held in
+    float64 twice while it is written)."""
+    from . import hdf_transforms
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if hdf_transforms.available():
+        return hdf_transforms.write_composite(path, affine_transform_lps(result.affine_ras), result.deform_disp_ras_mm,
+                                      result.fixed_ijk_to_ras)
+    import SimpleITK as sitk
+
     sitk.WriteTransform(composite_transform(result), str(path))
     return path
 
@@ -132,20 +173,21 @@ def write_result_files(out_dir: PathLike, result, threads: Optional[int] = None)
     """Write every per-variant file of ``result`` into ``out_dir``; returns ``{file name: path}``.
 
     The files are written concurrently by ``threads`` threads (default: the CPU count, at most
-    4): SimpleITK compresses and writes without holding Python's lock.
+    4): SimpleITK and zlib compress and write without holding Python's lock. Each volume is
+    streamed slab by slab, so the working memory does not grow with the image.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = np.asarray(result.fixed_ijk_to_ras, dtype=np.float64)
     jobs: Dict[str, Callable[[Path], Path]] = {
-        "warped.nii.gz": lambda path: write_image(path, ImageData(result.warped, grid, "warped")),
-        "jacobian.nii.gz": lambda path: write_image(path, ImageData(result.jacobian, grid, "jacobian")),
+        "warped.nii.gz": lambda path: write_volume(path, result.warped, grid, "warped"),
+        "jacobian.nii.gz": lambda path: write_volume(path, result.jacobian, grid, "jacobian"),
         "affine.tfm": lambda path: write_affine_tfm(path, result.affine_ras),
         "displacement.nii.gz": lambda path: write_displacement_field(path, result.disp_ras_mm, grid),
         "transform.h5": lambda path: write_composite_h5(path, result),
     }
     if result.warped_labels is not None:
-        jobs["warped_labels.nii.gz"] = lambda path: write_image(path, ImageData(result.warped_labels, grid, "warped_labels"))
+        jobs["warped_labels.nii.gz"] = lambda path: write_volume(path, result.warped_labels, grid, "warped_labels")
     workers = max(1, min(4, os.cpu_count() or 1) if threads is None else int(threads))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {name: pool.submit(job, out_dir / name) for name, job in jobs.items()}
@@ -173,8 +215,9 @@ def write_metrics(out_dir: PathLike, results: Sequence) -> Tuple[Path, Path]:
         for record in records:
             writer.writerow({k: _csv_value(v) for k, v in record.items()})
     json_records = [
-        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        for record in records
+        dict({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()},
+             warnings=[str(w) for w in getattr(result, "warnings", [])])
+        for record, result in zip(records, results)
     ]
     json_path.write_text(json.dumps(json_records, indent=2) + "\n")
     return csv_path, json_path

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, List, NamedTuple, Sequence, Tuple, Union
 import numpy as np
 
 from .. import geometry
-from ..imageio import normalize_intensity
+from ..imageio import intensity_window, normalize_intensity
 from .arrows import displayed_displacement_ras_mm, longest_arrow_mm
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -391,9 +391,12 @@ def _check_inputs(fixed: "ImageData", moving: "ImageData", result: "Registration
         raise ValueError(f"result.disp_ras_mm must be {shape + (3,)}, got {np.shape(result.disp_ras_mm)}")
 
 
-def _background_plane(view: SliceView, volume: np.ndarray) -> np.ndarray:
-    """The slice of ``volume`` mapped to [0, 1] with the volume's robust (1-99 %) window."""
-    return view.extract(normalize_intensity(volume))
+def _background_plane(view: SliceView, volume: np.ndarray, scratch: bool = False) -> np.ndarray:
+    """The slice of ``volume`` mapped to [0, 1] with the volume's robust (1-99 %) window (only the slice is
+    normalised: the same values, without a normalised copy of the volume). ``scratch``: ``volume`` is a temporary
+    the window may reorder in place (no copy)."""
+    plane = view.extract(volume)
+    return normalize_intensity(plane, window=intensity_window(volume, overwrite_input=scratch))
 
 
 class GlyphSamples(NamedTuple):
@@ -536,7 +539,7 @@ def render_jacobian(path: PathLike, fixed: "ImageData", result: "RegistrationRes
     from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
 
     view = SliceView(result.fixed_ijk_to_ras, np.shape(fixed.array))
-    jacobian = view.extract(np.asarray(result.jacobian, dtype=np.float64))
+    jacobian = view.extract(result.jacobian).astype(np.float64)
     table = jacobian_lookup_table()
     panel = _Panel((0.0, 0.0, 1.0, 1.0 - TITLE_HEIGHT), view.size_mm, bar_fraction=0.16)
     renderer = panel.renderer
@@ -593,10 +596,11 @@ def render_checkerboard(path: PathLike, fixed: "ImageData", moving: "ImageData",
     fixed vs warped (after, right), each image in its own robust intensity window."""
     _init_vtk_rendering()
     shape = tuple(np.shape(fixed.array))
-    moving_on_fixed = geometry.resample_to_grid(moving.array, moving.ijk_to_ras, result.fixed_ijk_to_ras, shape)
     view = SliceView(result.fixed_ijk_to_ras, shape)
-    fixed_plane = _background_plane(view, fixed.array)
-    before = checkerboard(fixed_plane, _background_plane(view, moving_on_fixed))
+    fixed_plane = _background_plane(view, fixed.array)  # before the resampled moving volume exists: one at a time
+    moving_on_fixed = geometry.resample_to_grid(moving.array, moving.ijk_to_ras, result.fixed_ijk_to_ras, shape)
+    before = checkerboard(fixed_plane, _background_plane(view, moving_on_fixed, scratch=True))
+    del moving_on_fixed
     after = checkerboard(fixed_plane, _background_plane(view, result.warped))
     panels = []
     for column, (plane, title) in enumerate(((before, "before: fixed | moving"),

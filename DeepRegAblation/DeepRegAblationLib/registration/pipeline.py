@@ -22,8 +22,9 @@ Pipeline of :func:`register` (every array in numpy axis order ``(K, J, I)``, RAS
 7. Jacobian determinant of ``q`` and ``metrics.registration_metrics`` (intensities normalised
    as in step 3, so ``mse`` is comparable between images).
 
-Steps 5 to 7 (:func:`result_from_mapping`) work on whole grids in float32 (``geometry.affine_on_grid`` /
-``geometry.sample_voxels``): voxel positions are computed in float64 per axis and rounded
+Steps 5 to 7 (:func:`result_from_mapping`) work in float32 (``geometry.affine_on_grid`` /
+``geometry.sample_voxels``) on slabs of the fixed grid (``geometry.slabs``), so that their working memory
+does not grow with the image: voxel positions are computed in float64 per axis and rounded
 once, grids that share their voxel lattice are copied without interpolation, and voxels that
 land exactly on moving voxels get their values exactly.
 """
@@ -34,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -46,6 +47,8 @@ from ..options import ALIGNMENT_CHOICES
 from . import refine as refinement
 from .alignment import center_of_mass_alignment, decide_initial_alignment
 from .devices import resolve_device, run_with_cpu_fallback
+from .input_warnings import input_features, input_warnings, warn_inputs
+from .memory import check_memory
 from .model_grid import model_grid_spec, model_orientation, model_size_multiple
 from .refine import RefineSchedule, refine_schedule
 from .result import RegistrationResult
@@ -97,7 +100,9 @@ def register(
             also gets its model grid centred on the fixed image's centre of mass.
 
     Returns:
-        :class:`RegistrationResult` (see the module docstring for the pipeline).
+        :class:`RegistrationResult` (see the module docstring for the pipeline). Its ``warnings`` name inputs
+        outside what the models know (``input_warnings``: a field of view far from a brain's, inverted or
+        foreign contrast, little overlap after alignment), each also emitted as an ``InputWarning``.
     """
     report = progress or (lambda fraction, message: None)
     timings: Dict[str, float] = {}
@@ -110,6 +115,7 @@ def register(
     timings["read"] = time.perf_counter() - t_start
     _check_images(fixed, moving, fixed_labels, moving_labels, initial_alignment)
     schedule = refine_schedule(refine)  # ValueError before any work
+    check_memory(fixed, moving, fixed_labels is not None and moving_labels is not None, schedule)  # before any large array
     torch_device = resolve_device(device)
     loaded = resolve_model(model, 2 if fixed.is_2d else 3)
     net, preprocessing = loaded.model, loaded.preprocessing
@@ -137,6 +143,7 @@ def register(
         affine_ras, deform_ras, deform_grid = _refine_network_output(
             fixed, moving, inputs, affine_ras, deform_ras, schedule, used_device, report, timings)
 
+    inputs.fixed_norm = inputs.moving_norm = None  # full-resolution copies not needed any more
     t0 = time.perf_counter()
     report(0.75, "computing the full-resolution field and the warped image")
     disp_ras = _full_resolution_displacement(fixed, affine_ras, deform_ras, deform_grid)
@@ -144,6 +151,7 @@ def register(
     report(0.85, "warped image, Jacobian and metrics")
     result = result_from_mapping(variant_id, fixed, moving, affine_ras, disp_ras, fixed_labels, moving_labels,
                                  timings, t_start, windows=inputs.windows)
+    result.warnings = _warnings_about_inputs(fixed, moving, result, inputs.windows)
     report(1.0, "done")
     return result
 
@@ -169,6 +177,7 @@ def refine_without_network(
     schedule = refine_schedule(refine)
     if schedule is None:
         raise ValueError(f"refine_without_network needs a refinement schedule, got {refine!r}")
+    check_memory(fixed, moving, fixed_labels is not None and moving_labels is not None, schedule)  # before any large array
     windows = (intensity_window(fixed.array), intensity_window(moving.array))
     fixed_norm = ImageData(normalize_intensity(fixed.array, window=windows[0]), fixed.ijk_to_ras, "fixed")
     moving_norm = ImageData(normalize_intensity(moving.array, window=windows[1]), moving.ijk_to_ras, "moving")
@@ -178,10 +187,23 @@ def refine_without_network(
     refined = refinement.refine(fixed_norm, moving_norm, start, schedule=schedule, device=resolve_device(device),
                                 progress=lambda f, m: report(0.8 * f, m))
     timings = dict(refined.timings, refine=time.perf_counter() - t0)
+    fixed_norm = moving_norm = None  # full-resolution copies not needed any more
     disp_ras = _full_resolution_displacement(fixed, refined.affine_ras, refined.deform_ras, refined.grid_ijk_to_ras)
     report(0.85, "warped image, Jacobian and metrics")
-    return result_from_mapping("com+refine", fixed, moving, refined.affine_ras, disp_ras, fixed_labels, moving_labels,
-                               timings, t_start, windows=windows)
+    result = result_from_mapping("com+refine", fixed, moving, refined.affine_ras, disp_ras, fixed_labels,
+                                 moving_labels, timings, t_start, windows=windows)
+    result.warnings = _warnings_about_inputs(fixed, moving, result, windows)
+    report(1.0, "done")
+    return result
+
+
+def _warnings_about_inputs(fixed: ImageData, moving: ImageData, result: RegistrationResult,
+                           windows: Tuple[Window, Window]) -> List[str]:
+    """Inputs outside what the models know (``input_warnings``), each also emitted as an ``InputWarning``."""
+    features = input_features(fixed, moving, result.warped, result.metrics["ncc"], windows)
+    messages = input_warnings(features, fixed, moving)
+    warn_inputs(messages, result.variant)
+    return messages
 
 
 # --------------------------------------------------------------------------- input checks
@@ -366,13 +388,20 @@ def _refine_network_output(fixed: ImageData, moving: ImageData, inputs: _ModelIn
 
 
 def _full_resolution_displacement(fixed: ImageData, affine_ras: np.ndarray, deform_ras: torch.Tensor,
-                                  deform_grid: np.ndarray) -> torch.Tensor:
-    """The total displacement ``(3, K, J, I)`` RAS mm on the fixed grid: the deformable part interpolated
-    linearly from its grid (border values extended), then the affine part exactly."""
-    deform_ras = torch.from_numpy(geometry.resample_channels(
-        deform_ras.numpy(), deform_grid, fixed.ijk_to_ras, fixed.shape, mode="linear", fill_value=None
-    ))  # (3, K, J, I) RAS mm on the fixed grid; the field extends its border values
-    return geometry.affine_after_displacement(affine_ras, deform_ras, fixed.ijk_to_ras)
+                                  deform_grid: np.ndarray) -> np.ndarray:
+    """The total displacement ``(K, J, I, 3)`` float32 RAS mm on the fixed grid: the deformable part interpolated
+    linearly from its grid (border values extended), then the affine part exactly; one slab at a time
+    (``geometry.slabs``: the same values as on the whole grid at once, in bounded working memory)."""
+    shape = tuple(fixed.shape)
+    volume = deform_ras.numpy()
+    out = np.empty(shape + (3,), dtype=np.float32)
+    for k0, k1 in geometry.slabs(shape):
+        part = torch.from_numpy(geometry.resample_channels(
+            volume, deform_grid, fixed.ijk_to_ras, shape, mode="linear", fill_value=None, k_range=(k0, k1)
+        ))  # (3, k1 - k0, J, I) RAS mm on the fixed grid; the field extends its border values
+        total = geometry.affine_after_displacement(affine_ras, part, fixed.ijk_to_ras, k_start=k0)
+        out[k0:k1] = np.moveaxis(total.numpy(), 0, -1)
+    return out
 
 
 # --------------------------------------------------------------------------- the result
@@ -395,11 +424,17 @@ def result_from_mapping(
     at ``q(p)``, the Jacobian of the total field, and ``registration_metrics`` on 1-99 percentile
     normalised intensities.
 
+    Large volumes are worked on in slabs along K (``geometry.slabs``: about ``geometry.CHUNK_VOXELS`` voxels
+    each, the Jacobian's central differences with one slice of margin): the arrays are the same as from
+    the whole grid at once, the working memory does not grow with the image, and the metrics are summed
+    slab by slab (``slab_metrics``; a volume of one slab uses ``metrics.registration_metrics`` itself).
+
     Args:
         affine_ras: ``(4, 4)`` affine part (fixed RAS point -> moving RAS point); the deformable
             part is ``u_def(p) = affine_ras^-1(q(p)) - p``.
-        disp_ras_mm: total displacement on the fixed grid, RAS mm: a ``(K, J, I, 3)`` array or a
-            ``(3, K, J, I)`` tensor (channels ``(x, y, z)``). Computed in float32.
+        disp_ras_mm: total displacement on the fixed grid, RAS mm: a ``(K, J, I, 3)`` array (kept as the
+            result's ``disp_ras_mm`` when it is float32) or a ``(3, K, J, I)`` tensor (channels ``(x, y, z)``).
+            Computed in float32.
         timings: seconds per stage so far (``warp`` and ``metrics`` are added).
         t_start: ``time.perf_counter()`` at the start of the registration: ``runtime_s`` runs from
             there to the warped image and labels (the metrics are ``metrics_s``).
@@ -409,89 +444,153 @@ def result_from_mapping(
     timings = dict(timings or {})
     t_start = time.perf_counter() if t_start is None else t_start
     shape = tuple(fixed.shape)
-    disp = _displacement_tensor(disp_ras_mm, shape)
+    disp = _displacement_channels_last(disp_ras_mm, shape)
     affine_ras = np.asarray(affine_ras, dtype=np.float64)
     if affine_ras.shape != (4, 4):
         raise ValueError(f"affine_ras must be (4, 4), got {affine_ras.shape}")
     ndim = 2 if fixed.is_2d else 3
+    parts = geometry.slabs(shape) if ndim == 3 else [(0, shape[0])]
     t0 = time.perf_counter()
-    warped, warped_labels = _warp_moving(fixed, moving, moving_labels, disp)
-    deform_ras = geometry.affine_after_displacement(np.linalg.inv(affine_ras), disp, fixed.ijk_to_ras)
-    # the total displacement in fixed voxels, channels (k, j, i), for the Jacobian and the metrics
-    disp_fixed_vox = geometry.disp_ras_to_vox(disp, fixed.ijk_to_ras, ndim)
-    jacobian = fields.jacobian_determinant(disp_fixed_vox[None])[0].numpy().reshape(shape)
+    arrays = _mapped_arrays(fixed, moving, moving_labels, affine_ras, disp, parts, ndim)
     timings["warp"] = time.perf_counter() - t0
     runtime_s = time.perf_counter() - t_start  # the registration: inputs in memory -> field and warped image
 
     t0 = time.perf_counter()
-    metrics = _result_metrics(fixed, moving, fixed_labels, warped, warped_labels, disp_fixed_vox, jacobian, ndim, windows)
+    windows = windows or (intensity_window(fixed.array), intensity_window(moving.array))
+    if len(parts) == 1:
+        disp_fixed_vox = geometry.disp_ras_to_vox(_slab_tensor(disp, 0, shape[0]), fixed.ijk_to_ras, ndim)
+        metrics = _result_metrics(fixed, fixed_labels, arrays["warped"], arrays["warped_labels"], disp_fixed_vox,
+                                  arrays["jacobian"], ndim, windows)
+    else:
+        metrics = _slab_result_metrics(fixed, fixed_labels, arrays, disp, parts, windows)
     timings["metrics"] = time.perf_counter() - t0
     metrics["runtime_s"] = runtime_s
     metrics["metrics_s"] = timings["metrics"]
     return RegistrationResult(
         variant=variant,
         fixed_ijk_to_ras=fixed.ijk_to_ras.copy(),
-        warped=warped,
-        warped_labels=warped_labels,
+        warped=arrays["warped"],
+        warped_labels=arrays["warped_labels"],
         affine_ras=affine_ras,
-        disp_ras_mm=np.ascontiguousarray(np.moveaxis(disp.numpy(), 0, -1)),
-        deform_disp_ras_mm=np.ascontiguousarray(np.moveaxis(deform_ras.numpy(), 0, -1)),
-        jacobian=jacobian,
+        disp_ras_mm=disp,
+        deform_disp_ras_mm=arrays["deform"],
+        jacobian=arrays["jacobian"],
         metrics={k: float(v) for k, v in metrics.items()},
         timings=timings,
     )
 
 
-def _displacement_tensor(disp_ras_mm: Union[np.ndarray, torch.Tensor], shape: Tuple[int, ...]) -> torch.Tensor:
-    """``disp_ras_mm`` (a ``(K, J, I, 3)`` array or a ``(3, K, J, I)`` tensor) as a float32 CPU tensor ``(3, K, J, I)``."""
+def _displacement_channels_last(disp_ras_mm: Union[np.ndarray, torch.Tensor], shape: Tuple[int, ...]) -> np.ndarray:
+    """``disp_ras_mm`` (a ``(K, J, I, 3)`` array or a ``(3, K, J, I)`` tensor) as a float32 ``(K, J, I, 3)`` array
+    (the array itself when it already is one, C-contiguous and writeable)."""
     if isinstance(disp_ras_mm, torch.Tensor):
         disp = disp_ras_mm.detach().cpu().to(torch.float32)
         if tuple(disp.shape) != (3,) + shape:
             raise ValueError(f"a disp_ras_mm tensor must be (3, K, J, I) = {(3,) + shape}, got {tuple(disp.shape)}")
-        return disp
+        return np.ascontiguousarray(np.moveaxis(disp.numpy(), 0, -1))
     disp_array = np.asarray(disp_ras_mm, dtype=np.float32)
     if disp_array.shape != shape + (3,):
         raise ValueError(f"disp_ras_mm must be (K, J, I, 3) = {shape + (3,)} on the fixed grid, got {disp_array.shape}")
     if not disp_array.flags.writeable:  # e.g. np.broadcast_to of a constant shift
         disp_array = disp_array.copy()
-    return torch.from_numpy(np.moveaxis(disp_array, -1, 0))
+    return np.ascontiguousarray(disp_array)
 
 
-def _warp_moving(fixed: ImageData, moving: ImageData, moving_labels: Optional[ImageData],
-                 disp: torch.Tensor) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """The original moving image (linear, zero outside) and labels (nearest, int32) at ``q(p) = p + disp(p)``."""
+def _slab_tensor(disp: np.ndarray, k0: int, k1: int) -> torch.Tensor:
+    """Slices ``k0 <= k < k1`` of a ``(K, J, I, 3)`` field as a ``(3, k1 - k0, J, I)`` tensor (a view)."""
+    return torch.from_numpy(disp[k0:k1]).permute(3, 0, 1, 2)
+
+
+def _mapped_arrays(fixed: ImageData, moving: ImageData, moving_labels: Optional[ImageData], affine_ras: np.ndarray,
+                   disp: np.ndarray, parts, ndim: int) -> Dict[str, Optional[np.ndarray]]:
+    """``{"warped", "warped_labels", "deform", "jacobian"}`` on the fixed grid from the total field ``disp``
+    ``(K, J, I, 3)``, slab by slab: the original moving image (linear, zero outside) and labels (nearest,
+    int32) at ``q(p) = p + disp(p)``, the deformable part ``A^-1(q(p)) - p`` and ``det`` of ``q``'s Jacobian."""
     shape = tuple(fixed.shape)
-
-    def voxels_of_mapped_points(ijk_to_ras: np.ndarray) -> torch.Tensor:
-        """``(3, K, J, I)`` voxel indices ``(k, j, i)`` in the grid ``ijk_to_ras`` of ``q(p) = p + d(p)``."""
-        ras_to_kji = np.linalg.inv(ijk_to_ras)[[2, 1, 0]]
-        return geometry.affine_on_grid(ras_to_kji @ fixed.ijk_to_ras, shape, linear=ras_to_kji[:, :3], field=disp)
-
     moving_tensor = torch.from_numpy(np.ascontiguousarray(moving.array, dtype=np.float32))[None]
-    warped = geometry.sample_voxels(moving_tensor, voxels_of_mapped_points(moving.ijk_to_ras), "linear", 0.0)[0].numpy()
-    warped_labels = None
+    labels_tensor = None
     if moving_labels is not None:
-        labels = torch.from_numpy(labels_array(moving_labels, "moving_labels").astype(np.float64))[None]
-        coords = voxels_of_mapped_points(moving_labels.ijk_to_ras)
-        warped_labels = geometry.sample_voxels(labels, coords, "nearest", 0.0)[0].numpy().astype(np.int32)
-    return warped, warped_labels
+        labels_tensor = torch.from_numpy(labels_array(moving_labels, "moving_labels").astype(np.float64))[None]
+    arrays = {"warped": np.empty(shape, np.float32), "deform": np.empty(shape + (3,), np.float32),
+              "jacobian": np.empty(shape, np.float32),
+              "warped_labels": None if moving_labels is None else np.empty(shape, np.int32)}
+    inverse_affine = np.linalg.inv(affine_ras)
+    for k0, k1 in parts:
+        slab = _slab_tensor(disp, k0, k1)
+        coords = _voxels_of_mapped_points(fixed, moving.ijk_to_ras, slab, k0)
+        arrays["warped"][k0:k1] = geometry.sample_voxels(moving_tensor, coords, "linear", 0.0)[0].numpy()
+        if labels_tensor is not None:
+            coords = _voxels_of_mapped_points(fixed, moving_labels.ijk_to_ras, slab, k0)
+            arrays["warped_labels"][k0:k1] = geometry.sample_voxels(labels_tensor, coords, "nearest", 0.0)[0].numpy()
+        deform = geometry.affine_after_displacement(inverse_affine, slab, fixed.ijk_to_ras, k_start=k0)
+        arrays["deform"][k0:k1] = np.moveaxis(deform.numpy(), 0, -1)
+        arrays["jacobian"][k0:k1] = _jacobian_slab(disp, k0, k1, fixed.ijk_to_ras, ndim)
+    return arrays
 
 
-def _result_metrics(fixed: ImageData, moving: ImageData, fixed_labels: Optional[ImageData], warped: np.ndarray,
+def _voxels_of_mapped_points(fixed: ImageData, ijk_to_ras: np.ndarray, slab: torch.Tensor, k0: int) -> torch.Tensor:
+    """``(3, s, J, I)`` voxel indices ``(k, j, i)`` in the grid ``ijk_to_ras`` of ``q(p) = p + d(p)`` for the fixed
+    voxels ``p`` of the slab starting at slice ``k0`` (``slab``: ``d`` there, ``(3, s, J, I)`` RAS mm)."""
+    ras_to_kji = np.linalg.inv(ijk_to_ras)[[2, 1, 0]]
+    return geometry.affine_on_grid(ras_to_kji @ fixed.ijk_to_ras, slab.shape[1:], linear=ras_to_kji[:, :3], field=slab,
+                                   start=(k0, 0, 0))
+
+
+def _jacobian_slab(disp: np.ndarray, k0: int, k1: int, ijk_to_ras: np.ndarray, ndim: int) -> np.ndarray:
+    """``det`` of the Jacobian of ``p + disp(p)`` on slices ``k0 <= k < k1`` (central differences from one slice
+    of margin on each side, one-sided on the volume's first and last slice: the whole grid's values)."""
+    if ndim == 2:
+        disp_vox = geometry.disp_ras_to_vox(_slab_tensor(disp, k0, k1), ijk_to_ras, 2)
+        return fields.jacobian_determinant(disp_vox[None])[0].numpy().reshape((k1 - k0,) + disp.shape[1:3])
+    h0, h1 = max(k0 - 1, 0), min(k1 + 1, disp.shape[0])
+    disp_vox = geometry.disp_ras_to_vox(_slab_tensor(disp, h0, h1), ijk_to_ras, 3)
+    return fields.jacobian_determinant(disp_vox[None])[0].numpy()[k0 - h0: k1 - h0]
+
+
+def _slab_result_metrics(fixed: ImageData, fixed_labels: Optional[ImageData], arrays: Dict[str, Optional[np.ndarray]],
+                         disp: np.ndarray, parts, windows: Tuple[Window, Window]) -> Dict[str, float]:
+    """``registration_metrics`` of a volume of several slabs, summed slab by slab (``slab_metrics``)."""
+    from ..metrics import mean_hd95
+    from ..slab_metrics import SlabMetrics, ssim_by_slabs
+
+    fixed_window, moving_window = windows
+    labels_grid = _fixed_labels_on_grid(fixed, fixed_labels) if arrays["warped_labels"] is not None else None
+    spacing = fixed.spacing_kji
+    sums = SlabMetrics(spacing, labels_grid is not None)
+
+    def images(k0: int, k1: int) -> Tuple[np.ndarray, np.ndarray]:
+        return (normalize_intensity(fixed.array[k0:k1], window=fixed_window),
+                normalize_intensity(arrays["warped"][k0:k1], window=moving_window))
+
+    for k0, k1 in parts:
+        disp_vox = geometry.disp_ras_to_vox(_slab_tensor(disp, k0, k1), fixed.ijk_to_ras, 3).numpy()
+        labels = (None, None) if labels_grid is None else (labels_grid[k0:k1], arrays["warped_labels"][k0:k1])
+        sums.add(k0, *images(k0, k1), disp_vox, arrays["jacobian"][k0:k1], *labels)
+    smallest = min(fixed.shape)
+    window = min(11, smallest - (1 - smallest % 2))
+    ssim = ssim_by_slabs(images, fixed.shape[0], sums.data_range, parts[0][1] - parts[0][0], window)
+    hd95 = mean_hd95(labels_grid, arrays["warped_labels"], spacing) if labels_grid is not None else float("nan")
+    return sums.finish(ssim, hd95)
+
+
+def _fixed_labels_on_grid(fixed: ImageData, fixed_labels: ImageData) -> np.ndarray:
+    """The fixed label map on the fixed grid (nearest neighbour; a copy when the grids are the same)."""
+    return geometry.resample_to_grid(labels_array(fixed_labels, "fixed_labels"), fixed_labels.ijk_to_ras,
+                                     fixed.ijk_to_ras, fixed.shape, mode="nearest")
+
+
+def _result_metrics(fixed: ImageData, fixed_labels: Optional[ImageData], warped: np.ndarray,
                     warped_labels: Optional[np.ndarray], disp_fixed_vox: torch.Tensor, jacobian: np.ndarray, ndim: int,
-                    windows: Optional[Tuple[Window, Window]]) -> Dict[str, float]:
+                    windows: Tuple[Window, Window]) -> Dict[str, float]:
     """``metrics.registration_metrics`` of the warped image (and labels, when both label maps are there) on
-    1-99 percentile normalised intensities."""
+    1-99 percentile normalised intensities (a volume of one slab)."""
     from ..metrics import registration_metrics
 
     fixed_labels_grid = None
     if fixed_labels is not None and warped_labels is not None:
-        fixed_labels_grid = geometry.resample_to_grid(
-            labels_array(fixed_labels, "fixed_labels"), fixed_labels.ijk_to_ras, fixed.ijk_to_ras,
-            fixed.shape, mode="nearest",
-        )
+        fixed_labels_grid = _fixed_labels_on_grid(fixed, fixed_labels)
     squeeze = (lambda a: a[0]) if ndim == 2 else (lambda a: a)
-    fixed_window, moving_window = windows or (intensity_window(fixed.array), intensity_window(moving.array))
+    fixed_window, moving_window = windows
     return registration_metrics(
         squeeze(normalize_intensity(fixed.array, window=fixed_window)),
         squeeze(normalize_intensity(warped, window=moving_window)),

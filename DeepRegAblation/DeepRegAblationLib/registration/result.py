@@ -9,7 +9,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -38,6 +38,8 @@ class RegistrationResult:
             memory to the full-resolution field, warped image and labels) and ``metrics_s`` (the metrics).
         timings: seconds per stage (``read``, ``resample``, ``model``, ``refine`` and ``refine_<stage>_<s>mm``
             per level, ``upsample``, ``warp``, ``metrics``).
+        warnings: plain sentences about inputs outside what the models know (``registration.input_warnings``),
+            ``[]`` for an ordinary pair.
     """
 
     variant: str
@@ -50,6 +52,7 @@ class RegistrationResult:
     jacobian: np.ndarray
     metrics: Dict[str, float] = field(default_factory=dict)
     timings: Dict[str, float] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
 
     _ARRAYS = ("fixed_ijk_to_ras", "warped", "affine_ras", "disp_ras_mm", "deform_disp_ras_mm", "jacobian")
 
@@ -64,6 +67,7 @@ class RegistrationResult:
         arrays["variant"] = np.array(self.variant)
         arrays["metrics_json"] = np.array(json.dumps({k: float(v) for k, v in self.metrics.items()}))
         arrays["timings_json"] = np.array(json.dumps({k: float(v) for k, v in self.timings.items()}))
+        arrays["warnings_json"] = np.array(json.dumps([str(w) for w in self.warnings]))
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=str(path.parent))
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -89,6 +93,7 @@ class RegistrationResult:
                 warped_labels=data["warped_labels"] if "warped_labels" in data.files else None,
                 metrics=json.loads(str(data["metrics_json"])),
                 timings=json.loads(str(data["timings_json"])),
+                warnings=json.loads(str(data["warnings_json"])) if "warnings_json" in data.files else [],
                 **{name: data[name] for name in cls._ARRAYS},
             )
 

@@ -22,6 +22,7 @@ import contextlib
 import csv
 import gzip
 import io
+import json
 import sys
 import tempfile
 import time
@@ -35,7 +36,8 @@ import numpy as np
 
 __all__ = [
     "SIZE", "REFUSED", "REPORT_COMMAND", "volume", "label_map", "nifti_bytes", "Case", "CASES", "Inputs", "make_inputs",
-    "EntryPoint", "ENTRY_POINTS", "Outcome", "run_one", "run_table", "markdown", "main",
+    "EntryPoint", "ENTRY_POINTS", "Outcome", "run_one", "run_table", "markdown", "MEMORY_REPORTS", "memory_markdown",
+    "issue24_sections", "main",
 ]
 
 SIZE = 16
@@ -489,16 +491,58 @@ def _short_paths(message: str) -> str:
     return re.sub(r"/\S*/runs/[^/\s]+/", ".../", re.sub(r"/\S*/inputs/", ".../", message)).replace("`", "'")
 
 
+MEMORY_REPORTS = (Path("docs/benchmarks-memory.memory.json"), Path("docs/benchmarks-memory-0.5mm.memory.json"))
+"""The ``bench --memory`` runs whose tables the report carries (each with the command that measured it)."""
+
+
+def memory_markdown(paths: Sequence[Path]) -> str:
+    """The memory section: the table of each ``bench --memory`` run in ``paths`` (absent files are skipped)."""
+    from . import memory
+
+    parts = ["## Memory: peak resident memory of `register`", "",
+             "Measured by `deepreg-ablation bench --memory` (`benchmarks.memory`: each case the real `register` "
+             "command in its own process, its peak RSS from the kernel, `ru_maxrss`); the pair is the MNI152 "
+             "template on a 200 x 240 x 200 mm field of view at 1, 0.7 and 0.5 mm and itself moved rigidly. "
+             "`registration.memory` refuses a run whose estimated need exceeds the available memory before any "
+             "work (see the cases above), and skips the Slicer scene with a warning when it cannot fit. These "
+             "tables are not measured by this report's command (the 0.5 mm case alone takes minutes and about 4.3 GB): "
+             "each is read from the rows a `bench --memory` run saved, and that run's command stands above it.", ""]
+    for path in paths:
+        if not Path(path).is_file():
+            continue
+        payload = json.loads(Path(path).read_text())
+        report = Path(path).with_name(Path(path).name.replace(".memory.json", ".md"))
+        parts += [f"Produced by `{payload['command']}` (rows: `{Path(path).as_posix()}`; its full report, machine "
+                  f"and date: `{report.as_posix()}`):", "", memory.markdown_table(payload["rows"])]
+    return "\n".join(parts) + "\n"
+
+
+def issue24_sections(root: Path, memory_reports: Sequence[Path]) -> str:
+    """The sections added by issue 24: the faults table, the fuzzer's table and the memory tables."""
+    from . import faults, fuzz
+
+    start = time.perf_counter()
+    fault_rows = faults.run_faults(root / "faults")
+    text = faults.markdown(fault_rows, REPORT_COMMAND, time.perf_counter() - start)
+    start = time.perf_counter()
+    fuzz_rows = fuzz.run_cases(fuzz.plan_cases(root / "fuzz", fuzz.DEFAULT_CASES, 0), root / "fuzz")
+    text += "\n" + fuzz.markdown(fuzz_rows, REPORT_COMMAND, time.perf_counter() - start)
+    return text + "\n" + memory_markdown(memory_reports)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m DeepRegAblationTrainingLib.benchmarks.reliability", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--report", type=Path, default=None, help="write the Markdown table here (default: stdout)")
+    parser.add_argument("--memory-json", type=Path, nargs="*", default=list(MEMORY_REPORTS),
+                        help="bench --memory results to include (default: the committed ones)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="deepreg-reliability-") as tmp:
         outcomes = run_table(Path(tmp))
-    text = markdown(outcomes, time.perf_counter() - start)
+        text = markdown(outcomes, time.perf_counter() - start)
+        text += "\n" + issue24_sections(Path(tmp), args.memory_json)
     if args.report is None:
         sys.stdout.write(text)
     else:

@@ -38,8 +38,9 @@ DATASETS = ("miccai2012", "lpba40", "ibsr18", "ixi")
 def parse_variants(args: argparse.Namespace) -> List[str]:
     """``--variants`` -> its entries (variant ids; ``NAME=CHECKPOINT`` with ``--quality`` only), checked with the
     other options (a part chosen, CUDA present for ``--device cuda``)."""
-    if not (args.train or args.infer or args.quality or getattr(args, "refinement", False)):
-        raise ValueError("choose --train, --infer, --quality and/or --refinement")
+    if not (args.train or args.infer or args.quality or getattr(args, "refinement", False)
+            or getattr(args, "memory", False)):
+        raise ValueError("choose --train, --infer, --quality, --refinement and/or --memory")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     checkpoints = [v for v in variants if "=" in v]
     if checkpoints and (args.train or args.infer):
@@ -260,8 +261,9 @@ def _ixi_section(args: argparse.Namespace, variants) -> tuple:
 
 
 def write_report(report: Path, command: str, rows: Sequence[dict], quality_text: str, quality_rows: Sequence[dict],
-                 with_quality: bool) -> None:
-    """The Markdown report (a section per part), ``<report>.json`` (speed rows) and ``<report>.quality.json``."""
+                 with_quality: bool, memory_text: str = "", memory_rows: Sequence[dict] = ()) -> None:
+    """The Markdown report (a section per part), ``<report>.json`` (speed rows), ``<report>.quality.json`` and
+    ``<report>.memory.json`` (with the command, for the reliability report's memory table)."""
     parts = [
         "# Benchmarks", "",
         f"Produced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}.", "",
@@ -271,7 +273,12 @@ def write_report(report: Path, command: str, rows: Sequence[dict], quality_text:
         parts += [speed.__doc__.strip(), "", speed.markdown_tables(rows)]
     if with_quality:
         parts += [quality_text]
+    if memory_rows:
+        parts += [memory_text]
     report.parent.mkdir(parents=True, exist_ok=True)
+    if memory_rows:
+        report.with_suffix(".memory.json").write_text(json.dumps({"command": command.strip(), "rows": list(memory_rows)},
+                                                                 indent=1))
     report.write_text("\n".join(parts) + "\n")
     if rows:
         report.with_suffix(".json").write_text(json.dumps(rows, indent=1))
@@ -295,5 +302,11 @@ def run_bench(args: argparse.Namespace, command: str) -> Tuple[List[dict], str]:
         text, refinement_rows = refinement_section(args, variants)
         quality_text, quality_rows = "\n".join(t for t in (quality_text, text) if t), quality_rows + refinement_rows
     with_rows = args.quality or getattr(args, "refinement", False)
-    write_report(args.report, command, rows, quality_text, quality_rows, with_rows)
-    return rows, quality_text
+    memory_text, memory_rows = "", []
+    if getattr(args, "memory", False):
+        from . import memory
+
+        memory_text, memory_rows = memory.memory_section(args.memory_sizes, args.memory_cases, args.memory_cache,
+                                                         args.threads, args.memory_scene)
+    write_report(args.report, command, rows, quality_text, quality_rows, with_rows, memory_text, memory_rows)
+    return rows, "\n".join(t for t in (quality_text, memory_text) if t)

@@ -14,8 +14,14 @@ peers elastix and FireANTs (--peers), either on the validation pairs of each 3D 
 split (--datasets all --split, --pairs, --jobs; a section per dataset with the ratios to SyN,
 elastix and FireANTs) or on ordered pairs of one folder of IXI heads (--ixi, --pairs).
 
+--memory: peak memory (RSS) per voxel of the register command at three resolutions of one brain
+(--memory-sizes 1mm,0.7mm,0.5mm: 9.6 M, 28 M and 77 M voxels), one variant or all, with and without
+label maps and refinement (--memory-cases), each case in its own process (the Slicer scene only with
+--memory-scene); the inputs are written once into --memory-cache.
+
 Writes one Markdown report with a section per part (--report, default docs/benchmarks.md), the
-speed rows as JSON beside it (<report>.json) and the quality rows per pair (<report>.quality.json).
+speed rows as JSON beside it (<report>.json), the quality rows per pair (<report>.quality.json) and
+the memory rows (<report>.memory.json).
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from DeepRegAblationLib.options import VARIANT_IDS, DeviceChoice  # noqa: E402
 
-from ..benchmarks import speed  # noqa: E402
+from ..benchmarks import memory, speed  # noqa: E402
 from ..benchmarks.methods import CLASSICAL_CHOICES  # noqa: E402
 from ..benchmarks.suite import DEFAULT_IXI, DEFAULT_REPORT, DEFAULT_SPLIT, run_bench  # noqa: E402
 from .arguments import INIT_ALIGN_CHOICES  # noqa: E402
@@ -87,6 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--variants (a variant id or NAME=CHECKPOINT)")
     parser.add_argument("--budgets", default="1,2,5,10",
                         help="with --refinement: iterations per level of the Dice-against-time points (default 1,2,5,10)")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory per voxel of the register command at several resolutions")
+    parser.add_argument("--memory-sizes", default="1mm,0.7mm",
+                        help=f"comma-separated sizes from {list(memory.SIZES)} (default 1mm,0.7mm; 0.5mm is "
+                             "400 x 480 x 400 voxels and takes minutes)")
+    parser.add_argument("--memory-cases", default=",".join(memory.CASE_OPTIONS),
+                        help=f"comma-separated cases from {list(memory.CASE_OPTIONS)} (default: all)")
+    parser.add_argument("--memory-cache", type=Path, default=memory.DEFAULT_CACHE,
+                        help=f"folder for the benchmark's input images (default {memory.DEFAULT_CACHE})")
+    parser.add_argument("--memory-scene", action="store_true", help="memory cases also write the Slicer scene")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report to write")
 
 
@@ -100,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     rows, quality_text = run_bench(args, command)
     if rows:
         print(speed.markdown_tables(rows))
-    if args.quality or args.refinement:
+    if args.quality or args.refinement or args.memory:
         print(quality_text)
     print(f"wrote {args.report}")
     return 1 if any("error" in r for r in rows) else 0

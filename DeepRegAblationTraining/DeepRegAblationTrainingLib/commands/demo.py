@@ -22,6 +22,7 @@ from typing import List
 from DeepRegAblationLib.options import DEVICE_CHOICES
 
 from ..experiments.demo import DEMO_SPACING_MM, run_demo
+from ..output_lock import output_lock
 from .arguments import refine_type
 
 
@@ -48,8 +49,9 @@ def required_packages(args: argparse.Namespace) -> List[str]:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    errors = run_demo(args.out, refine=args.refine, max_disp_mm=args.max_disp_mm, seed=args.seed, model=args.model,
-                      device=args.device, spacing_mm=args.spacing_mm)
+    with output_lock(args.out, "deepreg-ablation demo"):  # one run per output folder
+        errors = run_demo(args.out, refine=args.refine, max_disp_mm=args.max_disp_mm, seed=args.seed,
+                          model=args.model, device=args.device, spacing_mm=args.spacing_mm)
     print(f"\nbefore registration (identity): mean endpoint error {errors['identity']['epe_mean_mm']:.2f} mm, "
           f"p95 {errors['identity']['epe_p95_mm']:.2f} mm")
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs in {args.out}")

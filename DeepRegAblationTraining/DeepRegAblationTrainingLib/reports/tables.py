@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -30,7 +31,7 @@ __all__ = [
     "any_finite", "metric_values", "group_by_variant", "paired_values", "available_metrics", "summarize_ablation",
     "write_summary_csv", "ablation_markdown_tables", "PER_DATASET_METRICS", "PER_DATASET_MIN_TEST_PAIRS",
     "MIXED_DATASETS", "pair_dataset", "rows_by_dataset", "summarize_per_dataset", "per_dataset_markdown",
-    "STATS_EXPLANATION", "markdown_preamble",
+    "STATS_EXPLANATION", "markdown_preamble", "markdown_from_docstring",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -343,3 +344,9 @@ def markdown_preamble(title: str, command: str = "", setup: Optional[Mapping[str
         md += [note, ""]
     return md
 
+
+def markdown_from_docstring(text: str) -> str:
+    """A docstring's reStructuredText as Markdown, for the reports that quote their module's docstring: a role
+    (:func:`x`, :data:`x`, ...) and a ``literal`` both become `x`."""
+    text = re.sub(r":(?:func|data|class|mod|meth|attr|obj):`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")

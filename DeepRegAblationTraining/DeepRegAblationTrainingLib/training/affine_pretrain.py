@@ -239,7 +239,7 @@ def _preload(scans: _Scans, progress: Progress) -> None:
 
 def _resume(last: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Load ``last.pt``'s weights, Adam state and RNG states; the step it was written at."""
-    ckpt = load_checkpoint(last)
+    ckpt = load_checkpoint(last, role="--resume checkpoint")
     load_model_state(model, ckpt, source=str(last))
     optimizer.load_state_dict(ckpt["optimizer_state"])
     start = int(ckpt["step"])

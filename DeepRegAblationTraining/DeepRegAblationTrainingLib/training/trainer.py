@@ -18,6 +18,9 @@ epoch boundary; on the CPU the result is bitwise identical to an uninterrupted r
 thread count). Steps logged by the interrupted run after its last checkpoint are dropped from
 the logs.
 
+One run per ``out_dir``: rank 0 holds ``output_lock.output_lock`` (``.<name>.lock`` beside it) for the whole
+run, so a second run into the folder is refused at once (``OutputInUseError``).
+
 Files in ``out_dir``: ``last.pt`` (every epoch), ``best.pt`` (validation improved),
 ``epoch_XXXX.pt`` (every ``checkpoint_every`` epochs), ``split.json``, ``val_pairs.json``,
 ``config.json``, ``steps.csv/.jsonl``, ``epochs.csv/.jsonl``, ``tensorboard/`` (when available).
@@ -34,11 +37,13 @@ DistributedDataParallel, every rank holds identical weights, rank 0 validates an
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -47,7 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from DeepRegAblationLib.models.checkpoints import load_checkpoint, save_checkpoint
+from DeepRegAblationLib.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from DeepRegAblationLib.registration.devices import resolve_device
 from DeepRegAblationLib.losses import CompositeLoss
 from DeepRegAblationLib.models.network import RegistrationModel, build_model
@@ -55,6 +60,7 @@ from DeepRegAblationLib.models.variants import VariantSpec
 
 from ..augment import seeded_generator
 from ..data import DataBundle, build_data, collate_pairs, data_ndim
+from ..output_lock import output_lock
 from . import distributed
 from .config import TrainConfig
 from .logs import ProgressBar, TrainLogger
@@ -131,8 +137,12 @@ def train(config: Union[TrainConfig, Mapping[str, Any]], progress: Progress = No
     info = distributed.init_distributed(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    # one run per --out: a second run into the folder is refused at once (rank 0 holds the lock)
+    lock = output_lock(Path(config.out_dir), f"deepreg-ablation train --variant {config.variant_spec().id}") if info.is_main \
+        else contextlib.nullcontext()
     try:
-        return _train(config, device, info, progress)
+        with lock:
+            return _train(config, device, info, progress)
     finally:
         if joined_here:
             distributed.cleanup()
@@ -194,15 +204,37 @@ def _train(config: TrainConfig, device: torch.device, info: distributed.DistInfo
 # --------------------------------------------------------------------------- setup and resume
 def _resume_checkpoint(config: TrainConfig, out_dir: Path) -> Optional[Dict[str, Any]]:
     """``out_dir/last.pt`` when resuming (checked: :func:`state.check_resumable`); ``None`` for a fresh run,
-    which must not overwrite a run already in ``out_dir``."""
+    which must not overwrite a run already in ``out_dir``. A ``last.pt`` that cannot be read (cut by a crash,
+    damaged) gives way to the newest readable ``epoch_XXXX.pt``, with a warning (:func:`_fallback_checkpoint`)."""
     last_path = out_dir / "last.pt"
     resume_ckpt: Optional[Dict[str, Any]] = None
     if config.resume and last_path.is_file():
-        resume_ckpt = load_checkpoint(last_path)
-        check_resumable(resume_ckpt, config, last_path)
+        try:
+            resume_ckpt = load_checkpoint(last_path, role="--resume checkpoint")
+            used = last_path
+        except CheckpointError as exc:
+            resume_ckpt, used = _fallback_checkpoint(out_dir, exc)
+        check_resumable(resume_ckpt, config, used)
     elif not config.resume and last_path.is_file():
         raise ValueError(f"{out_dir} already holds a training run ({last_path}); use --resume or another --out folder")
     return resume_ckpt
+
+
+def _fallback_checkpoint(out_dir: Path, problem: CheckpointError) -> Tuple[Dict[str, Any], Path]:
+    """The newest ``epoch_XXXX.pt`` of ``out_dir`` that reads as a checkpoint, after ``last.pt`` failed with
+    ``problem`` (a ``RuntimeWarning`` says which file is used); ``problem`` re-raised, extended, when none does."""
+    skipped = []
+    for path in sorted(out_dir.glob("epoch_[0-9][0-9][0-9][0-9].pt"), reverse=True):
+        try:
+            ckpt = load_checkpoint(path, role="--resume checkpoint")
+        except CheckpointError as exc:
+            skipped.append(f"{path.name} {str(exc).split(str(path), 1)[-1].strip()}")
+            continue
+        warnings.warn(f"{problem}; resuming from the newest good checkpoint {path} (epoch {ckpt.get('epoch')}, "
+                      f"step {ckpt.get('global_step')}) instead", RuntimeWarning, stacklevel=2)
+        return ckpt, path
+    tried = f" ({'; '.join(skipped)})" if skipped else ""
+    raise CheckpointError(f"{problem}, and no earlier epoch_XXXX.pt checkpoint in {out_dir} could be read{tried}") from None
 
 
 def _setup(

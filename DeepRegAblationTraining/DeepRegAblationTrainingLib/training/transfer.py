@@ -22,7 +22,7 @@ def _arch_key(config: Mapping[str, Any]) -> str:
 
 def init_from_checkpoint(model: RegistrationModel, path: Union[str, Path]) -> Dict[str, Any]:
     """Load the weights of checkpoint ``path`` into ``model``; ``ValueError`` if the architectures differ."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, role="--init-from checkpoint")
     saved, mine = ckpt["model_config"], model.config()
     if _arch_key(saved) != _arch_key(mine):
         raise ValueError(
