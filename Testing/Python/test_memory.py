@@ -224,19 +224,3 @@ def test_intensity_window_is_np_percentile_with_half_the_memory():
     imageio.intensity_window(image)
     assert np.array_equal(image, before)  # not reordered unless asked
 
-
-def test_streamed_percentiles_are_np_percentile_from_chunks(monkeypatch):
-    """The snapshots' 99th percentile of |u| without the float64 array of all norms: exactly np.percentile."""
-    from DeepRegAblationLib import percentiles
-
-    rng = np.random.default_rng(4)
-    arrays = [rng.normal(size=3000), rng.integers(0, 3, size=2000).astype(float), np.full(500, 2.5),
-              np.where(rng.random(4000) < 0.8, 0.0, rng.random(4000)), np.sqrt((rng.normal(size=(3000, 3)) ** 2).sum(1)),
-              np.array([-1e308, 1e308, 0.0] * 40)]
-    for limit in (percentiles._GATHER_LIMIT, 40):  # 40: crowded bins narrowed down again
-        monkeypatch.setattr(percentiles, "_GATHER_LIMIT", limit)
-        for values in arrays:
-            for q in ((1, 99), (99,), (0, 100), (37.5,)):
-                expected = tuple(float(v) for v in np.percentile(values, q))
-                chunks = lambda: (values[i:i + 91] for i in range(0, values.size, 91))  # noqa: E731
-                assert percentiles.streamed_percentiles(chunks, q) == expected, (values[:3], q)
