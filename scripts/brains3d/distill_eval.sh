@@ -12,6 +12,7 @@ set -euo pipefail
 D=runs/brains3d/distill; S=runs/brains3d/shipped-5000; out=docs/results/distill-3d; a=average_11-20.pt
 grid() {
   for variant in baseline regloss affine_basic affine_enhanced; do
+    if [ ! -f "$D/$variant/$a" ]; then echo "$variant: no $D/$variant/$a (run distill.sh $variant, ship.sh distill): skipped"; continue; fi
     local files=("$S/$variant.pt" "$D/$variant/$a")
     if [ "$variant" = affine_enhanced ]; then
       files+=("$D/affine_enhanced_plain/average_21-30.pt")
