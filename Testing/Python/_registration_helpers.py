@@ -1,6 +1,9 @@
 """Synthetic physical images shared by the geometry / imageio / inference / exports / CLI tests."""
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -48,3 +51,17 @@ def oblique_pair(seed: int = 0):
     fixed = ImageData(smooth_volume((20, 28, 24), seed), fixed_matrix, "fixed")
     moving = ImageData(smooth_volume((22, 26, 25), seed + 1), moving_matrix, "moving")
     return fixed, moving
+
+
+CLI = [sys.executable, "-m", "DeepRegAblationTrainingLib.cli"]
+"""The command line in a child process (with :data:`CLI_ENV`)."""
+CLI_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PYTHONUNBUFFERED="1")
+"""A child's environment that finds the libraries the way this test process does."""
+
+
+def write_smooth_images(root, **seeds):
+    """``{name: path}`` of 20^3 identity-matrix NIfTI files ``root/<name>.nii.gz`` of :func:`smooth_volume` (seed)."""
+    from DeepRegAblationLib.imageio import write_image
+
+    return {name: write_image(Path(root) / f"{name}.nii.gz", ImageData(smooth_volume((20, 20, 20), seed), np.eye(4)))
+            for name, seed in seeds.items()}

@@ -16,28 +16,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from _registration_helpers import smooth_volume
+from _registration_helpers import CLI, CLI_ENV, write_smooth_images
 from DeepRegAblationLib import jobs, panel
-from DeepRegAblationLib.imageio import ImageData, write_image
 from DeepRegAblationTrainingLib import data
 from DeepRegAblationTrainingLib.output_lock import OutputInUseError, lock_path, output_lock
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGSTOP / SIGKILL")
 
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PYTHONUNBUFFERED="1")
-CLI = [sys.executable, "-m", "DeepRegAblationTrainingLib.cli"]
+ENV = CLI_ENV
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    fixed = write_image(root / "fixed.nii.gz", ImageData(smooth_volume((20, 20, 20), 0), np.eye(4)))
-    second = write_image(root / "second.nii.gz", ImageData(smooth_volume((20, 20, 20), 5), np.eye(4)))
-    moving = write_image(root / "moving.nii.gz", ImageData(smooth_volume((20, 20, 20), 1), np.eye(4)))
-    return fixed, moving, second
+    files = write_smooth_images(tmp_path_factory.mktemp("pair"), fixed=0, moving=1, second=5)
+    return files["fixed"], files["moving"], files["second"]
 
 
 def _register_argv(fixed, moving, out):
