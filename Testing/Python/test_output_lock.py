@@ -39,8 +39,12 @@ def _register_argv(fixed, moving, out):
             "--no-scene", "--out", str(out)]
 
 
-def _start(argv) -> subprocess.Popen:
-    return subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+def _start_registering(fixed, moving, out) -> subprocess.Popen:
+    """A ``register`` child that holds ``--out`` and is inside its registration (its ``[1/1]`` line was printed)."""
+    proc = subprocess.Popen(CLI + _register_argv(fixed, moving, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV)
+    _wait_for_line(proc, "[1/1]")
+    return proc
 
 
 def _wait_for_line(proc: subprocess.Popen, prefix: str, timeout_s: float = 240.0) -> list:
@@ -64,8 +68,7 @@ def _finish(proc: subprocess.Popen) -> str:
 def test_a_second_register_into_the_same_out_is_refused_and_the_first_keeps_its_results(pair, tmp_path):
     fixed, moving, second = pair
     out = tmp_path / "out"
-    first = _start(_register_argv(fixed, moving, out))
-    _wait_for_line(first, "[1/1]")  # holds --out, registering
+    first = _start_registering(fixed, moving, out)
     first.send_signal(signal.SIGSTOP)
     try:
         t0 = time.time()
@@ -91,8 +94,7 @@ def test_a_second_register_into_the_same_out_is_refused_and_the_first_keeps_its_
 def test_the_panels_background_run_is_refused_while_a_command_writes_its_folder(pair, tmp_path):
     fixed, moving, second = pair
     out = tmp_path / "results"
-    first = _start(_register_argv(fixed, moving, out))
-    _wait_for_line(first, "[1/1]")
+    first = _start_registering(fixed, moving, out)
     first.send_signal(signal.SIGSTOP)
     outcomes, logged = [], []
     try:
@@ -120,8 +122,7 @@ def test_the_panels_background_run_is_refused_while_a_command_writes_its_folder(
 def test_a_register_killed_with_sigkill_leaves_nothing_the_next_run_keeps(pair, tmp_path):
     fixed, moving, _ = pair
     out = tmp_path / "out"
-    killed = _start(_register_argv(fixed, moving, out))
-    _wait_for_line(killed, "[1/1]")
+    killed = _start_registering(fixed, moving, out)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
     partial = list(tmp_path.glob(".out.partial-*"))

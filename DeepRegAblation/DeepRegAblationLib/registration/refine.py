@@ -201,7 +201,8 @@ def _flattened(values: Sequence[float], schedule: RefineSchedule) -> bool:
     """True when the loss changed by less than ``flat_tolerance`` (relative) over the last ``flat_window`` steps.
 
     A loss that still moves either way is not flat: Adam's first steps from a network's output may raise it, and
-    stopping there cost the demo's refined run 0.37 mm of end-point error (1.05 instead of 0.68 mm)."""
+    stopping there cost the demo's refined run 0.37 mm of end-point error (``deepreg-ablation demo``: 1.05 mm at
+    commit 4a910e0, 0.68 mm with this rule)."""
     window = schedule.flat_window
     if window <= 0 or len(values) <= window:
         return False
