@@ -271,3 +271,44 @@ def test_sweep_report_states_the_chosen_multiplier(tmp_path):
     assert "**M = 0.5**" in first["report"].read_text() and "extend the sweep downwards" in first["report"].read_text()
     with pytest.raises(ValueError, match="folding_target"):
         reports.write_sweep_report(tmp_path / "d", rows, runs, folding_target=0.0)
+
+
+def _design_rows(n_pairs: int = 10):
+    """A 2 x 2 design where only the affine stage moves Dice (+0.05 on every pair) and only the regularisers
+    move folding (x 0.1); regloss's second file (``regloss@late/x``) must not be picked over the first."""
+    rng = np.random.default_rng(3)
+    dice = rng.uniform(0.5, 0.6, n_pairs)
+    fold = rng.uniform(1.0, 2.0, n_pairs)
+    design = {"identity": (0.0, 0.0, 0.0), "baseline": (0.0, 1.0, 0.0), "regloss@early/x": (0.0, 0.1, 0.0),
+              "regloss@late/x": (0.3, 0.1, 0.0), "affine_basic": (0.05, 1.0, 0.0), "affine_enhanced": (0.05, 0.1, 1e-3)}
+    return [{"variant": label, "pair_id": f"p{i}", "dice": float(dice[i] + d + jitter * i),
+             "folding_pct": float(fold[i] * f), "hd95_mm": math.nan}
+            for label, (d, f, jitter) in design.items() for i in range(n_pairs)]
+
+
+def test_component_contrasts_of_the_two_by_two_design():
+    from DeepRegAblationTrainingLib.reports import components
+
+    contrasts = {c["name"]: c for c in components.component_contrasts(_design_rows())}
+    assert list(contrasts) == [name for name, _, _ in components.CONTRASTS]
+    affine = contrasts["affine stage, with regularisers"]
+    assert (affine["with"], affine["without"]) == ("affine_enhanced", "regloss@early/x")
+    assert affine["dice_diff"] == pytest.approx(0.05 + 1e-3 * 4.5)
+    assert affine["dice_p"] == pytest.approx(2.0 / 2**10)  # all 10 pairs better: exact two-sided p
+    assert contrasts["affine stage, without regularisers"]["folding_pct_p"] == 1.0  # folding unchanged
+    assert contrasts["regularisers, without affine stage"]["dice_p"] == 1.0  # Dice unchanged
+    assert contrasts["regularisers, with affine stage"]["folding_pct_diff"] < 0
+    assert all(c["dice_q"] >= c["dice_p"] for c in contrasts.values())
+    assert math.isnan(affine["hd95_mm_diff"]) and affine["hd95_mm_n"] == 0
+    md = "\n".join(components.component_markdown(list(contrasts.values()), ["dice", "folding_pct"]))
+    assert "| affine stage, with regularisers | `affine_enhanced` - `regloss@early/x` | +0.0545 (p" in md
+    without_one = [r for r in _design_rows() if r["variant"] != "affine_basic"]
+    assert components.component_contrasts(without_one) == [] and components.component_markdown([]) == []
+
+
+def test_ablation_report_has_the_component_section_only_for_the_full_design(tmp_path):
+    paths = reports.write_ablation_report(tmp_path / "full", _design_rows(), baseline="baseline")
+    assert "## What each component buys" in paths["report"].read_text() and paths["components"].is_file()
+    two = [r for r in _design_rows() if r["variant"] in ("baseline", "affine_basic")]
+    paths = reports.write_ablation_report(tmp_path / "two", two, baseline="baseline")
+    assert "components" not in paths and "What each component buys" not in paths["report"].read_text()

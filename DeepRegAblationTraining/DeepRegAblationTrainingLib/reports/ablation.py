@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..evaluation.evaluate import METRIC_COLUMNS, PairPrediction
+from .components import COMPONENT_METRICS, component_contrasts, component_markdown
 from .figures import plot_accuracy_vs_folding, write_run_figures
 from .tables import (
     PER_DATASET_MIN_TEST_PAIRS,
@@ -58,6 +59,10 @@ def write_ablation_report(
         examples: ``variant -> PairPrediction`` of one validation pair for the example figure.
         notes: extra paragraphs (e.g. the honest statement of the training budget).
 
+    When the four variants of the 2 x 2 design are among the rows, a "What each component buys" section
+    (:mod:`.components`: the affine stage with and without the regularisers and the regularisers with and
+    without the affine stage, paired tests) and ``components.csv`` are added.
+
     When the pair ids name subjects of several datasets (``lpba40-S05->lpba40-S18``, see
     :func:`.tables.pair_dataset`), a "Per dataset" section adds Dice, HD95, folding % and SDlogJ per
     dataset and variant (paired tests where a dataset has at least 5 pairs) and
@@ -76,8 +81,12 @@ def write_ablation_report(
     per_dataset = summarize_per_dataset(rows, baseline=baseline)
     if per_dataset:
         paths["summary_per_dataset"] = write_summary_csv(per_dataset, out_dir / "summary_per_dataset.csv")
+    contrasts = component_contrasts(rows, [m for m in COMPONENT_METRICS if m in metrics])
+    if contrasts:
+        paths["components"] = write_summary_csv(contrasts, out_dir / "components.csv")
     md = markdown_preamble(title, command, setup, notes)
     md += _results_section(summary, baseline, metrics)
+    md += component_markdown(contrasts)
     md += _per_dataset_section(per_dataset, baseline)
     md += ["Per-pair values: `per_pair.csv`; all summary numbers (means, stds, changes, p, q, pairs tested): `summary.csv`"
            + ("; per dataset: `summary_per_dataset.csv`." if per_dataset else "."), ""]
