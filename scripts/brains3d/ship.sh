@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The shipped 3D files: each run's last ten checkpoints (steps 4100-5000, one per 100 steps: the annealed end of the
-# run, train.sh with ANNEAL=1000) averaged into one file without the resume-only state
-# (DeepRegAblationLib.models.checkpoints.ship_checkpoint with several sources).
+# The shipped 3D files (8000 steps, issue 21): each variant's 5000-step file (below) trained 3000 steps more with the same
+# recipe (PLAIN=1 STEPS=3000 distill.sh VARIANT: 2000 at the constant rate, 1000 annealed), and the last ten checkpoints
+# of that run (its steps 2100-3000, one per 100 steps: the annealed end) averaged into one file without the
+# resume-only state (DeepRegAblationLib.models.checkpoints.ship_checkpoint with several sources).
+# "ship.sh plain": the same averages written as runs/brains3d/distill/<variant>_plain/average_21-30.pt (distill_eval.sh).
+# "ship.sh 5000": the 5000-step files shipped before (commit e371607, kept as runs/brains3d/shipped-5000 by distill.sh):
+# the average of steps 4100-5000 of runs/brains3d/<run> (train.sh with ANNEAL=1000).
 # "ship.sh comparison": the same average over steps 2100-3000 of the tuned runs and of the reference arm
 # (runs/brains3d/<variant>_reference_3k), for the equal-budget comparison of the two regularisation strengths
 # (evaluate.sh), written as runs/brains3d/<run>/average_21-30.pt; and over steps 3100-4000 of the four shipped runs
 # (the files shipped before the anneal, for weight_averaging.py), written as runs/brains3d/<run>/average_31-40.pt.
 # "ship.sh distill" (issue 21): the same average over the annealed steps 1100-2000 of the distilled runs
-# (runs/brains3d/distill/<run>/average_11-20.pt) and over steps 2100-3000 of the longer plain run
-# (runs/brains3d/distill/affine_enhanced_plain/average_21-30.pt), for distill_eval.sh; "ship.sh distilled" ships them.
-# usage (from the repository root): ship.sh [comparison|distill|distilled]
+# (runs/brains3d/distill/<run>/average_11-20.pt), for distill_eval.sh; "ship.sh distilled" would ship them.
+# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -17,24 +20,29 @@ average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
 from DeepRegAblationLib.models.checkpoints import ship_checkpoint
 print(ship_checkpoint(['$1/epoch_%04d.pt' % e for e in range($2, $3 + 1)], '$4'))"
 }
-D=$B/distill
-if [ "${1:-}" = distill ]; then
+D=$B/distill; VARIANTS="baseline regloss affine_basic affine_enhanced"
+if [ -z "${1:-}" ]; then
+  for variant in $VARIANTS; do average $D/${variant}_plain 21 30 $M/$variant.pt; done
+elif [ "$1" = plain ]; then
+  for variant in $VARIANTS; do average $D/${variant}_plain 21 30 $D/${variant}_plain/average_21-30.pt; done
+elif [ "$1" = distill ]; then
   for run in baseline regloss affine_basic affine_enhanced affine_enhanced_cascade2; do
     [ ! -f $D/$run/epoch_0020.pt ] || average $D/$run 11 20 $D/$run/average_11-20.pt
   done
-  average $D/affine_enhanced_plain 21 30 $D/affine_enhanced_plain/average_21-30.pt
-elif [ "${1:-}" = distilled ]; then
-  for variant in baseline regloss affine_basic affine_enhanced; do average $D/$variant 11 20 $M/$variant.pt; done
-elif [ "${1:-}" = comparison ]; then
+elif [ "$1" = distilled ]; then
+  for variant in $VARIANTS; do average $D/$variant 11 20 $M/$variant.pt; done
+elif [ "$1" = comparison ]; then
   for run in regloss_m8 affine_enhanced_m8 regloss_reference_3k affine_enhanced_reference_3k; do
     average $B/$run 21 30 $B/$run/average_21-30.pt
   done
   for run in baseline regloss_m8 affine_basic affine_enhanced_m8; do
     average $B/$run 31 40 $B/$run/average_31-40.pt
   done
-else
+elif [ "$1" = 5000 ]; then
   average $B/baseline 41 50 $M/baseline.pt
   average $B/regloss_m8 41 50 $M/regloss.pt
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
+else
+  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill or distilled; none = the shipped files)" >&2; exit 2
 fi
