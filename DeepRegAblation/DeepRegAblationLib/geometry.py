@@ -1,4 +1,4 @@
-"""Physical-space geometry: IJK <-> RAS <-> LPS, axis order, resampling between physical grids.
+"""Physical-space geometry: IJK <-> RAS <-> LPS, axis order, grids and where they sit (resampling: ``resampling``).
 
 Conventions (see ``docs/architecture.md``):
 
@@ -10,29 +10,17 @@ Conventions (see ``docs/architecture.md``):
   its components reversed from tensor order ``(k, j, i)`` to ``(i, j, k)``.
 - ITK / SimpleITK files are LPS: ``lps = diag(-1, -1, 1) @ ras`` for points and vectors;
   a point transform ``T`` becomes ``F T F`` with ``F = diag(-1, -1, 1, 1)``.
-- Sampling follows ITK's convention (so results compare with ``sitk.Resample``): a continuous
-  index ``c`` is inside an axis of ``n`` voxels when ``-0.5 <= c < n - 0.5``; inside, linear
-  interpolation clamps to the border voxels; outside, the value is ``fill_value``.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from . import fields
-
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
-_SNAP_TOLERANCE_VOX = 1e-8  # continuous float64 indices this close to an integer are exact grid points
-_SNAP_TOLERANCE_VOX_FLOAT32 = 5e-5  # the same for float32 indices (one float32 step at index 256 is 1.5e-5)
-_CHUNK_POINTS = 1 << 21  # sampling works on chunks of ~2M points to bound memory
-CHUNK_VOXELS = 1 << 21
-"""Whole-grid work (resampling here, the full-resolution steps of ``registration.pipeline``, the metrics) runs
-on slabs of about this many voxels along the first array axis (:func:`slabs`), so that its working memory does
-not grow with the image; a volume of at most this size is one slab."""
 
 
 # --------------------------------------------------------------------------- matrices
@@ -172,7 +160,7 @@ def ras_to_voxel(points_ras: np.ndarray, ijk_to_ras: ArrayLike) -> np.ndarray:
     return apply_affine(points, inverse)
 
 
-def _shape3(shape: Sequence[int], name: str = "shape") -> Tuple[int, int, int]:
+def shape3(shape: Sequence[int], name: str = "shape") -> Tuple[int, int, int]:
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or any(n < 1 for n in shape):
         raise ValueError(f"{name} must be a volume shape (K, J, I) of positive sizes, got {shape}")
@@ -181,7 +169,7 @@ def _shape3(shape: Sequence[int], name: str = "shape") -> Tuple[int, int, int]:
 
 def grid_points_ras(shape: Sequence[int], ijk_to_ras: ArrayLike) -> np.ndarray:
     """RAS position of every voxel of a ``(K, J, I)`` grid: ``(K, J, I, 3)`` float64."""
-    k_size, j_size, i_size = _shape3(shape)
+    k_size, j_size, i_size = shape3(shape)
     matrix = validate_ijk_to_ras(ijk_to_ras)
     k, j, i = np.meshgrid(np.arange(k_size), np.arange(j_size), np.arange(i_size), indexing="ij")
     ijk = np.stack([i, j, k], axis=-1).astype(np.float64)
@@ -270,164 +258,7 @@ def matrix_vox_to_ras(matrix_vox: ArrayLike, grid_ijk_to_ras: ArrayLike) -> np.n
     return grid @ matrix_ijk @ np.linalg.inv(grid)
 
 
-# --------------------------------------------------------------------------- sampling
-def _snap_tolerance(dtype: torch.dtype) -> float:
-    """Continuous indices this close to an integer are grid points (exact values)."""
-    return _SNAP_TOLERANCE_VOX if dtype == torch.float64 else _SNAP_TOLERANCE_VOX_FLOAT32
-
-
-def sample_voxels(
-    volume: torch.Tensor, coords_kji: torch.Tensor, mode: str = "linear", fill_value: Optional[float] = 0.0
-) -> torch.Tensor:
-    """Sample a ``(C, K, J, I)`` volume at continuous voxel indices, with ITK semantics.
-
-    The one sampling routine of this module: linear (clamped to the border voxels inside the
-    image) or nearest, ``fill_value`` outside (``-0.5 <= c < n - 0.5`` is inside), or the border
-    values everywhere when ``fill_value`` is ``None`` (fields have no outside). Indices within
-    the snap tolerance of an integer (1e-8 voxel in float64, 5e-5 in float32) are grid points and
-    return the voxel values exactly. Works on chunks of ~2M points to bound memory.
-
-    Args:
-        volume: ``(C, K, J, I)`` float tensor (its dtype is the computation's).
-        coords_kji: ``(3, *out)`` continuous indices ``(k, j, i)`` into ``volume``.
-        mode: ``"linear"`` or ``"nearest"``.
-
-    Returns:
-        ``(C, *out)`` in ``volume.dtype``.
-    """
-    if mode not in ("linear", "nearest"):
-        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    if volume.dim() != 4 or coords_kji.shape[0] != 3:
-        raise ValueError(f"volume must be (C, K, J, I) and coords_kji (3, ...), got {tuple(volume.shape)}, {tuple(coords_kji.shape)}")
-    out_shape = tuple(coords_kji.shape[1:])
-    flat = coords_kji.reshape(3, -1).to(volume.dtype)
-    sizes = volume.shape[1:]
-    tolerance = _snap_tolerance(volume.dtype)
-    torch_mode = "bilinear" if mode == "linear" else "nearest"
-    out = torch.empty((volume.shape[0], flat.shape[1]), dtype=volume.dtype)
-    for start in range(0, flat.shape[1], _CHUNK_POINTS):
-        chunk = flat[:, start : start + _CHUNK_POINTS]
-        nearest = torch.round(chunk)
-        chunk = torch.where((chunk - nearest).abs_() < tolerance, nearest, chunk)
-        values = fields.sample(volume[None], chunk[None, :, :, None, None], mode=torch_mode, padding="border")
-        values = values.reshape(volume.shape[0], -1)
-        if fill_value is not None:
-            inside = torch.ones(chunk.shape[1], dtype=torch.bool)
-            for axis in range(3):
-                inside &= (chunk[axis] >= -0.5) & (chunk[axis] < sizes[axis] - 0.5)
-            values = torch.where(inside[None], values, torch.tensor(float(fill_value), dtype=values.dtype))
-        out[:, start : start + chunk.shape[1]] = values
-    return out.reshape((volume.shape[0],) + out_shape)
-
-
-def _volume_tensor(volume: np.ndarray, mode: str) -> torch.Tensor:
-    """Channels ``(C, K, J, I)`` as the sampling dtype: float32 for linear, float64 for nearest (exact labels)."""
-    dtype = np.float32 if mode == "linear" else np.float64
-    return torch.from_numpy(np.ascontiguousarray(volume, dtype=dtype))
-
-
-def _sample_channels(
-    volume: np.ndarray, ijk_to_ras: np.ndarray, points_ras: np.ndarray, mode: str, fill_value: Optional[float]
-) -> np.ndarray:
-    """Sample a ``(C, K, J, I)`` volume at ``(N, 3)`` RAS points -> ``(N, C)`` float64.
-
-    The points are mapped to voxel indices in float64 and sampled by :func:`sample_voxels` in
-    float64, so grid points are exact. ``fill_value=None`` extends the border values everywhere.
-    """
-    inverse = np.linalg.inv(validate_ijk_to_ras(ijk_to_ras))
-    image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float64))
-    out = np.empty((points_ras.shape[0], volume.shape[0]), dtype=np.float64)
-    for start in range(0, points_ras.shape[0], _CHUNK_POINTS):
-        chunk = points_ras[start : start + _CHUNK_POINTS]
-        coords = torch.from_numpy(np.ascontiguousarray(apply_affine(chunk, inverse)[:, ::-1].T))  # (3, N) (k, j, i)
-        out[start : start + chunk.shape[0]] = sample_voxels(image, coords, mode, fill_value).numpy().T
-    return out
-
-
-def _points(points_ras: np.ndarray) -> np.ndarray:
-    points_ras = np.asarray(points_ras, dtype=np.float64)
-    if points_ras.ndim < 1 or points_ras.shape[-1] != 3:
-        raise ValueError(f"points_ras must have shape (..., 3), got {points_ras.shape}")
-    return points_ras
-
-
-def sample_at_ras(
-    array: ArrayLike,
-    ijk_to_ras: ArrayLike,
-    points_ras: np.ndarray,
-    mode: str = "linear",
-    fill_value: float = 0.0,
-) -> np.ndarray:
-    """Sample a ``(K, J, I)`` image at RAS points ``(..., 3)`` (ITK semantics, see module docstring).
-
-    Args:
-        array: the image on its own grid.
-        ijk_to_ras: ``(4, 4)`` of that grid.
-        points_ras: ``(..., 3)`` RAS mm.
-        mode: ``"linear"`` or ``"nearest"`` (label maps; the dtype is kept).
-        fill_value: value outside the image.
-
-    Returns:
-        ``(...)``: float32 for linear, ``array.dtype`` for nearest. Points on grid points return
-        the voxel values exactly.
-    """
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    _shape3(array.shape, "array shape")
-    if mode not in ("linear", "nearest"):
-        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    points_ras = _points(points_ras)
-    values = _sample_channels(array[None], ijk_to_ras, points_ras.reshape(-1, 3), mode, float(fill_value))
-    values = values[:, 0].reshape(points_ras.shape[:-1])
-    return values.astype(array.dtype) if mode == "nearest" else values.astype(np.float32)
-
-
-def resample_to_grid(
-    array: ArrayLike,
-    src_ijk_to_ras: ArrayLike,
-    dst_ijk_to_ras: ArrayLike,
-    dst_shape: Sequence[int],
-    mode: str = "linear",
-    fill_value: float = 0.0,
-) -> np.ndarray:
-    """Resample an image onto another physical grid (any spacing, orientation, oblique).
-
-    ``out[k, j, i] = array(src^-1 @ dst @ (i, j, k))`` with ITK semantics (:func:`resample_channels`:
-    voxels copied when the grids share their lattice, float32 linear interpolation otherwise).
-
-    Args:
-        array: ``(K, J, I)`` on the source grid ``src_ijk_to_ras``.
-        dst_ijk_to_ras: ``(4, 4)`` destination grid; ``dst_shape``: its ``(K', J', I')``.
-        mode: ``"linear"`` (float32 out) or ``"nearest"`` (dtype kept).
-
-    Returns:
-        ``(K', J', I')``; identical grids reproduce ``array`` exactly.
-    """
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    _shape3(array.shape, "array shape")
-    return resample_channels(array[None], src_ijk_to_ras, dst_ijk_to_ras, dst_shape, mode, fill_value)[0]
-
-
-# --------------------------------------------------------------------------- whole grids (the pipeline's fast path)
-def slabs(shape: Sequence[int], chunk_voxels: Optional[int] = None) -> List[Tuple[int, int]]:
-    """``[(k0, k1), ...]``: consecutive ranges of the first axis of a ``(K, ...)`` grid covering it, each of about
-    ``chunk_voxels`` voxels (default :data:`CHUNK_VOXELS`; at least one slice per slab)."""
-    shape = tuple(int(n) for n in shape)
-    per_slice = max(1, int(np.prod(shape[1:], dtype=np.int64)))
-    step = max(1, int(chunk_voxels or CHUNK_VOXELS) // per_slice)
-    return [(k0, min(k0 + step, shape[0])) for k0 in range(0, shape[0], step)]
-
-
-def index_map(src_ijk_to_ras: ArrayLike, dst_ijk_to_ras: ArrayLike) -> np.ndarray:
-    """``(4, 4)`` destination voxel ``(i, j, k)`` -> source continuous voxel ``(i, j, k)``: ``src^-1 @ dst``."""
-    src = validate_ijk_to_ras(src_ijk_to_ras, "src_ijk_to_ras")
-    dst = validate_ijk_to_ras(dst_ijk_to_ras, "dst_ijk_to_ras")
-    return np.linalg.inv(src) @ dst
-
-
+# --------------------------------------------------------------------------- affine maps on every voxel of a grid
 def affine_on_grid(
     matrix: Optional[np.ndarray],
     shape: Sequence[int],
@@ -452,7 +283,7 @@ def affine_on_grid(
     Returns:
         ``(3, K, J, I)`` in ``dtype``.
     """
-    k_size, j_size, i_size = _shape3(shape)
+    k_size, j_size, i_size = shape3(shape)
     k0, j0, i0 = (int(n) for n in start)
     out = torch.zeros((3, k_size, j_size, i_size), dtype=dtype)
     if matrix is not None and np.any(np.asarray(matrix)[:3] != 0):
@@ -474,49 +305,6 @@ def affine_on_grid(
                     out[row].add_(field[channel], alpha=float(linear[row, channel]))
     return out
 
-
-def _exact_index_view(
-    volume: np.ndarray, matrix: np.ndarray, dst_shape: Tuple[int, int, int], fill_value: Optional[float],
-    k_range: Optional[Tuple[int, int]] = None,
-) -> Optional[np.ndarray]:
-    """Copy voxels when every destination voxel IS a source voxel (no interpolation), else ``None``.
-
-    That is the case when ``matrix`` (destination ``ijk`` -> source ``ijk``) is a signed
-    permutation with an integer offset: same spacing, axes permuted or flipped, shifted by whole
-    voxels (e.g. a volume and its closest-RAS view, or a crop / pad). Outside the source:
-    ``fill_value``, or the nearest border voxel when ``None``. ``k_range``: only the destination
-    slices ``k0 <= k < k1``.
-    """
-    linear, offset = matrix[:3, :3], matrix[:3, 3]
-    signs = np.round(linear)
-    if (np.abs(linear - signs).max() > 1e-9 or np.abs(offset - np.round(offset)).max() > 1e-6
-            or not np.all(np.abs(signs).sum(axis=0) == 1) or not np.all(np.abs(signs).sum(axis=1) == 1)):
-        return None
-    ranges = [(0, n) for n in dst_shape]
-    if k_range is not None:
-        ranges[0] = (int(k_range[0]), int(k_range[1]))
-    axes, indices = [], []
-    for dst_axis in (2, 1, 0):  # destination array axes k, j, i
-        src_axis = int(np.argmax(np.abs(signs[:, dst_axis])))
-        axes.append(3 - src_axis)  # array axis of the source (channel axis first)
-        first, last = ranges[2 - dst_axis]
-        index = signs[src_axis, dst_axis] * np.arange(first, last) + np.round(offset[src_axis])
-        indices.append(index.astype(np.int64))
-    out = np.transpose(volume, [0] + axes)
-    sizes = out.shape[1:]
-    for axis, index in enumerate(indices):
-        if len(index) != sizes[axis] or np.any(index != np.arange(sizes[axis])):  # else: this axis is unchanged
-            out = np.take(out, index, axis=axis + 1, mode="clip")
-    if np.shares_memory(out, volume):
-        out = out.copy()  # never hand back the caller's own array
-    if fill_value is not None:
-        for axis, index in enumerate(indices):
-            outside = (index < 0) | (index >= sizes[axis])
-            if outside.any():
-                where = [slice(None)] * 4
-                where[axis + 1] = outside
-                out[tuple(where)] = fill_value
-    return np.ascontiguousarray(out)
 
 
 def affine_after_displacement(transform: np.ndarray, disp_ras_mm: torch.Tensor, ijk_to_ras: ArrayLike,
@@ -541,51 +329,11 @@ def affine_after_displacement(transform: np.ndarray, disp_ras_mm: torch.Tensor, 
                           field=disp_ras_mm, start=(k_start, 0, 0))
 
 
-def resample_channels(
-    volume: np.ndarray,
-    src_ijk_to_ras: ArrayLike,
-    dst_ijk_to_ras: ArrayLike,
-    dst_shape: Sequence[int],
-    mode: str = "linear",
-    fill_value: Optional[float] = 0.0,
-    k_range: Optional[Tuple[int, int]] = None,
-) -> np.ndarray:
-    """Resample a ``(C, K, J, I)`` volume onto another grid: ``(C, K', J', I')``.
-
-    Voxels are copied when the grids share their voxel lattice (see ``_exact_index_view``);
-    otherwise the source voxel indices of the destination voxels come from :func:`affine_on_grid`,
-    one slab at a time (:func:`slabs`), and :func:`sample_voxels` samples them (float32 for linear,
-    float64 for nearest so that integer labels stay exact). ``fill_value=None`` extends the border
-    values (fields). Linear results are float32; nearest results keep ``volume.dtype``.
-    ``k_range=(k0, k1)``: only the destination slices ``k0 <= k < k1`` (``(C, k1 - k0, J', I')``, the
-    values of the whole result there).
-    """
-    dst_shape = _shape3(dst_shape, "dst_shape")
-    volume = np.asarray(volume)
-    if volume.ndim != 4:
-        raise ValueError(f"volume must be (C, K, J, I), got shape {volume.shape}")
-    if mode not in ("linear", "nearest"):
-        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    first, last = (0, dst_shape[0]) if k_range is None else (int(k_range[0]), int(k_range[1]))
-    if not 0 <= first < last <= dst_shape[0]:
-        raise ValueError(f"k_range {k_range} is not a range of slices of a grid of shape {dst_shape}")
-    matrix = index_map(src_ijk_to_ras, dst_ijk_to_ras)
-    exact = _exact_index_view(volume, matrix, dst_shape, fill_value, (first, last))
-    if exact is not None:
-        return exact.astype(np.float32, copy=False) if mode == "linear" else exact
-    source = _volume_tensor(volume, mode)
-    block = (last - first,) + dst_shape[1:]
-    out = np.empty((volume.shape[0],) + block, dtype=np.float32 if mode == "linear" else volume.dtype)
-    for k0, k1 in slabs(block):  # the source indices of one slab at a time: memory does not grow with the grid
-        coords = affine_on_grid(matrix[[2, 1, 0]], (k1 - k0,) + block[1:], start=(first + k0, 0, 0))  # (k, j, i)
-        out[:, k0:k1] = sample_voxels(source, coords, mode, fill_value).numpy()
-    return out
-
 
 def center_of_mass_ras(weights: np.ndarray, ijk_to_ras: ArrayLike) -> np.ndarray:
     """Weighted centre ``(3,)`` RAS mm of a ``(K, J, I)`` grid (weights >= 0, e.g. normalised intensities)."""
     weights = np.asarray(weights, dtype=np.float64)
-    _shape3(weights.shape, "weights shape")
+    shape3(weights.shape, "weights shape")
     total = float(weights.sum())
     if not total > 0:
         raise ValueError(f"the centre of mass needs positive weights somewhere (shape {weights.shape})")
@@ -623,7 +371,7 @@ def closest_ras_view(ijk_to_ras: ArrayLike, shape: Sequence[int]) -> Tuple[np.nd
         axis-aligned image the view's direction is the identity.
     """
     matrix = validate_ijk_to_ras(ijk_to_ras)
-    shape_ijk = _shape3(shape)[::-1]
+    shape_ijk = shape3(shape)[::-1]
     magnitude = np.abs(direction_from_matrix(matrix))
     source = [0, 0, 0]  # source[r]: image axis that becomes view axis r
     free_rows, free_cols = [0, 1, 2], [0, 1, 2]
@@ -683,7 +431,7 @@ def model_grid_for(
         an oblique one a grid centred on it, not aligned with its voxels.
     """
     fixed_matrix = validate_ijk_to_ras(fixed.ijk_to_ras, "fixed.ijk_to_ras")
-    fixed_shape = _shape3(np.shape(fixed.array), "fixed.array shape")
+    fixed_shape = shape3(np.shape(fixed.array), "fixed.array shape")
     spacing_mm = [float(s) for s in spacing_mm]
     shape = [int(n) for n in shape]
     orientation = "native" if orientation is None else str(orientation)
@@ -733,8 +481,8 @@ def overlap_fraction(
     points_per_axis: int = 24,
 ) -> float:
     """Fraction of the fixed image (a regular subsample of its voxels) inside the moving image's extent."""
-    fixed_shape = _shape3(fixed_shape, "fixed_shape")
-    moving_shape = _shape3(moving_shape, "moving_shape")
+    fixed_shape = shape3(fixed_shape, "fixed_shape")
+    moving_shape = shape3(moving_shape, "moving_shape")
     axes = [np.unique(np.linspace(0, n - 1, min(n, points_per_axis)).round()) for n in fixed_shape[::-1]]
     i, j, k = np.meshgrid(*axes, indexing="ij")
     points = voxel_to_ras(np.stack([i, j, k], axis=-1).reshape(-1, 3), fixed_ijk_to_ras)

@@ -1,7 +1,7 @@
 """``metrics.registration_metrics`` of a large volume, accumulated slab by slab (bounded working memory).
 
 ``registration.pipeline`` computes the full-resolution results of a volume larger than
-``geometry.CHUNK_VOXELS`` slab by slab along its first axis; :class:`SlabMetrics` takes each slab's
+``resampling.CHUNK_VOXELS`` slab by slab along its first axis; :class:`SlabMetrics` takes each slab's
 normalised images, field (voxels) and Jacobian determinant and keeps only sums: counts and float64 sums
 for folding, SDlogJ, MSE, NCC and the displacement norms, label sizes and overlaps for Dice, label
 coordinate sums for the centroid TRE. :func:`ssim_by_slabs` averages ``losses.ssim_map`` over window

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("nilearn")
 
-from DeepRegAblationLib import geometry  # noqa: E402
+from DeepRegAblationLib import geometry, resampling  # noqa: E402
 from DeepRegAblationTrainingLib.cli import main  # noqa: E402
 from DeepRegAblationTrainingLib.commands import demo as demo_command  # noqa: E402
 from DeepRegAblationTrainingLib.evaluation import endpoint_error_stats_mm  # noqa: E402
@@ -21,7 +21,7 @@ def test_known_displacement_maps_fixed_points_to_matching_moving_points():
     assert disp_true.shape == fixed.shape + (3,)
     points = geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras)
     moved = (points + disp_true).reshape(-1, 3)
-    warped_true = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, moved, mode="linear").reshape(fixed.shape)
+    warped_true = resampling.sample_at_ras(moving.array, moving.ijk_to_ras, moved, mode="linear").reshape(fixed.shape)
     brain = labels.array > 0
     def corr(a, b):
         return float(np.corrcoef(a[brain], b[brain])[0, 1])
@@ -30,7 +30,7 @@ def test_known_displacement_maps_fixed_points_to_matching_moving_points():
     assert corr(warped_true, fixed.array) > 0.8
     assert corr(warped_true, fixed.array) > corr(moving.array, fixed.array) + 0.25
     # warped labels through the known field agree with the fixed labels far better than before
-    warped_labels = geometry.sample_at_ras(moving_labels.array, moving.ijk_to_ras, moved, mode="nearest").reshape(fixed.shape)
+    warped_labels = resampling.sample_at_ras(moving_labels.array, moving.ijk_to_ras, moved, mode="nearest").reshape(fixed.shape)
     assert np.mean(warped_labels[brain] == labels.array[brain]) > np.mean(moving_labels.array[brain] == labels.array[brain])
     identity = endpoint_error_stats_mm(np.zeros_like(disp_true), disp_true, brain)
     assert identity["epe_mean_mm"] == pytest.approx(float(np.linalg.norm(disp_true, axis=-1)[brain].mean()))

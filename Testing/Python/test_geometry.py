@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import torch
 
 from _registration_helpers import label_volume, oblique_matrix, oblique_pair, smooth_volume
-from DeepRegAblationLib import geometry
+from DeepRegAblationLib import geometry, resampling
 from DeepRegAblationLib.imageio import ImageData, itk_image_from_array
 
 
@@ -78,10 +78,10 @@ def test_matrix_vox_to_ras_maps_grid_points():
 
 def test_resample_identical_grid_is_exact():
     fixed, _ = oblique_pair()
-    out = geometry.resample_to_grid(fixed.array, fixed.ijk_to_ras, fixed.ijk_to_ras, fixed.shape)
+    out = resampling.resample_to_grid(fixed.array, fixed.ijk_to_ras, fixed.ijk_to_ras, fixed.shape)
     np.testing.assert_array_equal(out, fixed.array)
     labels = label_volume(fixed.array)
-    out_labels = geometry.resample_to_grid(labels, fixed.ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode="nearest")
+    out_labels = resampling.resample_to_grid(labels, fixed.ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode="nearest")
     assert out_labels.dtype == labels.dtype
     np.testing.assert_array_equal(out_labels, labels)
 
@@ -90,7 +90,7 @@ def test_resample_identical_grid_is_exact():
 def test_resample_matches_simpleitk_on_oblique_anisotropic_grids(mode):
     fixed, moving = oblique_pair()
     array = moving.array if mode == "linear" else label_volume(moving.array)
-    out = geometry.resample_to_grid(array, moving.ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode=mode)
+    out = resampling.resample_to_grid(array, moving.ijk_to_ras, fixed.ijk_to_ras, fixed.shape, mode=mode)
     reference = sitk.Resample(
         itk_image_from_array(array, moving.ijk_to_ras),
         itk_image_from_array(np.zeros(fixed.shape, np.float32), fixed.ijk_to_ras),
@@ -115,7 +115,7 @@ def test_model_grid_centred_and_axis_aligned():
     same, same_shape = geometry.model_grid_for(fixed, fixed.spacing_kji, [32, 32, 32])
     offset = geometry.ras_to_voxel(same[:3, 3], fixed.ijk_to_ras)
     np.testing.assert_allclose(offset, np.round(offset), atol=1e-9)
-    padded = geometry.resample_to_grid(fixed.array, fixed.ijk_to_ras, same, same_shape)
+    padded = resampling.resample_to_grid(fixed.array, fixed.ijk_to_ras, same, same_shape)
     start = np.round(offset).astype(int)[::-1]  # (k, j, i)
     crop = padded[-start[0] : -start[0] + 20, -start[1] : -start[1] + 28, -start[2] : -start[2] + 24]
     np.testing.assert_array_equal(crop, fixed.array)
@@ -160,7 +160,7 @@ def test_closest_ras_view_is_the_same_voxels_reindexed_like_nibabel():
         canonical = image.ijk_to_ras @ orientations.inv_ornt_aff(ornt, shape_ijk)
         np.testing.assert_allclose(view, canonical, atol=1e-9)
         # the same voxels: resampling onto the view is an exact permutation / flip
-        copied = geometry.resample_to_grid(image.array, image.ijk_to_ras, view, view_shape)
+        copied = resampling.resample_to_grid(image.array, image.ijk_to_ras, view, view_shape)
         expected = np.transpose(orientations.apply_orientation(np.transpose(image.array, (2, 1, 0)), ornt), (2, 1, 0))
         np.testing.assert_array_equal(copied, expected)
 
@@ -184,7 +184,7 @@ def test_model_grid_ras_orientation_oblique_and_lps():
     offset_ijk = geometry.ras_to_voxel(grid[:3, 3], view)
     np.testing.assert_allclose(offset_ijk, np.round(offset_ijk), atol=1e-9)
     start = -np.round(offset_ijk).astype(int)[::-1]  # (k, j, i) of the first image voxel in the grid
-    padded = geometry.resample_to_grid(lps.array, lps.ijk_to_ras, grid, shape)
+    padded = resampling.resample_to_grid(lps.array, lps.ijk_to_ras, grid, shape)
     window = tuple(slice(s0, s0 + n) for s0, n in zip(start, lps.shape))
     np.testing.assert_array_equal(padded[window], lps.array[:, ::-1, ::-1])
     with pytest.raises(ValueError, match="orientation 'RAS' needs a 3D model grid"):
@@ -201,26 +201,26 @@ def test_shared_lattice_copies_voxels_without_interpolation(fill_value):
     view, view_shape = geometry.closest_ras_view(fixed.ijk_to_ras, fixed.shape)  # permutation + flips
     shifted = view.copy()
     shifted[:3, 3] += view[:3, :3] @ [-2.0, 3.0, 1.0]  # and a shift by whole voxels, partly outside
-    matrix = geometry.index_map(fixed.ijk_to_ras, shifted)
+    matrix = resampling.index_map(fixed.ijk_to_ras, shifted)
     field = np.stack([fixed.array, 2 * fixed.array, labels.astype(np.float32)])
-    fast = geometry._exact_index_view(field, matrix, view_shape, fill_value)
+    fast = resampling._exact_index_view(field, matrix, view_shape, fill_value)
     assert fast is not None  # the fast path applies
     # the general path: every destination voxel's source index, sampled (float64, so exact on grid points)
     coords = geometry.affine_on_grid(matrix[[2, 1, 0]], view_shape, dtype=torch.float64)
-    general = geometry.sample_voxels(torch.from_numpy(field.astype(np.float64)), coords, "linear", fill_value).numpy()
+    general = resampling.sample_voxels(torch.from_numpy(field.astype(np.float64)), coords, "linear", fill_value).numpy()
     np.testing.assert_array_equal(fast, general.astype(np.float32))
     outside = general[0] == 0.0  # (the image is > 0 inside, up to its minimum voxel)
     assert 0.05 < np.mean(outside) < 0.95 if fill_value is not None else np.mean(outside) < 0.01
     for array, mode in ((fixed.array, "linear"), (labels, "nearest")):  # the public entry point, through RAS points
-        out = geometry.resample_to_grid(array, fixed.ijk_to_ras, shifted, view_shape, mode=mode)
-        reference = geometry.sample_at_ras(array, fixed.ijk_to_ras, geometry.grid_points_ras(view_shape, shifted), mode=mode)
+        out = resampling.resample_to_grid(array, fixed.ijk_to_ras, shifted, view_shape, mode=mode)
+        reference = resampling.sample_at_ras(array, fixed.ijk_to_ras, geometry.grid_points_ras(view_shape, shifted), mode=mode)
         np.testing.assert_array_equal(out, reference)
 
 
 def test_float32_grid_resampling_agrees_with_float64_points():
     fixed, moving = oblique_pair()
-    fast = geometry.resample_to_grid(moving.array, moving.ijk_to_ras, fixed.ijk_to_ras, fixed.shape)
-    reference = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras))
+    fast = resampling.resample_to_grid(moving.array, moving.ijk_to_ras, fixed.ijk_to_ras, fixed.shape)
+    reference = resampling.sample_at_ras(moving.array, moving.ijk_to_ras, geometry.grid_points_ras(fixed.shape, fixed.ijk_to_ras))
     assert fast.dtype == np.float32
     np.testing.assert_allclose(fast, reference, atol=1e-5 * float(np.abs(moving.array).max()))
 

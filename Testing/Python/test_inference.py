@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import torch
 
 from _registration_helpers import label_volume, oblique_matrix, oblique_pair, smooth_volume
-from DeepRegAblationLib import fields, geometry, inference
+from DeepRegAblationLib import fields, geometry, inference, resampling
 from DeepRegAblationLib.imageio import ImageData, itk_image_from_array
 from DeepRegAblationLib.metrics import METRIC_KEYS
 from DeepRegAblationLib.models.checkpoints import save_checkpoint
@@ -88,7 +88,7 @@ def test_known_affine_and_field_match_the_network_output():
     expected_deform = fixed.ijk_to_ras[:3, :3] @ np.array([0.5, -0.25, 0.75])[::-1]
     np.testing.assert_allclose(result.deform_disp_ras_mm, np.broadcast_to(expected_deform, fixed.shape + (3,)), atol=1e-5)
     # warped = ONE interpolation of the original moving image at the mapped points
-    expected_warped = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, moving_ras)
+    expected_warped = resampling.sample_at_ras(moving.array, moving.ijk_to_ras, moving_ras)
     np.testing.assert_allclose(result.warped, expected_warped, atol=1e-3)
     linear = result.affine_ras[:3, :3]
     np.testing.assert_allclose(result.jacobian, np.linalg.det(linear), rtol=1e-4)

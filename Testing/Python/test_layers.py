@@ -27,7 +27,7 @@ Layer = Tuple[str, Tuple[str, ...]]  # (library, units)
 LAYERS: Tuple[Layer, ...] = (
     # the core, DeepRegAblationLib
     (CORE, ("options", "progress")),                  # user options and the progress protocol: plain Python
-    (CORE, ("fields", "geometry", "imageio", "nifti_header", "nifti_writer", "checkpoint_files", "percentiles")),
+    (CORE, ("fields", "geometry", "resampling", "imageio", "nifti_header", "nifti_writer", "checkpoint_files", "percentiles")),
     (CORE, ("losses", "models")),                     # losses; networks, variants, checkpoints, the resolver
     (CORE, ("metrics", "slab_metrics")),              # evaluation metrics (SSIM shared with losses.similarity)
     (CORE, ("registration",)),                        # register(), refine(), the result type

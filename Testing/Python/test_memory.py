@@ -8,7 +8,6 @@ The measurement itself (peak RSS per voxel at 9.6 M, 28 M and 77 M voxels) is ``
 from __future__ import annotations
 
 import gzip
-import sys
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ import SimpleITK as sitk
 import torch
 
 from _registration_helpers import label_volume, oblique_matrix, oblique_pair, smooth_volume
-from DeepRegAblationLib import geometry, imageio
-from DeepRegAblationLib.imageio import ImageData, itk_image_from_array, write_image, write_itk_image
+from DeepRegAblationLib import geometry, imageio, resampling
+from DeepRegAblationLib.imageio import ImageData, write_image, write_itk_image
 from DeepRegAblationLib.models.network import build_model
 from DeepRegAblationLib.outputs import exports, hdf_transforms
 from DeepRegAblationLib.registration import memory, register
@@ -60,9 +59,9 @@ def test_register_in_slabs_equals_the_whole_grid(monkeypatch, slab_voxels):
     fixed, moving, fixed_labels, moving_labels = _labelled_pair()
     model = _model()
     whole = register(fixed, moving, model, fixed_labels, moving_labels, device="cpu", initial_alignment="none")
-    assert len(geometry.slabs(fixed.shape)) == 1
-    monkeypatch.setattr(geometry, "CHUNK_VOXELS", slab_voxels)  # slabs of 1 and 3 slices
-    assert len(geometry.slabs(fixed.shape)) > 5
+    assert len(resampling.slabs(fixed.shape)) == 1
+    monkeypatch.setattr(resampling, "CHUNK_VOXELS", slab_voxels)  # slabs of 1 and 3 slices
+    assert len(resampling.slabs(fixed.shape)) > 5
     slabs = register(fixed, moving, model, fixed_labels, moving_labels, device="cpu", initial_alignment="none")
     _assert_same_result(whole, slabs)
     assert np.any(whole.jacobian != whole.jacobian.flat[0])  # a field worth the comparison
@@ -76,7 +75,7 @@ def test_result_from_mapping_in_slabs_equals_the_whole_grid_for_a_tensor_field(m
     affine = np.eye(4)
     affine[:3, 3] = [1.0, -2.0, 0.5]
     whole = result_from_mapping("x", fixed, moving, affine, field, fixed_labels, moving_labels)
-    monkeypatch.setattr(geometry, "CHUNK_VOXELS", 700)
+    monkeypatch.setattr(resampling, "CHUNK_VOXELS", 700)
     slabs = result_from_mapping("x", fixed, moving, affine, field, fixed_labels, moving_labels)
     _assert_same_result(whole, slabs)
     assert whole.metrics["folding_pct"] > 0  # a rough field: folds counted in both
@@ -89,13 +88,13 @@ def test_resample_channels_by_slabs_and_ranges(monkeypatch, same_lattice):
     if same_lattice:
         dst[:3, 3] += src[:3, :3] @ np.array([2.0, -1.0, 3.0])  # whole voxels: copied, not interpolated
     volume = np.stack([smooth_volume((12, 14, 10), seed) for seed in range(3)])
-    whole = geometry.resample_channels(volume, src, dst, (11, 13, 9), fill_value=None)
-    monkeypatch.setattr(geometry, "CHUNK_VOXELS", 100)
-    assert np.array_equal(geometry.resample_channels(volume, src, dst, (11, 13, 9), fill_value=None), whole)
-    part = geometry.resample_channels(volume, src, dst, (11, 13, 9), fill_value=None, k_range=(4, 9))
+    whole = resampling.resample_channels(volume, src, dst, (11, 13, 9), fill_value=None)
+    monkeypatch.setattr(resampling, "CHUNK_VOXELS", 100)
+    assert np.array_equal(resampling.resample_channels(volume, src, dst, (11, 13, 9), fill_value=None), whole)
+    part = resampling.resample_channels(volume, src, dst, (11, 13, 9), fill_value=None, k_range=(4, 9))
     assert np.array_equal(part, whole[:, 4:9])
     with pytest.raises(ValueError, match="k_range"):
-        geometry.resample_channels(volume, src, dst, (11, 13, 9), k_range=(5, 20))
+        resampling.resample_channels(volume, src, dst, (11, 13, 9), k_range=(5, 20))
 
 
 def test_streamed_nifti_files_are_the_files_simpleitk_writes(tmp_path, monkeypatch):
@@ -123,7 +122,7 @@ def test_streamed_nifti_files_are_the_files_simpleitk_writes(tmp_path, monkeypat
 def test_composite_h5_written_by_slabs_is_the_transform_simpleitk_writes(tmp_path, monkeypatch):
     if not hdf_transforms.available():
         pytest.skip("h5py is not installed")
-    monkeypatch.setattr(geometry, "CHUNK_VOXELS", 150)
+    monkeypatch.setattr(resampling, "CHUNK_VOXELS", 150)
     fixed, moving = oblique_pair(4)
     rng = np.random.default_rng(2)
     deform = rng.normal(size=fixed.shape + (3,)).astype(np.float32)

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +23,6 @@ from DeepRegAblationTrainingLib import data
 from DeepRegAblationTrainingLib.output_lock import OutputInUseError, lock_path, output_lock
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGSTOP / SIGKILL")
-
-ENV = CLI_ENV
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +39,7 @@ def _register_argv(fixed, moving, out):
 def _start_registering(fixed, moving, out) -> subprocess.Popen:
     """A ``register`` child that holds ``--out`` and is inside its registration (its ``[1/1]`` line was printed)."""
     proc = subprocess.Popen(CLI + _register_argv(fixed, moving, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=ENV)
+                            text=True, env=CLI_ENV)
     _wait_for_line(proc, "[1/1]")
     return proc
 
@@ -72,7 +69,7 @@ def test_a_second_register_into_the_same_out_is_refused_and_the_first_keeps_its_
     first.send_signal(signal.SIGSTOP)
     try:
         t0 = time.time()
-        other = subprocess.run(CLI + _register_argv(fixed, second, out), capture_output=True, text=True, env=ENV,
+        other = subprocess.run(CLI + _register_argv(fixed, second, out), capture_output=True, text=True, env=CLI_ENV,
                                timeout=300)
         refused_after_s = time.time() - t0
     finally:
@@ -103,7 +100,7 @@ def test_the_panels_background_run_is_refused_while_a_command_writes_its_folder(
                                     variant_ids=["baseline"], reuse=True, metrics_table=None, on_log=logged.append,
                                     on_progress=lambda f, m: None, on_finished=outcomes.append)
         ended = []
-        background = jobs.BackgroundJob(command, ENV, on_line=job.handle_line,
+        background = jobs.BackgroundJob(command, CLI_ENV, on_line=job.handle_line,
                                         on_exit=lambda code, cancelled: ended.append((code, cancelled)))
         deadline = time.time() + 300
         while not ended and time.time() < deadline:
@@ -128,7 +125,7 @@ def test_a_register_killed_with_sigkill_leaves_nothing_the_next_run_keeps(pair, 
     partial = list(tmp_path.glob(".out.partial-*"))
     assert len(partial) == 1 and not out.exists()  # what the killed run left
     assert lock_path(out).exists()  # its lock file stays, but the lock itself went with the process
-    again = subprocess.run(CLI + _register_argv(fixed, moving, out), capture_output=True, text=True, env=ENV,
+    again = subprocess.run(CLI + _register_argv(fixed, moving, out), capture_output=True, text=True, env=CLI_ENV,
                            timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "removed 1 unfinished result folder(s)" in again.stderr and partial[0].name in again.stderr
@@ -167,14 +164,14 @@ def _train_argv(toy_root, out, *extra):
 def test_a_second_training_run_into_the_same_out_is_refused(toy_root, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(CLI + _train_argv(toy_root, out, "--no-progress"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=ENV)
+                             stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
     deadline = time.time() + 240
     while not (out / "config.json").is_file() and time.time() < deadline and first.poll() is None:
         time.sleep(0.05)
     first.send_signal(signal.SIGSTOP)
     try:
         other = subprocess.run(CLI + _train_argv(toy_root, out, "--no-progress", "--resume"), capture_output=True,
-                               text=True, env=ENV, timeout=300)
+                               text=True, env=CLI_ENV, timeout=300)
     finally:
         first.send_signal(signal.SIGCONT)
     rest = _finish(first)
@@ -195,9 +192,9 @@ def test_the_lock_in_one_process(tmp_path):
         assert record["pid"] == os.getpid() and record["command"] == "first"
         code = ("import sys; from pathlib import Path; from DeepRegAblationTrainingLib.output_lock import output_lock\n"
                 f"with output_lock(Path({str(out)!r}), 'second'): pass")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=CLI_ENV, timeout=120)
         assert proc.returncode != 0 and "OutputInUseError" in proc.stderr and "in use by first" in proc.stderr
     assert not lock_path(out).exists()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=CLI_ENV, timeout=120)
     assert proc.returncode == 0, proc.stderr  # free again
     assert OutputInUseError.__mro__[1] is RuntimeError  # the command line's exit status 2

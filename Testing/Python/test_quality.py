@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from DeepRegAblationLib import geometry
+from DeepRegAblationLib import geometry, resampling
 from DeepRegAblationLib.imageio import ImageData, read_image, write_image
 from DeepRegAblationLib.models.resolve import training_ids
 from DeepRegAblationTrainingLib import cli
@@ -224,8 +224,8 @@ def test_real_ixi_pair_classical_improves_dice(ixi_dir):
         grid[:3, :3] *= 2.0  # 2 mm -> 4 mm, same origin and axes
         shape = tuple(n // 2 for n in image.shape)
         images.append((
-            ImageData(geometry.resample_to_grid(image.array, image.ijk_to_ras, grid, shape), grid, subject.id),
-            ImageData(geometry.resample_to_grid(labels.array, labels.ijk_to_ras, grid, shape, mode="nearest"), grid),
+            ImageData(resampling.resample_to_grid(image.array, image.ijk_to_ras, grid, shape), grid, subject.id),
+            ImageData(resampling.resample_to_grid(labels.array, labels.ijk_to_ras, grid, shape, mode="nearest"), grid),
         ))
     (fixed, fixed_labels), (moving, moving_labels) = images
     identity = classical.identity_register(fixed, moving, fixed_labels, moving_labels)

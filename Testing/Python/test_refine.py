@@ -3,14 +3,13 @@ velocity field)."""
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from _registration_helpers import smooth_volume
-from DeepRegAblationLib import fields, geometry
+from DeepRegAblationLib import fields, geometry, resampling
 from DeepRegAblationLib.imageio import ImageData
 from DeepRegAblationLib.registration.refine import REFINE_SCHEDULES, RefineResult, RefineSchedule, refine, refine_schedule
 
@@ -46,14 +45,14 @@ def _known_pair():
     for _ in range(3):
         bump_back = 2.5 * np.exp(-np.sum((back - [5.0, 0.0, -4.0]) ** 2, axis=-1) / (2 * 12.0**2))
         back = geometry.apply_affine(grid, inverse) - np.stack([bump_back, 0.5 * bump_back, -bump_back], axis=-1)
-    moving_array = geometry.sample_at_ras(fixed.array, matrix, back)
+    moving_array = resampling.sample_at_ras(fixed.array, matrix, back)
     moving = ImageData(moving_array.astype(np.float32), matrix, "moving")
     _known_pair.parts = (affine, deform)
     return fixed, moving, moved_points - grid
 
 
 def _total_disp(result: RefineResult, fixed: ImageData) -> np.ndarray:
-    deform = geometry.resample_channels(result.deform_ras.numpy(), result.grid_ijk_to_ras, fixed.ijk_to_ras, fixed.shape,
+    deform = resampling.resample_channels(result.deform_ras.numpy(), result.grid_ijk_to_ras, fixed.ijk_to_ras, fixed.shape,
                                         fill_value=None)
     total = geometry.affine_after_displacement(result.affine_ras, torch.from_numpy(deform), fixed.ijk_to_ras)
     return np.moveaxis(total.numpy(), 0, -1)

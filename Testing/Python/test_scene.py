@@ -15,7 +15,7 @@ import torch
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML) is not installed")
 
-from DeepRegAblationLib import fields, geometry, metrics, scene  # noqa: E402
+from DeepRegAblationLib import fields, geometry, metrics, resampling, scene  # noqa: E402
 from DeepRegAblationLib.outputs import snapshots  # noqa: E402
 from DeepRegAblationLib.imageio import ImageData  # noqa: E402
 from DeepRegAblationLib.registration.result import RegistrationResult  # noqa: E402
@@ -83,7 +83,7 @@ def _make_case(variant: str = "baseline", amplitude: float = 2.5, with_labels: b
     fixed = ImageData(_moving_intensity(fixed_points), FIXED_MATRIX, "fixed")
     disp_ras_mm = _displacement(fixed_points, amplitude).astype(np.float32)
     # OUR warp: the moving image sampled at p + u(p) (geometry/fields, not VTK)
-    warped = geometry.sample_at_ras(moving.array, moving.ijk_to_ras, fixed_points + disp_ras_mm)
+    warped = resampling.sample_at_ras(moving.array, moving.ijk_to_ras, fixed_points + disp_ras_mm)
     disp_vox = torch.from_numpy(geometry.ras_mm_to_disp_vox(disp_ras_mm, FIXED_MATRIX)).float()[None]
     jacobian = fields.jacobian_determinant(disp_vox)[0].numpy()
     labels = (warped > np.percentile(warped, 60)).astype(np.int32) + (warped > np.percentile(warped, 90))
@@ -241,7 +241,7 @@ def test_grid_transform_from_parent_is_p_plus_u_at_voxel_centres(case):
     rng = np.random.default_rng(1)
     ijk = rng.uniform(0, 1, (200, 3)) * (np.asarray(FIXED_SHAPE[::-1]) - 1)
     between = geometry.voxel_to_ras(ijk, FIXED_MATRIX)
-    ours = np.stack([geometry.sample_at_ras(result.disp_ras_mm[..., c], FIXED_MATRIX, between) for c in range(3)], -1)
+    ours = np.stack([resampling.sample_at_ras(result.disp_ras_mm[..., c], FIXED_MATRIX, between) for c in range(3)], -1)
     theirs = np.array([from_parent.TransformPoint(*p) for p in between]) - between
     assert np.abs(theirs - ours).max() < 1e-4
 
@@ -282,7 +282,7 @@ def test_resampling_moving_through_mrml_transform_reproduces_our_warp(case):
     error = np.abs(resliced - result.warped)[inside].max()
     assert error < 1e-4 * scale, error
     # and the check has teeth: the unwarped moving image differs a lot
-    unwarped = geometry.resample_to_grid(moving.array, MOVING_MATRIX, FIXED_MATRIX, FIXED_SHAPE)
+    unwarped = resampling.resample_to_grid(moving.array, MOVING_MATRIX, FIXED_MATRIX, FIXED_SHAPE)
     assert np.abs(unwarped - result.warped)[inside].max() > 0.05 * scale
 
 
@@ -300,7 +300,7 @@ def test_hardening_the_transform_on_the_moving_volume_reproduces_our_warp(case):
     inside = _interior(points, MOVING_SHAPE, MOVING_MATRIX, margin=2.0) & _interior(
         points + result.disp_ras_mm, MOVING_SHAPE, MOVING_MATRIX, margin=2.0)
     assert inside.mean() > 0.6
-    on_fixed = geometry.sample_at_ras(hardened.array, hardened.ijk_to_ras, points)  # one more linear interpolation
+    on_fixed = resampling.sample_at_ras(hardened.array, hardened.ijk_to_ras, points)  # one more linear interpolation
     scale = float(np.ptp(result.warped))
     error = np.abs(on_fixed - result.warped)[inside]
     # the opposite direction (transform TO parent) for comparison
@@ -310,7 +310,7 @@ def test_hardening_the_transform_on_the_moving_volume_reproduces_our_warp(case):
     reverse_node.SetAndObserveTransformNodeID(inverse.GetID())
     assert slicer.vtkSlicerTransformLogic.hardenTransform(reverse_node)
     reverse = scene.image_data_from_volume_node(reverse_node)
-    reverse_error = np.abs(geometry.sample_at_ras(reverse.array, reverse.ijk_to_ras, points) - result.warped)[inside]
+    reverse_error = np.abs(resampling.sample_at_ras(reverse.array, reverse.ijk_to_ras, points) - result.warped)[inside]
     assert error.mean() < 0.01 * scale, (error.mean(), scale)
     assert error.max() < 0.06 * scale, (error.max(), scale)
     assert reverse_error.mean() > 5 * error.mean()
@@ -837,7 +837,7 @@ def test_snapshot_arrows_are_the_arrows_slicer_draws_and_mean_what_the_help_says
     ends = starts + arrows.displayed_displacement_ras_mm(starts, result.disp_ras_mm, FIXED_MATRIX)
     inside = _interior(ends, FIXED_SHAPE, FIXED_MATRIX, margin=0.0)  # where the field is defined
     assert inside.sum() > 20
-    u_at_ends = np.stack([geometry.sample_at_ras(result.disp_ras_mm[..., c], FIXED_MATRIX, ends) for c in range(3)], -1)
+    u_at_ends = np.stack([resampling.sample_at_ras(result.disp_ras_mm[..., c], FIXED_MATRIX, ends) for c in range(3)], -1)
     np.testing.assert_allclose((ends + u_at_ends)[inside], starts[inside], atol=0.02)
 
 

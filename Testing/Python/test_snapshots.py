@@ -9,7 +9,7 @@ import torch
 
 vtk_rendering = pytest.importorskip("vtkmodules.vtkRenderingOpenGL2", reason="VTK rendering is not installed")
 
-from DeepRegAblationLib import fields, geometry  # noqa: E402
+from DeepRegAblationLib import fields, geometry, resampling  # noqa: E402
 from DeepRegAblationLib.imageio import ImageData  # noqa: E402
 from DeepRegAblationLib.outputs import snapshots  # noqa: E402
 from DeepRegAblationLib.registration import RegistrationResult  # noqa: E402
@@ -62,7 +62,7 @@ def _case(shape=(12, 40, 48), amplitude=2.0, fold=False, spacing=(1.1, 0.9, 2.0)
     if fold:  # stripes where 1 + a k cos(k x) < 0: folding across the whole slice
         wave = 1.0 / 1.5
         disp[..., 0] += 3.0 * np.sin(wave * (points[..., 0] - centre[0]))
-    warped = geometry.sample_at_ras(moving.array, moving_matrix, points + disp)
+    warped = resampling.sample_at_ras(moving.array, moving_matrix, points + disp)
     ndim = 2 if shape[0] == 1 else 3  # a single-slice image has the in-plane (2D) Jacobian
     disp_vox = torch.from_numpy(geometry.ras_mm_to_disp_vox(disp, fixed_matrix, ndim=ndim)).float()[None]
     jacobian = fields.jacobian_determinant(disp_vox)[0].numpy().reshape(shape)

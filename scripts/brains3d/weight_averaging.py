@@ -1,14 +1,15 @@
-"""What the shipped 3D files are made of: network-only Dice at full resolution on the validation pairs.
+"""What the 5000-step 3D files (shipped until issue 21) are made of: network-only Dice at full resolution on the
+validation pairs.
 
 Part 1: for each of the four runs, one checkpoint against the average of ten, before and after the learning-rate
    anneal: step 4000 alone (constant rate) and the mean of the weights of steps 3100-4000 (the files shipped before
-   the anneal), step 5000 alone (the end of the 1000 annealed steps) and the mean of steps 4100-5000 (the shipped
-   file, scripts/brains3d/ship.sh); mean Dice and folding per dataset on all 17 validation pairs.
+   the anneal), step 5000 alone (the end of the 1000 annealed steps) and the mean of steps 4100-5000 (the 5000-step
+   file, `scripts/brains3d/ship.sh 5000`, kept as runs/brains3d/shipped-5000/VARIANT.pt); mean Dice and folding per dataset on all 17 validation pairs.
 Part 2: how much one checkpoint's IXI Dice moves from one checkpoint to the next: affine_enhanced (M = 8) every 200
    steps from 2000 to 5000 on the IXI validation pair (both directions), and the two averages.
 
 The same path as `bench --quality` (quality.quality_table, centre-of-mass alignment, 1 thread); no ANTs here
-(ANTs affine on the same pairs: docs/benchmarks-quality-models-all-pairs.md). Needs `scripts/brains3d/ship.sh` and
+(ANTs affine on the same pairs: docs/benchmarks-quality-models-all-pairs.md). Needs `scripts/brains3d/ship.sh 5000` and
 `ship.sh comparison` first (the average_31-40.pt files).
 usage (from the repository root): .venv/bin/python scripts/brains3d/weight_averaging.py [PART ...] > OUT.txt
    (PART 1 and/or 2; default both)
@@ -29,6 +30,7 @@ from DeepRegAblationTrainingLib.benchmarks.suite import validation_ids  # noqa: 
 RUNS = {"baseline": "baseline", "regloss": "regloss_m8", "affine_basic": "affine_basic",
         "affine_enhanced": "affine_enhanced_m8"}
 B, MODELS = ROOT / "runs" / "brains3d", ROOT / "DeepRegAblation" / "Resources" / "Models" / "3d"
+FILES_5000 = B / "shipped-5000"  # the 5000-step files (commit e371607), scripts/brains3d/distill.sh puts them there
 VAL_IDS = validation_ids(MODELS / "split.json")
 
 
@@ -58,7 +60,7 @@ if "1" in parts:
         variants += [f"{variant}_step4000={B / run / 'epoch_0040.pt'}",
                      f"{variant}_average3100-4000={B / run / 'average_31-40.pt'}",
                      f"{variant}_step5000={B / run / 'epoch_0050.pt'}",
-                     f"{variant}_average4100-5000={MODELS / (variant + '.pt')}"]
+                     f"{variant}_average4100-5000={FILES_5000 / (variant + '.pt')}"]
     result = table(variants, names)
     print("%-34s" % "model" + "".join("%-18s" % n for n in names))
     for v in variants:
@@ -70,6 +72,6 @@ if "2" in parts:
     run = B / "affine_enhanced_m8"
     result = table([f"step{e * 100}={run / ('epoch_%04d.pt' % e)}" for e in range(20, 51, 2)]
                    + [f"average3100-4000={run / 'average_31-40.pt'}",
-                      f"average4100-5000={MODELS / 'affine_enhanced.pt'}"], ["ixi"])
+                      f"average4100-5000={FILES_5000 / 'affine_enhanced.pt'}"], ["ixi"])
     for (_, method), (dice, _) in result.items():
         print("%-20s %.4f" % (method, dice))

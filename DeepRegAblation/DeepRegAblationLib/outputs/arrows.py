@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .. import geometry
+from .. import geometry, resampling
 
 __all__ = ["ARROW_DIRECTION_TEXT", "INVERSE_ITERATIONS", "displayed_displacement_ras_mm", "longest_arrow_mm"]
 
@@ -37,7 +37,7 @@ the mapping is invertible: ``|grad u| < 1``)."""
 
 def _field_sampler(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray, box):
     """``points_ras (N, 3) -> u (N, 3)``: the field linear between voxels and its border value outside the grid
-    (``geometry.sample_voxels`` without fill, float64), from the part ``box`` (``((k0, k1), (j0, j1), (i0, i1))``)
+    (``resampling.sample_voxels`` without fill, float64), from the part ``box`` (``((k0, k1), (j0, j1), (i0, i1))``)
     of the field only (converted once), which must hold every voxel the points need."""
     import torch
 
@@ -49,7 +49,7 @@ def _field_sampler(disp_ras_mm: np.ndarray, ijk_to_ras: np.ndarray, box):
 
     def field_at(points_ras: np.ndarray) -> np.ndarray:
         kji = geometry.apply_affine(points_ras, ras_to_ijk)[:, ::-1].T - start_kji
-        return geometry.sample_voxels(volume, torch.from_numpy(np.ascontiguousarray(kji)), "linear",
+        return resampling.sample_voxels(volume, torch.from_numpy(np.ascontiguousarray(kji)), "linear",
                                       fill_value=None).numpy().T
 
     return field_at
@@ -104,11 +104,11 @@ def displayed_displacement_ras_mm(points_ras: np.ndarray, disp_ras_mm: np.ndarra
 
 def longest_arrow_mm(disp_ras_mm: np.ndarray) -> float:
     """``max |u|`` (mm): no arrow drawn is longer (``|v(x)| = |u(x + v(x))|``); 0 for an empty field. The lengths
-    are computed slab by slab (``geometry.slabs``, float64), without a copy of the whole field."""
+    are computed slab by slab (``resampling.slabs``, float64), without a copy of the whole field."""
     disp = np.asarray(disp_ras_mm)
     if disp.size == 0:
         return 0.0
     if disp.ndim < 2:
         return float(np.linalg.norm(disp.astype(np.float64)))
     return float(np.max([np.linalg.norm(disp[k0:k1].astype(np.float64), axis=-1).max()
-                         for k0, k1 in geometry.slabs(disp.shape[:-1])]))
+                         for k0, k1 in resampling.slabs(disp.shape[:-1])]))

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .. import geometry, nifti_writer
+from .. import geometry, nifti_writer, resampling
 from ..imageio import ImageData, itk_image_from_array, validate_image, write_image, write_itk_image
 
 __all__ = [
@@ -92,7 +92,7 @@ def displacement_image_lps(disp_ras_mm: np.ndarray, fixed_ijk_to_ras: np.ndarray
 def _lps_vectors(disp_ras_mm: np.ndarray, dtype) -> np.ndarray:
     """``(K, J, I, 3)`` RAS vectors as LPS in ``dtype`` (x and y negated, exactly), one slab at a time."""
     out = np.empty(disp_ras_mm.shape, dtype=dtype)
-    for k0, k1 in geometry.slabs(disp_ras_mm.shape[:3]):
+    for k0, k1 in resampling.slabs(disp_ras_mm.shape[:3]):
         out[k0:k1] = geometry.vectors_ras_to_lps(disp_ras_mm[k0:k1])
     return out
 

@@ -25,7 +25,7 @@ from typing import Union
 
 import numpy as np
 
-from .. import geometry
+from .. import geometry, resampling
 
 __all__ = ["available", "write_composite"]
 
@@ -85,7 +85,7 @@ def write_composite(path: PathLike, affine_lps, deform_ras_mm: np.ndarray, fixed
             second.create_dataset("TransformFixedParameters", data=_field_fixed_parameters(deform.shape, fixed_ijk_to_ras))
             values = second.create_dataset("TransformParameters", shape=(deform.size,), dtype=np.float64)
             per_slice = int(np.prod(deform.shape[1:]))
-            for k0, k1 in geometry.slabs(deform.shape[:3]):
+            for k0, k1 in resampling.slabs(deform.shape[:3]):
                 lps = geometry.vectors_ras_to_lps(deform[k0:k1]).astype(np.float64)
                 values[k0 * per_slice: k1 * per_slice] = lps.reshape(-1)
         os.replace(part, path)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, List, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
-from .. import geometry
+from .. import geometry, resampling
 from ..imageio import intensity_window, normalize_intensity
 from .arrows import displayed_displacement_ras_mm, longest_arrow_mm
 
@@ -598,7 +598,7 @@ def render_checkerboard(path: PathLike, fixed: "ImageData", moving: "ImageData",
     shape = tuple(np.shape(fixed.array))
     view = SliceView(result.fixed_ijk_to_ras, shape)
     fixed_plane = _background_plane(view, fixed.array)  # before the resampled moving volume exists: one at a time
-    moving_on_fixed = geometry.resample_to_grid(moving.array, moving.ijk_to_ras, result.fixed_ijk_to_ras, shape)
+    moving_on_fixed = resampling.resample_to_grid(moving.array, moving.ijk_to_ras, result.fixed_ijk_to_ras, shape)
     before = checkerboard(fixed_plane, _background_plane(view, moving_on_fixed, scratch=True))
     del moving_on_fixed
     after = checkerboard(fixed_plane, _background_plane(view, result.warped))

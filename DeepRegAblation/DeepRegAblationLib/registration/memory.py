@@ -2,7 +2,7 @@
 
 ``register`` holds the inputs, the result's arrays on the fixed grid (warped image 4 bytes per voxel,
 total and deformable displacement 12 + 12, Jacobian 4, warped labels 4) and works on slabs of
-``geometry.CHUNK_VOXELS`` voxels for everything else, so its peak grows linearly with the voxel counts:
+``resampling.CHUNK_VOXELS`` voxels for everything else, so its peak grows linearly with the voxel counts:
 :func:`registration_memory_bytes` is that line, its slopes measured by ``deepreg-ablation bench --memory``
 (docs/reliability.md, "Memory") with a margin. :func:`check_memory` compares it with the memory available
 (``imageio.available_memory_bytes``) and raises :class:`InsufficientMemoryError` (a ``ValueError``: the

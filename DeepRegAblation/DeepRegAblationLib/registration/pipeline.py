@@ -23,7 +23,7 @@ Pipeline of :func:`register` (every array in numpy axis order ``(K, J, I)``, RAS
    as in step 3, so ``mse`` is comparable between images).
 
 Steps 5 to 7 (:func:`result_from_mapping`) work in float32 (``geometry.affine_on_grid`` /
-``geometry.sample_voxels``) on slabs of the fixed grid (``geometry.slabs``), so that their working memory
+``resampling.sample_voxels``) on slabs of the fixed grid (``resampling.slabs``), so that their working memory
 does not grow with the image: voxel positions are computed in float64 per axis and rounded
 once, grids that share their voxel lattice are copied without interpolation, and voxels that
 land exactly on moving voxels get their values exactly.
@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .. import fields, geometry
+from .. import fields, geometry, resampling
 from ..imageio import ImageData, as_image, intensity_window, normalize_intensity, validate_image
 from ..models.resolve import resolve_model
 from ..options import ALIGNMENT_CHOICES
@@ -327,8 +327,8 @@ def _model_inputs(fixed: ImageData, moving: ImageData, ndim: int, size_multiple:
     if initial_alignment == "com":
         initial_ras = center_of_mass_alignment(fixed, moving, fixed_norm, moving_norm)
         geometry.check_overlap(fixed, ImageData(moving.array, np.linalg.inv(initial_ras) @ moving.ijk_to_ras, moving.name))
-    fixed_grid = geometry.resample_to_grid(fixed_norm, fixed.ijk_to_ras, grid_ijk_to_ras, grid_shape)
-    moving_grid = geometry.resample_to_grid(  # the moving image as seen through the initial alignment
+    fixed_grid = resampling.resample_to_grid(fixed_norm, fixed.ijk_to_ras, grid_ijk_to_ras, grid_shape)
+    moving_grid = resampling.resample_to_grid(  # the moving image as seen through the initial alignment
         moving_norm, np.linalg.inv(initial_ras) @ moving.ijk_to_ras, grid_ijk_to_ras, grid_shape
     )
     if ndim == 2:
@@ -391,12 +391,12 @@ def _full_resolution_displacement(fixed: ImageData, affine_ras: np.ndarray, defo
                                   deform_grid: np.ndarray) -> np.ndarray:
     """The total displacement ``(K, J, I, 3)`` float32 RAS mm on the fixed grid: the deformable part interpolated
     linearly from its grid (border values extended), then the affine part exactly; one slab at a time
-    (``geometry.slabs``: the same values as on the whole grid at once, in bounded working memory)."""
+    (``resampling.slabs``: the same values as on the whole grid at once, in bounded working memory)."""
     shape = tuple(fixed.shape)
     volume = deform_ras.numpy()
     out = np.empty(shape + (3,), dtype=np.float32)
-    for k0, k1 in geometry.slabs(shape):
-        part = torch.from_numpy(geometry.resample_channels(
+    for k0, k1 in resampling.slabs(shape):
+        part = torch.from_numpy(resampling.resample_channels(
             volume, deform_grid, fixed.ijk_to_ras, shape, mode="linear", fill_value=None, k_range=(k0, k1)
         ))  # (3, k1 - k0, J, I) RAS mm on the fixed grid; the field extends its border values
         total = geometry.affine_after_displacement(affine_ras, part, fixed.ijk_to_ras, k_start=k0)
@@ -424,7 +424,7 @@ def result_from_mapping(
     at ``q(p)``, the Jacobian of the total field, and ``registration_metrics`` on 1-99 percentile
     normalised intensities.
 
-    Large volumes are worked on in slabs along K (``geometry.slabs``: about ``geometry.CHUNK_VOXELS`` voxels
+    Large volumes are worked on in slabs along K (``resampling.slabs``: about ``resampling.CHUNK_VOXELS`` voxels
     each, the Jacobian's central differences with one slice of margin): the arrays are the same as from
     the whole grid at once, the working memory does not grow with the image, and the metrics are summed
     slab by slab (``slab_metrics``; a volume of one slab uses ``metrics.registration_metrics`` itself).
@@ -449,7 +449,7 @@ def result_from_mapping(
     if affine_ras.shape != (4, 4):
         raise ValueError(f"affine_ras must be (4, 4), got {affine_ras.shape}")
     ndim = 2 if fixed.is_2d else 3
-    parts = geometry.slabs(shape) if ndim == 3 else [(0, shape[0])]
+    parts = resampling.slabs(shape) if ndim == 3 else [(0, shape[0])]
     t0 = time.perf_counter()
     arrays = _mapped_arrays(fixed, moving, moving_labels, affine_ras, disp, parts, ndim)
     timings["warp"] = time.perf_counter() - t0
@@ -518,10 +518,10 @@ def _mapped_arrays(fixed: ImageData, moving: ImageData, moving_labels: Optional[
     for k0, k1 in parts:
         slab = _slab_tensor(disp, k0, k1)
         coords = _voxels_of_mapped_points(fixed, moving.ijk_to_ras, slab, k0)
-        arrays["warped"][k0:k1] = geometry.sample_voxels(moving_tensor, coords, "linear", 0.0)[0].numpy()
+        arrays["warped"][k0:k1] = resampling.sample_voxels(moving_tensor, coords, "linear", 0.0)[0].numpy()
         if labels_tensor is not None:
             coords = _voxels_of_mapped_points(fixed, moving_labels.ijk_to_ras, slab, k0)
-            arrays["warped_labels"][k0:k1] = geometry.sample_voxels(labels_tensor, coords, "nearest", 0.0)[0].numpy()
+            arrays["warped_labels"][k0:k1] = resampling.sample_voxels(labels_tensor, coords, "nearest", 0.0)[0].numpy()
         deform = geometry.affine_after_displacement(inverse_affine, slab, fixed.ijk_to_ras, k_start=k0)
         arrays["deform"][k0:k1] = np.moveaxis(deform.numpy(), 0, -1)
         arrays["jacobian"][k0:k1] = _jacobian_slab(disp, k0, k1, fixed.ijk_to_ras, ndim)
@@ -575,7 +575,7 @@ def _slab_result_metrics(fixed: ImageData, fixed_labels: Optional[ImageData], ar
 
 def _fixed_labels_on_grid(fixed: ImageData, fixed_labels: ImageData) -> np.ndarray:
     """The fixed label map on the fixed grid (nearest neighbour; a copy when the grids are the same)."""
-    return geometry.resample_to_grid(labels_array(fixed_labels, "fixed_labels"), fixed_labels.ijk_to_ras,
+    return resampling.resample_to_grid(labels_array(fixed_labels, "fixed_labels"), fixed_labels.ijk_to_ras,
                                      fixed.ijk_to_ras, fixed.shape, mode="nearest")
 
 

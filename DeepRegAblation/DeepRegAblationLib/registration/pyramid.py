@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import fields, geometry
+from .. import fields, geometry, resampling
 from ..imageio import ImageData
 
 __all__ = ["REFINE_FOREGROUND", "PyramidLevel", "mapped_fraction"]
@@ -132,7 +132,7 @@ class PyramidLevel:
 
     def to_control_vox(self, field_ras: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.Tensor:
         """A RAS mm field ``(3, K, J, I)`` on another grid -> ``(1, nd, *C)`` voxels of the control grid (border values extended)."""
-        on_control = geometry.resample_channels(
+        on_control = resampling.resample_channels(
             field_ras.detach().cpu().numpy(), ijk_to_ras, self.control_ijk_to_ras, self._control_volume_shape,
             mode="linear", fill_value=None,
         )

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from .speed import case_environment
 
@@ -86,7 +86,7 @@ def pair_files(cache: Path, spacing_mm: float) -> Dict[str, Path]:
     paths = {name: folder / f"{name}.nii.gz" for name in ("fixed", "moving", "fixed_labels", "moving_labels")}
     if all(p.is_file() for p in paths.values()):
         return paths
-    from DeepRegAblationLib import geometry
+    from DeepRegAblationLib import resampling
     from DeepRegAblationLib.imageio import ImageData, write_image
 
     from ..data import load_mni_template
@@ -96,12 +96,12 @@ def pair_files(cache: Path, spacing_mm: float) -> Dict[str, Path]:
     placed = {"fixed": ijk_to_ras, "moving": np.linalg.inv(_rigid_motion()) @ ijk_to_ras}
     folder.mkdir(parents=True, exist_ok=True)
     for role, grid in placed.items():
-        image = geometry.resample_to_grid(template["image"].array, template["image"].ijk_to_ras, grid, shape)
+        image = resampling.resample_to_grid(template["image"].array, template["image"].ijk_to_ras, grid, shape)
         if role == "moving":
             image *= np.float32(0.8)
         write_image(paths[role], ImageData(image.astype(np.float32), ijk_to_ras, role))
         del image
-        labels = geometry.resample_to_grid(template["labels"].array, template["labels"].ijk_to_ras, grid, shape,
+        labels = resampling.resample_to_grid(template["labels"].array, template["labels"].ijk_to_ras, grid, shape,
                                            mode="nearest")
         write_image(paths[f"{role}_labels"], ImageData(labels.astype(np.uint8), ijk_to_ras, f"{role}_labels"))
         del labels

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from DeepRegAblationLib import geometry
+from DeepRegAblationLib import geometry, resampling
 from DeepRegAblationLib.models.resolve import LoadedModel
 from DeepRegAblationLib.registration.alignment import center_of_mass_alignment
 from DeepRegAblationLib.registration.model_grid import model_grid_spec, model_orientation, model_size_multiple
@@ -57,8 +57,8 @@ def ceiling_result(images: Images, result: RegistrationResult, loaded: LoadedMod
     grid, grid_shape = geometry.model_grid_for(fixed, spacing, shape, orientation=model_orientation(loaded.preprocessing, ndim),
                                                center_ras=centre)
     total = np.moveaxis(np.asarray(result.disp_ras_mm, dtype=np.float32), -1, 0)  # (3, K, J, I) RAS mm
-    coarse = geometry.resample_channels(total, fixed.ijk_to_ras, grid, grid_shape, mode="linear", fill_value=None)
-    back = geometry.resample_channels(coarse, grid, fixed.ijk_to_ras, fixed.shape, mode="linear", fill_value=None)
+    coarse = resampling.resample_channels(total, fixed.ijk_to_ras, grid, grid_shape, mode="linear", fill_value=None)
+    back = resampling.resample_channels(coarse, grid, fixed.ijk_to_ras, fixed.shape, mode="linear", fill_value=None)
     return result_from_mapping("ceiling", fixed, moving, result.affine_ras, torch.from_numpy(back), fixed_labels,
                                moving_labels)
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from DeepRegAblationLib import geometry
+from DeepRegAblationLib import geometry, resampling
 from DeepRegAblationLib.imageio import ImageData, intensity_window, normalize_intensity
 
 from .reading import read_volume
@@ -30,13 +30,13 @@ def reorient_to_ras(image: ImageData) -> ImageData:
     """The same voxels permuted / flipped so that i, j, k point (closest) to R, A, S. Exact (no interpolation).
 
     The grid is ``geometry.closest_ras_view`` (what ``inference.register`` uses for RAS-trained
-    models); the voxels are copied onto it (``geometry.resample_to_grid`` copies when the grids
+    models); the voxels are copied onto it (``resampling.resample_to_grid`` copies when the grids
     share their voxel lattice, as here), keeping the dtype.
     """
     view, view_shape = geometry.closest_ras_view(image.ijk_to_ras, image.shape)
     if np.allclose(view, image.ijk_to_ras, atol=1e-12) and tuple(view_shape) == tuple(image.shape):
         return image
-    array = geometry.resample_to_grid(image.array, image.ijk_to_ras, view, view_shape, mode="nearest")
+    array = resampling.resample_to_grid(image.array, image.ijk_to_ras, view, view_shape, mode="nearest")
     return ImageData(array, view, image.name)
 
 
@@ -60,7 +60,7 @@ class Preprocess:
             ``"com"``, grid centred on the fixed image's centre of mass) for such a model.
 
     The grid is ``geometry.model_grid_for`` (centred on the image, its axes), the resampling
-    ``geometry.resample_to_grid`` (linear for images, nearest for labels, 0 outside): when the
+    ``resampling.resample_to_grid`` (linear for images, nearest for labels, 0 outside): when the
     spacing is unchanged the voxels are copied, not interpolated.
     """
 
@@ -202,10 +202,10 @@ class Preprocess:
         if self.center == "com" and ndim == 3:
             centre = geometry.center_of_mass_ras(array if self.normalize else normalize_intensity(array), image.ijk_to_ras)
         grid, grid_shape = geometry.model_grid_for(image, spacing, shape, center_ras=centre)
-        out_image = geometry.resample_to_grid(array, image.ijk_to_ras, grid, grid_shape, mode="linear")
+        out_image = resampling.resample_to_grid(array, image.ijk_to_ras, grid, grid_shape, mode="linear")
         out_labels = None
         if labels is not None:
-            out_labels = geometry.resample_to_grid(
+            out_labels = resampling.resample_to_grid(
                 np.round(labels.array).astype(np.int64), labels.ijk_to_ras, grid, grid_shape, mode="nearest"
             )
         if ndim == 2:

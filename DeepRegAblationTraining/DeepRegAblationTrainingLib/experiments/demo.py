@@ -26,7 +26,7 @@ DEMO_SPACING_MM = 2.0
 
 def load_mni(spacing_mm: float = DEMO_SPACING_MM):
     """The template and its tissue label map (1 grey, 2 white matter) resampled to ``spacing_mm``."""
-    from DeepRegAblationLib import geometry
+    from DeepRegAblationLib import geometry, resampling
     from DeepRegAblationLib.imageio import ImageData
 
     from ..data import load_mni_template
@@ -39,7 +39,7 @@ def load_mni(spacing_mm: float = DEMO_SPACING_MM):
     shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(t1.array.shape, scale[::-1]))
 
     def resample(image, mode, dtype, name):
-        array = geometry.resample_to_grid(image.array, image.ijk_to_ras, ijk_to_ras, shape, mode=mode)
+        array = resampling.resample_to_grid(image.array, image.ijk_to_ras, ijk_to_ras, shape, mode=mode)
         return ImageData(array=array.astype(dtype), ijk_to_ras=ijk_to_ras, name=name)
 
     return (resample(t1, "linear", np.float32, "mni152_t1"),

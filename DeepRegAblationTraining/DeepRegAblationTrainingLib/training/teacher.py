@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from DeepRegAblationLib import fields, geometry
+from DeepRegAblationLib import fields, geometry, resampling
 from DeepRegAblationLib.registration import refine as refinement
 from DeepRegAblationLib.registration.alignment import center_of_mass_alignment
 from DeepRegAblationLib.imageio import ImageData, normalize_intensity
@@ -187,7 +187,7 @@ def mapping_on_model_grids(
     onto the fixed model grid.
     """
     shape = tuple(int(n) for n in shape)
-    u = geometry.resample_channels(np.asarray(deform_ras, dtype=np.float32), deform_grid, fixed_grid, shape,
+    u = resampling.resample_channels(np.asarray(deform_ras, dtype=np.float32), deform_grid, fixed_grid, shape,
                                    mode="linear", fill_value=None)
     disp_ras = geometry.affine_after_displacement(np.asarray(affine_ras, dtype=np.float64), torch.from_numpy(u), fixed_grid)
     ras_to_kji = np.linalg.inv(moving_grid)[[2, 1, 0]]
