@@ -295,3 +295,27 @@ def test_ship_checkpoint_refuses_to_average_different_architectures(tmp_path):
     with pytest.raises(ValueError, match="no source checkpoint"):
         ship_checkpoint([], tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_with_passes_script_runs_the_same_weights_as_a_cascade(tmp_path):
+    """scripts/brains3d/with_passes.py (issue 21, the cascade at inference only): same weights and entries, the
+    passes changed; the copy computes what a model built with those passes and the same weights computes."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "brains3d" / "with_passes.py"
+    spec = importlib.util.spec_from_file_location("with_passes", script)
+    with_passes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(with_passes)
+    model = _trained_like("affine_enhanced", 2)
+    source = save_checkpoint(tmp_path / "one.pt", model, preprocessing={"spacing_mm": [4.0, 4.0]})
+    with_passes.main(str(source), str(tmp_path / "two.pt"), 2, 3)
+    ckpt = load_checkpoint(tmp_path / "two.pt")
+    assert ckpt["model_config"]["arch"]["deform_passes"] == 2 and ckpt["model_config"]["arch"]["affine_passes"] == 3
+    assert ckpt["preprocessing"] == {"spacing_mm": [4.0, 4.0]}
+    assert ckpt["shipped_from"] == {"path": str(source), "deform_passes": 2, "affine_passes": 3}
+    two = load_model(tmp_path / "two.pt")
+    expected = _trained_like("affine_enhanced", 2, deform_passes=2, affine_passes=3)
+    moving, fixed = _pair((32, 32))
+    with torch.no_grad():
+        assert torch.allclose(two(moving, fixed)["disp_vox"], expected(moving, fixed)["disp_vox"])
+        assert not torch.allclose(two(moving, fixed)["disp_vox"], model(moving, fixed)["disp_vox"])

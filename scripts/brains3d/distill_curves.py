@@ -41,9 +41,10 @@ def main() -> int:
             curves[run.name] = {int(r["step"]): float(r["val_dice"]) for r in csv.DictReader(fh) if r["val_dice"]}
     steps = sorted({s for c in curves.values() for s in c if s % 200 == 0})
     print("training-time validation Dice (8 pairs, model grid) after N more steps from the 5000-step file")
-    print(f"{'run':28s}" + "".join(f"{s:>7d}" for s in steps))
+    width = max(len(name) for name in curves) + 2
+    print(f"{'run':{width}s}" + "".join(f"{s:>7d}" for s in steps))
     for name, curve in curves.items():
-        print(f"{name:28s}" + "".join(f"{curve[s]:7.3f}" if s in curve else f"{'-':>7s}" for s in steps))
+        print(f"{name:{width}s}" + "".join(f"{curve[s]:7.3f}" if s in curve else f"{'-':>7s}" for s in steps))
     return 0
 
 
