@@ -14,8 +14,10 @@
 #    for affine_enhanced also three passes, and three affine-stage passes) and, where its run finished, the two-pass
 #    cascade trained the same way (PLAIN=1 STEPS=3000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_plain distill.sh VARIANT,
 #    averaged by "ship.sh plain"); on the model grid (out docs/results/distill-3d/cascade-model-grid-VARIANT) and, for
-#    affine_enhanced, at full resolution (bench --quality as in 2; out docs/results/distill-3d/cascade-full-resolution.md)
-# usage: distill_eval.sh [grid|full|cascade|cascade_full]... (default grid full); VARIANTS="..." (environment): the grid
+#    affine_enhanced, at full resolution (bench --quality as in 2; out docs/results/distill-3d/cascade-full-resolution.md);
+#    "cascade3": each trained two-pass cascade against itself run with three passes (model grid; out
+#    docs/results/distill-3d/cascade3-at-inference-model-grid-VARIANT)
+# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full]... (default grid full); VARIANTS="..." (environment): the grid
 # and cascade parts of these variants only
 set -euo pipefail
 D=runs/brains3d/distill; S=runs/brains3d/shipped-5000; M=DeepRegAblation/Resources/Models/3d; out=docs/results/distill-3d; a=average_11-20.pt
@@ -36,22 +38,31 @@ full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
     --init-align auto --threads 1 --variants "$named" --report "$out/full-resolution.md"
 }
-passes() {  # VARIANT DEFORM [AFFINE]: the shipped file of VARIANT with other passes at inference, its path on stdout
-  local file=runs/brains3d/inference-cascade/$1_x$2${3:+_a$3}.pt
-  .venv/bin/python scripts/brains3d/with_passes.py "$M/$1.pt" "$file" "${@:2}" >&2
+passes() {  # SOURCE NAME DEFORM [AFFINE]: SOURCE with other passes at inference, written as NAME_x..., its path on stdout
+  local file=runs/brains3d/inference-cascade/$2_x$3${4:+_a$4}.pt
+  .venv/bin/python scripts/brains3d/with_passes.py "$1" "$file" "${@:3}" >&2
   echo "$file"
 }
 cascade() {
   for variant in ${VARIANTS:-baseline regloss affine_basic affine_enhanced}; do
-    local files=("$M/$variant.pt" "$(passes "$variant" 2)")
+    local files=("$M/$variant.pt" "$(passes "$M/$variant.pt" "$variant" 2)")
     [ ! -f "$D/${variant}_cascade2_plain/average_21-30.pt" ] || files+=("$D/${variant}_cascade2_plain/average_21-30.pt")
-    [ "$variant" != affine_enhanced ] || files+=("$(passes "$variant" 3)" "$(passes "$variant" 1 3)")
+    [ "$variant" != affine_enhanced ] || files+=("$(passes "$M/$variant.pt" "$variant" 3)" "$(passes "$M/$variant.pt" "$variant" 1 3)")
     .venv/bin/deepreg-ablation evaluate --checkpoint "${files[@]}" --data brains3d:../shared/data \
       --split DeepRegAblation/Resources/Models/3d/split.json --threads 1 --example-pair 11 --out "$out/cascade-model-grid-$variant"
   done
 }
+cascade3() {  # the trained two-pass cascades run with three passes at inference
+  for variant in ${VARIANTS:-baseline regloss affine_basic affine_enhanced}; do
+    local trained=$D/${variant}_cascade2_plain/average_21-30.pt
+    [ -f "$trained" ] || { echo "$variant: no trained cascade ($trained): skipped"; continue; }
+    .venv/bin/deepreg-ablation evaluate --checkpoint "$trained" "$(passes "$trained" "${variant}_cascade2" 3)" \
+      --data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json --threads 1 --example-pair 11 \
+      --out "$out/cascade3-at-inference-model-grid-$variant"
+  done
+}
 cascade_full() {
-  local named="shipped=$M/affine_enhanced.pt,shipped_2_passes=$(passes affine_enhanced 2)"
+  local named="shipped=$M/affine_enhanced.pt,shipped_2_passes=$(passes "$M/affine_enhanced.pt" affine_enhanced 2)"
   [ ! -f "$D/affine_enhanced_cascade2_plain/average_21-30.pt" ] || \
     named+=",cascade2_trained=$D/affine_enhanced_cascade2_plain/average_21-30.pt"
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
