@@ -19,16 +19,16 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraining")]
+sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraining"), str(Path(__file__).resolve().parent)]
 
-from DeepRegAblationLib import geometry  # noqa: E402
 from DeepRegAblationLib.imageio import ImageData  # noqa: E402
 from DeepRegAblationLib.models.resolve import resolve_model  # noqa: E402
-from DeepRegAblationLib.registration.pipeline import refine_without_network, register, result_from_mapping  # noqa: E402
+from DeepRegAblationLib.registration.pipeline import refine_without_network, register  # noqa: E402
 from DeepRegAblationLib.registration.refine import REFINE_SCHEDULES, RefineSchedule  # noqa: E402
 from DeepRegAblationTrainingLib import data  # noqa: E402
 from DeepRegAblationTrainingLib.benchmarks.quality import dataset_pairs, read_pair  # noqa: E402
 from DeepRegAblationTrainingLib.benchmarks.suite import DATASETS, validation_ids  # noqa: E402
+from ixi_diagnosis import affine_only_dice  # noqa: E402  (scripts/brains3d: Dice of an affine map alone)
 
 DATA = ROOT.parent / "shared" / "data"
 SPLIT = ROOT / "DeepRegAblation/Resources/Models/3d/split.json"
@@ -48,9 +48,7 @@ def pair_results(net, fixed, moving, fixed_labels, moving_labels):
     """``{row: (dice, seconds)}`` of one pair (ROWS)."""
     out = {}
     alone = register(fixed, moving, net, fixed_labels, moving_labels, refine=0, device="cpu")
-    disp = geometry.affine_after_displacement(alone.affine_ras, torch.zeros((3,) + fixed.shape), fixed.ijk_to_ras)
-    affine_part = result_from_mapping("affine", fixed, moving, alone.affine_ras, disp, fixed_labels, moving_labels)
-    out[ROWS[0]] = (affine_part.metrics["dice"], float("nan"))
+    out[ROWS[0]] = (affine_only_dice(fixed, moving, fixed_labels, moving_labels, alone.affine_ras), float("nan"))
     out[ROWS[2]] = (alone.metrics["dice"], alone.metrics["runtime_s"])
     t0 = time.perf_counter()
     affine = refine_without_network(fixed, moving, fixed_labels, moving_labels, refine=AFFINE_ONLY)
