@@ -200,6 +200,31 @@ def test_every_shipped_checkpoint_passes_the_reader():
         load_checkpoint(path, role="shipped weights")
 
 
+def test_the_shipped_3d_models_share_one_recipe():
+    """The 3D ablation is fair only if the four files differ in the affine stage and the regularisers alone: the same
+    U-Net and number of U-Net passes, the same steps, anneal, label weight and averaging (issue 21: a file shipped from
+    another recipe, e.g. one single-pass file among cascades, fails here)."""
+    paths = [MODELS_DIR / "3d" / f"{variant}.pt" for variant in ("baseline", "regloss", "affine_basic", "affine_enhanced")]
+    if not all(path.is_file() for path in paths):
+        pytest.skip("no shipped 3D weights")
+    files = {path.stem: load_checkpoint(path, role="shipped weights") for path in paths}
+
+    def recipe(ckpt):
+        arch = dict(ckpt["model_config"]["arch"])
+        arch.pop("affine_passes")  # only the affine variants run the affine stage
+        config = ckpt["config"]
+        return (arch, config["steps"], config["lr_anneal_steps"], config["seg_weight"], config["arch"].get("deform_passes"),
+                ckpt["shipped_from"]["global_steps"])
+
+    recipes = {name: recipe(ckpt) for name, ckpt in files.items()}
+    assert all(r == recipes["baseline"] for r in recipes.values()), recipes
+    for name in ("affine_basic", "affine_enhanced"):
+        assert files[name]["model_config"]["arch"]["affine_passes"] == 2, name
+    regularised = {name: (files[name]["config"]["schedule"], files[name]["config"]["reg_scale"],
+                          files[name]["model_config"]["variant"]["regularizers"]) for name in ("regloss", "affine_enhanced")}
+    assert regularised["regloss"] == regularised["affine_enhanced"], regularised
+
+
 def test_shipped_weights_that_are_cut_name_the_file(good, tmp_path):
     cut = _cut(good, tmp_path / "baseline.pt", 30000)
     with pytest.raises(CheckpointError, match=r"^shipped weights .*baseline.pt is truncated"):

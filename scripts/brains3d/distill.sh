@@ -7,6 +7,10 @@
 #   STEPS (default 3000), ANNEAL (default 1000), DISTILL_WEIGHT (default 1), DEFORM_PASSES, OUT_SUFFIX (run folder suffix)
 #   PLAIN=1: the control without distillation (same start, losses and anneal; run folder suffix _plain), e.g. the
 #   longer plain run of the what-was-tried table: PLAIN=1 STEPS=3000 distill.sh affine_enhanced
+#   START=DIR: start from DIR/VARIANT.pt instead of the 5000-step files, e.g. the longer cascade of issue 21 from the
+#   shipped two-pass files (the four files of DeepRegAblation/Resources/Models/3d copied first to
+#   runs/brains3d/shipped-cascade-8000, so that the start stays put when the shipped files change):
+#   START=runs/brains3d/shipped-cascade-8000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_13k distill.sh VARIANT
 set -euo pipefail
 teacher=runs/brains3d/teacher
 steps=${STEPS:-3000}
@@ -17,12 +21,14 @@ run_teacher() {
 run_variant() {
   local variant=$1 reg=""
   case $variant in regloss|affine_enhanced) reg=m8 ;; esac
+  local start=${START:-runs/brains3d/shipped-5000}
   mkdir -p runs/brains3d/shipped-5000
   [ -f "runs/brains3d/shipped-5000/$variant.pt" ] || git show "e371607:DeepRegAblation/Resources/Models/3d/$variant.pt" \
     > "runs/brains3d/shipped-5000/$variant.pt"
+  [ -f "$start/$variant.pt" ] || { echo "distill.sh: no start file $start/$variant.pt" >&2; exit 2; }
   local distill=$teacher suffix=${OUT_SUFFIX:-}
   if [ -n "${PLAIN:-}" ]; then distill=""; suffix=${OUT_SUFFIX:-_plain}; fi
-  INIT="runs/brains3d/shipped-5000/$variant.pt" DISTILL=$distill ANNEAL=${ANNEAL:-1000} \
+  INIT="$start/$variant.pt" DISTILL=$distill ANNEAL=${ANNEAL:-1000} \
     OUT="runs/brains3d/distill/$variant$suffix" scripts/brains3d/train.sh "$variant" "$steps" $reg
 }
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(teacher baseline regloss affine_basic affine_enhanced)

@@ -40,7 +40,8 @@ def main() -> int:
         with open(run / "epochs.csv", newline="") as fh:
             curves[run.name] = {int(r["step"]): float(r["val_dice"]) for r in csv.DictReader(fh) if r["val_dice"]}
     steps = sorted({s for c in curves.values() for s in c if s % 200 == 0})
-    print("training-time validation Dice (8 pairs, model grid) after N more steps from the 5000-step file")
+    print("training-time validation Dice (8 pairs, model grid) after N more steps from the run's start file (the 5000-step"
+          " file; *_13k: the shipped 8000-step two-pass file)")
     width = max(len(name) for name in curves) + 2
     print(f"{'run':{width}s}" + "".join(f"{s:>7d}" for s in steps))
     for name, curve in curves.items():

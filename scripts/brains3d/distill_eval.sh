@@ -9,8 +9,9 @@
 # 2. full resolution, network alone (deepreg-ablation bench --quality, ANTs affine in the same run):
 #    the affine_enhanced files ("shipped" = the 5000-step file, shipped when this ran); out
 #    docs/results/distill-3d/full-resolution.md
-# 3. the cascade (a second pass of the U-Net on the pre-warped pair), against the shipped file of each variant (the
-#    plain_8000 average): the shipped weights run with two passes at inference only (scripts/brains3d/with_passes.py;
+# 3. the cascade (a second pass of the U-Net on the pre-warped pair), against the single-pass file of each variant (the
+#    plain_8000 average, "ship.sh plain": byte for byte the file shipped when this ran, commit a259c12): those weights
+#    run with two passes at inference only (scripts/brains3d/with_passes.py;
 #    for affine_enhanced also three passes, and three affine-stage passes) and, where its run finished, the two-pass
 #    cascade trained the same way (PLAIN=1 STEPS=3000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_plain distill.sh VARIANT,
 #    averaged by "ship.sh plain"); on the model grid (out docs/results/distill-3d/cascade-model-grid-VARIANT) and, for
@@ -20,7 +21,7 @@
 # usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full]... (default grid full); VARIANTS="..." (environment): the grid
 # and cascade parts of these variants only
 set -euo pipefail
-D=runs/brains3d/distill; S=runs/brains3d/shipped-5000; M=DeepRegAblation/Resources/Models/3d; out=docs/results/distill-3d; a=average_11-20.pt
+D=runs/brains3d/distill; S=runs/brains3d/shipped-5000; out=docs/results/distill-3d; a=average_11-20.pt
 grid() {
   for variant in ${VARIANTS:-baseline regloss affine_basic affine_enhanced}; do
     local files=("$S/$variant.pt")
@@ -45,9 +46,10 @@ passes() {  # SOURCE NAME DEFORM [AFFINE]: SOURCE with other passes at inference
 }
 cascade() {
   for variant in ${VARIANTS:-baseline regloss affine_basic affine_enhanced}; do
-    local files=("$M/$variant.pt" "$(passes "$M/$variant.pt" "$variant" 2)")
+    local single=$D/${variant}_plain/average_21-30.pt
+    local files=("$single" "$(passes "$single" "$variant" 2)")
     [ ! -f "$D/${variant}_cascade2_plain/average_21-30.pt" ] || files+=("$D/${variant}_cascade2_plain/average_21-30.pt")
-    [ "$variant" != affine_enhanced ] || files+=("$(passes "$M/$variant.pt" "$variant" 3)" "$(passes "$M/$variant.pt" "$variant" 1 3)")
+    [ "$variant" != affine_enhanced ] || files+=("$(passes "$single" "$variant" 3)" "$(passes "$single" "$variant" 1 3)")
     .venv/bin/deepreg-ablation evaluate --checkpoint "${files[@]}" --data brains3d:../shared/data \
       --split DeepRegAblation/Resources/Models/3d/split.json --threads 1 --example-pair 11 --out "$out/cascade-model-grid-$variant"
   done
@@ -62,7 +64,8 @@ cascade3() {  # the trained two-pass cascades run with three passes at inference
   done
 }
 cascade_full() {
-  local named="shipped=$M/affine_enhanced.pt,shipped_2_passes=$(passes "$M/affine_enhanced.pt" affine_enhanced 2)"
+  local single=$D/affine_enhanced_plain/average_21-30.pt
+  local named="shipped=$single,shipped_2_passes=$(passes "$single" affine_enhanced 2)"
   [ ! -f "$D/affine_enhanced_cascade2_plain/average_21-30.pt" ] || \
     named+=",cascade2_trained=$D/affine_enhanced_cascade2_plain/average_21-30.pt"
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \

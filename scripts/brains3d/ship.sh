@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The shipped 3D files (8000 steps, issue 21): each variant's 5000-step file (below) trained 3000 steps more with the same
-# recipe (PLAIN=1 STEPS=3000 distill.sh VARIANT: 2000 at the constant rate, 1000 annealed), and the last ten checkpoints
-# of that run (its steps 2100-3000, one per 100 steps: the annealed end) averaged into one file without the
-# resume-only state (DeepRegAblationLib.models.checkpoints.ship_checkpoint with several sources).
-# "ship.sh plain": the same averages written as runs/brains3d/distill/<variant>_plain/average_21-30.pt (distill_eval.sh),
-# and those of the two-pass cascades trained the same way (<variant>_cascade2_plain, where the run has reached step 3000).
+# The shipped 3D files (8000 steps, two U-Net passes, issue 21): each variant's 5000-step file (below) trained 3000 steps
+# more as a two-pass cascade (PLAIN=1 STEPS=3000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_plain distill.sh VARIANT: 2000 at
+# the constant rate, 1000 annealed, the deformable U-Net run a second time on the pre-warped pair in training and at
+# inference), and the last ten checkpoints of that run (its steps 2100-3000, one per 100 steps: the annealed end)
+# averaged into one file without the resume-only state (DeepRegAblationLib.models.checkpoints.ship_checkpoint with
+# several sources). Refused unless all four runs have reached step 3000, so the four variants ship from one recipe.
+# "ship.sh plain": the same average of the single-pass runs trained the same way (<variant>_plain, the files shipped
+# before the cascade, commit a259c12), written as runs/brains3d/distill/<variant>_plain/average_21-30.pt
+# (distill_eval.sh, evaluate.sh), and of the two-pass cascades (<variant>_cascade2_plain, where the run has reached
+# step 3000).
 # "ship.sh 5000": the 5000-step files shipped before (commit e371607, kept as runs/brains3d/shipped-5000 by distill.sh):
 # the average of steps 4100-5000 of runs/brains3d/<run> (train.sh with ANNEAL=1000).
 # "ship.sh comparison": the same average over steps 2100-3000 of the tuned runs and of the reference arm
@@ -13,9 +17,7 @@
 # (the files shipped before the anneal, for weight_averaging.py), written as runs/brains3d/<run>/average_31-40.pt.
 # "ship.sh distill" (issue 21): the same average over the annealed steps 1100-2000 of the distilled runs
 # (runs/brains3d/distill/<run>/average_11-20.pt), for distill_eval.sh; "ship.sh distilled" would ship them.
-# "ship.sh cascade" (issue 21, next): the shipped files from the two-pass cascades instead (the same average over steps
-# 2100-3000 of runs/brains3d/distill/<variant>_cascade2_plain); refused unless all four runs have reached step 3000.
-# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled|cascade]
+# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -25,20 +27,18 @@ print(ship_checkpoint(['$1/epoch_%04d.pt' % e for e in range($2, $3 + 1)], '$4')
 }
 D=$B/distill; VARIANTS="baseline regloss affine_basic affine_enhanced"
 if [ -z "${1:-}" ]; then
-  for variant in $VARIANTS; do average $D/${variant}_plain 21 30 $M/$variant.pt; done
+  for variant in $VARIANTS; do
+    [ -f $D/${variant}_cascade2_plain/epoch_0030.pt ] || {
+      echo "ship.sh: $D/${variant}_cascade2_plain has not reached step 3000 (resume it:" \
+        "PLAIN=1 STEPS=3000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_plain scripts/brains3d/distill.sh $variant)" >&2; exit 2; }
+  done
+  for variant in $VARIANTS; do average $D/${variant}_cascade2_plain 21 30 $M/$variant.pt; done
 elif [ "$1" = plain ]; then
   for variant in $VARIANTS; do average $D/${variant}_plain 21 30 $D/${variant}_plain/average_21-30.pt; done
   for variant in $VARIANTS; do
     run=$D/${variant}_cascade2_plain
     [ ! -f $run/epoch_0030.pt ] || average $run 21 30 $run/average_21-30.pt
   done
-elif [ "$1" = cascade ]; then
-  for variant in $VARIANTS; do
-    [ -f $D/${variant}_cascade2_plain/epoch_0030.pt ] || {
-      echo "ship.sh cascade: $D/${variant}_cascade2_plain has not reached step 3000 (resume it:" \
-        "PLAIN=1 STEPS=3000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_plain scripts/brains3d/distill.sh $variant)" >&2; exit 2; }
-  done
-  for variant in $VARIANTS; do average $D/${variant}_cascade2_plain 21 30 $M/$variant.pt; done
 elif [ "$1" = distill ]; then
   for run in baseline regloss affine_basic affine_enhanced affine_enhanced_cascade2; do
     [ ! -f $D/$run/epoch_0020.pt ] || average $D/$run 11 20 $D/$run/average_11-20.pt
@@ -58,5 +58,5 @@ elif [ "$1" = 5000 ]; then
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 else
-  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill, distilled or cascade; none = the shipped files)" >&2; exit 2
+  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill or distilled; none = the shipped files)" >&2; exit 2
 fi
