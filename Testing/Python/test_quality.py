@@ -349,3 +349,17 @@ def test_bench_quality_per_dataset_from_a_split(tmp_path):
     rows = json.loads(report.with_suffix(".quality.json").read_text())
     assert {r["dataset"] for r in rows} == {"ixi"} and "baseline+refine2" in {r["method"] for r in rows}
     assert cli.main(["bench", "--quality", "--datasets", "nope", "--report", str(report)]) == 2
+
+
+def test_labelled_validation_subjects_keeps_the_split_order_and_drops_unlabelled_and_training_ones(tmp_path):
+    """One helper picks the pairs' subjects for bench --quality, bench --refinement and the brains3d scripts."""
+    from DeepRegAblationTrainingLib.benchmarks.suite import labelled_validation_subjects
+
+    folder = tmp_path / "ixi-t1-2mm"
+    image, labels = _phantom((0.0, 0.0, 0.0))
+    for i in range(4):
+        write_image(folder / f"s{i}_ds.nii.gz", image)
+        if i != 2:  # s2 has no label map
+            write_image(folder / f"s{i}_ds_DLMUSE.nii.gz", labels)
+    chosen = labelled_validation_subjects("ixi", tmp_path, {"ixi-s0", "ixi-s2", "ixi-s3"})
+    assert [s.id for s in chosen] == ["ixi-s0", "ixi-s3"]

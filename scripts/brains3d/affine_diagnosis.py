@@ -25,9 +25,8 @@ from DeepRegAblationLib.imageio import ImageData  # noqa: E402
 from DeepRegAblationLib.models.resolve import resolve_model  # noqa: E402
 from DeepRegAblationLib.registration.pipeline import refine_without_network, register  # noqa: E402
 from DeepRegAblationLib.registration.refine import REFINE_SCHEDULES, RefineSchedule  # noqa: E402
-from DeepRegAblationTrainingLib import data  # noqa: E402
 from DeepRegAblationTrainingLib.benchmarks.quality import dataset_pairs, read_pair  # noqa: E402
-from DeepRegAblationTrainingLib.benchmarks.suite import DATASETS, validation_ids  # noqa: E402
+from DeepRegAblationTrainingLib.benchmarks.suite import DATASETS, labelled_validation_subjects, validation_ids  # noqa: E402
 from ixi_diagnosis import affine_only_dice  # noqa: E402  (scripts/brains3d: Dice of an affine map alone)
 
 DATA = ROOT.parent / "shared" / "data"
@@ -69,8 +68,7 @@ def main():
     print(f"checkpoint {checkpoint}; validation pairs of {SPLIT.name} (cycle), full resolution, 1 thread; "
           f"mean Dice over all labels, mean seconds")
     for dataset in DATASETS:
-        subjects = [s for s in data.find_dataset_subjects(dataset, DATA / data.DATASET_FOLDERS[dataset])
-                    if s.id in val_ids and s.labels is not None]
+        subjects = labelled_validation_subjects(dataset, DATA, val_ids)
         results = [pair_results(net, *read_pair(f, m)) for f, m in dataset_pairs(subjects, "cycle")]
         print(f"\n{dataset} ({len(results)} pairs)")
         for row in ROWS:

@@ -18,9 +18,8 @@ import numpy as np  # noqa: E402
 
 from DeepRegAblationLib import inference  # noqa: E402
 from DeepRegAblationLib.models.resolve import resolve_models  # noqa: E402
-from DeepRegAblationTrainingLib import data  # noqa: E402
 from DeepRegAblationTrainingLib.benchmarks import quality  # noqa: E402
-from DeepRegAblationTrainingLib.benchmarks.suite import DATASETS, validation_ids  # noqa: E402
+from DeepRegAblationTrainingLib.benchmarks.suite import DATASETS, labelled_validation_subjects, validation_ids  # noqa: E402
 
 SPLIT = Path("DeepRegAblation/Resources/Models/3d/split.json")
 FILES = {"shipped (2 passes)": "affine_enhanced",
@@ -35,8 +34,7 @@ def main() -> int:
     print("network alone, 2 threads: runtime_s (images in memory -> full-resolution field, warped image and labels), "
           "per stage: " + ", ".join(STAGES) + "; mean over each dataset's validation pairs (second of two runs)")
     for dataset in DATASETS:
-        subjects = [s for s in data.find_dataset_subjects(dataset, Path("../shared/data") / data.DATASET_FOLDERS[dataset])
-                    if s.id in val and s.labels is not None]
+        subjects = labelled_validation_subjects(dataset, Path("../shared/data"), val)
         rows = {name: [] for name in models}
         for fixed_subject, moving_subject in quality.dataset_pairs(subjects, "cycle"):
             fixed, moving, fixed_labels, moving_labels = quality.read_pair(fixed_subject, moving_subject)

@@ -125,10 +125,9 @@ def refinement_section(args: Any, variants: Sequence[str]) -> Tuple[str, List[Di
     the report."""
     from DeepRegAblationLib.models.resolve import resolve_models
 
-    from .. import data
     from ..reports.refinement import markdown_refinement, plot_dice_against_time
     from . import quality
-    from .suite import DATASETS, validation_ids
+    from .suite import DATASETS, labelled_validation_subjects, validation_ids
 
     names = list(DATASETS) if (args.datasets or "all").strip() == "all" else [d.strip() for d in args.datasets.split(",")]
     budgets = [int(b) for b in str(args.budgets).split(",") if b.strip()]
@@ -138,8 +137,7 @@ def refinement_section(args: Any, variants: Sequence[str]) -> Tuple[str, List[Di
     val_ids = validation_ids(args.split)
     pairs = {}
     for name in names:
-        subjects = data.find_dataset_subjects(name, args.data_root / data.DATASET_FOLDERS[name])
-        labelled = [s for s in subjects if s.id in val_ids and s.labels is not None]
+        labelled = labelled_validation_subjects(name, args.data_root, val_ids)
         if len(labelled) >= 2:
             pairs[name] = quality.dataset_pairs(labelled, args.pairs)
     start = time.perf_counter()

@@ -178,14 +178,11 @@ def _datasets_section(args: argparse.Namespace, variants) -> tuple:
 
 def _dataset_rows(args: argparse.Namespace, variants, methods, name: str) -> tuple:
     """The quality rows of one dataset's validation pairs -> ``(rows, note or None, load averages text)``."""
-    from .. import data
     from . import classical, quality
 
     classical.set_threads(args.threads)  # before antspyx first runs
     start, before = time.perf_counter(), _load_average()
-    subjects = data.find_dataset_subjects(name, args.data_root / data.DATASET_FOLDERS[name])
-    val_ids = validation_ids(args.split)
-    val = [s for s in subjects if s.id in val_ids and s.labels is not None]
+    val = labelled_validation_subjects(name, args.data_root, validation_ids(args.split))
     if len(val) < 2:
         return [], f"Note: {name} skipped: fewer than 2 labelled validation subjects in {args.split}.", before
     pairs = quality.dataset_pairs(val, args.pairs)
@@ -200,6 +197,15 @@ def _dataset_rows(args: argparse.Namespace, variants, methods, name: str) -> tup
         progress=lambda message: print(f"  {name}: {message} [{time.perf_counter() - start:.0f} s]", flush=True),
     )
     return rows, None, f"{before} -> {_load_average()}"
+
+
+def labelled_validation_subjects(dataset: str, data_root: Path, val_ids: set) -> list:
+    """The subjects of ``dataset`` (in its folder under ``data_root``) whose id is in ``val_ids`` and that have labels,
+    in the dataset's own order (the order ``quality.dataset_pairs`` cycles through)."""
+    from .. import data
+
+    subjects = data.find_dataset_subjects(dataset, Path(data_root) / data.DATASET_FOLDERS[dataset])
+    return [s for s in subjects if s.id in val_ids and s.labels is not None]
 
 
 def validation_ids(path: Path) -> set:
