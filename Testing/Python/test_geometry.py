@@ -217,6 +217,64 @@ def test_shared_lattice_copies_voxels_without_interpolation(fill_value):
         np.testing.assert_array_equal(out, reference)
 
 
+def _scaled_permuted_grid(spacing=(1.1, 0.9, 1.3)):
+    """A grid whose axes are the RAS axes scaled, permuted and flipped (as a scanner's volume against a model grid)."""
+    grid = np.eye(4)
+    grid[:3, :3] = [[0.0, 0.0, -spacing[2]], [spacing[0], 0.0, 0.0], [0.0, spacing[1], 0.0]]
+    grid[:3, 3] = [30.0, -40.0, -35.0]
+    return grid
+
+
+def test_separable_field_upsampling_is_the_trilinear_interpolation():
+    """Fields (linear, border values beyond the border) onto an axis-aligned grid take three one-axis
+    interpolations: the float64 trilinear values to float32 rounding, a slab the whole grid's values there."""
+    rng = np.random.default_rng(0)
+    field = rng.normal(size=(3, 12, 16, 12)).astype(np.float32)
+    coarse = np.diag([4.0, 4.0, 4.0, 1.0])
+    coarse[:3, 3] = [-20.0, -30.0, -25.0]
+    fine, shape = _scaled_permuted_grid(), (40, 70, 60)  # reaches beyond the coarse grid: the border is exercised
+    matrix = resampling.index_map(coarse, fine)
+    assert resampling._separable_linear(field, matrix, shape, (0, shape[0])) is not None  # the separable path applies
+    out = resampling.resample_channels(field, coarse, fine, shape, mode="linear", fill_value=None)
+    coords = geometry.affine_on_grid(matrix[[2, 1, 0]], shape, dtype=torch.float64)
+    reference = resampling.sample_voxels(torch.from_numpy(field.astype(np.float64)), coords, "linear", None).numpy()
+    assert out.dtype == np.float32 and out.shape == (3,) + shape
+    np.testing.assert_allclose(out, reference, atol=2e-6)
+    inside = (coords >= 0).all(0) & (coords <= torch.tensor([11.0, 15.0, 11.0])[:, None, None, None]).all(0)
+    assert 0.1 < float(inside.float().mean()) < 0.9
+    slab = resampling.resample_channels(field, coarse, fine, shape, mode="linear", fill_value=None, k_range=(5, 17))
+    np.testing.assert_array_equal(slab, out[:, 5:17])
+    on_grid = resampling.resample_channels(field, coarse, coarse, (12, 16, 12), mode="linear", fill_value=None)
+    np.testing.assert_array_equal(on_grid, field)  # grid points: the voxels themselves
+    oblique = oblique_matrix((1.1, 0.9, 1.3), (10.0, -5.0, 20.0), (30.0, -40.0, -35.0))
+    assert resampling._separable_linear(field, resampling.index_map(coarse, oblique), shape, (0, shape[0])) is None
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64, np.float32])
+def test_nearest_sampling_copies_label_values_of_any_dtype(dtype):
+    """Nearest sampling reads the nearest voxel by index (no float round trip): values of any dtype exactly,
+    ``fill_value`` outside (``-0.5 <= c < n - 0.5`` inside), the border voxel beyond it when ``None``."""
+    rng = np.random.default_rng(1)
+    big = np.iinfo(np.int64).max - 7 if dtype == np.int64 else 200
+    labels = rng.integers(0, 5, size=(1, 6, 7, 8)).astype(dtype)
+    labels[0, 2, 3, 4] = big  # beyond float64's exact integers for int64
+    coords = torch.from_numpy(rng.uniform(-1.5, 8.5, size=(3, 500)))
+    coords[:, 0] = torch.tensor([2.2, 2.9, 4.4])
+    for fill_value in (0.0, None):
+        out = resampling.sample_voxels(torch.from_numpy(labels), coords, "nearest", fill_value).numpy()
+        assert out.dtype == labels.dtype
+        index = np.round(coords.numpy())
+        sizes = np.array(labels.shape[1:])[:, None]
+        inside = np.all((coords.numpy() >= -0.5) & (coords.numpy() < sizes - 0.5), axis=0)
+        k, j, i = np.clip(index, 0, sizes - 1).astype(int)
+        expected = labels[0, k, j, i]
+        if fill_value is not None:
+            expected = np.where(inside, expected, 0).astype(dtype)
+            assert 0.1 < inside.mean() < 0.9
+        np.testing.assert_array_equal(out[0], expected)
+        assert out[0, 0] == big
+
+
 def test_float32_grid_resampling_agrees_with_float64_points():
     fixed, moving = oblique_pair()
     fast = resampling.resample_to_grid(moving.array, moving.ijk_to_ras, fixed.ijk_to_ras, fixed.shape)

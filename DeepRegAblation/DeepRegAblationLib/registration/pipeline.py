@@ -510,7 +510,7 @@ def _mapped_arrays(fixed: ImageData, moving: ImageData, moving_labels: Optional[
     moving_tensor = torch.from_numpy(np.ascontiguousarray(moving.array, dtype=np.float32))[None]
     labels_tensor = None
     if moving_labels is not None:
-        labels_tensor = torch.from_numpy(labels_array(moving_labels, "moving_labels").astype(np.float64))[None]
+        labels_tensor = torch.from_numpy(labels_array(moving_labels, "moving_labels"))[None]
     arrays = {"warped": np.empty(shape, np.float32), "deform": np.empty(shape + (3,), np.float32),
               "jacobian": np.empty(shape, np.float32),
               "warped_labels": None if moving_labels is None else np.empty(shape, np.int32)}
@@ -520,7 +520,8 @@ def _mapped_arrays(fixed: ImageData, moving: ImageData, moving_labels: Optional[
         coords = _voxels_of_mapped_points(fixed, moving.ijk_to_ras, slab, k0)
         arrays["warped"][k0:k1] = resampling.sample_voxels(moving_tensor, coords, "linear", 0.0)[0].numpy()
         if labels_tensor is not None:
-            coords = _voxels_of_mapped_points(fixed, moving_labels.ijk_to_ras, slab, k0)
+            if not np.array_equal(moving_labels.ijk_to_ras, moving.ijk_to_ras):
+                coords = _voxels_of_mapped_points(fixed, moving_labels.ijk_to_ras, slab, k0)
             arrays["warped_labels"][k0:k1] = resampling.sample_voxels(labels_tensor, coords, "nearest", 0.0)[0].numpy()
         deform = geometry.affine_after_displacement(inverse_affine, slab, fixed.ijk_to_ras, k_start=k0)
         arrays["deform"][k0:k1] = np.moveaxis(deform.numpy(), 0, -1)
