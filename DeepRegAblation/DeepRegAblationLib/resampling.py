@@ -283,24 +283,16 @@ def _separable_linear(volume: np.ndarray, matrix: np.ndarray, dst_shape: Tuple[i
     support = np.abs(linear) > 1e-9 * scale
     if not (np.all(support.sum(axis=0) == 1) and np.all(support.sum(axis=1) == 1)):
         return None
-    source = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))  # (C, K, J, I)
-    ranges = [(int(k_range[0]), int(k_range[1])), (0, dst_shape[1]), (0, dst_shape[2])]  # destination k, j, i
-    out = source
-    letters = "kji"
-    source_letters = list("kji")  # the letter of each source array axis, replaced as it is interpolated
-    for dst_array_axis in range(3):
-        dst_axis = 2 - dst_array_axis  # i, j, k index of this destination axis
+    out = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))  # (C, K, J, I) of the source
+    ranges = [(0, dst_shape[2]), (0, dst_shape[1]), (int(k_range[0]), int(k_range[1]))]  # destination i, j, k
+    position = [0, 0, 0]  # where each destination axis (i, j, k) ends up in ``out``
+    for dst_axis in (2, 1, 0):  # k first: the slab's few slices keep the intermediate arrays small
         src_axis = int(np.argmax(support[:, dst_axis]))
-        first, last = ranges[dst_array_axis]
-        coords = linear[src_axis, dst_axis] * np.arange(first, last, dtype=np.float64) + matrix[src_axis, 3]
-        weights = _linear_weights(coords, volume.shape[3 - src_axis])
-        src_letter = source_letters[2 - src_axis]
-        new_letter = letters[dst_array_axis].upper()
-        before = "c" + "".join(source_letters)
-        source_letters[2 - src_axis] = new_letter
-        out = torch.einsum(f"{before},{new_letter}{src_letter}->c{''.join(source_letters)}", out, weights)
-    order = [0] + [1 + source_letters.index(letter.upper()) for letter in letters]
-    return np.ascontiguousarray(out.permute(order).numpy())
+        coords = linear[src_axis, dst_axis] * np.arange(*ranges[dst_axis], dtype=np.float64) + matrix[src_axis, 3]
+        weights = _linear_weights(coords, volume.shape[3 - src_axis])  # (destination voxels, source voxels)
+        position[dst_axis] = 3 - src_axis  # the source axis's place in (C, K, J, I)
+        out = torch.tensordot(out, weights, dims=([position[dst_axis]], [1])).movedim(-1, position[dst_axis])
+    return np.ascontiguousarray(out.permute([0] + position[::-1]).numpy())  # (C, k1 - k0, J, I) of the destination
 
 
 def resample_channels(
