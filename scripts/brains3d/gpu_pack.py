@@ -29,12 +29,12 @@ SPEC = "brains3d:../shared/data"
 
 
 def _brain_data():
-    """The subjects and the Preprocess of the training's 3D brain spec (data.specs, as build_data makes them)."""
+    """The subjects and the Preprocess of the training's 3D brain spec (as data.specs.build_data makes them; a run
+    whose Preprocess differs from the pack's is refused by ``train``)."""
     from DeepRegAblationTrainingLib.data import specs
 
     spec = specs.parse_data_argument(SPEC.replace("../shared/data", str(DATA)))
-    parts = specs.brain_parts(spec)
-    subjects = specs._brain_subjects(parts)
+    subjects = [s for part in specs.brain_parts(spec) for s in specs.find_dataset_subjects(part["kind"], part["path"])]
     preprocess = specs.Preprocess(spacing_mm=[specs.BRAIN_SPACING_MM], shape=specs.brain_grid_shape(specs.BRAIN_SPACING_MM),
                                   divisor=16, ndim=3, center="com")
     return subjects, preprocess
