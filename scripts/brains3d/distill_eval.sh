@@ -18,8 +18,12 @@
 #    affine_enhanced, at full resolution (bench --quality as in 2; out docs/results/distill-3d/cascade-full-resolution.md);
 #    "cascade3": each trained two-pass cascade against itself run with three passes (model grid; out
 #    docs/results/distill-3d/cascade3-at-inference-model-grid-VARIANT)
-# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full]... (default grid full); VARIANTS="..." (environment): the grid
-# and cascade parts of these variants only
+# 4. "longer": the shipped two-pass files (kept as runs/brains3d/shipped-cascade-8000) against the same runs trained 5000
+#    steps more (cascade2_13k, averaged by "ship.sh longer"), model grid, for each variant whose run has finished (out
+#    docs/results/distill-3d/longer-model-grid-VARIANT); "longer_full": the same two affine_enhanced files at full
+#    resolution (bench --quality as in 2; out docs/results/distill-3d/longer-full-resolution.md)
+# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full]... (default grid full);
+# VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
 D=runs/brains3d/distill; S=runs/brains3d/shipped-5000; out=docs/results/distill-3d; a=average_11-20.pt
 grid() {
@@ -70,6 +74,20 @@ cascade_full() {
     named+=",cascade2_trained=$D/affine_enhanced_cascade2_plain/average_21-30.pt"
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
     --init-align auto --threads 1 --variants "$named" --report "$out/cascade-full-resolution.md"
+}
+longer() {
+  for variant in ${VARIANTS:-baseline regloss affine_basic affine_enhanced}; do
+    local longer=$D/${variant}_cascade2_13k/average_41-50.pt
+    [ -f "$longer" ] || { echo "$variant: no finished longer cascade ($longer, ship.sh longer): skipped"; continue; }
+    .venv/bin/deepreg-ablation evaluate --checkpoint runs/brains3d/shipped-cascade-8000/$variant.pt "$longer" \
+      --data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json --threads 1 --example-pair 11 \
+      --out "$out/longer-model-grid-$variant"
+  done
+}
+longer_full() {
+  .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
+    --init-align auto --threads 1 --report "$out/longer-full-resolution.md" \
+    --variants "shipped=runs/brains3d/shipped-cascade-8000/affine_enhanced.pt,longer_13k=$D/affine_enhanced_cascade2_13k/average_41-50.pt"
 }
 parts=("$@"); [ ${#parts[@]} -gt 0 ] || parts=(grid full)
 for part in "${parts[@]}"; do "$part"; done

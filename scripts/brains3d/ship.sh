@@ -17,7 +17,10 @@
 # (the files shipped before the anneal, for weight_averaging.py), written as runs/brains3d/<run>/average_31-40.pt.
 # "ship.sh distill" (issue 21): the same average over the annealed steps 1100-2000 of the distilled runs
 # (runs/brains3d/distill/<run>/average_11-20.pt), for distill_eval.sh; "ship.sh distilled" would ship them.
-# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled]
+# "ship.sh longer": the same average over the annealed steps 4100-5000 of the longer cascades (runs/brains3d/distill/
+# <variant>_cascade2_13k, 13000 steps in all), written as <run>/average_41-50.pt where the run has reached step 5000,
+# for distill_eval.sh longer (shipping them needs all four, and a gain for all four).
+# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled|longer]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -43,6 +46,11 @@ elif [ "$1" = distill ]; then
   for run in baseline regloss affine_basic affine_enhanced affine_enhanced_cascade2; do
     [ ! -f $D/$run/epoch_0020.pt ] || average $D/$run 11 20 $D/$run/average_11-20.pt
   done
+elif [ "$1" = longer ]; then
+  for variant in $VARIANTS; do
+    run=$D/${variant}_cascade2_13k
+    [ ! -f $run/epoch_0050.pt ] || average $run 41 50 $run/average_41-50.pt
+  done
 elif [ "$1" = distilled ]; then
   for variant in $VARIANTS; do average $D/$variant 11 20 $M/$variant.pt; done
 elif [ "$1" = comparison ]; then
@@ -58,5 +66,5 @@ elif [ "$1" = 5000 ]; then
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 else
-  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill or distilled; none = the shipped files)" >&2; exit 2
+  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill, distilled or longer; none = the shipped files)" >&2; exit 2
 fi
