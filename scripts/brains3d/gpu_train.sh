@@ -11,11 +11,12 @@
 #    (average.pt, last.pt, logs) packed into $OUT/VARIANT.tgz.
 # usage (from the repository root, on the device): scripts/brains3d/gpu_train.sh BUDGET_SECONDS
 #   PY (default python3), DEVICE (default cuda), PROBE (default 90), WORKERS (default 2), R (run folder,
-#   default runs/brains3d/gpu), OUT (default $R/out), EPOCH (steps per checkpoint, default 100; small for a CPU trial).
+#   default runs/brains3d/gpu), OUT (default $R/out), EPOCH (steps per checkpoint, default 100; small for a CPU trial),
+#   START (folder of the four start files VARIANT.pt, default runs/brains3d/shipped-cascade-8000; carry it).
 set -uo pipefail
 T0=$(date +%s); BUDGET=${1:?budget in seconds}
 PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; PROBE=${PROBE:-90}; E=${EPOCH:-100}; R=${R:-runs/brains3d/gpu}; OUT=${OUT:-$R/out}
-VARIANTS="baseline regloss affine_basic affine_enhanced"; START=runs/brains3d/shipped-cascade-8000
+VARIANTS="baseline regloss affine_basic affine_enhanced"; START=${START:-runs/brains3d/shipped-cascade-8000}
 mkdir -p "$R" "$OUT"
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/gpu_train.log"; }
 log "device: $($PY -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no cuda")' 2>&1)"
