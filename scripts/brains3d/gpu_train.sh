@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The four shipped 3D cascades trained longer on one lent GPU (issue 21), within a wall-clock budget, in one call.
 # Each variant starts from its shipped two-pass file (runs/brains3d/shipped-cascade-8000/VARIANT.pt, as cascade2_13k)
-# with the shipped recipe (batch 1, --deform-passes 2, the same losses, augmentation and learning rate; the data from
-# the pack of scripts/brains3d/gpu_pack.py, since the device machine has no ../shared). All four run at once:
+# with the shipped recipe (scripts/brains3d/train.sh: batch 1, --deform-passes 2, the same losses, augmentation and
+# learning rate; the data from the pack of scripts/brains3d/gpu_pack.py, since the device machine has no ../shared). All four run at once:
 # 1. a probe: each trains at the constant rate for PROBE seconds, and its steps per second are read off steps.csv;
 # 2. the common length N (steps, a multiple of EPOCH) that the slowest variant reaches in the time left, of which the
 #    last A = 40 % are annealed (a constant-rate run resumes to the same result with a longer --steps, train --help);
@@ -21,15 +21,13 @@ mkdir -p "$R" "$OUT"
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/gpu_train.log"; }
 log "device: $($PY -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no cuda")' 2>&1)"
 pids=()
-launch() {  # VARIANT STEPS ANNEAL
-  local v=$1 extra=()
-  case $v in regloss|affine_enhanced) extra+=(--schedule constant --reg-scale 8) ;; esac
-  case $v in affine_*) extra+=(--affine-passes 2) ;; esac
-  $PY scripts/brains3d/gpu_pack.py train .gpu/brains3d_4mm.npz -- --variant "$v" --data brains3d:../shared/data \
-    --split DeepRegAblation/Resources/Models/3d/split.json --steps "$2" --lr-anneal-steps "$3" --steps-per-epoch "$E" \
-    --checkpoint-every 1 --seg-weight 1 --threads 2 --workers "${WORKERS:-2}" --device "$DEVICE" --no-amp --rotation-deg 5 \
-    --no-progress --no-tensorboard --resume --deform-passes 2 --init-from "$START/$v.pt" "${extra[@]}" \
-    --out "$R/$v" >> "$R/$v.log" 2>&1 &
+launch() {  # VARIANT STEPS ANNEAL: scripts/brains3d/train.sh (the shipped recipe), its data from the pack
+  local reg=""
+  case $1 in regloss|affine_enhanced) reg=m8 ;; esac
+  INIT="$START/$1.pt" ANNEAL=$3 DEFORM_PASSES=2 EPOCH=$E OUT="$R/$1" \
+    TRAIN="$PY scripts/brains3d/gpu_pack.py train .gpu/brains3d_4mm.npz --" \
+    EXTRA="--threads 2 --workers ${WORKERS:-2} --device $DEVICE --no-amp" \
+    scripts/brains3d/train.sh "$1" "$2" $reg >> "$R/$1.log" 2>&1 &
   pids+=($!)
 }
 steps_done() { [ -f "$R/$1/steps.csv" ] && echo $(( $(wc -l < "$R/$1/steps.csv") - 1 )) || echo 0; }
@@ -65,9 +63,7 @@ fi
 for v in $VARIANTS; do
   last=$(ls "$R/$v"/epoch_*.pt 2>/dev/null | sort | tail -n 1); [ -n "$last" ] || continue
   e=$(basename "$last" .pt); e=$((10#${e#epoch_})); first=$(( e > 9 ? e - 9 : 1 ))
-  $PY -c "import sys; sys.path.insert(0, 'DeepRegAblation')
-from DeepRegAblationLib.models.checkpoints import ship_checkpoint
-ship_checkpoint(['$R/$v/epoch_%04d.pt' % k for k in range($first, $e + 1)], '$R/$v/average.pt')" >> "$R/$v.log" 2>&1
+  PY=$PY scripts/brains3d/ship.sh average "$R/$v" "$first" "$e" "$R/$v/average.pt" >> "$R/$v.log" 2>&1
   log "$v: reached step $(( e * E )) (of $n); average.pt = epochs $first-$e; last val: $(tail -n 1 "$R/$v/epochs.csv" | cut -d, -f2,8)"
   cp "$R/$v.log" "$R/$v/train.log"
   tar -czf "$OUT/$v.tgz" -C "$R" "$v/average.pt" "$v/last.pt" "$v/epochs.csv" "$v/steps.csv" "$v/config.json" "$v/train.log"

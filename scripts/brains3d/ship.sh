@@ -20,11 +20,13 @@
 # "ship.sh longer": the same average over the annealed steps 4100-5000 of the longer cascades (runs/brains3d/distill/
 # <variant>_cascade2_13k, 13000 steps in all), written as <run>/average_41-50.pt where the run has reached step 5000,
 # for distill_eval.sh longer (shipping them needs all four, and a gain for all four).
-# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled|longer]
+# "ship.sh average RUN_DIR FIRST LAST DESTINATION": the mean of one run's checkpoints FIRST..LAST (epoch numbers) into
+# DESTINATION (scripts/brains3d/gpu_train.sh); PY (environment): the Python to use (default .venv/bin/python).
+# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled|longer|average ...]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
-  .venv/bin/python -c "import sys; sys.path.insert(0, 'DeepRegAblation')
+  "${PY:-.venv/bin/python}" -c "import sys; sys.path.insert(0, 'DeepRegAblation')
 from DeepRegAblationLib.models.checkpoints import ship_checkpoint
 print(ship_checkpoint(['$1/epoch_%04d.pt' % e for e in range($2, $3 + 1)], '$4'))"
 }
@@ -46,6 +48,8 @@ elif [ "$1" = distill ]; then
   for run in baseline regloss affine_basic affine_enhanced affine_enhanced_cascade2; do
     [ ! -f $D/$run/epoch_0020.pt ] || average $D/$run 11 20 $D/$run/average_11-20.pt
   done
+elif [ "$1" = average ] && [ $# = 5 ]; then
+  average "$2" "$3" "$4" "$5"
 elif [ "$1" = longer ]; then
   for variant in $VARIANTS; do
     run=$D/${variant}_cascade2_13k
@@ -66,5 +70,5 @@ elif [ "$1" = 5000 ]; then
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 else
-  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill, distilled or longer; none = the shipped files)" >&2; exit 2
+  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill, distilled, longer or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
 fi

@@ -18,6 +18,9 @@
 #   commit e371607, kept as runs/brains3d/shipped-5000/VARIANT.pt by distill.sh).
 # DISTILL=DIR (environment): distillation from the teacher fields in DIR (deepreg-ablation teacher), weight
 #   DISTILL_WEIGHT (default 1); DEFORM_PASSES=N: a cascade of N U-Net passes.
+# TRAIN="COMMAND" (environment): what runs the training (default: .venv/bin/deepreg-ablation train), e.g. the launcher
+#   of scripts/brains3d/gpu_pack.py on a machine without the data; EXTRA="ARGS": arguments added last (they win over
+#   the ones above, e.g. --threads 2 --device cuda).
 set -euo pipefail
 variant=$1; steps=${2:-20000}; reg=${3:-}
 out=${OUT:-runs/brains3d/$variant${reg:+_$reg}}
@@ -41,4 +44,6 @@ case $variant in
   affine_basic|affine_enhanced) extra+=(--init-from "${INIT:-runs/brains3d/affine_pretrain/last.pt}" --affine-passes 2) ;;
   *) [ -z "${INIT:-}" ] || extra+=(--init-from "$INIT") ;;
 esac
-exec .venv/bin/deepreg-ablation train --variant "$variant" "${common[@]}" "${extra[@]}"
+read -ra train <<< "${TRAIN:-.venv/bin/deepreg-ablation train}"
+read -ra added <<< "${EXTRA:-}"
+exec "${train[@]}" --variant "$variant" "${common[@]}" "${extra[@]}" "${added[@]}"
