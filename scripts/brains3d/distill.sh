@@ -11,6 +11,8 @@
 #   shipped two-pass files (the four files of DeepRegAblation/Resources/Models/3d copied first to
 #   runs/brains3d/shipped-cascade-8000, so that the start stays put when the shipped files change):
 #   START=runs/brains3d/shipped-cascade-8000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_13k distill.sh VARIANT
+#   and one more cycle from those runs' averages (ship.sh longer, copied to runs/brains3d/cascade-13000/VARIANT.pt):
+#   START=runs/brains3d/cascade-13000 PLAIN=1 STEPS=2000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_15k distill.sh VARIANT
 set -euo pipefail
 teacher=runs/brains3d/teacher
 steps=${STEPS:-3000}

@@ -41,7 +41,7 @@ def main() -> int:
             curves[run.name] = {int(r["step"]): float(r["val_dice"]) for r in csv.DictReader(fh) if r["val_dice"]}
     steps = sorted({s for c in curves.values() for s in c if s % 200 == 0})
     print("training-time validation Dice (8 pairs, model grid) after N more steps from the run's start file (the 5000-step"
-          " file; *_13k: the shipped 8000-step two-pass file)")
+          " file; *_13k: the 8000-step two-pass file shipped first; *_15k: the 13000-step average of the *_13k run)")
     width = max(len(name) for name in curves) + 2
     print(f"{'run':{width}s}" + "".join(f"{s:>7d}" for s in steps))
     for name, curve in curves.items():

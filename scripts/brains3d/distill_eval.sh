@@ -22,7 +22,10 @@
 #    steps more (cascade2_13k, averaged by "ship.sh longer"), model grid, for each variant whose run has finished (out
 #    docs/results/distill-3d/longer-model-grid-VARIANT); "longer_full": the same two affine_enhanced files at full
 #    resolution (bench --quality as in 2; out docs/results/distill-3d/longer-full-resolution.md)
-# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full]... (default grid full);
+# 5. "cycle": the 13000-step averages against one more cycle from them (cascade2_15k: 1000 steps at the constant rate,
+#    1000 annealed, averaged by "ship.sh cycle"), model grid, for each variant whose run has finished (out
+#    docs/results/distill-3d/cycle-model-grid-VARIANT)
+# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle]... (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
 D=runs/brains3d/distill; S=runs/brains3d/shipped-5000; out=docs/results/distill-3d; a=average_11-20.pt
@@ -75,15 +78,17 @@ cascade_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
     --init-align auto --threads 1 --variants "$named" --report "$out/cascade-full-resolution.md"
 }
-longer() {
+continued() {  # NAME START_FILE_OF_{} CONTINUED_FILE_OF_{}: each variant's two files ({} = the variant) on the model grid
   for variant in ${VARIANTS:-baseline regloss affine_basic affine_enhanced}; do
-    local longer=$D/${variant}_cascade2_13k/average_41-50.pt
-    [ -f "$longer" ] || { echo "$variant: no finished longer cascade ($longer, ship.sh longer): skipped"; continue; }
-    .venv/bin/deepreg-ablation evaluate --checkpoint runs/brains3d/shipped-cascade-8000/$variant.pt "$longer" \
+    local start=${2//\{\}/$variant} continued=${3//\{\}/$variant}
+    [ -f "$continued" ] || { echo "$variant: no finished run ($continued, ship.sh $1): skipped"; continue; }
+    .venv/bin/deepreg-ablation evaluate --checkpoint "$start" "$continued" \
       --data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json --threads 1 --example-pair 11 \
-      --out "$out/longer-model-grid-$variant"
+      --out "$out/$1-model-grid-$variant"
   done
 }
+longer() { continued longer "runs/brains3d/shipped-cascade-8000/{}.pt" "$D/{}_cascade2_13k/average_41-50.pt"; }
+cycle() { continued cycle "$D/{}_cascade2_13k/average_41-50.pt" "$D/{}_cascade2_15k/average_11-20.pt"; }
 longer_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
     --init-align auto --threads 1 --report "$out/longer-full-resolution.md" \

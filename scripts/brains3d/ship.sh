@@ -20,9 +20,12 @@
 # "ship.sh longer": the same average over the annealed steps 4100-5000 of the longer cascades (runs/brains3d/distill/
 # <variant>_cascade2_13k, 13000 steps in all), written as <run>/average_41-50.pt where the run has reached step 5000,
 # for distill_eval.sh longer (shipping them needs all four, and a gain for all four).
+# "ship.sh cycle": one more cycle from those 13000-step averages (1000 steps at the constant rate, 1000 annealed:
+# <variant>_cascade2_15k), averaged over its annealed steps 1100-2000 into <run>/average_11-20.pt where the run has
+# reached step 2000, for distill_eval.sh cycle.
 # "ship.sh average RUN_DIR FIRST LAST DESTINATION": the mean of one run's checkpoints FIRST..LAST (epoch numbers) into
 # DESTINATION (scripts/brains3d/gpu_train.sh); PY (environment): the Python to use (default .venv/bin/python).
-# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled|longer|average ...]
+# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled|longer|cycle|average ...]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -50,10 +53,12 @@ elif [ "$1" = distill ]; then
   done
 elif [ "$1" = average ] && [ $# = 5 ]; then
   average "$2" "$3" "$4" "$5"
-elif [ "$1" = longer ]; then
+elif [ "$1" = longer ] || [ "$1" = cycle ]; then
+  suffix=_cascade2_13k first=41 last=50
+  [ "$1" = longer ] || { suffix=_cascade2_15k first=11 last=20; }
   for variant in $VARIANTS; do
-    run=$D/${variant}_cascade2_13k
-    [ ! -f $run/epoch_0050.pt ] || average $run 41 50 $run/average_41-50.pt
+    run=$D/$variant$suffix
+    [ ! -f $run/epoch_00$last.pt ] || average $run $first $last $run/average_$first-$last.pt
   done
 elif [ "$1" = distilled ]; then
   for variant in $VARIANTS; do average $D/$variant 11 20 $M/$variant.pt; done
@@ -70,5 +75,5 @@ elif [ "$1" = 5000 ]; then
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 else
-  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill, distilled, longer or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
+  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill, distilled, longer, cycle or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
 fi
