@@ -221,6 +221,21 @@ def warp(
     return sample(image, grid[None] + disp_vox, mode=mode, padding=padding)
 
 
+def warp_labels(labels: torch.Tensor, disp_vox: torch.Tensor) -> torch.Tensor:
+    """A label map ``(B, 1, *spatial)`` warped by ``disp_vox`` with nearest neighbour: integer labels (``long``)."""
+    return torch.round(warp(labels.float(), disp_vox, mode="nearest")).long()
+
+
+def mirror_field(disp_vox: torch.Tensor) -> torch.Tensor:
+    """The field ``(B, ndim, *spatial)`` of the images mirrored along their last axis: reversed along that axis and its
+    last component negated (a copy). If ``warp(m, u) = f`` then ``warp(mirror(m), mirror_field(u)) = mirror(f)``,
+    where ``mirror`` reverses the last axis; applied twice it gives ``disp_vox`` back."""
+    ndim_of_disp(disp_vox)
+    disp = torch.flip(disp_vox, dims=(-1,)).clone()
+    disp[:, -1] = -disp[:, -1]
+    return disp
+
+
 def compose(disp_first: torch.Tensor, disp_second: torch.Tensor) -> torch.Tensor:
     """Single field equal to warping by ``disp_first`` and then by ``disp_second``.
 

@@ -280,6 +280,62 @@ def test_pair_dataset_is_a_function_of_seed_epoch_index(tmp_path):
     assert batch["moving"].shape == (2, 1, 32, 32) and len(batch["pair_id"]) == 2
 
 
+def test_mirror_sample_keeps_the_augmentation_field_true():
+    """Mirroring an augmented sample mirrors its field too: the mirrored original warped by the mirrored field is the
+    mirrored augmented image, in 2D and 3D; the sample itself is not changed."""
+    from DeepRegAblationLib import fields
+
+    generator = torch.Generator().manual_seed(3)
+    for shape in ((32, 32), (16, 24, 20)):
+        image = torch.rand((1, *shape), generator=generator)
+        labels = (image > 0.5).to(torch.int16)
+        original = {"image": image, "labels": labels, "spacing_mm": [1.0] * len(shape), "dataset": "toy"}
+        augmented = data.augment_sample(original, Augment(max_disp_mm=3.0, rotation_deg=8.0, gamma=(1.0, 1.0),
+                                                          brightness=0.0), generator)
+        before = augmented["disp_vox"].clone()
+        mirrored, mirrored_original = data.mirror_sample(augmented), data.mirror_sample(original)
+        assert torch.equal(augmented["disp_vox"], before)  # a copy
+        assert torch.equal(mirrored["image"], torch.flip(augmented["image"], dims=(-1,)))
+        assert torch.equal(mirrored["labels"], torch.flip(augmented["labels"], dims=(-1,)))
+        rewarped = fields.warp(mirrored_original["image"][None], mirrored["disp_vox"][None], padding="zeros")[0]
+        assert torch.allclose(rewarped, mirrored["image"], atol=1e-4)
+        wrong = torch.flip(augmented["disp_vox"], dims=(-1,))  # reversed but not negated: not the same warp
+        rewrong = fields.warp(mirrored_original["image"][None], wrong[None], padding="zeros")[0]
+        assert not torch.allclose(rewrong, mirrored["image"], atol=1e-2)
+
+
+def test_pair_dataset_mirrors_both_images_or_neither(tmp_path):
+    root = data.write_toy_oasis2d(tmp_path / "toy", n_subjects=4)
+    subjects = data.find_oasis_subjects(root, ndim=2)
+    pre = data.Preprocess(ndim=2)
+    plain = data.PairDataset(subjects, pre, pairs_per_epoch=8, seed=2)
+    always = data.PairDataset(subjects, pre, pairs_per_epoch=8, seed=2, mirror=1.0)
+    half = data.PairDataset(subjects, pre, pairs_per_epoch=8, seed=2, mirror=0.5)
+    flipped = 0
+    for index in range(8):
+        a, b, c = plain[index], always[index], half[index]
+        assert a["pair_id"] == b["pair_id"] == c["pair_id"]
+        for key in ("moving", "fixed", "moving_labels", "fixed_labels"):
+            assert torch.equal(b[key], torch.flip(a[key], dims=(-1,)))
+        mirrored = torch.equal(c["moving"], b["moving"]) and not torch.equal(c["moving"], a["moving"])
+        assert torch.equal(c["fixed"], b["fixed"] if mirrored else a["fixed"])  # both or neither
+        flipped += mirrored
+    assert 0 < flipped < 8
+    with pytest.raises(ValueError, match="mirror must be a probability"):
+        data.PairDataset(subjects, pre, mirror=1.5)
+
+
+def test_train_data_spec_mirror():
+    from DeepRegAblationTrainingLib.training.config import train_data_spec
+
+    assert "mirror" not in train_data_spec("oasis2d:somewhere")
+    assert train_data_spec("brains3d:somewhere", mirror=0.5)["mirror"] == 0.5
+    with pytest.raises(ValueError, match="not to synthetic pairs"):
+        train_data_spec("oasis2d:somewhere", synthetic=True, mirror=0.5)
+    with pytest.raises(ValueError, match="probability"):
+        train_data_spec("oasis2d:somewhere", mirror=-0.1)
+
+
 def test_synthetic_dataset_from_arrays_carries_disp_true():
     yy, xx = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
     blob = np.exp(-((yy - 15) ** 2 + (xx - 17) ** 2) / 60.0).astype(np.float32)[None]

@@ -251,3 +251,19 @@ def test_sample_exact_on_grid_points_and_interpolated_elsewhere(padding):
     exact = fields._gather_sample(image, coords, "bilinear", padding)
     assert torch.equal(out[:, :, :4], exact[:, :, :4])
     torch.testing.assert_close(out, exact, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(12, 14), (8, 10, 12)])
+def test_mirror_field_registers_the_mirrored_images(shape):
+    generator = torch.Generator().manual_seed(5)
+    ndim = len(shape)
+    image = torch.rand((1, 1, *shape), generator=generator)
+    disp = 2.0 * torch.rand((1, ndim, *shape), generator=generator) - 1.0
+    mirrored = fields.mirror_field(disp)
+    assert torch.equal(fields.mirror_field(mirrored), disp)
+    expected = torch.flip(fields.warp(image, disp), dims=(-1,))
+    assert torch.allclose(fields.warp(torch.flip(image, dims=(-1,)), mirrored), expected, atol=1e-5)
+    assert not torch.allclose(fields.warp(torch.flip(image, dims=(-1,)), torch.flip(disp, dims=(-1,))), expected, atol=1e-3)
+    labels = (image * 4).floor().to(torch.int16)
+    warped = fields.warp_labels(labels, disp)
+    assert warped.dtype == torch.long and set(warped.unique().tolist()) <= set(labels.unique().tolist())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The four shipped 3D cascades trained longer on one lent GPU (issue 21), within a wall-clock budget, in one call.
-# Each variant starts from its shipped two-pass file (runs/brains3d/shipped-cascade-8000/VARIANT.pt, as cascade2_13k)
+# Each variant starts from its shipped two-pass file (DeepRegAblation/Resources/Models/3d/VARIANT.pt, 13000 steps)
 # with the shipped recipe (scripts/brains3d/train.sh: batch 1, --deform-passes 2, the same losses, augmentation and
 # learning rate; the data from the pack of scripts/brains3d/gpu_pack.py, since the device machine has no ../shared). All four run at once:
 # 1. a probe: each trains at the constant rate for PROBE seconds, and its steps per second are read off steps.csv;
@@ -12,11 +12,12 @@
 # usage (from the repository root, on the device): scripts/brains3d/gpu_train.sh BUDGET_SECONDS
 #   PY (default python3), DEVICE (default cuda), PROBE (default 90), WORKERS (default 2), R (run folder,
 #   default runs/brains3d/gpu), OUT (default $R/out), EPOCH (steps per checkpoint, default 100; small for a CPU trial),
-#   START (folder of the four start files VARIANT.pt, default runs/brains3d/shipped-cascade-8000; carry it).
+#   START (folder of the four start files VARIANT.pt, default the shipped files, DeepRegAblation/Resources/Models/3d;
+#   carry another folder under runs/).
 set -uo pipefail
 T0=$(date +%s); BUDGET=${1:?budget in seconds}
 PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; PROBE=${PROBE:-90}; E=${EPOCH:-100}; R=${R:-runs/brains3d/gpu}; OUT=${OUT:-$R/out}
-VARIANTS="baseline regloss affine_basic affine_enhanced"; START=${START:-runs/brains3d/shipped-cascade-8000}
+VARIANTS="baseline regloss affine_basic affine_enhanced"; START=${START:-DeepRegAblation/Resources/Models/3d}
 mkdir -p "$R" "$OUT"
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/gpu_train.log"; }
 log "device: $($PY -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no cuda")' 2>&1)"

@@ -5,7 +5,8 @@
 # About 1.6 h on the 2-core machine (the three benchmarks' own wall times: 2089 s, 2057 s and 899 s). Each step writes
 # its report where the docs read it:
 #   demo         the demo table of docs/models.md (runs/demo-s9.log: the demo's table, /usr/bin/time -v's wall time
-#                and peak memory)
+#                and peak memory) and the README's picture (Resources/Screenshots/demo-outputs.png: the refined
+#                pair's glyphs, Jacobian and checkerboard side by side, 400 px high)
 #   time         docs/results/distill-3d/network_time.txt (the network alone, every validation pair, quiet, 2 threads)
 #   ablation     docs/results/ablation-3d (model grid, the four variants, paired tests: evaluate.sh)
 #   ixi          docs/results/tried-3d/ixi_diagnosis.txt (the shipped affine_enhanced on the IXI validation pair)
@@ -19,6 +20,16 @@ set -euo pipefail
 demo() {
   /usr/bin/time -v .venv/bin/deepreg-ablation demo --out runs/demo-s9 > runs/demo-s9.log 2>&1
   grep -v "^\s" runs/demo-s9.log; grep -E "Elapsed|Maximum resident" runs/demo-s9.log
+  .venv/bin/python -c "from PIL import Image
+views = [Image.open('runs/demo-s9/affine_enhanced+refine-recommended/%s.png' % n).convert('RGB')
+         for n in ('glyphs', 'jacobian', 'checkerboard')]
+views = [v.resize((round(v.width * 400 / v.height), 400), Image.LANCZOS) for v in views]
+picture = Image.new('RGB', (sum(v.width for v in views), 400))
+x = 0
+for v in views:
+    picture.paste(v, (x, 0))
+    x += v.width
+picture.save('Resources/Screenshots/demo-outputs.png', optimize=True)"
 }
 time_network() { .venv/bin/python scripts/brains3d/network_time.py > docs/results/distill-3d/network_time.txt; }
 ablation() { scripts/brains3d/evaluate.sh docs/results/ablation-3d; }

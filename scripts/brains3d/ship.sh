@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The shipped 3D files (8000 steps, two U-Net passes, issue 21): each variant's 5000-step file (below) trained 3000 steps
-# more as a two-pass cascade (PLAIN=1 STEPS=3000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_plain distill.sh VARIANT: 2000 at
-# the constant rate, 1000 annealed, the deformable U-Net run a second time on the pre-warped pair in training and at
-# inference), and the last ten checkpoints of that run (its steps 2100-3000, one per 100 steps: the annealed end)
+# The shipped 3D files (13000 steps, two U-Net passes, issue 21): each variant's 8000-step two-pass file ("ship.sh 8000"
+# below, kept as runs/brains3d/shipped-cascade-8000) trained 5000 steps more (START=runs/brains3d/shipped-cascade-8000
+# PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_13k distill.sh VARIANT: 4000 at the constant rate, 1000
+# annealed), and the last ten checkpoints of that run (its steps 4100-5000, one per 100 steps: the annealed end)
 # averaged into one file without the resume-only state (DeepRegAblationLib.models.checkpoints.ship_checkpoint with
-# several sources). Refused unless all four runs have reached step 3000, so the four variants ship from one recipe.
+# several sources). Refused unless all four runs have reached step 5000, so the four variants ship from one recipe.
+# "ship.sh 8000": the 8000-step files shipped before (commit 85b3c8e): each variant's 5000-step file trained 3000 steps
+# more as a two-pass cascade (PLAIN=1 STEPS=3000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_plain distill.sh VARIANT), its
+# steps 2100-3000 averaged, written to runs/brains3d/shipped-cascade-8000 (the start of the 13000-step runs, and the
+# second group of evaluate.sh).
 # "ship.sh plain": the same average of the single-pass runs trained the same way (<variant>_plain, the files shipped
 # before the cascade, commit a259c12), written as runs/brains3d/distill/<variant>_plain/average_21-30.pt
 # (distill_eval.sh, evaluate.sh), and of the two-pass cascades (<variant>_cascade2_plain, where the run has reached
@@ -17,15 +21,14 @@
 # (the files shipped before the anneal, for weight_averaging.py), written as runs/brains3d/<run>/average_31-40.pt.
 # "ship.sh distill" (issue 21): the same average over the annealed steps 1100-2000 of the distilled runs
 # (runs/brains3d/distill/<run>/average_11-20.pt), for distill_eval.sh; "ship.sh distilled" would ship them.
-# "ship.sh longer": the same average over the annealed steps 4100-5000 of the longer cascades (runs/brains3d/distill/
-# <variant>_cascade2_13k, 13000 steps in all), written as <run>/average_41-50.pt where the run has reached step 5000,
-# for distill_eval.sh longer (shipping them needs all four, and a gain for all four).
+# "ship.sh longer": the shipped average, written as runs/brains3d/distill/<variant>_cascade2_13k/average_41-50.pt
+# where the run has reached step 5000, for distill_eval.sh longer.
 # "ship.sh cycle": one more cycle from those 13000-step averages (1000 steps at the constant rate, 1000 annealed:
 # <variant>_cascade2_15k), averaged over its annealed steps 1100-2000 into <run>/average_11-20.pt where the run has
 # reached step 2000, for distill_eval.sh cycle.
 # "ship.sh average RUN_DIR FIRST LAST DESTINATION": the mean of one run's checkpoints FIRST..LAST (epoch numbers) into
 # DESTINATION (scripts/brains3d/gpu_train.sh); PY (environment): the Python to use (default .venv/bin/python).
-# usage (from the repository root): ship.sh [plain|5000|comparison|distill|distilled|longer|cycle|average ...]
+# usage (from the repository root): ship.sh [8000|plain|5000|comparison|distill|distilled|longer|cycle|average ...]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -36,11 +39,19 @@ print(ship_checkpoint(['$1/epoch_%04d.pt' % e for e in range($2, $3 + 1)], '$4')
 D=$B/distill; VARIANTS="baseline regloss affine_basic affine_enhanced"
 if [ -z "${1:-}" ]; then
   for variant in $VARIANTS; do
+    [ -f $D/${variant}_cascade2_13k/epoch_0050.pt ] || {
+      echo "ship.sh: $D/${variant}_cascade2_13k has not reached step 5000 (resume it: START=$B/shipped-cascade-8000" \
+        "PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_13k scripts/brains3d/distill.sh $variant)" >&2; exit 2; }
+  done
+  for variant in $VARIANTS; do average $D/${variant}_cascade2_13k 41 50 $M/$variant.pt; done
+elif [ "$1" = 8000 ]; then
+  for variant in $VARIANTS; do
     [ -f $D/${variant}_cascade2_plain/epoch_0030.pt ] || {
       echo "ship.sh: $D/${variant}_cascade2_plain has not reached step 3000 (resume it:" \
         "PLAIN=1 STEPS=3000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_plain scripts/brains3d/distill.sh $variant)" >&2; exit 2; }
   done
-  for variant in $VARIANTS; do average $D/${variant}_cascade2_plain 21 30 $M/$variant.pt; done
+  mkdir -p $B/shipped-cascade-8000
+  for variant in $VARIANTS; do average $D/${variant}_cascade2_plain 21 30 $B/shipped-cascade-8000/$variant.pt; done
 elif [ "$1" = plain ]; then
   for variant in $VARIANTS; do average $D/${variant}_plain 21 30 $D/${variant}_plain/average_21-30.pt; done
   for variant in $VARIANTS; do
@@ -75,5 +86,5 @@ elif [ "$1" = 5000 ]; then
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 else
-  echo "ship.sh: unknown mode '$1' (plain, 5000, comparison, distill, distilled, longer, cycle or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
+  echo "ship.sh: unknown mode '$1' (8000, plain, 5000, comparison, distill, distilled, longer, cycle or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
 fi

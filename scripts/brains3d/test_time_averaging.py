@@ -33,15 +33,8 @@ COLUMNS = ("plain", "mirrored", "flip average", "swap average")
 
 def mean_dice(fixed_labels: torch.Tensor, moving_labels: torch.Tensor, disp_vox: torch.Tensor) -> float:
     """Mean Dice over the fixed labels of the moving labels warped (nearest) by ``disp_vox`` ``(1, 3, K, J, I)``."""
-    warped = torch.round(fields.warp(moving_labels.float(), disp_vox, mode="nearest")).long()
+    warped = fields.warp_labels(moving_labels, disp_vox)
     return float(np.mean(list(metrics.dice_per_label(fixed_labels[0, 0].numpy(), warped[0, 0].numpy()).values())))
-
-
-def unmirror(disp_vox: torch.Tensor) -> torch.Tensor:
-    """The field of mirrored images ``(1, 3, K, J, I)`` on the unmirrored grid: mirrored along I, I component negated."""
-    disp = torch.flip(disp_vox, dims=[-1]).clone()
-    disp[:, 2] = -disp[:, 2]
-    return disp
 
 
 def pair_dice(model: torch.nn.Module, item) -> list:
@@ -49,7 +42,7 @@ def pair_dice(model: torch.nn.Module, item) -> list:
     moving, fixed = (torch.as_tensor(item[k])[None].float() for k in ("moving", "fixed"))
     moving_labels, fixed_labels = (torch.as_tensor(item[k])[None] for k in ("moving_labels", "fixed_labels"))
     plain = model(moving, fixed)["disp_vox"]
-    mirrored = unmirror(model(torch.flip(moving, [-1]), torch.flip(fixed, [-1]))["disp_vox"])
+    mirrored = fields.mirror_field(model(torch.flip(moving, [-1]), torch.flip(fixed, [-1]))["disp_vox"])
     swapped = invert_field(model(fixed, moving)["disp_vox"])
     return [mean_dice(fixed_labels, moving_labels, d)
             for d in (plain, mirrored, (plain + mirrored) / 2, (plain + swapped) / 2)]

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", action="store_true", help="train on synthetic pairs (deformed copies) of the training images")
     p.add_argument("--max-disp-mm", type=float, default=4.0, help="largest random non-rigid displacement, mm (default 4)")
     p.add_argument("--rotation-deg", type=float, default=10.0, help="largest random rotation, degrees (default 10)")
+    p.add_argument("--mirror", type=float, default=0.0, metavar="P",
+                   help="probability that both images of a training pair are mirrored left-right (default 0; pairs "
+                        "with a --distill teacher field are not mirrored)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the variant's, 1e-3 or 3e-4 with affine)")
     p.add_argument("--lr-anneal-steps", type=int, default=0, metavar="N",
                    help="lower the learning rate to 0 along a half cosine over the last N steps (default 0: "
@@ -102,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         args.data, labels=args.labels, spacing=args.spacing, shape=args.shape, val_pairs=args.val_pairs,
         val_fraction=args.val_fraction, split=args.split, max_subjects=args.max_subjects, mode=args.mode,
         atlas=args.atlas, no_augment=args.no_augment, synthetic=args.synthetic, max_disp_mm=args.max_disp_mm,
-        rotation_deg=args.rotation_deg,
+        rotation_deg=args.rotation_deg, mirror=args.mirror,
     )
     arch = arch_overrides(args.features_enc, args.features_dec, args.diffeomorphic, args.affine_passes, keypoint_arch(args),
                           args.deform_passes)

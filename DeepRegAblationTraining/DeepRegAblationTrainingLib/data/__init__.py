@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from .datasets import (
     FixedPairDataset, PairDataset, SourceLike, SubjectStore, SyntheticPairDataset, augment_sample, collate_pairs,
-    compact_label_pair, make_pair_item,
+    compact_label_pair, make_pair_item, mirror_sample,
 )
 from .mni import MNI_GM, MNI_TEMPLATE, MNI_WM, find_mni_ixi_subjects, load_mni_template, nilearn_data_dir
 from .preprocess import GRID_CENTERS, Preprocess, reorient_to_ras
@@ -64,7 +64,7 @@ __all__ = [
     "PAIR_MODES", "SPLIT_FORMAT", "PAIRS_FORMAT", "split_by_dataset", "dataset_cycle_pairs", "split_subjects",
     "save_split", "load_split", "save_dataset_split", "load_dataset_split", "fixed_pairs", "save_pairs", "load_pairs",
     # datasets
-    "SubjectStore", "compact_label_pair", "make_pair_item", "augment_sample", "PairDataset", "FixedPairDataset", "SourceLike",
+    "SubjectStore", "compact_label_pair", "make_pair_item", "augment_sample", "mirror_sample", "PairDataset", "FixedPairDataset", "SourceLike",
     "SyntheticPairDataset", "collate_pairs",
     # specs
     "BRAIN_KINDS", "DATA_KINDS", "BRAIN_SPACING_MM", "BRAIN_FIELD_OF_VIEW_MM", "BRAIN_VAL_SUBJECTS", "BRAIN_WEIGHTS",

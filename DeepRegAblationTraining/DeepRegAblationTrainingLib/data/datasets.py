@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from DeepRegAblationLib import fields
 from DeepRegAblationLib.imageio import ImageData
 
 from ..augment import Augment, seed_from, seeded_generator
@@ -28,7 +29,7 @@ from .splits import PAIR_MODES
 from .subjects import Subject
 
 __all__ = [
-    "SubjectStore", "compact_label_pair", "make_pair_item", "augment_sample", "PairDataset", "FixedPairDataset", "SourceLike",
+    "SubjectStore", "compact_label_pair", "make_pair_item", "augment_sample", "mirror_sample", "PairDataset", "FixedPairDataset", "SourceLike",
     "SyntheticPairDataset", "collate_pairs",
 ]
 
@@ -143,6 +144,22 @@ def augment_sample(sample: Dict[str, Any], augment: Augment, generator: torch.Ge
             "disp_vox": out["disp_vox"]}
 
 
+def mirror_sample(sample: Dict[str, Any]) -> Dict[str, Any]:
+    """A (store or augmented) sample mirrored left-right: its last tensor axis reversed (R for the RAS-reoriented 3D
+    volumes, ``(C, S, A, R)``), image and labels alike; a copy, the sample itself is left as it was.
+
+    An augmentation field ``disp_vox`` ``(ndim, *S)`` is mirrored with them (reversed, its last component negated), so
+    ``augmented(x) = original(x + disp_vox(x))`` still holds between the mirrored images.
+    """
+    out = dict(sample)
+    out["image"] = torch.flip(sample["image"], dims=(-1,))
+    if sample.get("labels") is not None:
+        out["labels"] = torch.flip(sample["labels"], dims=(-1,))
+    if sample.get("disp_vox") is not None:
+        out["disp_vox"] = fields.mirror_field(sample["disp_vox"][None])[0]
+    return out
+
+
 class PairDataset(Dataset):
     """Random training pairs, a pure function of ``(seed, epoch, index)``.
 
@@ -164,6 +181,9 @@ class PairDataset(Dataset):
             dataset instead (such pairs carry no labels: image similarity only).
         max_labels: with ``dataset_weights``, the structures kept per pair for the Dice loss
             (:func:`compact_label_pair`; ``None``: all).
+        mirror: the probability that an item's two images (and labels) are both mirrored left-right
+            (:func:`mirror_sample`, after the augmentation; default 0: never). Both or neither, so a pair stays
+            a pair of the same hemispheres.
 
     In each epoch the subjects are visited in a seeded permutation (index ``i`` -> subject
     ``perm[i % n]``); in scan-to-scan mode the partner is another random subject.
@@ -182,9 +202,13 @@ class PairDataset(Dataset):
         dataset_weights: Optional[Mapping[str, float]] = None,
         cross_dataset: float = 0.0,
         max_labels: Optional[int] = None,
+        mirror: float = 0.0,
     ):
         subjects = list(subjects)
         self.max_labels = max_labels
+        if not 0.0 <= float(mirror) <= 1.0:
+            raise ValueError(f"mirror must be a probability in [0, 1], got {mirror!r}")
+        self.mirror = float(mirror)
         if mode not in PAIR_MODES:
             raise ValueError(f"mode must be one of {list(PAIR_MODES)}, got {mode!r}")
         if not subjects:
@@ -269,6 +293,10 @@ class PairDataset(Dataset):
             generator = seeded_generator(self.seed, self.epoch, int(index), 3)
             moving = augment_sample(moving, self.augment, generator)
             fixed = augment_sample(fixed, self.augment, generator)
+        if self.mirror > 0:
+            draw = torch.rand((), generator=seeded_generator(self.seed, self.epoch, int(index), 7))
+            if float(draw) < self.mirror:
+                moving, fixed = mirror_sample(moving), mirror_sample(fixed)
         grouped = self.group_weights is not None
         return make_pair_item(
             moving, fixed, f"{moving_id}->{fixed_id}", compact_labels=grouped,

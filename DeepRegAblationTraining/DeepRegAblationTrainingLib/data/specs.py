@@ -184,7 +184,8 @@ def build_data(
     if spec.get("synthetic"):
         train = SyntheticPairDataset(train_subjects, preprocess, augment or Augment(), pairs_per_epoch or len(train_subjects), seed)
     else:
-        train = PairDataset(train_subjects, preprocess, mode, atlas, augment, pairs_per_epoch, seed, cache)
+        train = PairDataset(train_subjects, preprocess, mode, atlas, augment, pairs_per_epoch, seed, cache,
+                            mirror=float(spec.get("mirror", 0.0)))
     val = None
     if pairs:
         val = FixedPairDataset(val_subjects + ([atlas] if atlas is not None else []), pairs, preprocess, cache)
@@ -350,7 +351,7 @@ def _build_brain_data(
     train = PairDataset(
         train_subjects, preprocess, "scan_to_scan", None, augment, pairs_per_epoch, seed, cache,
         dataset_weights=_brain_weights(parts, train_subjects), cross_dataset=float(spec.get("cross_dataset", 0.0)),
-        max_labels=spec.get("max_labels", BRAIN_MAX_LABELS),
+        max_labels=spec.get("max_labels", BRAIN_MAX_LABELS), mirror=float(spec.get("mirror", 0.0)),
     )
     val = FixedPairDataset(val_subjects, pairs, preprocess, cache) if pairs else None
     split = _split_record(spec["kind"], train_subjects, val_subjects, None, "scan_to_scan", pairs)

@@ -159,7 +159,7 @@ def predict_pair(model: Optional[torch.nn.Module], item: Mapping[str, Any], devi
         fixed_labels = _batched(item, "fixed_labels", dev)
         warped_labels = None
         if moving_labels is not None:
-            warped_labels = torch.round(fields.warp(moving_labels.float(), disp, mode="nearest")).long()
+            warped_labels = fields.warp_labels(moving_labels, disp)
         jac = fields.jacobian_determinant(disp, spacing_mm)
 
     def np_img(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:

@@ -215,6 +215,7 @@ def train_data_spec(
     synthetic: bool = False,
     max_disp_mm: float = 4.0,
     rotation_deg: float = 10.0,
+    mirror: float = 0.0,
 ) -> Dict[str, Any]:
     """The data spec of a training run (``TrainConfig.data``) from the ``train`` command's data options.
 
@@ -222,6 +223,8 @@ def train_data_spec(
     label maps; options left ``None`` are not written into the spec (the spec's defaults apply).
     The augmentation is ``{"max_disp_mm", "rotation_deg"}`` unless ``no_augment`` (which does not
     apply to ``mni-synthetic`` or ``synthetic`` training: their pairs are made by the augmentation).
+    ``mirror`` (a probability, ``PairDataset(mirror=...)``) is written only when above 0, and refused for synthetic
+    pairs (a deformed copy of one image has no partner to mirror with it).
     """
     spec = parse_data_argument(data)
     if labels is not None:
@@ -240,6 +243,12 @@ def train_data_spec(
         spec["augment"] = {"max_disp_mm": max_disp_mm, "rotation_deg": rotation_deg}
     if synthetic:
         spec["synthetic"] = True
+    if not 0.0 <= float(mirror) <= 1.0:
+        raise ValueError(f"--mirror must be a probability in [0, 1], got {mirror}")
+    if float(mirror) > 0:
+        if synthetic or spec["kind"] == "mni-synthetic":
+            raise ValueError("--mirror applies to pairs of two scans, not to synthetic pairs (--synthetic, mni-synthetic)")
+        spec["mirror"] = float(mirror)
     return spec
 
 
