@@ -25,7 +25,10 @@
 # 5. "cycle": the 13000-step averages against one more cycle from them (cascade2_15k: 1000 steps at the constant rate,
 #    1000 annealed, averaged by "ship.sh cycle"), model grid, for each variant whose run has finished (out
 #    docs/results/distill-3d/cycle-model-grid-VARIANT)
-# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle]... (default grid full);
+# 6. "mirror": the 13000-step files (shipped; runs/brains3d/cascade-13000 holds a copy) against 5000 steps more of
+#    them without and with mirrored training pairs (cascade2_18k, cascade2_18k_mirror, averaged by "ship.sh mirror"),
+#    model grid, for each variant whose two runs have finished (out docs/results/distill-3d/mirror-model-grid-VARIANT)
+# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror]... (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
 D=runs/brains3d/distill; S=runs/brains3d/shipped-5000; out=docs/results/distill-3d; a=average_11-20.pt
@@ -78,17 +81,24 @@ cascade_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
     --init-align auto --threads 1 --variants "$named" --report "$out/cascade-full-resolution.md"
 }
-continued() {  # NAME START_FILE_OF_{} CONTINUED_FILE_OF_{}: each variant's two files ({} = the variant) on the model grid
+continued() {  # NAME START_FILE_OF_{} CONTINUED_FILE_OF_{}...: each variant's files ({} = the variant) on the model grid,
+  # the continued ones tested against the first; a variant is skipped unless every file exists
+  local name=$1; shift
   for variant in ${VARIANTS:-baseline regloss affine_basic affine_enhanced}; do
-    local start=${2//\{\}/$variant} continued=${3//\{\}/$variant}
-    [ -f "$continued" ] || { echo "$variant: no finished run ($continued, ship.sh $1): skipped"; continue; }
-    .venv/bin/deepreg-ablation evaluate --checkpoint "$start" "$continued" \
+    local files=() file missing=""
+    for file in "$@"; do files+=("${file//\{\}/$variant}"); [ -f "${files[-1]}" ] || missing=${files[-1]}; done
+    [ -z "$missing" ] || { echo "$variant: no finished run ($missing, ship.sh $name): skipped"; continue; }
+    .venv/bin/deepreg-ablation evaluate --checkpoint "${files[@]}" \
       --data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json --threads 1 --example-pair 11 \
-      --out "$out/$1-model-grid-$variant"
+      --out "$out/$name-model-grid-$variant"
   done
 }
 longer() { continued longer "runs/brains3d/shipped-cascade-8000/{}.pt" "$D/{}_cascade2_13k/average_41-50.pt"; }
 cycle() { continued cycle "$D/{}_cascade2_13k/average_41-50.pt" "$D/{}_cascade2_15k/average_11-20.pt"; }
+mirror() {
+  continued mirror "runs/brains3d/cascade-13000/{}.pt" "$D/{}_cascade2_18k/average_41-50.pt" \
+    "$D/{}_cascade2_18k_mirror/average_41-50.pt"
+}
 longer_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
     --init-align auto --threads 1 --report "$out/longer-full-resolution.md" \

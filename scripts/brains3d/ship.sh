@@ -26,9 +26,12 @@
 # "ship.sh cycle": one more cycle from those 13000-step averages (1000 steps at the constant rate, 1000 annealed:
 # <variant>_cascade2_15k), averaged over its annealed steps 1100-2000 into <run>/average_11-20.pt where the run has
 # reached step 2000, for distill_eval.sh cycle.
+# "ship.sh mirror": the same average over steps 4100-5000 of the next arm and its control (<variant>_cascade2_18k_mirror,
+# <variant>_cascade2_18k: 5000 steps more from the 13000-step files, with and without train --mirror 0.5), written as
+# <run>/average_41-50.pt where the run has reached step 5000, for distill_eval.sh mirror.
 # "ship.sh average RUN_DIR FIRST LAST DESTINATION": the mean of one run's checkpoints FIRST..LAST (epoch numbers) into
 # DESTINATION (scripts/brains3d/gpu_train.sh); PY (environment): the Python to use (default .venv/bin/python).
-# usage (from the repository root): ship.sh [8000|plain|5000|comparison|distill|distilled|longer|cycle|average ...]
+# usage (from the repository root): ship.sh [8000|plain|5000|comparison|distill|distilled|longer|cycle|mirror|average ...]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -64,12 +67,15 @@ elif [ "$1" = distill ]; then
   done
 elif [ "$1" = average ] && [ $# = 5 ]; then
   average "$2" "$3" "$4" "$5"
-elif [ "$1" = longer ] || [ "$1" = cycle ]; then
-  suffix=_cascade2_13k first=41 last=50
-  [ "$1" = longer ] || { suffix=_cascade2_15k first=11 last=20; }
+elif [ "$1" = longer ] || [ "$1" = cycle ] || [ "$1" = mirror ]; then
+  suffixes=_cascade2_13k first=41 last=50
+  [ "$1" != cycle ] || { suffixes=_cascade2_15k first=11 last=20; }
+  [ "$1" != mirror ] || suffixes="_cascade2_18k _cascade2_18k_mirror"
   for variant in $VARIANTS; do
-    run=$D/$variant$suffix
-    [ ! -f $run/epoch_00$last.pt ] || average $run $first $last $run/average_$first-$last.pt
+    for suffix in $suffixes; do
+      run=$D/$variant$suffix
+      [ ! -f $run/epoch_00$last.pt ] || average $run $first $last $run/average_$first-$last.pt
+    done
   done
 elif [ "$1" = distilled ]; then
   for variant in $VARIANTS; do average $D/$variant 11 20 $M/$variant.pt; done
@@ -86,5 +92,5 @@ elif [ "$1" = 5000 ]; then
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 else
-  echo "ship.sh: unknown mode '$1' (8000, plain, 5000, comparison, distill, distilled, longer, cycle or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
+  echo "ship.sh: unknown mode '$1' (8000, plain, 5000, comparison, distill, distilled, longer, cycle, mirror or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
 fi
