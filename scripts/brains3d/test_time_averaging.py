@@ -33,8 +33,7 @@ COLUMNS = ("plain", "mirrored", "flip average", "swap average")
 
 def mean_dice(fixed_labels: torch.Tensor, moving_labels: torch.Tensor, disp_vox: torch.Tensor) -> float:
     """Mean Dice over the fixed labels of the moving labels warped (nearest) by ``disp_vox`` ``(1, 3, K, J, I)``."""
-    warped = fields.warp_labels(moving_labels, disp_vox)
-    return float(np.mean(list(metrics.dice_per_label(fixed_labels[0, 0].numpy(), warped[0, 0].numpy()).values())))
+    return metrics.mean_dice(fixed_labels[0, 0].numpy(), fields.warp_labels(moving_labels, disp_vox)[0, 0].numpy())
 
 
 def pair_dice(model: torch.nn.Module, item) -> list:

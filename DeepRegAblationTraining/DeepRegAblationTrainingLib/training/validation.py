@@ -41,10 +41,8 @@ def validate(model: RegistrationModel, dataset, device: torch.device, similarity
             "val_folding_pct": metrics.folding_percentage(disp[0].cpu().numpy()),
         }
         if "moving_labels" in item:
-            warped_labels = fields.warp(item["moving_labels"].float(), disp, mode="nearest")
-            values["val_dice"] = metrics.mean_dice(
-                item["fixed_labels"][0, 0].cpu().numpy(), warped_labels[0, 0].round().long().cpu().numpy()
-            )
+            warped_labels = fields.warp_labels(item["moving_labels"], disp)
+            values["val_dice"] = metrics.mean_dice(item["fixed_labels"][0, 0].cpu().numpy(), warped_labels[0, 0].cpu().numpy())
         if "disp_true_vox" in item:
             values["val_epe_vox"] = float((disp - item["disp_true_vox"]).norm(dim=1).mean())
         for key, value in values.items():
