@@ -11,7 +11,9 @@ import torch
 from _registration_helpers import smooth_volume
 from DeepRegAblationLib import fields, geometry, resampling
 from DeepRegAblationLib.imageio import ImageData
-from DeepRegAblationLib.registration.refine import REFINE_SCHEDULES, RefineResult, RefineSchedule, refine, refine_schedule
+from DeepRegAblationLib.registration.refine import (
+    REFINE_SCHEDULES, RefineResult, RefineSchedule, network_start_schedule, refine, refine_schedule,
+)
 
 SHAPE = (40, 40, 40)
 SPACING_MM = 2.0
@@ -87,6 +89,43 @@ def test_refine_starts_from_a_given_mapping():
     deform = torch.from_numpy(np.moveaxis(deform, -1, 0).astype(np.float32))
     result = refine(fixed, moving, affine, deform, fixed.ijk_to_ras, schedule=5)
     assert _error_mm(_total_disp(result, fixed), true, fixed) < 1.0  # half a voxel: it keeps a good start
+
+
+def test_a_kept_start_keeps_its_resolution_and_a_velocity_start_is_coarsened():
+    """One vanishing step per stage (no movement): the result is the start. Kept (the network start), it is resampled onto the 4 mm level
+    grid and survives; as the velocity's start it lives on the level's 8 mm control grid, where a 16 mm wave is lost."""
+    matrix = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
+    image = ImageData(_blob(), matrix, "image")
+    grid = geometry.grid_points_ras(SHAPE, matrix)  # (K, J, I, 3) RAS mm
+    wave = 0.8 * np.cos(2 * np.pi * grid[..., 0] / 16.0)  # mm, along R, 8 voxels per period
+    start = np.stack([wave, np.zeros_like(wave), np.zeros_like(wave)], axis=-1)
+    start_ras = torch.from_numpy(np.moveaxis(start, -1, 0).astype(np.float32))
+    errors = {}
+    for keep in (True, False):
+        plan = RefineSchedule("test", (4.0,), (4.0,), 1, 1, affine_step_vox=1e-9, deform_step_vox=1e-9, min_factor=1,
+                              keep_start=keep)
+        result = refine(image, image, np.eye(4), start_ras, matrix, schedule=plan)
+        errors[keep] = _error_mm(_total_disp(result, image), start, image)
+    assert errors[True] < 0.2, errors  # linear interpolation of a 4-samples-per-period wave
+    assert errors[False] > 2.5 * errors[True], errors
+
+
+def test_refine_composes_its_residual_with_a_kept_start():
+    """A 2 mm shift along R, started from a kept 1 mm shift: the result is the whole 2 mm (start and residual
+    composed), not the residual alone (1 mm) nor the start counted twice."""
+    matrix = np.eye(4)
+    fixed = ImageData(_blob(), matrix, "fixed")
+    moving = ImageData(np.roll(fixed.array, 2, axis=2), matrix, "moving")  # +i is +R: moving(p + 2 mm) = fixed(p)
+    start = torch.zeros((3,) + SHAPE)
+    start[0] = 1.0
+    plan = network_start_schedule(RefineSchedule("test", (4.0,), (4.0, 2.0), 30, 30, min_factor=1), 4.0, keep_start=True)
+    assert plan.keep_start and plan.deform_levels_mm == (4.0, 2.0)
+    result = refine(fixed, moving, np.eye(4), start, matrix, schedule=plan)
+    assert result.grid_ijk_to_ras[0, 0] == pytest.approx(2.0)  # the total on the 2 mm level grid, not its control grid
+    disp = _total_disp(result, fixed)
+    assert abs(float(np.median(disp[10:30, 10:30, 10:30, 0])) - 2.0) < 0.4
+    det = fields.jacobian_determinant(torch.from_numpy(geometry.ras_mm_to_disp_vox(disp, fixed.ijk_to_ras)).float()[None])
+    assert float((det <= 0).float().mean()) == 0.0
 
 
 def test_refine_recovers_the_last_finite_state_after_a_nan(monkeypatch):
@@ -177,6 +216,8 @@ def test_network_start_schedule_skips_the_levels_the_network_resolved():
 
     after = network_start_schedule(REFINE_SCHEDULES["recommended"], 4.0)
     assert after.name == "recommended+network" and after.flat_window > 0
+    assert not after.keep_start and not REFINE_SCHEDULES["recommended"].keep_start  # an option: off unless asked for
+    assert network_start_schedule(REFINE_SCHEDULES["recommended"], 4.0, keep_start=True).keep_start
     assert after.affine_levels_mm == (4.0,) and after.deform_levels_mm == (4.0, 2.0)
     assert after.affine_iterations == 30 and after.deform_iterations == 25
     thorough = network_start_schedule(REFINE_SCHEDULES["thorough"], 4.0)

@@ -1,14 +1,22 @@
-"""Refinement from the shipped `affine_enhanced` with a few iterations per level, starting at two different levels
-(issue 21, goal 2; exploratory, the shipped schedule is unchanged).
+"""Refinement from the shipped `affine_enhanced` with the network start of `register` (`refine.network_start_schedule`:
+the levels coarser than the network's grid skipped, each level stopping once its loss flattens), its deformable stage
+starting at two different levels (issue 21, goal 2).
 
-`refine.network_start_schedule` keeps the deformable levels at or finer than the network's grid: 4 and 2 mm for the
-4 mm network. The velocity of the 4 mm level lives on its control grid of 8 mm (half the level's voxels per axis), so
-the network's 4 mm field enters the refinement coarsened to 8 mm; starting at the 2 mm level (control grid 4 mm, the
-network's own grid) keeps it. Per dataset, mean Dice over the validation pairs (cycle) of: the network alone; 1 and 2
-iterations per level as `bench --refinement` runs them (`refine=N`); the same from the 2 mm level only.
-Times are printed too, but they are only comparable within one run on a quiet machine.
+The network start keeps the deformable levels at or finer than the network's grid: 4 and 2 mm for the 4 mm network.
+The velocity of the 4 mm level lives on its control grid of 8 mm (half the level's voxels per axis), so the network's
+4 mm field enters the refinement coarsened to 8 mm; starting at the 2 mm level (control grid 4 mm, the network's own
+grid) keeps it. Both arms take the network's field as the velocity's start (`keep_start=False`, the network start
+of `register` until the kept start replaced it; `bench --refinement` measures that one). Per dataset, mean Dice over the validation pairs (cycle) of: the network alone; 1, 2 and 5 iterations
+per level and the recommended schedule, as `register(refine=...)` runs them after a network, from the 4 mm level
+(`start 4 mm`) and from the 2 mm level (`start 2 mm`); the affine stage is the same (4 mm) in both.
+Times are the mean seconds of `register` (network included); they compare only within one run on a quiet machine.
 
-usage (from the repository root): .venv/bin/python scripts/brains3d/network_start_levels.py [DATASET...] > OUT.txt
+With --kept the arms are instead the network alone and the same budgets with the network's field kept at its own
+resolution and a residual composed with it (`network_start_schedule(..., keep_start=True)`, from the 4 mm level).
+
+usage (from the repository root):
+  .venv/bin/python scripts/brains3d/network_start_levels.py [DATASET...] > network-start-levels.txt
+  .venv/bin/python scripts/brains3d/network_start_levels.py --kept [DATASET...] > network-start-kept.txt
 """
 import dataclasses
 import sys
@@ -20,32 +28,45 @@ import numpy as np  # noqa: E402
 
 from DeepRegAblationLib.models.resolve import resolve_models  # noqa: E402
 from DeepRegAblationLib.registration.pipeline import register  # noqa: E402
-from DeepRegAblationLib.registration.refine import refine_schedule  # noqa: E402
+from DeepRegAblationLib.registration.refine import network_start_schedule, refine_schedule  # noqa: E402
 from DeepRegAblationTrainingLib.benchmarks import quality  # noqa: E402
 from DeepRegAblationTrainingLib.benchmarks.suite import DATASETS, labelled_validation_subjects, validation_ids  # noqa: E402
 
 SPLIT = Path("DeepRegAblation/Resources/Models/3d/split.json")
-SCHEDULES = {
-    "network alone": 0,
-    "1/level (4, 2 mm)": refine_schedule(1),
-    "1/level, 2 mm only": dataclasses.replace(refine_schedule(1), deform_levels_mm=(2.0,)),
-    "2/level (4, 2 mm)": refine_schedule(2),
-    "2/level, 2 mm only": dataclasses.replace(refine_schedule(2), deform_levels_mm=(2.0,)),
-}
+NETWORK_SPACING_MM = 4.0
+BUDGETS = (1, 2, 5, "recommended")
 
 
-def main(datasets) -> None:
+def schedules(kept: bool = False):
+    """name -> ``refine`` argument of ``register`` (0: the network alone)."""
+    out = {"network alone": 0}
+    for budget in BUDGETS:
+        if kept:
+            out[f"{budget}, kept start"] = network_start_schedule(refine_schedule(budget), NETWORK_SPACING_MM, keep_start=True)
+            continue
+        velocity = dataclasses.replace(network_start_schedule(refine_schedule(budget), NETWORK_SPACING_MM), keep_start=False)
+        out[f"{budget}, start 4 mm"] = velocity
+        out[f"{budget}, start 2 mm"] = dataclasses.replace(velocity, deform_levels_mm=(2.0,))
+    return out
+
+
+def main(datasets, kept: bool = False) -> None:
     quality.set_threads(2)
     model = next(iter(resolve_models(None, ["affine_enhanced"], 3).values())).model
     val = validation_ids(SPLIT)
-    print(f"# .venv/bin/python scripts/brains3d/network_start_levels.py {' '.join(datasets)}")
-    print("# the shipped affine_enhanced; mean Dice (and seconds) over each dataset's validation pairs")
+    runs = schedules(kept)
+    print(f"# .venv/bin/python scripts/brains3d/network_start_levels.py {'--kept ' if kept else ''}{' '.join(datasets)}")
+    print("# the shipped affine_enhanced; mean Dice (and seconds of register) over each dataset's validation pairs")
+    for name, plan in runs.items():
+        if plan:
+            print(f"#   {name:<22} affine {plan.affine_levels_mm} mm, deformable {plan.deform_levels_mm} mm, "
+                  f"{plan.deform_iterations} iterations per level at most" + (", network's field kept" if plan.keep_start else ""))
     for dataset in datasets:
-        rows = {name: [] for name in SCHEDULES}
+        rows = {name: [] for name in runs}
         for fixed_subject, moving_subject in quality.dataset_pairs(labelled_validation_subjects(
                 dataset, Path("../shared/data"), val), "cycle"):
             fixed, moving, fixed_labels, moving_labels = quality.read_pair(fixed_subject, moving_subject)
-            for name, schedule in SCHEDULES.items():
+            for name, schedule in runs.items():
                 result = register(fixed, moving, model, fixed_labels, moving_labels, refine=schedule, device="cpu")
                 rows[name].append((result.metrics["dice"], result.metrics["runtime_s"]))
         print(f"\n{dataset} ({len(rows['network alone'])} pairs)")
@@ -55,4 +76,5 @@ def main(datasets) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(DATASETS))
+    arguments = [a for a in sys.argv[1:] if a != "--kept"]
+    main(arguments or list(DATASETS), kept="--kept" in sys.argv[1:])

@@ -126,17 +126,25 @@ class PyramidLevel:
         warped = torch.nn.functional.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return warped, grid
 
-    @property
-    def _control_volume_shape(self) -> Tuple[int, int, int]:
-        return tuple(self.control_shape) if self.ndim == 3 else (1,) + tuple(self.control_shape)
-
     def to_control_vox(self, field_ras: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.Tensor:
         """A RAS mm field ``(3, K, J, I)`` on another grid -> ``(1, nd, *C)`` voxels of the control grid (border values extended)."""
-        on_control = resampling.resample_channels(
-            field_ras.detach().cpu().numpy(), ijk_to_ras, self.control_ijk_to_ras, self._control_volume_shape,
-            mode="linear", fill_value=None,
+        return self._resampled_vox(field_ras, ijk_to_ras, self.control_ijk_to_ras, self.control_shape)
+
+    def to_level_vox(self, field_ras: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.Tensor:
+        """A RAS mm field ``(3, K, J, I)`` on another grid -> ``(1, nd, *S)`` voxels of the level grid (border values extended)."""
+        return self._resampled_vox(field_ras, ijk_to_ras, self.grid_ijk_to_ras, self.shape)
+
+    def level_to_ras(self, field_vox: torch.Tensor) -> torch.Tensor:
+        """``(1, nd, *S)`` voxels of the level grid -> ``(3, K, J, I)`` RAS mm."""
+        return geometry.disp_vox_to_ras(field_vox[0].detach().cpu(), self.grid_ijk_to_ras)
+
+    def _resampled_vox(self, field_ras: torch.Tensor, ijk_to_ras: np.ndarray, target_ijk_to_ras: np.ndarray,
+                       target_shape: Sequence[int]) -> torch.Tensor:
+        volume_shape = tuple(target_shape) if self.ndim == 3 else (1,) + tuple(target_shape)
+        on_target = resampling.resample_channels(
+            field_ras.detach().cpu().numpy(), ijk_to_ras, target_ijk_to_ras, volume_shape, mode="linear", fill_value=None,
         )
-        vox = geometry.disp_ras_to_vox(torch.from_numpy(on_control), self.control_ijk_to_ras, self.ndim)
+        vox = geometry.disp_ras_to_vox(torch.from_numpy(on_target), target_ijk_to_ras, self.ndim)
         return vox[None].to(self._device)
 
     def control_to_ras(self, field_vox: torch.Tensor) -> torch.Tensor:

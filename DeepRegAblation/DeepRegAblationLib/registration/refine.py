@@ -50,6 +50,10 @@ class RefineSchedule:
             (2, as the antspyx SyN default, stops one octave above the image resolution; 1 reaches it).
         flat_window, flat_tolerance: with ``flat_window > 0`` a level also stops once the loss has changed by
             less than ``flat_tolerance`` (relative) over the last ``flat_window`` steps: it has flattened.
+        keep_start: ``False``: the starting deformable part is the velocity's starting value, on the first
+            deformable level's control grid (coarsened to it). ``True``: it is kept as it is, resampled onto each
+            level's own grid, and the refinement optimises a residual ``r = exp(v)`` composed with it,
+            ``u(p) = r(p) + u_start(p + r(p))`` (``fields.compose``); the folding penalty is on that total.
     """
 
     name: str
@@ -65,6 +69,7 @@ class RefineSchedule:
     min_factor: int = 2
     flat_window: int = 0
     flat_tolerance: float = 1e-3
+    keep_start: bool = False
 
 
 REFINE_SCHEDULES: Dict[str, RefineSchedule] = {
@@ -109,10 +114,13 @@ NETWORK_START_FLAT_WINDOW = 5
 NETWORK_START_FLAT_TOLERANCE = 1e-3
 
 
-def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float) -> RefineSchedule:
+def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float, keep_start: bool = False) -> RefineSchedule:
     """``plan`` for refining a trained network's output: the levels coarser than the network's grid are skipped
     (the network resolved them; the finest affine and deformable levels at or above the network's spacing stay)
-    and a level stops once its loss has flattened (``flat_window``). The name gets ``"+network"``."""
+    and a level stops once its loss has flattened (``flat_window``). ``keep_start=True`` keeps the network's field
+    at its own resolution, the refinement composing a residual with it (:class:`RefineSchedule`); off by default:
+    it raised the Dice of the brain-only validation pairs and lowered it on the heads with skull
+    (``docs/results/distill-3d/README.md``). The name gets ``"+network"``."""
     def kept(levels: Sequence[float]) -> Tuple[float, ...]:
         fine = tuple(s for s in levels if s <= float(network_spacing_mm) + 1e-6)
         return fine if fine else tuple(levels[-1:])
@@ -120,7 +128,7 @@ def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float) -> R
     return dataclasses.replace(
         plan, name=f"{plan.name}+network", affine_levels_mm=kept(plan.affine_levels_mm),
         deform_levels_mm=kept(plan.deform_levels_mm), flat_window=NETWORK_START_FLAT_WINDOW,
-        flat_tolerance=NETWORK_START_FLAT_TOLERANCE,
+        flat_tolerance=NETWORK_START_FLAT_TOLERANCE, keep_start=bool(keep_start),
     )
 
 
@@ -229,7 +237,9 @@ def refine(
     ``u = exp(v)``: a stationary velocity field ``v`` on each level's control grid (every other level
     voxel), integrated by scaling and squaring there (``fields.integrate_velocity``) and upsampled
     linearly to the level grid (``fields.resize_field``); ``v`` is carried up to the next level. The
-    first level starts at ``v = u_start`` (``exp(u) ~ u`` for small ``u``). Loss: ``losses.lncc``
+    first level starts at ``v = u_start`` (``exp(u) ~ u`` for small ``u``); with ``schedule.keep_start``
+    (:func:`network_start_schedule` ``keep_start=True``) ``u_start`` is kept at its own resolution instead and
+    ``u(p) = r(p) + u_start(p + r(p))`` with ``r = exp(v)``, ``v`` starting at zero. Loss: ``losses.lncc``
     (window ``REFINE_LNCC_WINDOW``) + ``REFINE_DIFFUSION_WEIGHT * grad_l2(v)`` +
     ``REFINE_FOLDING_WEIGHT * jacobian_penalty(u)``, the same for every variant. Each level stops
     early when the loss stops improving (``patience``) and keeps its lowest-loss state.
@@ -295,6 +305,8 @@ class _Refinement:
                  deform_ijk_to_ras: Optional[np.ndarray], plan: RefineSchedule, device: torch.device, progress: Progress):
         self.fixed, self.moving, self.plan, self.device = fixed, moving, plan, device
         self.deform_ras, self.deform_ijk_to_ras = deform_ras, deform_ijk_to_ras
+        self.has_start = deform_ras is not None and bool(torch.any(torch.as_tensor(deform_ras) != 0))
+        self.kept: Dict[Tuple[str, Tuple[int, ...]], torch.Tensor] = {}
         self.report = progress or (lambda fraction, message: None)
         self.ndim = 2 if fixed.is_2d else 3
         self.cache: Dict[Tuple[str, Tuple[int, ...]], Tuple[torch.Tensor, np.ndarray]] = {}
@@ -315,9 +327,25 @@ class _Refinement:
 
     def start_field(self, level: PyramidLevel) -> Optional[torch.Tensor]:
         """The starting deformable part on the level's control grid (its voxels), ``None`` when zero."""
-        if self.deform_ras is None or not bool(torch.any(torch.as_tensor(self.deform_ras) != 0)):
+        if not self.has_start:
             return None
         return level.to_control_vox(torch.as_tensor(self.deform_ras), self.deform_ijk_to_ras)
+
+    def kept_start(self, level: PyramidLevel) -> Optional[torch.Tensor]:
+        """``plan.keep_start``: the starting deformable part on the level grid (level voxels), else ``None``."""
+        if not (self.plan.keep_start and self.has_start):
+            return None
+        key = ("kept_start", level.factors)
+        if key not in self.kept:
+            self.kept[key] = level.to_level_vox(torch.as_tensor(self.deform_ras), self.deform_ijk_to_ras)
+        return self.kept[key]
+
+    def held_field(self, level: PyramidLevel) -> Optional[torch.Tensor]:
+        """The deformable part the affine stage holds, on the level grid (level voxels); ``None`` when zero."""
+        if self.plan.keep_start:
+            return self.kept_start(level)
+        disp = self.start_field(level)
+        return None if disp is None else level.to_level(disp)
 
     def step_report(self, stage: str, level: PyramidLevel) -> Callable[[int, float], None]:
         """``progress(step, loss)`` of :func:`_optimise`: counts the steps, reports every tenth."""
@@ -352,8 +380,7 @@ class _Refinement:
         return False
 
     def _affine_level(self, level: PyramidLevel, affine: _AffineCorrection) -> Dict[str, Any]:
-        disp = self.start_field(level)
-        disp = None if disp is None else level.to_level(disp)
+        disp = self.held_field(level)
         self.check_overlap(level, affine, disp, f"at the start of the affine stage ({level.name})")
         groups = affine.param_groups(self.plan.affine_step_vox * level.spacing_mm)
         loss_fn = lambda level=level, disp=disp: losses.lncc(level.fixed, level.warp(affine.matrix(), disp)[0], REFINE_LNCC_WINDOW)  # noqa: E731
@@ -377,7 +404,7 @@ class _Refinement:
             if stopped:
                 break
             if level is levels[0]:
-                self.check_overlap(level, affine, None, "after the affine stage")
+                self.check_overlap(level, affine, self.kept_start(level), "after the affine stage")
             velocity, record = self._deform_level(level, base, affine_final)
             self.timings[f"refine_deform_{level.name}"] = time.perf_counter() - t0
             if not record["finite"]:
@@ -386,10 +413,11 @@ class _Refinement:
 
     def start_velocity(self, level: PyramidLevel, velocity: Optional[torch.Tensor],
                        velocity_level: PyramidLevel) -> torch.Tensor:
-        """The level's starting velocity: the start field (first level), else the previous level's velocity
-        carried onto this level's control grid; zero when there is none."""
+        """The level's starting velocity: the start field (first level; zero with ``plan.keep_start``, where the
+        velocity is the residual's), else the previous level's velocity carried onto this level's control grid;
+        zero when there is none."""
         if velocity is None:
-            base = self.start_field(level)
+            base = None if self.plan.keep_start else self.start_field(level)
         else:
             base = level.to_control_vox(velocity_level.control_to_ras(velocity), velocity_level.control_ijk_to_ras)
         if base is None:
@@ -400,13 +428,20 @@ class _Refinement:
                       affine_final: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
         plan = self.plan
         param = base.clone().requires_grad_(True)
+        start = self.kept_start(level)
 
-        def loss_fn(level=level, param=param) -> torch.Tensor:
+        def loss_fn(level=level, param=param, start=start) -> torch.Tensor:
             disp = fields.integrate_velocity(param, plan.int_steps)
-            warped, _ = level.warp(affine_final, level.to_level(disp))
+            if start is None:
+                warped, _ = level.warp(affine_final, level.to_level(disp))
+                folding = losses.jacobian_penalty(disp)
+            else:  # the residual composed with the kept start, on the level grid
+                total = fields.compose(start, level.to_level(disp))
+                warped, _ = level.warp(affine_final, total)
+                folding = losses.jacobian_penalty(total)
             return (losses.lncc(level.fixed, warped, REFINE_LNCC_WINDOW)
                     + REFINE_DIFFUSION_WEIGHT * losses.grad_l2(param)
-                    + REFINE_FOLDING_WEIGHT * losses.jacobian_penalty(disp))
+                    + REFINE_FOLDING_WEIGHT * folding)
 
         self.report(self.done / self.total, f"refine deformable {level.name} ({level.shape})")
         # the velocity lives on the control grid (half the level's voxels per axis): a step of
@@ -419,14 +454,19 @@ class _Refinement:
     def result(self, affine_final: torch.Tensor, velocity: torch.Tensor, velocity_level: PyramidLevel) -> RefineResult:
         """The integrated velocity in RAS mm on its control grid, with the affine part."""
         t0 = time.perf_counter()
+        start = self.kept_start(velocity_level)
         with torch.no_grad():
             disp = fields.integrate_velocity(velocity, self.plan.int_steps)
+            if start is not None:  # the total on the level grid: the kept start keeps its resolution
+                disp = fields.compose(start, velocity_level.to_level(disp))
         self.timings["refine_integrate"] = time.perf_counter() - t0
         self.report(1.0, "refinement done")
-        return RefineResult(
-            affine_ras=affine_final.cpu().numpy(), deform_ras=velocity_level.control_to_ras(disp),
-            grid_ijk_to_ras=velocity_level.control_ijk_to_ras.copy(), timings=self.timings, history=self.history,
-        )
+        if start is not None:
+            deform_ras, grid = velocity_level.level_to_ras(disp), velocity_level.grid_ijk_to_ras.copy()
+        else:
+            deform_ras, grid = velocity_level.control_to_ras(disp), velocity_level.control_ijk_to_ras.copy()
+        return RefineResult(affine_ras=affine_final.cpu().numpy(), deform_ras=deform_ras, grid_ijk_to_ras=grid,
+                            timings=self.timings, history=self.history)
 
 
 def _refine_levels(
