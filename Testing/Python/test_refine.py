@@ -110,6 +110,24 @@ def test_a_kept_start_keeps_its_resolution_and_a_velocity_start_is_coarsened():
     assert errors[False] > 2.5 * errors[True], errors
 
 
+def test_a_kept_start_is_smoothed_by_the_diffusion_penalty_on_the_total():
+    """Blank images give the similarity no gradient, so only the penalties move the field: they act on the total, so
+    a rough kept start is smoothed (a penalty on the residual alone would leave it as it is)."""
+    shape = (24, 24, 24)
+    matrix = np.diag([2.0, 2.0, 2.0, 1.0])
+    blank = ImageData(np.full(shape, 0.5, dtype=np.float32), matrix, "blank")
+    rough = torch.from_numpy(np.random.default_rng(3).normal(0.0, 0.6, (3,) + shape).astype(np.float32))  # RAS mm
+
+    def roughness(field: np.ndarray) -> float:
+        return float(np.mean([np.mean(np.diff(field, axis=a) ** 2) for a in (1, 2, 3)]))
+
+    plan = RefineSchedule("test", (4.0,), (4.0,), 1, 30, affine_step_vox=1e-9, min_factor=1, keep_start=True)
+    result = refine(blank, blank, np.eye(4), rough, matrix, schedule=plan)
+    start_on_grid = resampling.resample_channels(rough.numpy(), matrix, result.grid_ijk_to_ras,
+                                                 tuple(result.deform_ras.shape[1:]), fill_value=None)
+    assert roughness(result.deform_ras.numpy()) < 0.5 * roughness(start_on_grid)
+
+
 def test_refine_composes_its_residual_with_a_kept_start():
     """A 2 mm shift along R, started from a kept 1 mm shift: the result is the whole 2 mm (start and residual
     composed), not the residual alone (1 mm) nor the start counted twice."""

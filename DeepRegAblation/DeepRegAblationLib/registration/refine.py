@@ -53,7 +53,9 @@ class RefineSchedule:
         keep_start: ``False``: the starting deformable part is the velocity's starting value, on the first
             deformable level's control grid (coarsened to it). ``True``: it is kept as it is, resampled onto each
             level's own grid, and the refinement optimises a residual ``r = exp(v)`` composed with it,
-            ``u(p) = r(p) + u_start(p + r(p))`` (``fields.compose``); the folding penalty is on that total.
+            ``u(p) = r(p) + u_start(p + r(p))`` (``fields.compose``); the diffusion and folding penalties are on that
+            total (level voxels), so the start's roughness is penalised as a velocity start's would be, without
+            coarsening it.
     """
 
     name: str
@@ -118,9 +120,9 @@ def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float, keep
     """``plan`` for refining a trained network's output: the levels coarser than the network's grid are skipped
     (the network resolved them; the finest affine and deformable levels at or above the network's spacing stay)
     and a level stops once its loss has flattened (``flat_window``). ``keep_start=True`` keeps the network's field
-    at its own resolution, the refinement composing a residual with it (:class:`RefineSchedule`); off by default:
-    it raised the Dice of the brain-only validation pairs and lowered it on the heads with skull
-    (``docs/results/distill-3d/README.md``). The name gets ``"+network"``."""
+    at its own resolution, the refinement composing a residual with it (:class:`RefineSchedule`); off by default
+    for now: it raised the refined Dice on every validation dataset but took 1.6-1.8 x as long, and the reports quote
+    the default (``docs/results/distill-3d/README.md``). The name gets ``"+network"``."""
     def kept(levels: Sequence[float]) -> Tuple[float, ...]:
         fine = tuple(s for s in levels if s <= float(network_spacing_mm) + 1e-6)
         return fine if fine else tuple(levels[-1:])
@@ -239,7 +241,8 @@ def refine(
     linearly to the level grid (``fields.resize_field``); ``v`` is carried up to the next level. The
     first level starts at ``v = u_start`` (``exp(u) ~ u`` for small ``u``); with ``schedule.keep_start``
     (:func:`network_start_schedule` ``keep_start=True``) ``u_start`` is kept at its own resolution instead and
-    ``u(p) = r(p) + u_start(p + r(p))`` with ``r = exp(v)``, ``v`` starting at zero. Loss: ``losses.lncc``
+    ``u(p) = r(p) + u_start(p + r(p))`` with ``r = exp(v)``, ``v`` starting at zero, and ``grad_l2`` acts on that
+    total ``u`` (level voxels) instead of ``v``. Loss: ``losses.lncc``
     (window ``REFINE_LNCC_WINDOW``) + ``REFINE_DIFFUSION_WEIGHT * grad_l2(v)`` +
     ``REFINE_FOLDING_WEIGHT * jacobian_penalty(u)``, the same for every variant. Each level stops
     early when the loss stops improving (``patience``) and keeps its lowest-loss state.
@@ -434,13 +437,13 @@ class _Refinement:
             disp = fields.integrate_velocity(param, plan.int_steps)
             if start is None:
                 warped, _ = level.warp(affine_final, level.to_level(disp))
-                folding = losses.jacobian_penalty(disp)
-            else:  # the residual composed with the kept start, on the level grid
+                smoothed, folding = param, losses.jacobian_penalty(disp)
+            else:  # the residual composed with the kept start, on the level grid; both penalties on that total
                 total = fields.compose(start, level.to_level(disp))
                 warped, _ = level.warp(affine_final, total)
-                folding = losses.jacobian_penalty(total)
+                smoothed, folding = total, losses.jacobian_penalty(total)
             return (losses.lncc(level.fixed, warped, REFINE_LNCC_WINDOW)
-                    + REFINE_DIFFUSION_WEIGHT * losses.grad_l2(param)
+                    + REFINE_DIFFUSION_WEIGHT * losses.grad_l2(smoothed)
                     + REFINE_FOLDING_WEIGHT * folding)
 
         self.report(self.done / self.total, f"refine deformable {level.name} ({level.shape})")
