@@ -309,7 +309,7 @@ class _Refinement:
         self.fixed, self.moving, self.plan, self.device = fixed, moving, plan, device
         self.deform_ras, self.deform_ijk_to_ras = deform_ras, deform_ijk_to_ras
         self.has_start = deform_ras is not None and bool(torch.any(torch.as_tensor(deform_ras) != 0))
-        self.kept: Dict[Tuple[str, Tuple[int, ...]], torch.Tensor] = {}
+        self.kept_by_factors: Dict[Tuple[int, ...], torch.Tensor] = {}  # kept_start per level grid
         self.report = progress or (lambda fraction, message: None)
         self.ndim = 2 if fixed.is_2d else 3
         self.cache: Dict[Tuple[str, Tuple[int, ...]], Tuple[torch.Tensor, np.ndarray]] = {}
@@ -338,10 +338,9 @@ class _Refinement:
         """``plan.keep_start``: the starting deformable part on the level grid (level voxels), else ``None``."""
         if not (self.plan.keep_start and self.has_start):
             return None
-        key = ("kept_start", level.factors)
-        if key not in self.kept:
-            self.kept[key] = level.to_level_vox(torch.as_tensor(self.deform_ras), self.deform_ijk_to_ras)
-        return self.kept[key]
+        if level.factors not in self.kept_by_factors:
+            self.kept_by_factors[level.factors] = level.to_level_vox(torch.as_tensor(self.deform_ras), self.deform_ijk_to_ras)
+        return self.kept_by_factors[level.factors]
 
     def held_field(self, level: PyramidLevel) -> Optional[torch.Tensor]:
         """The deformable part the affine stage holds, on the level grid (level voxels); ``None`` when zero."""
@@ -455,7 +454,8 @@ class _Refinement:
         return param.detach(), record
 
     def result(self, affine_final: torch.Tensor, velocity: torch.Tensor, velocity_level: PyramidLevel) -> RefineResult:
-        """The integrated velocity in RAS mm on its control grid, with the affine part."""
+        """The integrated velocity in RAS mm on its control grid (with ``plan.keep_start``: composed with the kept
+        start, on the level grid), with the affine part."""
         t0 = time.perf_counter()
         start = self.kept_start(velocity_level)
         with torch.no_grad():
