@@ -56,7 +56,7 @@ def main(datasets, kept: bool = False) -> None:
     val = validation_ids(SPLIT)
     runs = schedules(kept)
     print(f"# .venv/bin/python scripts/brains3d/network_start_levels.py {'--kept ' if kept else ''}{' '.join(datasets)}")
-    print("# the shipped affine_enhanced; mean Dice (and seconds of register) over each dataset's validation pairs")
+    print("# the shipped affine_enhanced; mean Dice (seconds of register, folding %) over each dataset's validation pairs")
     for name, plan in runs.items():
         if plan:
             print(f"#   {name:<22} affine {plan.affine_levels_mm} mm, deformable {plan.deform_levels_mm} mm, "
@@ -68,11 +68,11 @@ def main(datasets, kept: bool = False) -> None:
             fixed, moving, fixed_labels, moving_labels = quality.read_pair(fixed_subject, moving_subject)
             for name, schedule in runs.items():
                 result = register(fixed, moving, model, fixed_labels, moving_labels, refine=schedule, device="cpu")
-                rows[name].append((result.metrics["dice"], result.metrics["runtime_s"]))
+                rows[name].append((result.metrics["dice"], result.metrics["runtime_s"], result.metrics["folding_pct"]))
         print(f"\n{dataset} ({len(rows['network alone'])} pairs)")
         for name, values in rows.items():
             values = np.array(values)
-            print(f"  {name:<22} Dice {values[:, 0].mean():.4f}  ({values[:, 1].mean():.2f} s)")
+            print(f"  {name:<22} Dice {values[:, 0].mean():.4f}  ({values[:, 1].mean():.2f} s)  folding {values[:, 2].mean():.4f} %")
 
 
 if __name__ == "__main__":
