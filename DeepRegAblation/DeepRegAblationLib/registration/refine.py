@@ -54,9 +54,8 @@ class RefineSchedule:
             deformable level's control grid (coarsened to it). ``True``: it is kept as it is, resampled onto each
             level's own grid, and the refinement optimises a residual ``r = exp(v)`` composed with it,
             ``u(p) = r(p) + u_start(p + r(p))`` (``fields.compose``); the diffusion and folding penalties are on that
-            total, at every other level voxel (the control grid's density; derivatives per level voxel), so the
-            start's roughness is penalised as a velocity start's would be, without coarsening it.
-            :func:`network_start_schedule` sets it (``register`` after a trained network).
+            total (level voxels), so the start's roughness is penalised as a velocity start's would be, without
+            coarsening it.
     """
 
     name: str
@@ -117,14 +116,13 @@ NETWORK_START_FLAT_WINDOW = 5
 NETWORK_START_FLAT_TOLERANCE = 1e-3
 
 
-def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float, keep_start: bool = True) -> RefineSchedule:
+def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float, keep_start: bool = False) -> RefineSchedule:
     """``plan`` for refining a trained network's output: the levels coarser than the network's grid are skipped
     (the network resolved them; the finest affine and deformable levels at or above the network's spacing stay)
-    and a level stops once its loss has flattened (``flat_window``). ``keep_start`` (default) keeps the network's
-    field at its own resolution, the refinement composing a residual with it (:class:`RefineSchedule`): the refined
-    Dice is higher than from the network's field as the velocity's start on every validation dataset, at 1.2-1.4 x its
-    time (``docs/results/distill-3d/README.md``); ``keep_start=False`` is that velocity start. The name gets
-    ``"+network"``."""
+    and a level stops once its loss has flattened (``flat_window``). ``keep_start=True`` keeps the network's field
+    at its own resolution, the refinement composing a residual with it (:class:`RefineSchedule`); off by default
+    for now: it raised the refined Dice on every validation dataset but took 1.6-1.8 x as long, and the reports quote
+    the default (``docs/results/distill-3d/README.md``). The name gets ``"+network"``."""
     def kept(levels: Sequence[float]) -> Tuple[float, ...]:
         fine = tuple(s for s in levels if s <= float(network_spacing_mm) + 1e-6)
         return fine if fine else tuple(levels[-1:])
@@ -243,8 +241,8 @@ def refine(
     linearly to the level grid (``fields.resize_field``); ``v`` is carried up to the next level. The
     first level starts at ``v = u_start`` (``exp(u) ~ u`` for small ``u``); with ``schedule.keep_start``
     (:func:`network_start_schedule` ``keep_start=True``) ``u_start`` is kept at its own resolution instead and
-    ``u(p) = r(p) + u_start(p + r(p))`` with ``r = exp(v)``, ``v`` starting at zero, and both penalties act on that
-    total ``u`` at every other level voxel instead of on ``v`` and ``exp(v)``. Loss: ``losses.lncc``
+    ``u(p) = r(p) + u_start(p + r(p))`` with ``r = exp(v)``, ``v`` starting at zero, and ``grad_l2`` acts on that
+    total ``u`` (level voxels) instead of ``v``. Loss: ``losses.lncc``
     (window ``REFINE_LNCC_WINDOW``) + ``REFINE_DIFFUSION_WEIGHT * grad_l2(v)`` +
     ``REFINE_FOLDING_WEIGHT * jacobian_penalty(u)``, the same for every variant. Each level stops
     early when the loss stops improving (``patience``) and keeps its lowest-loss state.
@@ -438,13 +436,13 @@ class _Refinement:
             disp = fields.integrate_velocity(param, plan.int_steps)
             if start is None:
                 warped, _ = level.warp(affine_final, level.to_level(disp))
-                diffusion, folding = losses.grad_l2(param), losses.jacobian_penalty(disp)
+                smoothed, folding = param, losses.jacobian_penalty(disp)
             else:  # the residual composed with the kept start, on the level grid; both penalties on that total
                 total = fields.compose(start, level.to_level(disp))
                 warped, _ = level.warp(affine_final, total)
-                diffusion, folding = _total_penalties(total)
+                smoothed, folding = total, losses.jacobian_penalty(total)
             return (losses.lncc(level.fixed, warped, REFINE_LNCC_WINDOW)
-                    + REFINE_DIFFUSION_WEIGHT * diffusion
+                    + REFINE_DIFFUSION_WEIGHT * losses.grad_l2(smoothed)
                     + REFINE_FOLDING_WEIGHT * folding)
 
         self.report(self.done / self.total, f"refine deformable {level.name} ({level.shape})")
@@ -472,21 +470,6 @@ class _Refinement:
             deform_ras, grid = velocity_level.control_to_ras(disp), velocity_level.control_ijk_to_ras.copy()
         return RefineResult(affine_ras=affine_final.cpu().numpy(), deform_ras=deform_ras, grid_ijk_to_ras=grid,
                             timings=self.timings, history=self.history)
-
-
-def _total_penalties(total_vox: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(grad_l2, jacobian_penalty)`` of a kept start's total ``(1, nd, *S)`` (level voxels), taken at every other
-    level voxel along each axis (the control grid's density: 8x fewer voxels in 3D, where these penalties on the whole
-    level grid cost a third of a step; a level under ``2 * PENALTY_MIN_VOXELS`` voxels along an axis keeps every
-    voxel). Derivatives stay per level voxel (the strided field in its own voxels, on a grid of ``stride`` level
-    voxels), so the refinement's weights mean what they mean for a velocity on its control grid."""
-    stride = 2 if min(total_vox.shape[2:]) >= 2 * PENALTY_MIN_VOXELS else 1
-    strided = total_vox[(slice(None), slice(None)) + (slice(None, None, stride),) * (total_vox.dim() - 2)] / stride
-    return losses.grad_l2(strided, spacing=float(stride)), losses.jacobian_penalty(strided, spacing=float(stride))
-
-
-PENALTY_MIN_VOXELS = 3
-"""Fewest voxels along an axis on which ``losses.grad_l2`` takes interior central differences."""
 
 
 def _refine_levels(
