@@ -46,7 +46,7 @@ def schedules(kept: bool = False):
         if kept:
             out[f"{budget}, kept start"] = network_start_schedule(refine_schedule(budget), NETWORK_SPACING_MM, keep_start=True)
             continue
-        velocity = dataclasses.replace(network_start_schedule(refine_schedule(budget), NETWORK_SPACING_MM), keep_start=False)
+        velocity = network_start_schedule(refine_schedule(budget), NETWORK_SPACING_MM, keep_start=False)
         out[f"{budget}, start 4 mm"] = velocity
         out[f"{budget}, start 2 mm"] = dataclasses.replace(velocity, deform_levels_mm=(2.0,))
     return out

@@ -121,7 +121,7 @@ def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float, keep
     (the network resolved them; the finest affine and deformable levels at or above the network's spacing stay)
     and a level stops once its loss has flattened (``flat_window``). ``keep_start=True`` keeps the network's field
     at its own resolution, the refinement composing a residual with it (:class:`RefineSchedule`); off by default
-    for now: it raised the refined Dice on every validation dataset but took 1.6-1.8 x as long, and the reports quote
+    for now: it raised the refined Dice on every validation dataset but took 1.5-1.8 x as long, and the reports quote
     the default (``docs/results/distill-3d/README.md``). The name gets ``"+network"``."""
     def kept(levels: Sequence[float]) -> Tuple[float, ...]:
         fine = tuple(s for s in levels if s <= float(network_spacing_mm) + 1e-6)
@@ -241,8 +241,8 @@ def refine(
     linearly to the level grid (``fields.resize_field``); ``v`` is carried up to the next level. The
     first level starts at ``v = u_start`` (``exp(u) ~ u`` for small ``u``); with ``schedule.keep_start``
     (:func:`network_start_schedule` ``keep_start=True``) ``u_start`` is kept at its own resolution instead and
-    ``u(p) = r(p) + u_start(p + r(p))`` with ``r = exp(v)``, ``v`` starting at zero, and ``grad_l2`` acts on that
-    total ``u`` (level voxels) instead of ``v``. Loss: ``losses.lncc``
+    ``u(p) = r(p) + u_start(p + r(p))`` with ``r = exp(v)``, ``v`` starting at zero, and both penalties act on that
+    total ``u`` on the level grid (level voxels) instead of on ``v`` and ``exp(v)``. Loss: ``losses.lncc``
     (window ``REFINE_LNCC_WINDOW``) + ``REFINE_DIFFUSION_WEIGHT * grad_l2(v)`` +
     ``REFINE_FOLDING_WEIGHT * jacobian_penalty(u)``, the same for every variant. Each level stops
     early when the loss stops improving (``patience``) and keeps its lowest-loss state.
