@@ -27,7 +27,8 @@
 #    docs/results/distill-3d/cycle-model-grid-VARIANT)
 # 6. "mirror": the 13000-step files (shipped; runs/brains3d/cascade-13000 holds a copy) against 5000 steps more of
 #    them without and with mirrored training pairs (cascade2_18k, cascade2_18k_mirror, averaged by "ship.sh mirror"),
-#    model grid, for each variant whose two runs have finished (out docs/results/distill-3d/mirror-model-grid-VARIANT);
+#    model grid, for each variant whose two runs have finished (out docs/results/distill-3d/mirror-model-grid-VARIANT;
+#    the mirror tested against the control: mirror-vs-control-model-grid-VARIANT);
 #    "mirror_full": the three affine_enhanced files at full resolution, network alone, ANTs SyN in the same run (goal 1
 #    of issue 21; 2 threads, a quiet machine; out docs/results/distill-3d/mirror-full-resolution.md)
 # usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full]...
@@ -101,6 +102,7 @@ cycle() { continued cycle "$D/{}_cascade2_13k/average_41-50.pt" "$D/{}_cascade2_
 mirror() {
   continued mirror "runs/brains3d/cascade-13000/{}.pt" "$D/{}_cascade2_18k/average_41-50.pt" \
     "$D/{}_cascade2_18k_mirror/average_41-50.pt"
+  continued mirror-vs-control "$D/{}_cascade2_18k/average_41-50.pt" "$D/{}_cascade2_18k_mirror/average_41-50.pt"
 }
 mirror_full() {
   local run=$D/affine_enhanced_cascade2_18k
