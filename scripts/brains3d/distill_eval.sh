@@ -31,7 +31,15 @@
 #    the mirror tested against the control: mirror-vs-control-model-grid-VARIANT);
 #    "mirror_full": the three affine_enhanced files at full resolution, network alone, ANTs SyN in the same run (goal 1
 #    of issue 21; 2 threads, a quiet machine; out docs/results/distill-3d/mirror-full-resolution.md)
-# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full]...
+# 7. "control": the 13000-step files against the control arm of 6 (cascade2_18k) alone, for the variants without a
+#    mirror run (out docs/results/distill-3d/control-model-grid-VARIANT); "further": that control against 5000 steps
+#    more of it (cascade2_23k: START=runs/brains3d/cascade-18000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2
+#    OUT_SUFFIX=_cascade2_23k distill.sh VARIANT, after "ship.sh mirror" and a copy of each control's average to
+#    runs/brains3d/cascade-18000/VARIANT.pt; averaged by "ship.sh further"; out
+#    docs/results/distill-3d/further-model-grid-VARIANT); "further_full": the 13000-, 18000- and 23000-step
+#    affine_enhanced files at full resolution as mirror_full (out docs/results/distill-3d/further-full-resolution.md)
+# usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full|control|
+#   further|further_full]...
 #   (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
@@ -109,6 +117,13 @@ mirror_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical syn --peers --init-align auto \
     --threads 2 --report "$out/mirror-full-resolution.md" \
     --variants "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,control_18k=$run/average_41-50.pt,mirror_18k=${run}_mirror/average_41-50.pt"
+}
+control() { continued control "runs/brains3d/cascade-13000/{}.pt" "$D/{}_cascade2_18k/average_41-50.pt"; }
+further() { continued further "$D/{}_cascade2_18k/average_41-50.pt" "$D/{}_cascade2_23k/average_41-50.pt"; }
+further_full() {
+  .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical syn --peers --init-align auto \
+    --threads 2 --report "$out/further-full-resolution.md" --variants "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,\
+control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt"
 }
 longer_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \

@@ -29,9 +29,11 @@
 # "ship.sh mirror": the same average over steps 4100-5000 of the next arm and its control (<variant>_cascade2_18k_mirror,
 # <variant>_cascade2_18k: 5000 steps more from the 13000-step files, with and without train --mirror 0.5), written as
 # <run>/average_41-50.pt where the run has reached step 5000, for distill_eval.sh mirror.
+# "ship.sh further": the same average over steps 4100-5000 of 5000 steps more from the controls' averages
+# (<variant>_cascade2_23k, started from runs/brains3d/cascade-18000/VARIANT.pt), for distill_eval.sh further.
 # "ship.sh average RUN_DIR FIRST LAST DESTINATION": the mean of one run's checkpoints FIRST..LAST (epoch numbers) into
 # DESTINATION (scripts/brains3d/gpu_train.sh); PY (environment): the Python to use (default .venv/bin/python).
-# usage (from the repository root): ship.sh [8000|plain|5000|comparison|distill|distilled|longer|cycle|mirror|average ...]
+# usage (from the repository root): ship.sh [8000|plain|5000|comparison|distill|distilled|longer|cycle|mirror|further|average ...]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -67,10 +69,11 @@ elif [ "$1" = distill ]; then
   done
 elif [ "$1" = average ] && [ $# = 5 ]; then
   average "$2" "$3" "$4" "$5"
-elif [ "$1" = longer ] || [ "$1" = cycle ] || [ "$1" = mirror ]; then
+elif [ "$1" = longer ] || [ "$1" = cycle ] || [ "$1" = mirror ] || [ "$1" = further ]; then
   suffixes=_cascade2_13k first=41 last=50
   [ "$1" != cycle ] || { suffixes=_cascade2_15k first=11 last=20; }
   [ "$1" != mirror ] || suffixes="_cascade2_18k _cascade2_18k_mirror"
+  [ "$1" != further ] || suffixes=_cascade2_23k
   for variant in $VARIANTS; do
     for suffix in $suffixes; do
       run=$D/$variant$suffix
@@ -92,5 +95,5 @@ elif [ "$1" = 5000 ]; then
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 else
-  echo "ship.sh: unknown mode '$1' (8000, plain, 5000, comparison, distill, distilled, longer, cycle, mirror or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
+  echo "ship.sh: unknown mode '$1' (8000, plain, 5000, comparison, distill, distilled, longer, cycle, mirror, further or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
 fi
