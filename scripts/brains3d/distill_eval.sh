@@ -38,8 +38,14 @@
 #    runs/brains3d/cascade-18000/VARIANT.pt; averaged by "ship.sh further"; out
 #    docs/results/distill-3d/further-model-grid-VARIANT); "further_full": the 13000-, 18000- and 23000-step
 #    affine_enhanced files at full resolution as mirror_full (out docs/results/distill-3d/further-full-resolution.md)
+# 8. "ixi": the 23000-step run against the same 5000 steps with IXI drawn as often as each other dataset
+#    (cascade2_23k_ixi1: distill.sh as in 7 with OUT_SUFFIX=_cascade2_23k_ixi1 and EXTRA="--data
+#    miccai2012:../shared/data/miccai2012-oasis+lpba40:../shared/data/lpba40+ibsr18:../shared/data/ibsr18+ixi:../shared/data/ixi-t1-2mm@1",
+#    the same subjects, split and preprocessing as brains3d, whose IXI weight is 0.5; averaged by "ship.sh further"),
+#    model grid (out docs/results/distill-3d/ixi-weight-model-grid-VARIANT); "ixi_full": the 18000- and both
+#    23000-step affine_enhanced files at full resolution as mirror_full (out docs/results/distill-3d/ixi-weight-full-resolution.md)
 # usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full|control|
-#   further|further_full]...
+#   further|further_full|ixi|ixi_full]...
 #   (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
@@ -124,6 +130,12 @@ further_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical syn --peers --init-align auto \
     --threads 2 --report "$out/further-full-resolution.md" --variants "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,\
 control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt"
+}
+ixi() { continued ixi-weight "$D/{}_cascade2_23k/average_41-50.pt" "$D/{}_cascade2_23k_ixi1/average_41-50.pt"; }
+ixi_full() {
+  .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical syn --peers --init-align auto \
+    --threads 2 --report "$out/ixi-weight-full-resolution.md" --variants "control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,\
+further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt,ixi1_23k=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt"
 }
 longer_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
