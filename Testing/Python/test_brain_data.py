@@ -112,6 +112,23 @@ def test_split_by_dataset_holds_labelled_subjects_out_and_pairs_stay_within_a_da
     assert all(mixed.pair_ids(i)[0].startswith("miccai2012") for i in range(30))
 
 
+def test_a_mix_of_the_four_folders_is_brains3d_with_other_weights(brains, tmp_path):
+    """The IXI-weight arm of issue 21 (distill_eval.sh ixi) trains on such a mix: only the draw weights may differ."""
+    common = {"split": str(tmp_path / "split.json"), "val_per_dataset": {"miccai2012": 2, "lpba40": 2, "ibsr18": 1, "ixi": 1},
+              "spacing_mm": [4.0], "shape": [16, 16, 16]}
+    whole = data.build_data(dict(common, **data.parse_data_argument(f"brains3d:{brains}")), seed=1)
+    text = "+".join(f"{kind}:{brains / folder}@1" for kind, folder in data.DATASET_FOLDERS.items())
+    mixed = data.build_data(dict(common, **data.parse_data_argument(text)), seed=1)
+    assert whole.split["val_pairs"]
+    for key in ("train", "val", "val_pairs"):
+        assert mixed.split[key] == whole.split[key]
+    assert mixed.preprocess.to_dict() == whole.preprocess.to_dict() and mixed.train.groups == whole.train.groups
+    names = sorted(whole.train.groups)
+    assert dict(zip(names, whole.train.group_weights)) == pytest.approx(
+        {n: data.BRAIN_WEIGHTS[n] / sum(data.BRAIN_WEIGHTS.values()) for n in names})
+    assert mixed.train.group_weights == pytest.approx([1 / len(names)] * len(names))
+
+
 def test_labels_belong_to_their_dataset_and_are_compacted():
     labels_a = torch.tensor([[0, 20, 40, 182]])
     labels_b = torch.tensor([[0, 40, 40, 21]])

@@ -118,23 +118,24 @@ mirror() {
     "$D/{}_cascade2_18k_mirror/average_41-50.pt"
   continued mirror-vs-control "$D/{}_cascade2_18k/average_41-50.pt" "$D/{}_cascade2_18k_mirror/average_41-50.pt"
 }
+with_syn() {  # REPORT NAME=FILE,...: the named files at full resolution, network alone, ANTs SyN in the same run
+  .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical syn --peers --init-align auto \
+    --threads 2 --report "$out/$1" --variants "$2"
+}
 mirror_full() {
   local run=$D/affine_enhanced_cascade2_18k
-  .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical syn --peers --init-align auto \
-    --threads 2 --report "$out/mirror-full-resolution.md" \
-    --variants "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,control_18k=$run/average_41-50.pt,mirror_18k=${run}_mirror/average_41-50.pt"
+  with_syn mirror-full-resolution.md \
+    "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,control_18k=$run/average_41-50.pt,mirror_18k=${run}_mirror/average_41-50.pt"
 }
 control() { continued control "runs/brains3d/cascade-13000/{}.pt" "$D/{}_cascade2_18k/average_41-50.pt"; }
 further() { continued further "$D/{}_cascade2_18k/average_41-50.pt" "$D/{}_cascade2_23k/average_41-50.pt"; }
 further_full() {
-  .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical syn --peers --init-align auto \
-    --threads 2 --report "$out/further-full-resolution.md" --variants "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,\
+  with_syn further-full-resolution.md "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,\
 control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt"
 }
 ixi() { continued ixi-weight "$D/{}_cascade2_23k/average_41-50.pt" "$D/{}_cascade2_23k_ixi1/average_41-50.pt"; }
 ixi_full() {
-  .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical syn --peers --init-align auto \
-    --threads 2 --report "$out/ixi-weight-full-resolution.md" --variants "control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,\
+  with_syn ixi-weight-full-resolution.md "control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,\
 further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt,ixi1_23k=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt"
 }
 longer_full() {
