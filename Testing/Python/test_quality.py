@@ -209,7 +209,20 @@ def test_bench_quality_command_writes_the_section(tmp_path, capsys):
     assert cli.main(["bench", "--quality", "--ixi", str(tmp_path / "missing"), "--report", str(report)]) == 2
     assert "--ixi" in capsys.readouterr().err
     assert cli.main(["bench", "--train", "--variants", "baseline,x=m.pt", "--report", str(report)]) == 2
-    assert "NAME=CHECKPOINT entries (x=m.pt) are for --quality only" in capsys.readouterr().err
+    assert "NAME=CHECKPOINT entries (x=m.pt) are for --quality and --refinement only" in capsys.readouterr().err
+
+
+def test_refinement_takes_a_checkpoint_as_its_variant():
+    """``bench --refinement --variants NAME=CHECKPOINT`` measures an unshipped file (the first entry is the model)."""
+    from argparse import Namespace
+
+    from DeepRegAblationTrainingLib.benchmarks.suite import parse_variants
+
+    args = Namespace(train=False, infer=False, quality=False, refinement=True, memory=False, device="cpu",
+                     variants="affine_enhanced=runs/x/average_41-50.pt,baseline")
+    assert parse_variants(args) == ["affine_enhanced=runs/x/average_41-50.pt", "baseline"]
+    with pytest.raises(ValueError, match="unknown id"):
+        parse_variants(Namespace(**dict(vars(args), variants="nonsense")))
 
 
 def test_real_ixi_pair_classical_improves_dice(ixi_dir):

@@ -36,19 +36,19 @@ DATASETS = ("miccai2012", "lpba40", "ibsr18", "ixi")
 
 
 def parse_variants(args: argparse.Namespace) -> List[str]:
-    """``--variants`` -> its entries (variant ids; ``NAME=CHECKPOINT`` with ``--quality`` only), checked with the
-    other options (a part chosen, CUDA present for ``--device cuda``)."""
+    """``--variants`` -> its entries (variant ids; ``NAME=CHECKPOINT`` with ``--quality`` or ``--refinement`` only),
+    checked with the other options (a part chosen, CUDA present for ``--device cuda``)."""
     if not (args.train or args.infer or args.quality or getattr(args, "refinement", False)
             or getattr(args, "memory", False)):
         raise ValueError("choose --train, --infer, --quality, --refinement and/or --memory")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     checkpoints = [v for v in variants if "=" in v]
     if checkpoints and (args.train or args.infer):
-        raise ValueError(f"--variants: NAME=CHECKPOINT entries ({', '.join(checkpoints)}) are for --quality only")
+        raise ValueError(f"--variants: NAME=CHECKPOINT entries ({', '.join(checkpoints)}) are for --quality and --refinement only")
     unknown = [v for v in variants if "=" not in v and v not in VARIANT_IDS]
     if unknown:
         raise ValueError(f"--variants: unknown id(s) {unknown}; choose from {list(VARIANT_IDS)} "
-                         f"(or NAME=CHECKPOINT with --quality)")
+                         f"(or NAME=CHECKPOINT with --quality or --refinement)")
     if args.device == "cuda":
         import torch
 

@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default=None,
                         help=f"comma-separated sizes from {sorted(speed.SIZES)} (default: 2d,3d128 for --train; all for --infer)")
     parser.add_argument("--variants", default=",".join(VARIANT_IDS),
-                        help="comma-separated variant ids; with --quality also NAME=CHECKPOINT (a trained checkpoint "
-                             "as its own row, e.g. the runs of a sweep)")
+                        help="comma-separated variant ids; with --quality or --refinement also NAME=CHECKPOINT (a "
+                             "trained checkpoint as its own row, e.g. the runs of a sweep; --refinement uses the "
+                             "first entry)")
     parser.add_argument("--no-reference", action="store_true", help="skip voxelmorph's VxmPairwise")
     parser.add_argument("--device", default="cpu", choices=(DeviceChoice.cpu.value, DeviceChoice.cuda.value))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per case (default 2)")
