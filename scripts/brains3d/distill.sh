@@ -18,6 +18,11 @@
 #   START=runs/brains3d/cascade-13000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_18k distill.sh VARIANT
 #   EXTRA="--mirror 0.5" START=runs/brains3d/cascade-13000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 \
 #     OUT_SUFFIX=_cascade2_18k_mirror distill.sh VARIANT
+#   and 5000 steps more again from the 18000-step controls' averages (copied to runs/brains3d/cascade-18000/VARIANT.pt),
+#   as they are and with IXI drawn as often as each other dataset (the same subjects and split as brains3d):
+#   START=runs/brains3d/cascade-18000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_23k distill.sh VARIANT
+#   EXTRA="--data miccai2012:../shared/data/miccai2012-oasis+lpba40:../shared/data/lpba40+ibsr18:../shared/data/ibsr18+ixi:../shared/data/ixi-t1-2mm@1" \
+#     START=runs/brains3d/cascade-18000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_23k_ixi1 distill.sh VARIANT
 set -euo pipefail
 teacher=runs/brains3d/teacher
 steps=${STEPS:-3000}

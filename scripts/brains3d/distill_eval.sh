@@ -44,8 +44,10 @@
 #    the same subjects, split and preprocessing as brains3d, whose IXI weight is 0.5; averaged by "ship.sh further"),
 #    model grid (out docs/results/distill-3d/ixi-weight-model-grid-VARIANT); "ixi_full": the 18000- and both
 #    23000-step affine_enhanced files at full resolution as mirror_full (out docs/results/distill-3d/ixi-weight-full-resolution.md)
+#    "ixi_refinement": goal 2 (bench --refinement: from the network against from the centre of mass, beside SyN) with
+#    the IXI-weight file on the two datasets where it is at SyN's Dice alone (out docs/results/distill-3d/ixi-weight-refinement.md)
 # usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full|control|
-#   further|further_full|ixi|ixi_full]...
+#   further|further_full|ixi|ixi_full|ixi_refinement]...
 #   (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
@@ -137,6 +139,11 @@ ixi() { continued ixi-weight "$D/{}_cascade2_23k/average_41-50.pt" "$D/{}_cascad
 ixi_full() {
   with_syn ixi-weight-full-resolution.md "control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,\
 further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt,ixi1_23k=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt"
+}
+ixi_refinement() {
+  .venv/bin/deepreg-ablation bench --refinement --datasets lpba40,ibsr18 --budgets 1,2,5 --threads 2 \
+    --variants "affine_enhanced=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt" \
+    --report "$out/ixi-weight-refinement.md"
 }
 longer_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
