@@ -44,7 +44,8 @@ def parse_variants(args: argparse.Namespace) -> List[str]:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     checkpoints = [v for v in variants if "=" in v]
     if checkpoints and (args.train or args.infer):
-        raise ValueError(f"--variants: NAME=CHECKPOINT entries ({', '.join(checkpoints)}) are for --quality and --refinement only")
+        raise ValueError(f"--variants: NAME=CHECKPOINT entries ({', '.join(checkpoints)}) are for --quality and "
+                         f"--refinement only")
     unknown = [v for v in variants if "=" not in v and v not in VARIANT_IDS]
     if unknown:
         raise ValueError(f"--variants: unknown id(s) {unknown}; choose from {list(VARIANT_IDS)} "
