@@ -133,3 +133,51 @@ def test_the_two_endpoint_errors_and_their_units():
     mask[0] = True  # errors 0..19 mm
     stats = evaluation.endpoint_error_stats_mm(ras, ras_truth, mask)
     assert stats == {"epe_mean_mm": pytest.approx(9.5), "epe_p95_mm": pytest.approx(np.percentile(np.arange(20.0), 95))}
+
+
+def _train_val_gap_script():
+    """scripts/brains3d/train_val_gap.py, loaded as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "brains3d" / "train_val_gap.py"
+    spec = importlib.util.spec_from_file_location("train_val_gap", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_pairs_are_cycles_of_training_subjects_per_dataset():
+    """train_val_gap.py pairs (issue 21): on the shipped split, only training subjects, each dataset its own cycle of
+    evenly spaced subjects (5, IXI's three), no subject paired with itself."""
+    import json
+    from pathlib import Path
+
+    gap = _train_val_gap_script()
+    split = json.loads((Path(__file__).resolve().parents[2] / gap.SPLIT).read_text())
+    pairs = gap.cycle_pairs(split["train"])
+    assert {subject for pair in pairs for subject in pair} <= set(split["train"])
+    by_dataset = {}
+    for moving, fixed in pairs:
+        assert moving != fixed and moving.split("-")[0] == fixed.split("-")[0]
+        by_dataset.setdefault(moving.split("-")[0], []).append((moving, fixed))
+    assert {k: len(v) for k, v in by_dataset.items()} == {"ibsr18": 5, "ixi": 3, "lpba40": 5, "miccai2012": 5}
+    for cycle in by_dataset.values():  # each subject once as moving, once as fixed, and the cycle closes
+        assert sorted(m for m, _ in cycle) == sorted(f for _, f in cycle)
+        assert all(cycle[i][1] == cycle[(i + 1) % len(cycle)][0] for i in range(len(cycle)))
+    assert gap.cycle_pairs(["a-1", "a-2", "b-1"]) == [["a-1", "a-2"]]
+    ids = [f"d-{i:02d}" for i in range(10)]
+    assert [m for m, _ in gap.cycle_pairs(ids)] == ["d-00", "d-02", "d-04", "d-06", "d-08"]
+
+
+def test_train_val_gap_table_gains_over_the_first_checkpoint(tmp_path):
+    """train_val_gap.py table: per dataset, each checkpoint's Dice on both pair sets and its gain over the first."""
+    gap = _train_val_gap_script()
+    for which, values in (("train", (0.30, 0.50, 0.56)), ("val", (0.31, 0.48, 0.49))):
+        (tmp_path / which).mkdir()
+        rows = [f"ds,{name},{n},{dice}" for name, dice, n in zip(("identity", "first", "second"), values, (3, 3, 3))]
+        (tmp_path / which / "summary_per_dataset.csv").write_text("dataset,variant,n_pairs,dice_mean\n" + "\n".join(rows))
+    text = gap.gap_table(str(tmp_path / "train"), str(tmp_path / "val"))
+    assert "ds: 3 training pairs (Dice 0.3000 unregistered), 3 validation pairs (0.3100 unregistered)" in text
+    assert "training 0.5600 (+0.0600)  validation 0.4900 (+0.0100)" in text
+    assert "training 0.5000 (+0.0000)  validation 0.4800 (+0.0000)" in text

@@ -46,8 +46,12 @@
 #    23000-step affine_enhanced files at full resolution as mirror_full (out docs/results/distill-3d/ixi-weight-full-resolution.md)
 #    "ixi_refinement": goal 2 (bench --refinement: from the network against from the centre of mass, beside SyN) with
 #    the IXI-weight file on the two datasets where it is at SyN's Dice alone (out docs/results/distill-3d/ixi-weight-refinement.md)
+# 9. "gap": the 13000-, 18000- and both 23000-step affine_enhanced files on pairs of training subjects laid out as the
+#    validation pairs (scripts/brains3d/train_val_gap.py pairs -> docs/results/distill-3d/train_pairs.json) and on the
+#    validation pairs, model grid (out docs/results/distill-3d/gap-{training,validation}-pairs-model-grid-affine_enhanced),
+#    tabulated per dataset by train_val_gap.py table (out docs/results/distill-3d/train-val-gap.txt)
 # usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full|control|
-#   further|further_full|ixi|ixi_full|ixi_refinement]...
+#   further|further_full|ixi|ixi_full|ixi_refinement|gap]...
 #   (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
@@ -149,6 +153,19 @@ longer_full() {
   .venv/bin/deepreg-ablation bench --quality --datasets all --jobs 1 --pairs cycle --classical affine --peers \
     --init-align auto --threads 1 --report "$out/longer-full-resolution.md" \
     --variants "shipped=runs/brains3d/shipped-cascade-8000/affine_enhanced.pt,longer_13k=$D/affine_enhanced_cascade2_13k/average_41-50.pt"
+}
+gap() {
+  local files=(runs/brains3d/cascade-13000/affine_enhanced.pt) suffix which pairs
+  for suffix in 18k 23k 23k_ixi1; do files+=("$D/affine_enhanced_cascade2_$suffix/average_41-50.pt"); done
+  .venv/bin/python scripts/brains3d/train_val_gap.py pairs "$out/train_pairs.json"
+  for which in training validation; do
+    pairs=$out/train_pairs.json; [ $which = training ] || pairs=docs/results/ablation-3d/val_pairs.json
+    .venv/bin/deepreg-ablation evaluate --checkpoint "${files[@]}" --data brains3d:../shared/data \
+      --split DeepRegAblation/Resources/Models/3d/split.json --pairs "$pairs" --threads 1 \
+      --out "$out/gap-$which-pairs-model-grid-affine_enhanced"
+  done
+  .venv/bin/python scripts/brains3d/train_val_gap.py table "$out/gap-training-pairs-model-grid-affine_enhanced" \
+    "$out/gap-validation-pairs-model-grid-affine_enhanced" > "$out/train-val-gap.txt"
 }
 parts=("$@"); [ ${#parts[@]} -gt 0 ] || parts=(grid full)
 for part in "${parts[@]}"; do "$part"; done
