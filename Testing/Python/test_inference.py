@@ -229,6 +229,27 @@ def test_ras_checkpoint_runs_on_a_ras_grid(tmp_path):
         register(fixed, moving, str(bad), device="cpu")
 
 
+def test_register_keeps_a_trained_networks_field_in_the_recommended_refinement(tmp_path, monkeypatch):
+    """After a trained network (a checkpoint file), register(refine="recommended") keeps the network's field and runs at
+    most refine.NETWORK_KEPT_ITERATIONS steps per level; "thorough" starts the velocity from it with all its steps."""
+    from DeepRegAblationLib.registration import refine as refinement
+
+    fixed, moving = oblique_pair()
+    model = build_model("baseline", 3)
+    set_constant_flow(model, np.array([0.5, 1.0, -0.75]))
+    path = str(save_checkpoint(tmp_path / "baseline.pt", model, preprocessing=RAS_PREPROCESSING))
+    plans = []
+    real_refine = refinement.refine
+    monkeypatch.setattr(refinement, "refine", lambda *args, **kwargs: plans.append(args[5]) or real_refine(*args, **kwargs))
+    for refine in ("recommended", "thorough"):
+        result = register(fixed, moving, path, refine=refine, device="cpu", initial_alignment="none")
+        assert np.isfinite(result.disp_ras_mm).all()
+    recommended, thorough = plans
+    assert recommended.name == "recommended+network" and recommended.keep_start
+    assert recommended.affine_iterations == recommended.deform_iterations == refinement.NETWORK_KEPT_ITERATIONS
+    assert thorough.name == "thorough+network" and not thorough.keep_start and thorough.deform_iterations == 60
+
+
 def test_ras_model_input_equals_the_training_preprocessing():
     """On an LPS-ordered head the network sees exactly what training's Preprocess gives it."""
     from DeepRegAblationTrainingLib.data import Preprocess

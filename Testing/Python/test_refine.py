@@ -12,7 +12,8 @@ from _registration_helpers import smooth_volume
 from DeepRegAblationLib import fields, geometry, resampling
 from DeepRegAblationLib.imageio import ImageData
 from DeepRegAblationLib.registration.refine import (
-    REFINE_DIFFUSION_WEIGHT, REFINE_SCHEDULES, RefineResult, RefineSchedule, network_start_schedule, refine, refine_schedule,
+    NETWORK_KEPT_ITERATIONS, REFINE_DIFFUSION_WEIGHT, REFINE_SCHEDULES, RefineResult, RefineSchedule,
+    network_start_schedule, refine, refine_schedule,
 )
 
 SHAPE = (40, 40, 40)
@@ -249,11 +250,16 @@ def test_network_start_schedule_skips_the_levels_the_network_resolved():
 
     after = network_start_schedule(REFINE_SCHEDULES["recommended"], 4.0)
     assert after.name == "recommended+network" and after.flat_window > 0
-    assert not after.keep_start and not REFINE_SCHEDULES["recommended"].keep_start  # an option: off unless asked for
-    assert network_start_schedule(REFINE_SCHEDULES["recommended"], 4.0, keep_start=True).keep_start
     assert after.affine_levels_mm == (4.0,) and after.deform_levels_mm == (4.0, 2.0)
-    assert after.affine_iterations == 30 and after.deform_iterations == 25
-    thorough = network_start_schedule(REFINE_SCHEDULES["thorough"], 4.0)
+    # recommended: the network's field kept, at most NETWORK_KEPT_ITERATIONS steps per level; without a network as it was
+    assert after.keep_start and not REFINE_SCHEDULES["recommended"].keep_start
+    assert after.affine_iterations == after.deform_iterations == NETWORK_KEPT_ITERATIONS < 25
+    velocity = network_start_schedule(REFINE_SCHEDULES["recommended"], 4.0, keep_start=False)  # the earlier start
+    assert not velocity.keep_start and (velocity.affine_iterations, velocity.deform_iterations) == (30, 25)
+    custom = network_start_schedule(refine_schedule(5), 4.0)  # an iteration count: kept, that many steps per level
+    assert custom.keep_start and custom.affine_iterations == custom.deform_iterations == 5
+    thorough = network_start_schedule(REFINE_SCHEDULES["thorough"], 4.0)  # the velocity start, all its iterations
+    assert not thorough.keep_start and thorough.deform_iterations == 60
     assert thorough.affine_levels_mm == (4.0, 2.0) and thorough.deform_levels_mm == (4.0, 2.0, 1.0)
     coarse = network_start_schedule(REFINE_SCHEDULES["recommended"], 16.0)  # nothing is finer than the network: all levels
     assert coarse.affine_levels_mm == (8.0, 4.0) and coarse.deform_levels_mm == (8.0, 4.0, 2.0)

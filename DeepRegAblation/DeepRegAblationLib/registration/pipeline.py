@@ -84,9 +84,10 @@ def register(
         refine: instance optimisation after the network (``registration.refine.refine``): ``0`` / ``"off"``
             (none), ``"recommended"`` (fast: affine at 8 and 4 mm, deformable at 8, 4 and 2 mm), ``"thorough"``
             (down to 1 mm or the fixed image's resolution) or an iteration count per level. After a trained
-            network the levels coarser than its grid are skipped and each level stops once its loss flattens
-            (``refine.network_start_schedule``); a :class:`~.refine.RefineSchedule` is run as given (e.g. one
-            with ``keep_start``).
+            network the levels coarser than its grid are skipped, each level stops once its loss flattens and,
+            except with ``"thorough"``, the network's field is kept at its own resolution with a residual composed
+            with it, at most ``refine.NETWORK_KEPT_ITERATIONS`` steps per level for ``"recommended"``
+            (``refine.network_start_schedule``); a :class:`~.refine.RefineSchedule` is run as given.
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"`` (``ValueError`` without CUDA).
             CUDA out-of-memory falls back to the CPU with a warning.
         progress: ``progress(fraction, message)``.

@@ -26,7 +26,7 @@ from .pyramid import REFINE_FOREGROUND, PyramidLevel, mapped_fraction
 __all__ = [
     "RefineSchedule", "REFINE_SCHEDULES", "REFINE_LNCC_WINDOW", "REFINE_DIFFUSION_WEIGHT", "REFINE_FOLDING_WEIGHT",
     "REFINE_FOREGROUND", "REFINE_THREADS", "REFINE_MIN_OVERLAP", "refine_schedule", "RefineResult", "refine",
-    "NETWORK_START_FLAT_WINDOW", "NETWORK_START_FLAT_TOLERANCE", "network_start_schedule",
+    "NETWORK_START_FLAT_WINDOW", "NETWORK_START_FLAT_TOLERANCE", "NETWORK_KEPT_ITERATIONS", "network_start_schedule",
 ]
 
 Progress = Optional[Callable[[float, str], None]]
@@ -56,6 +56,9 @@ class RefineSchedule:
             ``u(p) = r(p) + u_start(p + r(p))`` (``fields.compose``); the diffusion and folding penalties are on that
             total (level voxels), so the start's roughness is penalised as a velocity start's would be, without
             coarsening it.
+        network_kept_iterations: after a trained network (:func:`network_start_schedule`): ``> 0``: the network's
+            field is kept (``keep_start``) and each level runs at most this many steps; ``0``: it starts the velocity
+            (``keep_start=False``) and the levels run ``affine_iterations`` / ``deform_iterations``.
     """
 
     name: str
@@ -72,14 +75,24 @@ class RefineSchedule:
     flat_window: int = 0
     flat_tolerance: float = 1e-3
     keep_start: bool = False
+    network_kept_iterations: int = 0
 
+
+NETWORK_KEPT_ITERATIONS = 8
+"""Most steps per level of the recommended refinement after a network, whose field it keeps: on the validation pairs of
+the four 3D datasets, 8 steps per level from the shipped ``affine_enhanced`` ended within 0.002 of the Dice of the whole
+recommended refinement from the centre of mass or above it (+0.005 to +0.015 on three datasets), in 0.42-0.58 of its
+time (``scripts/brains3d/network_start_levels.py --caps``; ``docs/results/distill-3d/README.md``, paragraph "The
+network start keeps the network's field")."""
 
 REFINE_SCHEDULES: Dict[str, RefineSchedule] = {
-    "recommended": RefineSchedule("recommended", (8.0, 4.0), (8.0, 4.0, 2.0), 30, 25),
+    "recommended": RefineSchedule("recommended", (8.0, 4.0), (8.0, 4.0, 2.0), 30, 25,
+                                  network_kept_iterations=NETWORK_KEPT_ITERATIONS),
     "thorough": RefineSchedule("thorough", (8.0, 4.0, 2.0), (8.0, 4.0, 2.0, 1.0), 60, 60, min_factor=1),
 }
-"""The two named schedules: ``recommended`` (fast: 8, 4 and 2 mm, never the image's own resolution) and
-``thorough`` (down to 1 mm or the image's resolution)."""
+"""The two named schedules: ``recommended`` (fast: 8, 4 and 2 mm, never the image's own resolution; after a network
+its field kept, at most ``NETWORK_KEPT_ITERATIONS`` steps per level) and ``thorough`` (down to 1 mm or the image's
+resolution; after a network its field starts the velocity: kept, the levels ran to their cap of 60 steps)."""
 REFINE_LNCC_WINDOW = 5
 """LNCC window of the refinement, voxels of each level (20 mm at 4 mm, 10 mm at 2 mm)."""
 REFINE_DIFFUSION_WEIGHT = 1.0
@@ -108,7 +121,7 @@ def refine_schedule(refine: Union[int, str, RefineSchedule, None]) -> Optional[R
         return None
     base = REFINE_SCHEDULES["recommended"]
     return RefineSchedule("custom", base.affine_levels_mm, base.deform_levels_mm, value, value,
-                          min_factor=base.min_factor)
+                          min_factor=base.min_factor, network_kept_iterations=value)
 
 
 NETWORK_START_FLAT_WINDOW = 5
@@ -116,21 +129,27 @@ NETWORK_START_FLAT_WINDOW = 5
 NETWORK_START_FLAT_TOLERANCE = 1e-3
 
 
-def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float, keep_start: bool = False) -> RefineSchedule:
+def network_start_schedule(plan: RefineSchedule, network_spacing_mm: float,
+                           keep_start: Optional[bool] = None) -> RefineSchedule:
     """``plan`` for refining a trained network's output: the levels coarser than the network's grid are skipped
     (the network resolved them; the finest affine and deformable levels at or above the network's spacing stay)
-    and a level stops once its loss has flattened (``flat_window``). ``keep_start=True`` keeps the network's field
-    at its own resolution, the refinement composing a residual with it (:class:`RefineSchedule`); off by default
-    for now: it raised the refined Dice on every validation dataset but took 1.5-1.8 x as long, and the reports quote
-    the default (``docs/results/distill-3d/README.md``). The name gets ``"+network"``."""
+    and a level stops once its loss has flattened (``flat_window``). With ``plan.network_kept_iterations > 0`` (the
+    recommended schedule, an iteration count) the network's field is kept at its own resolution, the refinement
+    composing a residual with it (:class:`RefineSchedule` ``keep_start``), and each level runs at most that many steps;
+    otherwise (the thorough schedule) the field starts the velocity. ``keep_start`` (``True`` / ``False``) overrides
+    the choice and leaves the iterations as they are. The name gets ``"+network"``."""
     def kept(levels: Sequence[float]) -> Tuple[float, ...]:
         fine = tuple(s for s in levels if s <= float(network_spacing_mm) + 1e-6)
         return fine if fine else tuple(levels[-1:])
 
+    cap = plan.network_kept_iterations if keep_start is None else 0
+    iterations = {} if cap <= 0 else dict(affine_iterations=min(plan.affine_iterations, cap),
+                                          deform_iterations=min(plan.deform_iterations, cap))
     return dataclasses.replace(
         plan, name=f"{plan.name}+network", affine_levels_mm=kept(plan.affine_levels_mm),
         deform_levels_mm=kept(plan.deform_levels_mm), flat_window=NETWORK_START_FLAT_WINDOW,
-        flat_tolerance=NETWORK_START_FLAT_TOLERANCE, keep_start=bool(keep_start),
+        flat_tolerance=NETWORK_START_FLAT_TOLERANCE, keep_start=cap > 0 if keep_start is None else bool(keep_start),
+        **iterations,
     )
 
 

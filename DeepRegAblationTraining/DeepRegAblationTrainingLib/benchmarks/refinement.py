@@ -7,13 +7,14 @@ For each validation pair of each dataset (full resolution, the same final steps 
 - ``network``: the network alone (``register(model, refine=0)``; the 0-iteration point of its curve);
 - ``com``: the centre-of-mass translation alone (the 0-iteration point of the other curve);
 - ``network+refine``: the network, then the refinement from its output (``register(refine="recommended")``:
-  from the network's grid on, each level stopping once its loss flattens, ``refine.network_start_schedule``);
+  from the network's grid on, the network's field kept and a residual composed with it, each level stopping once
+  its loss flattens or after ``refine.NETWORK_KEPT_ITERATIONS`` steps, ``refine.network_start_schedule``);
 - ``com+refine``: the recommended refinement from the centre-of-mass translation alone, no network
   (``registration.pipeline.refine_without_network``);
 - ``ceiling``: the ``com+refine`` total field resampled linearly onto the network's model grid (4 mm for
   the shipped 3D models) and back: the alignment a field on the network's grid can carry;
 - ``network+refine@N`` / ``com+refine@N``: both refinements with ``N`` iterations per level (the
-  Dice-against-time curves), for each ``N`` of ``budgets``.
+  Dice-against-time curves; from the network its field kept), for each ``N`` of ``budgets``.
 
 Times are the registration alone, images in memory to the full-resolution field and warped image
 (``metrics["runtime_s"]``); the ceiling has none.

@@ -16,7 +16,7 @@ _LABELS = {
     "ants_syn": "ANTs SyN (antspyx defaults)",
     "com": "centre-of-mass translation alone",
     "network": "network alone",
-    "network+refine": "network + recommended refinement (from the network's grid on)",
+    "network+refine": "network + recommended refinement (from the network's grid on, its field kept)",
     "com+refine": "recommended refinement from the centre of mass alone (no network)",
     "ceiling": "ceiling: the refined field on the network's grid and back",
 }
