@@ -6,7 +6,7 @@ The network start keeps the deformable levels at or finer than the network's gri
 The velocity of the 4 mm level lives on its control grid of 8 mm (half the level's voxels per axis), so the network's
 4 mm field enters the refinement coarsened to 8 mm; starting at the 2 mm level (control grid 4 mm, the network's own
 grid) keeps it. Both arms take the network's field as the velocity's start (`keep_start=False`, the network start
-of `register`; `bench --refinement` measures that one). Per dataset, mean Dice, seconds and folding over the
+of `register` until 2026-12-07; since then the thorough schedule's). Per dataset, mean Dice, seconds and folding over the
 validation pairs (cycle) of: the network alone; 1, 2 and 5 iterations per level and the recommended schedule, as
 `register(refine=...)` runs them after a network, from the 4 mm level (`start 4 mm`) and from the 2 mm level
 (`start 2 mm`); the affine stage is the same (4 mm) in both.
