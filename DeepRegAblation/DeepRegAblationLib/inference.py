@@ -16,7 +16,8 @@ from .options import ALIGNMENT_CHOICES as INITIAL_ALIGNMENTS
 from .registration.alignment import center_of_mass_alignment
 from .registration.devices import resolve_device, run_with_cpu_fallback
 from .registration.model_grid import model_grid_spec, model_orientation
-from .registration.pipeline import register, result_from_mapping
+from .registration.mapping import result_from_mapping
+from .registration.pipeline import register
 from .registration.refine import (
     REFINE_DIFFUSION_WEIGHT,
     REFINE_FOLDING_WEIGHT,

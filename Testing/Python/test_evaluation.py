@@ -165,7 +165,7 @@ def test_training_pairs_are_cycles_of_training_subjects_per_dataset():
     for cycle in by_dataset.values():  # each subject once as moving, once as fixed, and the cycle closes
         assert sorted(m for m, _ in cycle) == sorted(f for _, f in cycle)
         assert all(cycle[i][1] == cycle[(i + 1) % len(cycle)][0] for i in range(len(cycle)))
-    assert gap.cycle_pairs(["a-1", "a-2", "b-1"]) == [["a-1", "a-2"]]
+    assert gap.cycle_pairs(["a-1", "a-2", "b-1"]) == [("a-1", "a-2")]
     ids = [f"d-{i:02d}" for i in range(10)]
     assert [m for m, _ in gap.cycle_pairs(ids)] == ["d-00", "d-02", "d-04", "d-06", "d-08"]
 

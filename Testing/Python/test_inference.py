@@ -238,9 +238,16 @@ def test_register_keeps_a_trained_networks_field_in_the_recommended_refinement(t
     model = build_model("baseline", 3)
     set_constant_flow(model, np.array([0.5, 1.0, -0.75]))
     path = str(save_checkpoint(tmp_path / "baseline.pt", model, preprocessing=RAS_PREPROCESSING))
+    import inspect
+
     plans = []
     real_refine = refinement.refine
-    monkeypatch.setattr(refinement, "refine", lambda *args, **kwargs: plans.append(args[5]) or real_refine(*args, **kwargs))
+
+    def recording_refine(*args, **kwargs):  # the real refinement, its schedule recorded
+        plans.append(inspect.signature(real_refine).bind(*args, **kwargs).arguments["schedule"])
+        return real_refine(*args, **kwargs)
+
+    monkeypatch.setattr(refinement, "refine", recording_refine)
     for refine in ("recommended", "thorough"):
         result = register(fixed, moving, path, refine=refine, device="cpu", initial_alignment="none")
         assert np.isfinite(result.disp_ras_mm).all()

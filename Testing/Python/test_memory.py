@@ -20,7 +20,7 @@ from DeepRegAblationLib.imageio import ImageData, write_image, write_itk_image
 from DeepRegAblationLib.models.network import build_model
 from DeepRegAblationLib.outputs import exports, hdf_transforms
 from DeepRegAblationLib.registration import memory, register
-from DeepRegAblationLib.registration.pipeline import result_from_mapping
+from DeepRegAblationLib.registration.mapping import result_from_mapping
 from DeepRegAblationTrainingLib import cli
 
 ARRAYS = ("warped", "warped_labels", "disp_ras_mm", "deform_disp_ras_mm", "jacobian")

@@ -20,7 +20,8 @@ sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraini
 
 from DeepRegAblationLib import geometry  # noqa: E402
 from DeepRegAblationLib.models.resolve import resolve_model  # noqa: E402
-from DeepRegAblationLib.registration.pipeline import register, result_from_mapping  # noqa: E402
+from DeepRegAblationLib.registration.mapping import result_from_mapping  # noqa: E402
+from DeepRegAblationLib.registration.pipeline import register  # noqa: E402
 from DeepRegAblationLib.imageio import as_image, normalize_intensity  # noqa: E402
 from DeepRegAblationTrainingLib.benchmarks.classical import classical_register  # noqa: E402
 

@@ -14,34 +14,36 @@ cannot fit its training pairs, or because what it fits does not carry over to ne
 usage (from the repository root): .venv/bin/python scripts/brains3d/train_val_gap.py pairs OUT.json
                                   .venv/bin/python scripts/brains3d/train_val_gap.py table TRAIN_DIR VAL_DIR
 """
-import csv
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List
+from types import SimpleNamespace
+from typing import Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "DeepRegAblation"), str(ROOT / "DeepRegAblationTraining")]
+
+from DeepRegAblationTrainingLib.data import dataset_cycle_pairs, save_pairs  # noqa: E402
+from DeepRegAblationTrainingLib.evaluation import read_rows_csv  # noqa: E402
 
 SPLIT = Path("DeepRegAblation/Resources/Models/3d/split.json")
 PER_DATASET = 5
 """Training subjects per dataset (so pairs: one cycle), as many as the validation subjects of MICCAI, LPBA40 and IBSR18."""
 
 
-def cycle_pairs(train_ids: List[str], per_dataset: int = PER_DATASET) -> List[List[str]]:
-    """``[moving, fixed]`` pairs: per dataset (the id's prefix before ``-``), ``per_dataset`` evenly spaced subjects
-    of its sorted ids in a cycle; a dataset with two subjects gives one pair, with one none."""
+def cycle_pairs(train_ids: List[str], per_dataset: int = PER_DATASET) -> List[Tuple[str, str]]:
+    """``(moving, fixed)`` pairs: per dataset (the id's prefix before ``-``), ``per_dataset`` evenly spaced subjects
+    of its sorted ids, paired in a cycle by ``data.dataset_cycle_pairs`` (as the validation pairs are)."""
     by_dataset: Dict[str, List[str]] = defaultdict(list)
     for subject in sorted(train_ids):
         by_dataset[subject.split("-", 1)[0]].append(subject)
-    pairs: List[List[str]] = []
-    for dataset in sorted(by_dataset):
-        ids = by_dataset[dataset]
+    chosen = []
+    for dataset, ids in by_dataset.items():
         n = min(per_dataset, len(ids))
-        chosen = [ids[(i * len(ids)) // n] for i in range(n)]
-        if n == 2:
-            pairs.append(chosen)
-        elif n > 2:
-            pairs.extend([chosen[i], chosen[(i + 1) % n]] for i in range(n))
-    return pairs
+        # dataset_cycle_pairs reads a subject's id and dataset only
+        chosen += [SimpleNamespace(id=ids[(i * len(ids)) // n], dataset=dataset) for i in range(n)]
+    return dataset_cycle_pairs(chosen)
 
 
 def write_pairs(out: str) -> None:
@@ -50,16 +52,15 @@ def write_pairs(out: str) -> None:
     if leaked:
         sys.exit(f"{SPLIT}: subjects in both train and val: {sorted(leaked)}")
     pairs = cycle_pairs(split["train"])
-    Path(out).write_text(json.dumps({"format": "deepreg-ablation/pairs-1", "pairs": pairs}, indent=1) + "\n")
+    save_pairs(out, pairs)
     print(f"{out}: {len(pairs)} training pairs")
 
 
 def dice_by_dataset(run_dir: str) -> Dict[str, Dict[str, tuple]]:
     """``{dataset: {variant: (n_pairs, mean Dice)}}`` of an ``evaluate`` output folder (``identity``: no registration)."""
     table: Dict[str, Dict[str, tuple]] = defaultdict(dict)
-    with open(Path(run_dir) / "summary_per_dataset.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            table[row["dataset"]][row["variant"]] = (int(row["n_pairs"]), float(row["dice_mean"]))
+    for row in read_rows_csv(Path(run_dir) / "summary_per_dataset.csv"):
+        table[row["dataset"]][row["variant"]] = (int(row["n_pairs"]), float(row["dice_mean"]))
     return table
 
 

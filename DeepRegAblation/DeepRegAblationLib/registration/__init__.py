@@ -1,7 +1,9 @@
 """Registration of physical images with one model: the pipeline and its parts.
 
 - ``pipeline``: :func:`register` (inputs -> model grid -> network [-> refinement] -> full-resolution
-  result) and :func:`result_from_mapping` (the common end of every method);
+  result) and ``refine_without_network``;
+- ``mapping``: :func:`result_from_mapping` (a total mapping -> warped image, Jacobian, metrics: the common end of
+  every method);
 - ``result``: :class:`RegistrationResult` and its ``result.npz`` format;
 - ``devices``: :func:`resolve_device`, :func:`run_with_cpu_fallback`;
 - ``model_grid``: the grid the network sees;
@@ -22,7 +24,8 @@ from .alignment import (
 )
 from .devices import resolve_device, run_with_cpu_fallback
 from .model_grid import model_grid_spec, model_orientation, model_size_multiple
-from .pipeline import register, result_from_mapping
+from .mapping import result_from_mapping
+from .pipeline import register
 from .refine import REFINE_SCHEDULES, RefineResult, RefineSchedule, refine_schedule
 from .result import RESULT_FORMAT, RegistrationResult
 

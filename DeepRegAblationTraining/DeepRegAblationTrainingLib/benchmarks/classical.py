@@ -32,7 +32,7 @@ import torch
 from DeepRegAblationLib import geometry
 from DeepRegAblationLib.imageio import ImageData, as_image, itk_image_from_array, normalize_intensity
 from DeepRegAblationLib.registration.result import RegistrationResult
-from DeepRegAblationLib.registration.pipeline import result_from_mapping
+from DeepRegAblationLib.registration.mapping import result_from_mapping
 
 from .methods import CLASSICAL_CHOICES, PEER_METHODS, PEER_PACKAGES
 

@@ -33,7 +33,8 @@ from DeepRegAblationLib.imageio import ImageData, read_image
 from DeepRegAblationLib.models.resolve import LoadedModel, resolve_models
 from DeepRegAblationLib.registration.result import RegistrationResult
 from DeepRegAblationLib.registration.alignment import center_of_mass_alignment
-from DeepRegAblationLib.registration.pipeline import register, result_from_mapping
+from DeepRegAblationLib.registration.mapping import result_from_mapping
+from DeepRegAblationLib.registration.pipeline import register
 
 from .classical import classical_register, identity_register, peer_register, set_threads
 from .methods import CLASSICAL_METHODS, PEER_METHODS, PEER_PACKAGES

@@ -1,7 +1,7 @@
 """Refinement from a network's output against refinement from the centre of mass alone, beside ANTs SyN.
 
 For each validation pair of each dataset (full resolution, the same final steps for every row:
-``registration.pipeline.result_from_mapping``):
+``registration.mapping.result_from_mapping``):
 
 - ``ants_syn``: ANTs SyN with the antspyx defaults (``classical.classical_register``);
 - ``network``: the network alone (``register(model, refine=0)``; the 0-iteration point of its curve);
@@ -32,7 +32,8 @@ from DeepRegAblationLib import geometry, resampling
 from DeepRegAblationLib.models.resolve import LoadedModel
 from DeepRegAblationLib.registration.alignment import center_of_mass_alignment
 from DeepRegAblationLib.registration.model_grid import model_grid_spec, model_orientation, model_size_multiple
-from DeepRegAblationLib.registration.pipeline import refine_without_network, register, result_from_mapping
+from DeepRegAblationLib.registration.mapping import result_from_mapping
+from DeepRegAblationLib.registration.pipeline import refine_without_network, register
 from DeepRegAblationLib.registration.result import RegistrationResult
 
 from .classical import classical_register
