@@ -178,6 +178,75 @@ def test_lncc_matches_brute_force_windows():
     assert float(got) == pytest.approx(1 - cc.mean(), rel=1e-10)
 
 
+def test_lncc_mask_counts_the_voxels_outside_as_flat_windows():
+    """Masked lncc = 1 - mean(cc * mask) over every voxel: what lies outside stops counting, the scale stays."""
+    fixed, warped = smooth_image((24, 24, 24), seed=1), smooth_image((24, 24, 24), seed=2)
+    full = torch.ones(1, 1, 24, 24, 24)
+    assert float(losses.lncc(fixed, warped, 5, mask=full)) == pytest.approx(float(losses.lncc(fixed, warped, 5)), rel=1e-6)
+    mask = torch.zeros(1, 1, 24, 24, 24)
+    mask[..., 6:18, 6:18, 6:18] = 1
+    # brute force: the cc map of the unmasked loss, zero outside the mask
+    stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], 1)
+    mf, mw, mff, mww, mfw = torch.split(F.avg_pool3d(F.pad(stacked, (2,) * 6), 5, stride=1)
+                                        / F.avg_pool3d(F.pad(torch.ones(1, 1, 24, 24, 24), (2,) * 6), 5, stride=1), 1, 1)
+    cc = (mfw - mf * mw) / torch.sqrt((mff - mf ** 2).clamp_min(0) * (mww - mw ** 2).clamp_min(0) + 1e-8)
+    assert float(losses.lncc(fixed, warped, 5, mask=mask)) == pytest.approx(1 - float((cc * mask).mean()), rel=1e-5)
+    # changing the image far outside the mask (beyond the window's reach) changes nothing; inside it does
+    outside, inside = warped.clone(), warped.clone()
+    outside[..., :3, :, :] = torch.rand(1, 1, 3, 24, 24)
+    inside[..., 10:14, 10:14, 10:14] = 0.0
+    masked = float(losses.lncc(fixed, warped, 5, mask=mask))
+    assert float(losses.lncc(fixed, outside, 5, mask=mask)) == pytest.approx(masked, rel=1e-6)
+    assert float(losses.lncc(fixed, outside, 5)) != pytest.approx(float(losses.lncc(fixed, warped, 5)), rel=1e-4)
+    assert float(losses.lncc(fixed, inside, 5, mask=mask)) != pytest.approx(masked, rel=1e-4)
+    with pytest.raises(ValueError, match=r"mask must be \(B, 1, \*S\)"):
+        losses.lncc(fixed, warped, 5, mask=torch.ones(1, 2, 24, 24, 24))
+
+
+def test_foreground_mask_grows_the_labelled_voxels():
+    labels = torch.zeros(1, 1, 9, 9, 9, dtype=torch.long)
+    labels[..., 4, 4, 4] = 3
+    assert int(losses.foreground_mask(labels, 0).sum()) == 1
+    grown = losses.foreground_mask(labels, 1)
+    assert grown.shape == (1, 1, 9, 9, 9) and int(grown.sum()) == 27 and float(grown[..., 3:6, 3:6, 3:6].min()) == 1
+    one_hot = F.one_hot(labels[:, 0], 4).movedim(-1, 1).float()
+    assert torch.equal(losses.foreground_mask(one_hot, 1), grown)
+    flat = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    flat[..., 0, 0] = 1
+    assert int(losses.foreground_mask(flat, 2).sum()) == 9  # 2D, cut at the border
+    with pytest.raises(ValueError, match="dilation_vox must be an integer >= 0"):
+        losses.foreground_mask(labels, -1)
+
+
+def test_composite_loss_similarity_mask_ignores_what_lies_outside_the_fixed_labels():
+    """similarity_mask_dilation: the similarity (and the affine stage's) count the fixed labels grown by N voxels."""
+    fixed, moving = smooth_image((32, 32), seed=1), smooth_image((32, 32), seed=2)
+    labels_f = torch.zeros(1, 1, 32, 32, dtype=torch.long)
+    labels_f[..., 10:22, 10:22] = 1
+    labels_m = (moving > 0.5).long()
+    affine = torch.zeros(1, 2, 32, 32)
+    out = {"disp_vox": torch.zeros(1, 2, 32, 32), "affine_disp_vox": affine, "warped": moving}
+    masked = losses.CompositeLoss("lncc", similarity_mask_dilation=2, affine_weight=1.0)
+    mask = losses.foreground_mask(labels_f, 2)
+    _, terms = masked(out, fixed, moving, fixed_labels=labels_f, moving_labels=labels_m)
+    assert terms["similarity"] == pytest.approx(float(losses.lncc(fixed, moving, 9, mask=mask)), rel=1e-6)
+    assert terms["affine_similarity"] == pytest.approx(terms["similarity"], rel=1e-6)
+    _, plain = losses.CompositeLoss("lncc")(out, fixed, moving)
+    assert plain["similarity"] != pytest.approx(terms["similarity"], rel=1e-3)
+    # fixed_foreground (all structures, before renumbering) takes precedence over the fixed labels
+    foreground = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    foreground[..., 4:28, 4:28] = 1
+    _, wide = masked(out, fixed, moving, fixed_labels=labels_f, moving_labels=labels_m, fixed_foreground=foreground)
+    expected = float(losses.lncc(fixed, moving, 9, mask=losses.foreground_mask(foreground, 2)))
+    assert wide["similarity"] == pytest.approx(expected, rel=1e-6) and expected != pytest.approx(terms["similarity"], rel=1e-3)
+    with pytest.raises(ValueError, match="needs the fixed labels"):
+        masked(out, fixed, moving)
+    with pytest.raises(ValueError, match="needs the lncc similarity"):
+        losses.CompositeLoss("mse", similarity_mask_dilation=1)
+    with pytest.raises(ValueError, match="similarity_mask_dilation must be None or an integer >= 0"):
+        losses.CompositeLoss("lncc", similarity_mask_dilation=1.5)
+
+
 def test_global_similarities():
     fixed = smooth_image((40, 40), seed=4)
     other = smooth_image((40, 40), seed=5)

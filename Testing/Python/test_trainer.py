@@ -270,6 +270,33 @@ def test_affine_weight_trains_the_affine_stage_on_its_own_loss(toy_root, tmp_pat
         trainer.train(config(argv(toy_root, tmp_path / "b", "baseline", 1, 1, "--affine-weight", "1")))
 
 
+def test_similarity_mask_trains_on_the_labelled_voxels_and_needs_labels(toy_root, tmp_path, monkeypatch):
+    """--similarity-mask-dilation reaches the loss with the fixed labels (without --seg-weight), is part of the
+    resume check, and is refused by name for data without label maps."""
+    seen = []
+    masked_loss = trainer.CompositeLoss._similarity_mask
+
+    def spy(self, fixed, fixed_labels):
+        mask = masked_loss(self, fixed, fixed_labels)
+        seen.append(mask)
+        return mask
+
+    monkeypatch.setattr(trainer.CompositeLoss, "_similarity_mask", spy)
+    out = tmp_path / "masked"
+    trainer.train(config(argv(toy_root, out, "baseline", 1, 1, "--similarity-mask-dilation", "1", "--val-every", "0")))
+    assert seen and seen[0] is not None and 0 < float(seen[0].mean()) < 1
+    labelled = data.build_data(config(argv(toy_root, tmp_path / "x", "baseline", 1, 1)).data, 2, 0, 4, None).train[0]
+    assert torch.equal(labelled["fixed_foreground"], (labelled["fixed_labels"] > 0).to(torch.uint8))
+    assert json.loads((out / "config.json").read_text())["similarity_mask_dilation"] == 1
+    with pytest.raises(ValueError, match="configuration differs.*similarity_mask_dilation"):
+        trainer.train(config(argv(toy_root, out, "baseline", 2, 1, "--resume", "--val-every", "0")))
+    with pytest.raises(ValueError, match="similarity_mask_dilation 1 needs label maps"):
+        trainer.train(config(argv(toy_root, tmp_path / "n", "baseline", 1, 1, "--similarity-mask-dilation", "1",
+                                  "--labels", "none")))
+    with pytest.raises(ValueError, match="similarity_mask_dilation must be None or an integer >= 0"):
+        config(argv(toy_root, tmp_path / "v", "baseline", 1, 1, "--similarity-mask-dilation", "-1")).validate()
+
+
 def test_train_options_map_to_the_data_spec_and_architecture():
     """The ``train`` command's options as the config's ``data`` and ``arch`` entries (key order kept: config.json)."""
     spec = train_data_spec("oasis2d:/x", labels="None", spacing=(2.0,), val_pairs=4, val_fraction=0.3, mode="scan_to_scan")

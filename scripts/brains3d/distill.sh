@@ -23,6 +23,10 @@
 #   START=runs/brains3d/cascade-18000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_23k distill.sh VARIANT
 #   EXTRA="--data miccai2012:../shared/data/miccai2012-oasis+lpba40:../shared/data/lpba40+ibsr18:../shared/data/ibsr18+ixi:../shared/data/ixi-t1-2mm@1" \
 #     START=runs/brains3d/cascade-18000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_23k_ixi1 distill.sh VARIANT
+#   and the same 5000 steps with the similarity counted over the fixed image's labelled brain grown by 2 voxels (8 mm)
+#   only, so that the skull of the IXI heads stops pulling (train --similarity-mask-dilation 2):
+#   EXTRA="--similarity-mask-dilation 2" START=runs/brains3d/cascade-18000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 \
+#     OUT_SUFFIX=_cascade2_23k_brainmask distill.sh VARIANT
 set -euo pipefail
 teacher=runs/brains3d/teacher
 steps=${STEPS:-3000}

@@ -12,7 +12,7 @@ import torch.nn as nn
 from .. import fields
 from .checks import check_disp, check_image, check_pair
 from .distillation import field_distance
-from .labels import cross_entropy_logits, hausdorff_dt, one_hot_pair, soft_dice
+from .labels import cross_entropy_logits, foreground_mask, hausdorff_dt, one_hot_pair, soft_dice
 from .regularizers import bending_energy, displacement_hinge, grad_l1, grad_l2, jacobian_penalty, local_rigidity
 from .similarity import gncc, lncc, mse, mutual_information, ssim_loss
 
@@ -80,6 +80,11 @@ class CompositeLoss(nn.Module):
       total ``outputs["disp_vox"]``.
     - ``distill_weight > 0`` with ``teacher_disp_vox`` given adds ``distill_weight`` times the mean end-point
       error (voxels) between the total field and the teacher's (``losses.distillation.field_distance``).
+    - ``similarity_mask_dilation = N`` (an integer, ``lncc`` only): the similarity (and the affine stage's) counts
+      only the fixed image's labelled voxels (``fixed_foreground``, else ``fixed_labels``) grown by ``N`` voxels
+      (:func:`losses.labels.foreground_mask`); voxels outside count as flat windows (``lncc``'s ``mask``). On a head
+      with skull, the network is trained to align the labelled brain rather than the skull around it; on a
+      skull-stripped brain the loss hardly changes. ``ValueError`` when neither is given.
     - ``affine_weight > 0`` with ``outputs["affine_disp_vox"]`` (a model with an affine stage)
       supervises the affine stage on its own: ``affine_weight * (L_sim + seg_weight * L_seg)``
       of the moving image (and labels) warped by the affine part alone. Without it the affine
@@ -102,6 +107,7 @@ class CompositeLoss(nn.Module):
         max_log_var: float = 6.0,
         affine_weight: float = 0.0,
         distill_weight: float = 0.0,
+        similarity_mask_dilation: Optional[int] = None,
     ) -> None:
         super().__init__()
         if similarity not in SIMILARITIES:
@@ -119,6 +125,12 @@ class CompositeLoss(nn.Module):
                             (affine_weight, "affine_weight"), (distill_weight, "distill_weight")):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if similarity_mask_dilation is not None:
+            if isinstance(similarity_mask_dilation, bool) or not isinstance(similarity_mask_dilation, int) \
+                    or similarity_mask_dilation < 0:
+                raise ValueError(f"similarity_mask_dilation must be None or an integer >= 0, got {similarity_mask_dilation!r}")
+            if similarity != "lncc":
+                raise ValueError(f"similarity_mask_dilation needs the lncc similarity, got {similarity!r}")
         if not max_log_var > 0:
             raise ValueError(f"max_log_var must be positive, got {max_log_var}")
         self.similarity = similarity
@@ -128,6 +140,7 @@ class CompositeLoss(nn.Module):
         self.similarity_weight = float(similarity_weight)
         self.affine_weight = float(affine_weight)
         self.distill_weight = float(distill_weight)
+        self.similarity_mask_dilation = similarity_mask_dilation
         self.num_labels = num_labels
         self.max_log_var = float(max_log_var)
         self.uncertainty = bool(uncertainty)
@@ -162,6 +175,7 @@ class CompositeLoss(nn.Module):
         epoch: float = 0,
         epochs: float = 1,
         teacher_disp_vox: Optional[torch.Tensor] = None,
+        fixed_foreground: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Total loss and per-term values.
 
@@ -175,10 +189,13 @@ class CompositeLoss(nn.Module):
             epoch, epochs: position in training, for the schedule.
             teacher_disp_vox: ``(B, ndim, *S)`` a teacher's total field of the pair (distillation; used when
                 ``distill_weight > 0``).
+            fixed_foreground: ``(B, 1, *S)`` the fixed image's labelled voxels (``> 0``; the similarity mask, else
+                ``fixed_labels``; used with ``similarity_mask_dilation``).
         """
         disp, warped = self._fields(outputs, fixed, moving)
         terms: Dict[str, float] = {}
-        total = self._similarity_term(fixed, warped, terms)
+        mask = self._similarity_mask(fixed, fixed_labels if fixed_foreground is None else fixed_foreground)
+        total = self._similarity_term(fixed, warped, terms, mask)
         total = self._add_regularizers(total, outputs, disp, epoch, epochs, terms)
         labels = None
         if self.seg_weight > 0 and fixed_labels is not None and moving_labels is not None:
@@ -186,7 +203,7 @@ class CompositeLoss(nn.Module):
             total = self._add_seg(total, labels, disp, terms)
         affine_disp = outputs.get("affine_disp_vox")
         if self.affine_weight > 0 and affine_disp is not None:
-            total = self._add_affine_terms(total, fixed, moving, affine_disp, labels, terms)
+            total = self._add_affine_terms(total, fixed, moving, affine_disp, labels, terms, mask)
         if self.distill_weight > 0 and teacher_disp_vox is not None:
             distill = field_distance(disp, teacher_disp_vox)
             terms["distill"] = float(distill.detach())
@@ -219,9 +236,28 @@ class CompositeLoss(nn.Module):
         check_pair(fixed, warped, "fixed", "outputs['warped']")
         return disp, warped
 
-    def _similarity_term(self, fixed: torch.Tensor, warped: torch.Tensor, terms: Dict[str, float]) -> torch.Tensor:
+    def _similarity_mask(self, fixed: torch.Tensor, labelled: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``None``, or with ``similarity_mask_dilation`` the ``(B, 1, *S)`` mask of the fixed image's labelled voxels
+        (``labelled``: ``fixed_foreground`` or ``fixed_labels``) grown by that many voxels."""
+        if self.similarity_mask_dilation is None:
+            return None
+        if labelled is None:
+            raise ValueError("similarity_mask_dilation needs the fixed labels (fixed_foreground or fixed_labels), got none")
+        mask = foreground_mask(labelled, self.similarity_mask_dilation)
+        if mask.shape[0] != fixed.shape[0] or mask.shape[2:] != fixed.shape[2:]:
+            raise ValueError(f"the fixed labels' shape {tuple(labelled.shape)} does not match fixed {tuple(fixed.shape)}")
+        return mask.to(fixed.dtype)
+
+    def _similarity(self, fixed: torch.Tensor, warped: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The unweighted similarity loss (``mask``: see :meth:`_similarity_mask`)."""
+        if mask is None:
+            return SIMILARITIES[self.similarity](fixed, warped)
+        return SIMILARITIES[self.similarity](fixed, warped, mask=mask)
+
+    def _similarity_term(self, fixed: torch.Tensor, warped: torch.Tensor, terms: Dict[str, float],
+                         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The weighted similarity, the first term of the total."""
-        sim = SIMILARITIES[self.similarity](fixed, warped)
+        sim = self._similarity(fixed, warped, mask)
         terms["similarity"] = float(sim.detach())
         return self._weighted("similarity", self.similarity_weight * sim)
 
@@ -266,12 +302,12 @@ class CompositeLoss(nn.Module):
 
     def _add_affine_terms(self, total: torch.Tensor, fixed: torch.Tensor, moving: Optional[torch.Tensor],
                           affine_disp: torch.Tensor, labels: Optional[Tuple[torch.Tensor, torch.Tensor]],
-                          terms: Dict[str, float]) -> torch.Tensor:
+                          terms: Dict[str, float], mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``total`` plus ``affine_weight`` times the affine stage's own similarity (and Dice, with ``labels``)."""
         if moving is None:
             raise ValueError("affine_weight > 0 needs the moving image")
         check_pair(fixed, moving, "fixed", "moving")
-        affine_term = SIMILARITIES[self.similarity](fixed, fields.warp(moving, affine_disp))
+        affine_term = self._similarity(fixed, fields.warp(moving, affine_disp), mask)
         terms["affine_similarity"] = float(affine_term.detach())
         if labels is not None:
             fixed_oh, moving_oh = labels

@@ -1,5 +1,6 @@
 """Label losses ``fn(a, b)`` on one-hot probabilities ``(B, L, *S)`` or integer label maps ``(B, 1, *S)``:
-:func:`soft_dice`, :func:`cross_entropy_logits`, :func:`hausdorff_dt` (not valid as image similarities).
+:func:`soft_dice`, :func:`cross_entropy_logits`, :func:`hausdorff_dt` (not valid as image similarities), and
+:func:`foreground_mask` (where a similarity counts, ``CompositeLoss(similarity_mask_dilation=...)``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from scipy import ndimage
 from .. import fields
 from .checks import Spacing, check_image
 
-__all__ = ["one_hot_pair", "soft_dice", "cross_entropy_logits", "hausdorff_dt"]
+__all__ = ["one_hot_pair", "soft_dice", "cross_entropy_logits", "hausdorff_dt", "foreground_mask"]
 
 
 def _as_one_hot(labels: torch.Tensor, num_labels: int, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -67,6 +68,23 @@ def one_hot_pair(
     for t, name in ((a, name_a), (b, name_b)):
         one_hot.append(_as_one_hot(t, count, name, dtype) if t.shape[1] == 1 else t.to(dtype))
     return one_hot[0], one_hot[1]
+
+
+def foreground_mask(labels: torch.Tensor, dilation_vox: int) -> torch.Tensor:
+    """``(B, 1, *S)`` float mask of the labelled voxels of ``labels``, grown by ``dilation_vox`` voxels (a cube).
+
+    ``labels``: an integer label map ``(B, 1, *S)`` (labelled: ``> 0``) or one-hot ``(B, L, *S)``, channel 0 the
+    background (labelled: background probability ``< 0.5``).
+    """
+    check_image(labels, "labels")
+    if isinstance(dilation_vox, bool) or not isinstance(dilation_vox, int) or dilation_vox < 0:
+        raise ValueError(f"dilation_vox must be an integer >= 0, got {dilation_vox!r}")
+    inside = labels > 0 if labels.shape[1] == 1 else labels[:, :1] < 0.5
+    mask = inside.to(torch.float32)
+    if dilation_vox > 0:
+        pool = F.max_pool3d if labels.dim() == 5 else F.max_pool2d
+        mask = pool(mask, 2 * dilation_vox + 1, stride=1, padding=dilation_vox)
+    return mask
 
 
 def soft_dice(

@@ -55,7 +55,8 @@ def mse(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
     return torch.mean((fixed - warped) ** 2)
 
 
-def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-8) -> torch.Tensor:
+def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-8,
+         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Local normalised cross-correlation loss ``1 - mean(cc)``, in ``[0, 2]``.
 
     For every voxel, over a ``window``^ndim cube around it (cut at the image border, so
@@ -68,12 +69,20 @@ def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float 
     textured windows of images normalised to ``[0, 1]``. Identical non-flat images give
     ``cc ~ 1``, the minimum of the loss.
 
+    With ``mask`` (``(B, 1, *S)``, 1 = counted, 0 = not) the voxels outside it count as flat windows (``cc = 0``):
+    what lies there (a skull) stops pulling, the mean stays over every voxel, so the loss keeps its scale and an image
+    that is blank outside the mask has the same loss with or without it. The windows themselves are not masked.
+
     Args:
         fixed, warped: ``(B, C, *S)``, same shape.
         window: odd window size in voxels (9 as in voxelmorph).
         eps: added to ``var(F) var(W)`` under the square root.
+        mask: optional ``(B, 1, *S)`` weights in ``[0, 1]`` (e.g. :func:`losses.labels.foreground_mask`).
     """
     check_pair(fixed, warped)
+    if mask is not None and (mask.dim() != fixed.dim() or mask.shape[0] != fixed.shape[0] or mask.shape[1] != 1
+                             or mask.shape[2:] != fixed.shape[2:]):
+        raise ValueError(f"mask must be (B, 1, *S) = {(fixed.shape[0], 1) + tuple(fixed.shape[2:])}, got {tuple(mask.shape)}")
     if int(window) < 1 or int(window) % 2 == 0:
         raise ValueError(f"window must be a positive odd integer, got {window}")
     window = int(window)
@@ -84,6 +93,8 @@ def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float 
     var_w = (mean_ww - mean_w * mean_w).clamp_min(0.0)
     cov = mean_fw - mean_f * mean_w
     cc = cov / torch.sqrt(var_f * var_w + eps)
+    if mask is not None:
+        cc = cc * mask.to(cc.dtype)
     return 1.0 - torch.mean(cc)
 
 

@@ -69,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="affine variants: weight of the affine stage's own loss (similarity + seg-weight x Dice of "
                         "the moving image warped by the affine part alone; default 0)")
     p.add_argument("--similarity", choices=sorted(SIMILARITIES), default=None, help="similarity loss (default: the variant's, lncc)")
+    p.add_argument("--similarity-mask-dilation", type=int, default=None, metavar="N",
+                   help="count the similarity only over the fixed image's labelled voxels (label > 0) grown by N voxels "
+                        "of the model grid, the rest as flat windows (lncc; needs label maps): on heads with skull the "
+                        "network learns to align the brain, not the skull (default: every voxel)")
     p.add_argument("--reg", nargs="+", default=None, metavar="NAME=W",
                    help=f"regulariser weights replacing the variant's ({', '.join(sorted(REGULARIZERS))}); 'none' for none")
     p.add_argument("--schedule", choices=("reference", "constant"), default=None,
@@ -135,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         distill_weight=distill_weight,
         distill_fraction=args.distill_fraction,
         similarity=args.similarity,
+        similarity_mask_dilation=args.similarity_mask_dilation,
         regularizers=parse_regularizers(args.reg, args.variant),
         schedule=args.schedule,
         reg_scale=args.reg_scale,

@@ -60,6 +60,9 @@ class TrainConfig:
         distill_fraction: the probability that a step's pair is one of the teacher pairs (else a random
             pair as without distillation, with no distillation term).
         similarity: similarity override (a key of ``losses.SIMILARITIES``).
+        similarity_mask_dilation: ``None``, or the similarity counts only the fixed image's labelled voxels grown by
+            this many voxels of the model grid (``CompositeLoss``; ``lncc`` only, needs labelled data): on heads with
+            skull the network is trained to align the brain rather than the skull.
         regularizers: regulariser weights replacing the variant's (``{}`` = none).
         schedule: regulariser schedule replacing the variant's (``"reference"`` or ``"constant"``).
         reg_scale: every regulariser weight (the variant's or ``regularizers``) times this; with
@@ -98,6 +101,7 @@ class TrainConfig:
     distill_weight: float = 0.0
     distill_fraction: float = 1.0
     similarity: Optional[str] = None
+    similarity_mask_dilation: Optional[int] = None
     regularizers: Optional[Dict[str, float]] = None
     schedule: Optional[str] = None
     reg_scale: float = 1.0
@@ -152,6 +156,9 @@ class TrainConfig:
                              f"weight > 0 (distill_weight, got {self.distill_weight!r})")
         if self.distill_dir is not None and not Path(self.distill_dir).is_dir():
             raise FileNotFoundError(f"distill_dir (teacher fields) not found: {self.distill_dir}")
+        dilation = self.similarity_mask_dilation
+        if dilation is not None and (isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0):
+            raise ValueError(f"similarity_mask_dilation must be None or an integer >= 0, got {dilation!r}")
         if not (math.isfinite(float(self.reg_scale)) and float(self.reg_scale) >= 0):
             raise ValueError(f"reg_scale must be a number >= 0, got {self.reg_scale!r}")
         if not (math.isfinite(float(self.grad_clip)) and float(self.grad_clip) > 0):

@@ -68,7 +68,7 @@ def check_resumable(ckpt: Mapping[str, Any], config: TrainConfig, path: Path) ->
     mine = config.to_dict()
     keys = ("variant", "ndim", "data", "steps_per_epoch", "batch_size", "lr", "seed", "uncertainty",
             "seg_weight", "affine_weight", "similarity", "regularizers", "schedule", "reg_scale", "arch", "finetune",
-            "distill_weight", "distill_fraction")
+            "distill_weight", "distill_fraction", "similarity_mask_dilation")
     defaults = {"reg_scale": 1.0, "affine_weight": 0.0, "distill_weight": 0.0, "distill_fraction": 1.0}  # checkpoints written before the field existed
     differ = [k for k in keys if json.dumps(saved.get(k, defaults.get(k)), sort_keys=True)
               != json.dumps(mine.get(k, defaults.get(k)), sort_keys=True)]

@@ -254,7 +254,8 @@ def _setup(
     if config.distill_dir is not None:  # every teacher file checked before the first step
         bundle.train = DistillationPairs(bundle.train, config.distill_dir, config.distill_fraction)
     loss_fn = CompositeLoss.from_variant(spec, uncertainty=config.uncertainty, seg_weight=config.seg_weight,
-                                         affine_weight=config.affine_weight, distill_weight=config.distill_weight).to(device)
+                                         affine_weight=config.affine_weight, distill_weight=config.distill_weight,
+                                         similarity_mask_dilation=config.similarity_mask_dilation).to(device)
     groups = [{"params": list(model.parameters()), "lr": spec.lr}]
     loss_params = list(loss_fn.parameters())
     if loss_params:
@@ -272,7 +273,7 @@ def _run_data(
 ) -> Tuple[DataBundle, Dict[str, Any]]:
     """The run's datasets (a resumed run reads its own ``split.json``) and the checkpoints' ``preprocessing``.
 
-    ``ValueError`` when ``seg_weight`` asks for label maps the data do not have.
+    ``ValueError`` when ``seg_weight`` or ``similarity_mask_dilation`` asks for label maps the data do not have.
     """
     data_spec = dict(config.data)
     if resuming and (out_dir / "split.json").is_file():
@@ -283,9 +284,9 @@ def _run_data(
     )
     spacing_mm, grid_shape = _probe_grid(bundle.train)
     preprocessing = bundle.preprocess.describe(spacing_mm, grid_shape)
-    has_labels = "moving_labels" in bundle.train[0] if config.seg_weight > 0 else False
-    if config.seg_weight > 0 and not has_labels:
-        raise ValueError(f"seg_weight {config.seg_weight} needs label maps, but the data ({data_spec.get('kind')}) have none")
+    for name, asks in (("seg_weight", config.seg_weight > 0), ("similarity_mask_dilation", config.similarity_mask_dilation is not None)):
+        if asks and "moving_labels" not in bundle.train[0]:
+            raise ValueError(f"{name} {getattr(config, name)} needs label maps, but the data ({data_spec.get('kind')}) have none")
     return bundle, preprocessing
 
 
@@ -386,8 +387,9 @@ def _train_step(
     batch = to_device(batch, run.device)
     outputs = train_model(batch["moving"], batch["fixed"])
     labels = {}
-    if config.seg_weight > 0:
-        labels = {"fixed_labels": batch.get("fixed_labels"), "moving_labels": batch.get("moving_labels")}
+    if config.seg_weight > 0 or config.similarity_mask_dilation is not None:
+        labels = {"fixed_labels": batch.get("fixed_labels"), "moving_labels": batch.get("moving_labels"),
+                  "fixed_foreground": batch.get("fixed_foreground")}
     loss, terms = run.loss_fn(outputs, batch["fixed"], batch["moving"], epoch=epoch, epochs=run.epochs,
                               teacher_disp_vox=batch.get("teacher_disp_vox"), **labels)
     row: Dict[str, Any] = {"loss": float(loss.detach())}
