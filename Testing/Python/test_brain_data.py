@@ -138,6 +138,10 @@ def test_labels_belong_to_their_dataset_and_are_compacted():
     assert item["moving_labels"].tolist() == [[0, 1, 3, 4]] and item["fixed_labels"].tolist() == [[0, 3, 3, 2]]
     other = dict(b, dataset="ibsr18")
     assert "moving_labels" not in data.make_pair_item(a, other, "a->c")  # different label sets: image similarity only
+    # the fixed image's labelled voxels (all structures, before renumbering) travel with every pair, across datasets too
+    assert item["fixed_foreground"].tolist() == [[0, 1, 1, 1]] and item["fixed_foreground"].dtype == torch.uint8
+    assert data.make_pair_item(a, other, "a->c")["fixed_foreground"].tolist() == [[0, 1, 1, 1]]
+    assert "fixed_foreground" not in data.make_pair_item(other, dict(a, labels=None), "c->a")
     # at most max_labels structures keep a number, the rest join the background
     many = torch.arange(0, 50)[None]
     m, f = data.compact_label_pair(many, many.flip(-1), max_labels=5, generator=torch.Generator().manual_seed(0))

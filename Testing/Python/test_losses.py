@@ -239,8 +239,8 @@ def test_composite_loss_similarity_mask_ignores_what_lies_outside_the_fixed_labe
     _, wide = masked(out, fixed, moving, fixed_labels=labels_f, moving_labels=labels_m, fixed_foreground=foreground)
     expected = float(losses.lncc(fixed, moving, 9, mask=losses.foreground_mask(foreground, 2)))
     assert wide["similarity"] == pytest.approx(expected, rel=1e-6) and expected != pytest.approx(terms["similarity"], rel=1e-3)
-    with pytest.raises(ValueError, match="needs the fixed labels"):
-        masked(out, fixed, moving)
+    # a pair whose fixed image has no labels counts every voxel
+    assert masked(out, fixed, moving)[1]["similarity"] == pytest.approx(plain["similarity"], rel=1e-6)
     with pytest.raises(ValueError, match="needs the lncc similarity"):
         losses.CompositeLoss("mse", similarity_mask_dilation=1)
     with pytest.raises(ValueError, match="similarity_mask_dilation must be None or an integer >= 0"):

@@ -50,8 +50,13 @@
 #    validation pairs (scripts/brains3d/train_val_gap.py pairs -> docs/results/distill-3d/train_pairs.json) and on the
 #    validation pairs, model grid (out docs/results/distill-3d/gap-{training,validation}-pairs-model-grid-affine_enhanced),
 #    tabulated per dataset by train_val_gap.py table (out docs/results/distill-3d/train-val-gap.txt)
+# 10. "brainmask": the 23000-step run against the same 5000 steps with the similarity counted over the fixed image's
+#    labelled brain grown by 2 voxels only (cascade2_23k_brainmask: distill.sh as in 7 with
+#    EXTRA="--similarity-mask-dilation 2" OUT_SUFFIX=_cascade2_23k_brainmask; averaged by "ship.sh further"), model grid
+#    (out docs/results/distill-3d/brainmask-model-grid-VARIANT); "brainmask_full": the 23000-step affine_enhanced files at
+#    full resolution as mirror_full (out docs/results/distill-3d/brainmask-full-resolution.md)
 # usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full|control|
-#   further|further_full|ixi|ixi_full|ixi_refinement|gap]...
+#   further|further_full|ixi|ixi_full|ixi_refinement|gap|brainmask|brainmask_full]...
 #   (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
@@ -143,6 +148,11 @@ ixi() { continued ixi-weight "$D/{}_cascade2_23k/average_41-50.pt" "$D/{}_cascad
 ixi_full() {
   with_syn ixi-weight-full-resolution.md "control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,\
 further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt,ixi1_23k=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt"
+}
+brainmask() { continued brainmask "$D/{}_cascade2_23k/average_41-50.pt" "$D/{}_cascade2_23k_brainmask/average_41-50.pt"; }
+brainmask_full() {
+  with_syn brainmask-full-resolution.md "further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt,\
+ixi1_23k=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt,brainmask_23k=$D/affine_enhanced_cascade2_23k_brainmask/average_41-50.pt"
 }
 ixi_refinement() {
   .venv/bin/deepreg-ablation bench --refinement --datasets lpba40,ibsr18 --budgets 1,2,5 --threads 2 \

@@ -84,7 +84,8 @@ class CompositeLoss(nn.Module):
       only the fixed image's labelled voxels (``fixed_foreground``, else ``fixed_labels``) grown by ``N`` voxels
       (:func:`losses.labels.foreground_mask`); voxels outside count as flat windows (``lncc``'s ``mask``). On a head
       with skull, the network is trained to align the labelled brain rather than the skull around it; on a
-      skull-stripped brain the loss hardly changes. ``ValueError`` when neither is given.
+      skull-stripped brain the loss hardly changes. A pair given neither (its fixed image has no labels) counts
+      every voxel.
     - ``affine_weight > 0`` with ``outputs["affine_disp_vox"]`` (a model with an affine stage)
       supervises the affine stage on its own: ``affine_weight * (L_sim + seg_weight * L_seg)``
       of the moving image (and labels) warped by the affine part alone. Without it the affine
@@ -238,11 +239,9 @@ class CompositeLoss(nn.Module):
 
     def _similarity_mask(self, fixed: torch.Tensor, labelled: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """``None``, or with ``similarity_mask_dilation`` the ``(B, 1, *S)`` mask of the fixed image's labelled voxels
-        (``labelled``: ``fixed_foreground`` or ``fixed_labels``) grown by that many voxels."""
-        if self.similarity_mask_dilation is None:
+        (``labelled``: ``fixed_foreground`` or ``fixed_labels``) grown by that many voxels (``None`` without them)."""
+        if self.similarity_mask_dilation is None or labelled is None:
             return None
-        if labelled is None:
-            raise ValueError("similarity_mask_dilation needs the fixed labels (fixed_foreground or fixed_labels), got none")
         mask = foreground_mask(labelled, self.similarity_mask_dilation)
         if mask.shape[0] != fixed.shape[0] or mask.shape[2:] != fixed.shape[2:]:
             raise ValueError(f"the fixed labels' shape {tuple(labelled.shape)} does not match fixed {tuple(fixed.shape)}")

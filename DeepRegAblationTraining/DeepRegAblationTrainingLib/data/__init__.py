@@ -21,7 +21,7 @@ Every dataset item is a dict of tensors WITHOUT batch dimension::
 
     {"moving": (1, *S) float32, "fixed": (1, *S) float32,
      "moving_labels": (1, *S) int64, "fixed_labels": (1, *S) int64      (when both have labels),
-     "fixed_foreground": (1, *S) uint8   (the fixed labels > 0 before any renumbering; real pairs with labels),
+     "fixed_foreground": (1, *S) uint8   (the fixed labels > 0 before any renumbering, when the fixed image has labels),
      "spacing_mm": (ndim,) float32 (tensor axis order), "pair_id": "moving_id->fixed_id",
      "disp_true_vox": (ndim, *S) float32                                (synthetic pairs only)}
 """

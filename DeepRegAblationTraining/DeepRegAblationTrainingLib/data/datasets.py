@@ -4,7 +4,7 @@ Every dataset item is a dict of tensors WITHOUT batch dimension::
 
     {"moving": (1, *S) float32, "fixed": (1, *S) float32,
      "moving_labels": (1, *S) int64, "fixed_labels": (1, *S) int64      (when both have labels),
-     "fixed_foreground": (1, *S) uint8   (the fixed labels > 0 before any renumbering; real pairs with labels),
+     "fixed_foreground": (1, *S) uint8   (the fixed labels > 0 before any renumbering, when the fixed image has labels),
      "spacing_mm": (ndim,) float32 (tensor axis order), "pair_id": "moving_id->fixed_id",
      "disp_true_vox": (ndim, *S) float32                                (synthetic pairs only)}
 
@@ -116,9 +116,10 @@ def make_pair_item(
 
     Label maps are included only when both samples have one and they come from the same
     dataset (``sample["dataset"]``): a label set belongs to its dataset. ``compact_labels``
-    renumbers them jointly (:func:`compact_label_pair`, with ``max_labels`` and ``generator``);
-    ``"fixed_foreground"`` (uint8 ``(1, *S)``) keeps the fixed image's labelled voxels of all its
-    structures (``CompositeLoss``'s similarity mask), since a compacted map may hold only some.
+    renumbers them jointly (:func:`compact_label_pair`, with ``max_labels`` and ``generator``).
+    ``"fixed_foreground"`` (uint8 ``(1, *S)``, whenever the fixed sample has labels, also in a pair
+    across datasets) keeps the fixed image's labelled voxels of all its structures (``CompositeLoss``'s
+    similarity mask), since a compacted map may hold only some.
     """
     shape_m, shape_f = tuple(moving["image"].shape[1:]), tuple(fixed["image"].shape[1:])
     if len(shape_m) != len(shape_f):
@@ -130,10 +131,11 @@ def make_pair_item(
         "spacing_mm": torch.tensor(fixed["spacing_mm"], dtype=torch.float32),
         "pair_id": pair_id,
     }
+    if fixed.get("labels") is not None:
+        item["fixed_foreground"] = (_pad_to(fixed["labels"], common) > 0).to(torch.uint8)
     same_dataset = moving.get("dataset") == fixed.get("dataset")
     if moving.get("labels") is not None and fixed.get("labels") is not None and same_dataset:
         moving_labels, fixed_labels = _pad_to(moving["labels"], common), _pad_to(fixed["labels"], common)
-        item["fixed_foreground"] = (fixed_labels > 0).to(torch.uint8)
         if compact_labels:
             moving_labels, fixed_labels = compact_label_pair(moving_labels, fixed_labels, max_labels, generator)
         item["moving_labels"], item["fixed_labels"] = moving_labels, fixed_labels

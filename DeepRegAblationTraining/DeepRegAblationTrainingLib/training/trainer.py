@@ -284,8 +284,12 @@ def _run_data(
     )
     spacing_mm, grid_shape = _probe_grid(bundle.train)
     preprocessing = bundle.preprocess.describe(spacing_mm, grid_shape)
-    for name, asks in (("seg_weight", config.seg_weight > 0), ("similarity_mask_dilation", config.similarity_mask_dilation is not None)):
-        if asks and "moving_labels" not in bundle.train[0]:
+    asked = [(name, key) for name, asks, key in (
+        ("seg_weight", config.seg_weight > 0, "moving_labels"),
+        ("similarity_mask_dilation", config.similarity_mask_dilation is not None, "fixed_foreground")) if asks]
+    probe = [bundle.train[i] for i in range(min(len(bundle.train), 8))] if asked else []  # a pair may lack labels
+    for name, key in asked:
+        if not any(key in item for item in probe):
             raise ValueError(f"{name} {getattr(config, name)} needs label maps, but the data ({data_spec.get('kind')}) have none")
     return bundle, preprocessing
 
