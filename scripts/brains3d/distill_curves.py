@@ -2,6 +2,10 @@
 200 steps: the trainer's own check on the first 8 validation pairs of the split at the 4 mm model grid (epochs.csv).
 
 usage (from the repository root): .venv/bin/python scripts/brains3d/distill_curves.py > docs/results/distill-3d/curves.txt
+
+It prints the runs on this machine only: the teacher cache and the runs up to the 15000-step cycle were made on
+2026-12-06 and are no longer here; their table, printed by this script at commit 0543c23, is kept as
+docs/results/distill-3d/curves-to-15k.txt.
 """
 import collections
 import csv
@@ -18,7 +22,11 @@ TEACHER = Path("runs/brains3d/teacher")
 def teacher_summary() -> None:
     """Pairs per dataset and the refinement's wall time per pair (one thread, a shared machine)."""
     seconds = collections.defaultdict(list)
-    for path in sorted(TEACHER.glob("*.npz")):
+    paths = sorted(TEACHER.glob("*.npz"))
+    if not paths:
+        print(f"no teacher fields in {TEACHER} (the cache of 2026-12-06: curves-to-15k.txt)\n")
+        return
+    for path in paths:
         with np.load(path, allow_pickle=False) as z:
             info = json.loads(str(z["info_json"]))
         seconds[info["fixed"].split("-")[0]].append(info["seconds"])
@@ -41,7 +49,8 @@ def main() -> int:
             curves[run.name] = {int(r["step"]): float(r["val_dice"]) for r in csv.DictReader(fh) if r["val_dice"]}
     steps = sorted({s for c in curves.values() for s in c if s % 200 == 0})
     print("training-time validation Dice (8 pairs, model grid) after N more steps from the run's start file (the 5000-step"
-          " file; *_13k: the 8000-step two-pass file shipped first; *_15k: the 13000-step average of the *_13k run)")
+          " file; *_13k: the 8000-step two-pass file shipped first; *_15k and *_18k: the 13000-step average of the *_13k run;"
+          " *_23k: the 18000-step average of the *_18k run)")
     width = max(len(name) for name in curves) + 2
     print(f"{'run':{width}s}" + "".join(f"{s:>7d}" for s in steps))
     for name, curve in curves.items():

@@ -116,7 +116,7 @@ continued() {  # NAME START_FILE_OF_{} CONTINUED_FILE_OF_{}...: each variant's f
   for variant in ${VARIANTS:-baseline regloss affine_basic affine_enhanced}; do
     local files=() file missing=""
     for file in "$@"; do files+=("${file//\{\}/$variant}"); [ -f "${files[-1]}" ] || missing=${files[-1]}; done
-    [ -z "$missing" ] || { echo "$variant: no finished run ($missing, ship.sh $name): skipped"; continue; }
+    [ -z "$missing" ] || { echo "$variant: no finished run ($missing: finish the run, then average it with ship.sh): skipped"; continue; }
     .venv/bin/deepreg-ablation evaluate --checkpoint "${files[@]}" \
       --data brains3d:../shared/data --split DeepRegAblation/Resources/Models/3d/split.json --threads 1 --example-pair 11 \
       --out "$out/$name-model-grid-$variant"
