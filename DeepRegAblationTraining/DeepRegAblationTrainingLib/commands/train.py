@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--similarity-mask-dilation", type=int, default=None, metavar="N",
                    help="count the similarity only over the fixed image's labelled voxels (label > 0) grown by N voxels "
                         "of the model grid, the rest as flat windows (lncc; needs label maps): on heads with skull the "
-                        "network learns to align the brain, not the skull (default: every voxel)")
+                        "loss ignores the skull; it did not pay on the 3D models, docs/results/distill-3d "
+                        "(default: every voxel)")
     p.add_argument("--reg", nargs="+", default=None, metavar="NAME=W",
                    help=f"regulariser weights replacing the variant's ({', '.join(sorted(REGULARIZERS))}); 'none' for none")
     p.add_argument("--schedule", choices=("reference", "constant"), default=None,
