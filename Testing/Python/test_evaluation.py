@@ -135,13 +135,13 @@ def test_the_two_endpoint_errors_and_their_units():
     assert stats == {"epe_mean_mm": pytest.approx(9.5), "epe_p95_mm": pytest.approx(np.percentile(np.arange(20.0), 95))}
 
 
-def _train_val_gap_script():
-    """scripts/brains3d/train_val_gap.py, loaded as a module."""
+def _brains3d_script(name):
+    """scripts/brains3d/<name>.py, loaded as a module."""
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "scripts" / "brains3d" / "train_val_gap.py"
-    spec = importlib.util.spec_from_file_location("train_val_gap", script)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "brains3d" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -153,7 +153,7 @@ def test_training_pairs_are_cycles_of_training_subjects_per_dataset():
     import json
     from pathlib import Path
 
-    gap = _train_val_gap_script()
+    gap = _brains3d_script("train_val_gap")
     split = json.loads((Path(__file__).resolve().parents[2] / gap.SPLIT).read_text())
     pairs = gap.cycle_pairs(split["train"])
     assert {subject for pair in pairs for subject in pair} <= set(split["train"])
@@ -172,7 +172,7 @@ def test_training_pairs_are_cycles_of_training_subjects_per_dataset():
 
 def test_train_val_gap_table_gains_over_the_first_checkpoint(tmp_path):
     """train_val_gap.py table: per dataset, each checkpoint's Dice on both pair sets and its gain over the first."""
-    gap = _train_val_gap_script()
+    gap = _brains3d_script("train_val_gap")
     for which, values in (("train", (0.30, 0.50, 0.56)), ("val", (0.31, 0.48, 0.49))):
         (tmp_path / which).mkdir()
         rows = [f"ds,{name},{n},{dice}" for name, dice, n in zip(("identity", "first", "second"), values, (3, 3, 3))]
@@ -181,3 +181,31 @@ def test_train_val_gap_table_gains_over_the_first_checkpoint(tmp_path):
     assert "ds: 3 training pairs (Dice 0.3000 unregistered), 3 validation pairs (0.3100 unregistered)" in text
     assert "training 0.5600 (+0.0600)  validation 0.4900 (+0.0100)" in text
     assert "training 0.5000 (+0.0000)  validation 0.4800 (+0.0000)" in text
+
+
+def test_distill_curves_rows_per_run_and_the_teacher_cache(tmp_path, monkeypatch, capsys):
+    """distill_curves.py: one row per run with its validation Dice every 200 steps ('-' where a run has none); the
+    teacher cache summarised per dataset, and without a cache a line naming curves-to-15k.txt, never "0 pairs"."""
+    import json
+
+    curves = _brains3d_script("distill_curves")
+    runs, teacher = tmp_path / "runs", tmp_path / "teacher"
+    for name, rows in (("long", [(200, 0.61), (300, ""), (400, 0.625)]), ("short", [(200, 0.5)])):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "epochs.csv").write_text(
+            "step,val_dice\n" + "".join(f"{step},{dice}\n" for step, dice in rows))
+    monkeypatch.setattr(curves, "RUNS", runs)
+    monkeypatch.setattr(curves, "TEACHER", teacher)
+    assert curves.main() == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"no teacher fields in {teacher}") and "curves-to-15k.txt" in lines[0]
+    assert lines[3].split() == ["run", "200", "400"]
+    assert lines[4].split() == ["long", "0.610", "0.625"] and lines[5].split() == ["short", "0.500", "-"]
+    teacher.mkdir()
+    for i, seconds in enumerate((4.0, 6.0)):
+        info = {"fixed": f"lpba40-S0{i}", "seconds": seconds}
+        np.savez(teacher / f"pair{i}.npz", info_json=np.array(json.dumps(info)))
+    assert curves.main() == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"teacher fields in {teacher}: 2 training pairs")
+    assert "lpba40          2 pairs, refinement   5.0 s per pair (median)" in out
