@@ -300,12 +300,9 @@ def test_ship_checkpoint_refuses_to_average_different_architectures(tmp_path):
 def test_with_passes_script_runs_the_same_weights_as_a_cascade(tmp_path):
     """scripts/brains3d/with_passes.py (issue 21, the cascade at inference only): same weights and entries, the
     passes changed; the copy computes what a model built with those passes and the same weights computes."""
-    import importlib.util
+    from _scripts import brains3d_script
 
-    script = Path(__file__).resolve().parents[2] / "scripts" / "brains3d" / "with_passes.py"
-    spec = importlib.util.spec_from_file_location("with_passes", script)
-    with_passes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(with_passes)
+    with_passes = brains3d_script("with_passes")
     model = _trained_like("affine_enhanced", 2)
     source = save_checkpoint(tmp_path / "one.pt", model, preprocessing={"spacing_mm": [4.0, 4.0]})
     with_passes.main(str(source), str(tmp_path / "two.pt"), 2, 3)

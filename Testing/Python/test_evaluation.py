@@ -10,6 +10,8 @@ import torch
 from DeepRegAblationLib.models import checkpoints, network as networks
 from DeepRegAblationTrainingLib import evaluation
 
+from _scripts import brains3d_script
+
 SHIFT_VOX = (2.0, 3.0)  # rows, columns
 SPACING_MM = (1.0, 1.5)
 
@@ -135,25 +137,13 @@ def test_the_two_endpoint_errors_and_their_units():
     assert stats == {"epe_mean_mm": pytest.approx(9.5), "epe_p95_mm": pytest.approx(np.percentile(np.arange(20.0), 95))}
 
 
-def _brains3d_script(name):
-    """scripts/brains3d/<name>.py, loaded as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "scripts" / "brains3d" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_training_pairs_are_cycles_of_training_subjects_per_dataset():
     """train_val_gap.py pairs (issue 21): on the shipped split, only training subjects, each dataset its own cycle of
     evenly spaced subjects (5, IXI's three), no subject paired with itself."""
     import json
     from pathlib import Path
 
-    gap = _brains3d_script("train_val_gap")
+    gap = brains3d_script("train_val_gap")
     split = json.loads((Path(__file__).resolve().parents[2] / gap.SPLIT).read_text())
     pairs = gap.cycle_pairs(split["train"])
     assert {subject for pair in pairs for subject in pair} <= set(split["train"])
@@ -172,7 +162,7 @@ def test_training_pairs_are_cycles_of_training_subjects_per_dataset():
 
 def test_train_val_gap_table_gains_over_the_first_checkpoint(tmp_path):
     """train_val_gap.py table: per dataset, each checkpoint's Dice on both pair sets and its gain over the first."""
-    gap = _brains3d_script("train_val_gap")
+    gap = brains3d_script("train_val_gap")
     for which, values in (("train", (0.30, 0.50, 0.56)), ("val", (0.31, 0.48, 0.49))):
         (tmp_path / which).mkdir()
         rows = [f"ds,{name},{n},{dice}" for name, dice, n in zip(("identity", "first", "second"), values, (3, 3, 3))]
@@ -188,7 +178,7 @@ def test_distill_curves_rows_per_run_and_the_teacher_cache(tmp_path, monkeypatch
     teacher cache summarised per dataset, and without a cache a line naming curves-to-15k.txt, never "0 pairs"."""
     import json
 
-    curves = _brains3d_script("distill_curves")
+    curves = brains3d_script("distill_curves")
     runs, teacher = tmp_path / "runs", tmp_path / "teacher"
     for name, rows in (("long", [(200, 0.61), (300, ""), (400, 0.625)]), ("short", [(200, 0.5)])):
         (runs / name).mkdir(parents=True)
