@@ -283,3 +283,38 @@ def test_resume_after_last_pt_was_cut_uses_the_newest_good_epoch_checkpoint(toy_
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"error: --resume checkpoint {last} is truncated"), err
     assert "no earlier epoch_XXXX.pt" in err
+
+
+def test_carry_sh_stages_what_a_run_needs_to_resume_in_a_new_checkout(toy_root, tmp_path):
+    """scripts/brains3d/carry.sh: in a repository that ignores runs/, it stages last.pt, the averaging window's epoch
+    files slimmed to their weights (same weights, no optimiser moments) and the logs, not the earlier epochs; the
+    staged run resumes; ``carry.sh drop`` unstages it and leaves the files."""
+    repo = tmp_path / "repo"
+    run = repo / "runs" / "toy"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / ".gitignore").write_text("/runs/\n")
+    assert cli.main(_train_argv(toy_root, run, 6)) == 0  # epochs 1-3 of 2 steps
+    before = {e: torch.load(run / f"epoch_000{e}.pt", weights_only=True) for e in (2, 3)}
+    script = Path(__file__).resolve().parents[2] / "scripts" / "brains3d" / "carry.sh"
+    env = dict(os.environ, FIRST="2", PY=sys.executable, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(["bash", str(script), "runs/toy"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    staged = subprocess.run([*git, "diff", "--cached", "--name-only"], capture_output=True, text=True, check=True).stdout
+    assert sorted(staged.split()) == sorted(f"runs/toy/{name}" for name in (
+        "last.pt", "epoch_0002.pt", "epoch_0003.pt", "config.json", "split.json", "steps.csv", "steps.jsonl", "val_pairs.json"))
+    for epoch, old in before.items():
+        slim = torch.load(run / f"epoch_000{epoch}.pt", weights_only=True)
+        assert "optimizer_state" in old and "optimizer_state" not in slim
+        assert all(torch.equal(old["model_state"][k], slim["model_state"][k]) for k in old["model_state"])
+    assert "optimizer_state" in torch.load(run / "last.pt", weights_only=True)
+    assert cli.main(_train_argv(toy_root, run, 8, "--resume")) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["global_step"] == 8
+
+    proc = subprocess.run(["bash", str(script), "drop", "runs/toy"], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert subprocess.run([*git, "diff", "--cached", "--name-only"], capture_output=True, text=True).stdout == ""
+    assert (run / "epoch_0002.pt").is_file()
+    proc = subprocess.run(["bash", str(script), str(tmp_path)], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "has no last.pt" in proc.stderr

@@ -13,7 +13,8 @@
 #   START=runs/brains3d/shipped-cascade-8000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_13k distill.sh VARIANT
 #   and one more cycle from those runs' averages (ship.sh longer, copied to runs/brains3d/cascade-13000/VARIANT.pt):
 #   START=runs/brains3d/cascade-13000 PLAIN=1 STEPS=2000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_15k distill.sh VARIANT
-#   and from the same 13000-step files (the shipped ones) 5000 steps more, with and without mirrored pairs (both images
+#   and from the same 13000-step files (the shipped ones: cp DeepRegAblation/Resources/Models/3d/VARIANT.pt
+#   runs/brains3d/cascade-13000/ in a new checkout) 5000 steps more, with and without mirrored pairs (both images
 #   of half the pairs mirrored left-right, train --mirror 0.5; EXTRA passes it through train.sh):
 #   START=runs/brains3d/cascade-13000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_18k distill.sh VARIANT
 #   EXTRA="--mirror 0.5" START=runs/brains3d/cascade-13000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 \
