@@ -303,7 +303,8 @@ def test_carry_sh_stages_what_a_run_needs_to_resume_in_a_new_checkout(toy_root, 
     assert proc.returncode == 0, proc.stderr
     staged = subprocess.run([*git, "diff", "--cached", "--name-only"], capture_output=True, text=True, check=True).stdout
     assert sorted(staged.split()) == sorted(f"runs/toy/{name}" for name in (
-        "last.pt", "epoch_0002.pt", "epoch_0003.pt", "config.json", "split.json", "steps.csv", "steps.jsonl", "val_pairs.json"))
+        "last.pt", "epoch_0002.pt", "epoch_0003.pt", "config.json", "split.json", "steps.csv", "steps.jsonl", "epochs.csv",
+        "epochs.jsonl", "val_pairs.json"))
     for epoch, old in before.items():
         slim = torch.load(run / f"epoch_000{epoch}.pt", weights_only=True)
         assert "optimizer_state" in old and "optimizer_state" not in slim

@@ -20,7 +20,7 @@ fi
 for run in "$@"; do
   [ -f "$run/last.pt" ] || { echo "carry.sh: $run has no last.pt (nothing to resume from)" >&2; exit 2; }
   files=("$run/last.pt")
-  for name in config.json split.json val_pairs.json steps.csv steps.jsonl; do
+  for name in config.json split.json val_pairs.json steps.csv steps.jsonl epochs.csv epochs.jsonl; do
     [ ! -f "$run/$name" ] || files+=("$run/$name")
   done
   for ckpt in "$run"/epoch_*.pt; do
