@@ -434,3 +434,81 @@ def test_data_package_reexports_every_public_name_of_its_modules(tmp_path):
     assert store.get(subjects[0].id) is first and first["image"].shape == (1, 32, 32) and first["dataset"] is None
     with pytest.raises(ValueError, match="unknown subject id 'nobody'"):
         store.get("nobody")
+
+
+# --------------------------------------------------------------------------- synthetic heads (issue 21)
+def _ball(shape, centre, radii):
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
+    return (((grid - np.reshape(centre, (3, 1, 1, 1))) / np.reshape(radii, (3, 1, 1, 1))) ** 2).sum(0) <= 1.0
+
+
+def _head_and_brain(shape=(32, 32, 32)):
+    """A head (brain of intensity 0.6 inside a skull shell of 0.9, the brain labelled) and a stripped brain (smaller,
+    off-centre, intensity 0.3, two labels, background 0), as arrays."""
+    head_brain = _ball(shape, (16, 16, 16), (9, 10, 8))
+    head = np.where(head_brain, 0.6, 0.0) + np.where(_ball(shape, (16, 16, 16), (13, 14, 12)) & ~_ball(shape, (16, 16, 16), (11, 12, 10)), 0.9, 0.0)
+    brain_mask = _ball(shape, (12, 14, 18), (5, 6, 4))
+    brain = np.where(brain_mask, 0.3, 0.0)
+    labels = np.where(brain_mask, np.where(np.arange(shape[0])[:, None, None] < 12, 1, 2), 0)
+    return head, head_brain.astype(np.int64), brain, labels
+
+
+def _sample(image, labels, dataset):
+    return {"image": torch.tensor(image, dtype=torch.float32)[None], "labels": torch.tensor(labels)[None],
+            "spacing_mm": (4.0, 4.0, 4.0), "ijk_to_ras": torch.eye(4), "dataset": dataset}
+
+
+def test_synthetic_head_places_the_brain_in_the_skull():
+    from DeepRegAblationTrainingLib.data.heads import synthetic_head
+
+    head, head_labels, brain, labels = _head_and_brain()
+    out = synthetic_head(_sample(brain, labels, "stripped"), _sample(head, head_labels, "ixi"))
+    image, placed = out["image"][0].numpy(), out["labels"][0].numpy()
+    assert out["dataset"] == "stripped" and out["image"].shape == (1, 32, 32, 32)
+    outside = ~_ball((32, 32, 32), (16, 16, 16), (11, 12, 10))  # the skull and the air: the head's, untouched
+    assert np.array_equal(image[outside], head[outside].astype(np.float32))
+    coords = np.argwhere(placed > 0)
+    assert np.allclose(coords.mean(0), (16, 16, 16), atol=0.6)  # moved onto the head's brain
+    assert np.allclose(coords.std(0), np.argwhere(head_labels > 0).std(0), rtol=0.15)  # and scaled to it
+    assert set(np.unique(placed)) == {0, 1, 2}
+    assert abs(np.median(image[placed > 0]) - 0.6) < 0.03  # intensities scaled to the head's brain
+    assert image[(head_labels > 0) & (placed == 0)].max() < 0.6  # where the placed brain is not: dark, or its edge
+    with pytest.raises(ValueError, match="no label map"):
+        synthetic_head(_sample(brain, labels, "stripped"), dict(_sample(head, head_labels, "ixi"), labels=None))
+    with pytest.raises(ValueError, match="no brain to place"):
+        synthetic_head(_sample(brain * 0, labels, "stripped"), _sample(head, head_labels, "ixi"))
+
+
+def test_pair_dataset_places_stripped_brains_in_training_heads(tmp_path):
+    head, head_labels, brain, labels = _head_and_brain()
+    subjects = []
+    for name, image, label_map, dataset in (("h1", head, head_labels, "ixi"), ("h2", np.roll(head, 1, 0), np.roll(head_labels, 1, 0), "ixi"),
+                                            ("b1", brain, labels, "stripped"), ("b2", np.roll(brain, 2, 1), np.roll(labels, 2, 1), "stripped")):
+        subjects.append(data.Subject(name, write_nifti(tmp_path / f"{name}.nii.gz", image.astype(np.float32)),
+                                     write_nifti(tmp_path / f"{name}_seg.nii.gz", label_map.astype(np.int16)), dataset))
+    pre = data.Preprocess(ndim=3)
+    kwargs = dict(pairs_per_epoch=4, seed=1, dataset_weights={"stripped": 1.0}, cache=True)
+    plain, headed = data.PairDataset(subjects, pre, **kwargs), data.PairDataset(subjects, pre, heads=1.0, **kwargs)
+    assert headed.head_ids == ["h1", "h2"]
+    for index in range(4):
+        a, b = plain[index], headed[index]
+        assert a["pair_id"] == b["pair_id"] and a["pair_id"].startswith("b")
+        for key in ("moving", "fixed"):
+            brainless = (a[f"{key}_labels"] == 0) & (b[f"{key}_labels"] == 0)
+            assert float(a[key][brainless].max()) < 0.05 < float(b[key][brainless].max())  # a skull around it now
+        assert b["moving_labels"].max() > 0 and b["fixed_labels"].max() > 0
+    with pytest.raises(ValueError, match="dataset 'ixi' with labels"):
+        data.PairDataset(subjects[2:], pre, heads=0.5, **kwargs)
+    with pytest.raises(ValueError, match="heads must be a probability"):
+        data.PairDataset(subjects, pre, heads=2.0, **kwargs)
+
+
+def test_train_data_spec_synthetic_heads():
+    from DeepRegAblationTrainingLib.training.config import train_data_spec
+
+    assert "heads" not in train_data_spec("brains3d:somewhere")
+    assert train_data_spec("brains3d:somewhere", heads=0.5)["heads"] == 0.5
+    with pytest.raises(ValueError, match="needs pairs of 3D brain scans"):
+        train_data_spec("oasis2d:somewhere", heads=0.5)
+    with pytest.raises(ValueError, match="probability"):
+        train_data_spec("brains3d:somewhere", heads=1.5)

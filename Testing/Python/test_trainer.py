@@ -307,6 +307,10 @@ def test_train_options_map_to_the_data_spec_and_architecture():
     # synthetic pairs are made by the augmentation: --no-augment does not remove it there
     assert train_data_spec("mni-synthetic", no_augment=True)["augment"] == {"max_disp_mm": 4.0, "rotation_deg": 10.0}
     assert train_data_spec("list:/a.csv", no_augment=True, synthetic=True, max_disp_mm=2.0)["synthetic"] is True
+    # --synthetic-heads reaches the spec (so the resume check compares it with the data), and only for brain scans
+    assert config(argv("/x", "/y", "baseline", 1, 1, "--data", "brains3d:/d", "--synthetic-heads", "0.5")).data["heads"] == 0.5
+    with pytest.raises(ValueError, match="--synthetic-heads needs pairs of 3D brain scans"):
+        config(argv("/x", "/y", "baseline", 1, 1, "--synthetic-heads", "0.5"))
     assert arch_overrides() is None
     arch = arch_overrides([8, 8], [8], True, 2, {"affine_keypoints": 16})
     assert arch == {"enc_features": [8, 8], "dec_features": [8], "diffeomorphic": True, "affine_passes": 2, "affine_keypoints": 16}

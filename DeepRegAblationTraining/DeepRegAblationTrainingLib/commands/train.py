@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--mirror", type=float, default=0.0, metavar="P",
                    help="probability that both images of a training pair are mirrored left-right (default 0; pairs "
                         "with a --distill teacher field are not mirrored)")
+    p.add_argument("--synthetic-heads", type=float, default=0.0, metavar="P",
+                   help="3D brain data: probability that the two stripped brains of a training pair are each placed in "
+                        "the skull of a training head (an IXI scan with labels; default 0)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the variant's, 1e-3 or 3e-4 with affine)")
     p.add_argument("--lr-anneal-steps", type=int, default=0, metavar="N",
                    help="lower the learning rate to 0 along a half cosine over the last N steps (default 0: "
@@ -110,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         args.data, labels=args.labels, spacing=args.spacing, shape=args.shape, val_pairs=args.val_pairs,
         val_fraction=args.val_fraction, split=args.split, max_subjects=args.max_subjects, mode=args.mode,
         atlas=args.atlas, no_augment=args.no_augment, synthetic=args.synthetic, max_disp_mm=args.max_disp_mm,
-        rotation_deg=args.rotation_deg, mirror=args.mirror,
+        rotation_deg=args.rotation_deg, mirror=args.mirror, heads=args.synthetic_heads,
     )
     arch = arch_overrides(args.features_enc, args.features_dec, args.diffeomorphic, args.affine_passes, keypoint_arch(args),
                           args.deform_passes)

@@ -25,6 +25,7 @@ from DeepRegAblationLib import fields
 from DeepRegAblationLib.imageio import ImageData
 
 from ..augment import Augment, seed_from, seeded_generator
+from .heads import synthetic_head
 from .preprocess import Preprocess
 from .splits import PAIR_MODES
 from .subjects import Subject
@@ -190,6 +191,10 @@ class PairDataset(Dataset):
         mirror: the probability that an item's two images (and labels) are both mirrored left-right
             (:func:`mirror_sample`, after the augmentation; default 0: never). Both or neither, so a pair stays
             a pair of the same hemispheres.
+        heads: the probability that an item's two images, when they are not heads themselves, are each placed in the
+            skull of a head (:func:`.heads.synthetic_head`, before the augmentation; default 0: never): a training
+            subject of ``head_dataset`` with labels, drawn per image.
+        head_dataset: the dataset (``Subject.dataset``) whose scans are heads with skull (default ``"ixi"``).
 
     In each epoch the subjects are visited in a seeded permutation (index ``i`` -> subject
     ``perm[i % n]``); in scan-to-scan mode the partner is another random subject.
@@ -209,12 +214,21 @@ class PairDataset(Dataset):
         cross_dataset: float = 0.0,
         max_labels: Optional[int] = None,
         mirror: float = 0.0,
+        heads: float = 0.0,
+        head_dataset: str = "ixi",
     ):
         subjects = list(subjects)
         self.max_labels = max_labels
         if not 0.0 <= float(mirror) <= 1.0:
             raise ValueError(f"mirror must be a probability in [0, 1], got {mirror!r}")
         self.mirror = float(mirror)
+        if not 0.0 <= float(heads) <= 1.0:
+            raise ValueError(f"heads must be a probability in [0, 1], got {heads!r}")
+        self.heads, self.head_dataset = float(heads), str(head_dataset)
+        self.head_ids = [s.id for s in subjects if s.dataset == self.head_dataset and s.labels is not None]
+        if self.heads > 0 and not self.head_ids:
+            raise ValueError(f"synthetic heads need a training subject of dataset {self.head_dataset!r} with labels "
+                             f"(its skull around another brain), and there is none")
         if mode not in PAIR_MODES:
             raise ValueError(f"mode must be one of {list(PAIR_MODES)}, got {mode!r}")
         if not subjects:
@@ -295,6 +309,8 @@ class PairDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} pairs")
         moving_id, fixed_id = self.pair_ids(int(index))
         moving, fixed = self.store.get(moving_id), self.store.get(fixed_id)
+        if self.heads > 0:
+            moving, fixed = self._in_heads(moving, fixed, int(index))
         if self.augment is not None:
             generator = seeded_generator(self.seed, self.epoch, int(index), 3)
             moving = augment_sample(moving, self.augment, generator)
@@ -308,6 +324,18 @@ class PairDataset(Dataset):
             moving, fixed, f"{moving_id}->{fixed_id}", compact_labels=grouped,
             max_labels=self.max_labels if grouped else None, generator=seeded_generator(self.seed, self.epoch, int(index), 6),
         )
+
+
+    def _in_heads(self, moving: Dict[str, Any], fixed: Dict[str, Any], index: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """With probability ``heads``, each image of the pair that is not a head placed in a training head's skull."""
+        rng = np.random.default_rng(seed_from(self.seed, self.epoch, index, 8))
+        if rng.random() >= self.heads:
+            return moving, fixed
+        placed = []
+        for sample in (moving, fixed):
+            head_id = self.head_ids[int(rng.integers(len(self.head_ids)))]
+            placed.append(sample if sample.get("dataset") == self.head_dataset else synthetic_head(sample, self.store.get(head_id)))
+        return placed[0], placed[1]
 
 
 class FixedPairDataset(Dataset):

@@ -352,6 +352,7 @@ def _build_brain_data(
         train_subjects, preprocess, "scan_to_scan", None, augment, pairs_per_epoch, seed, cache,
         dataset_weights=_brain_weights(parts, train_subjects), cross_dataset=float(spec.get("cross_dataset", 0.0)),
         max_labels=spec.get("max_labels", BRAIN_MAX_LABELS), mirror=float(spec.get("mirror", 0.0)),
+        heads=float(spec.get("heads", 0.0)),
     )
     val = FixedPairDataset(val_subjects, pairs, preprocess, cache) if pairs else None
     split = _split_record(spec["kind"], train_subjects, val_subjects, None, "scan_to_scan", pairs)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from DeepRegAblationLib.losses import REGULARIZERS, SIMILARITIES
 from DeepRegAblationLib.models.variants import VariantSpec, get_variant
 
-from ..data import parse_data_argument
+from ..data import BRAIN_KINDS, parse_data_argument
 
 __all__ = ["FINETUNE_MODES", "TrainConfig", "parse_regularizers", "train_data_spec", "arch_overrides"]
 
@@ -223,6 +223,7 @@ def train_data_spec(
     max_disp_mm: float = 4.0,
     rotation_deg: float = 10.0,
     mirror: float = 0.0,
+    heads: float = 0.0,
 ) -> Dict[str, Any]:
     """The data spec of a training run (``TrainConfig.data``) from the ``train`` command's data options.
 
@@ -231,7 +232,9 @@ def train_data_spec(
     The augmentation is ``{"max_disp_mm", "rotation_deg"}`` unless ``no_augment`` (which does not
     apply to ``mni-synthetic`` or ``synthetic`` training: their pairs are made by the augmentation).
     ``mirror`` (a probability, ``PairDataset(mirror=...)``) is written only when above 0, and refused for synthetic
-    pairs (a deformed copy of one image has no partner to mirror with it).
+    pairs (a deformed copy of one image has no partner to mirror with it). ``heads`` (a probability,
+    ``PairDataset(heads=...)``: stripped brains placed in the skull of a training head) likewise, for the 3D brain
+    data only (its heads are the IXI scans).
     """
     spec = parse_data_argument(data)
     if labels is not None:
@@ -256,6 +259,13 @@ def train_data_spec(
         if synthetic or spec["kind"] == "mni-synthetic":
             raise ValueError("--mirror applies to pairs of two scans, not to synthetic pairs (--synthetic, mni-synthetic)")
         spec["mirror"] = float(mirror)
+    if not 0.0 <= float(heads) <= 1.0:
+        raise ValueError(f"--synthetic-heads must be a probability in [0, 1], got {heads}")
+    if float(heads) > 0:
+        if spec["kind"] not in BRAIN_KINDS or synthetic:
+            raise ValueError(f"--synthetic-heads needs pairs of 3D brain scans with a head dataset (e.g. brains3d), "
+                             f"not {spec['kind']}{' --synthetic' if synthetic else ''}")
+        spec["heads"] = float(heads)
     return spec
 
 
