@@ -55,8 +55,12 @@
 #    EXTRA="--similarity-mask-dilation 2" OUT_SUFFIX=_cascade2_23k_brainmask; averaged by "ship.sh further"), model grid
 #    (out docs/results/distill-3d/brainmask-model-grid-VARIANT); "brainmask_full": the 23000-step affine_enhanced files at
 #    full resolution as mirror_full (out docs/results/distill-3d/brainmask-full-resolution.md)
+# 11. "heads": the 18000-step control (cascade2_18k) against the same 5000 steps with 30 % of the stripped-brain pairs
+#    placed in the skulls of the training heads (cascade2_18k_heads: distill.sh with EXTRA="--synthetic-heads 0.3"
+#    START=runs/brains3d/cascade-13000 OUT_SUFFIX=_cascade2_18k_heads; averaged by "ship.sh mirror"), model grid (out
+#    docs/results/distill-3d/heads-model-grid-VARIANT); on IXI at full resolution: scripts/brains3d/ixi_skull.py
 # usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full|control|
-#   further|further_full|ixi|ixi_full|ixi_refinement|gap|brainmask|brainmask_full]...
+#   further|further_full|ixi|ixi_full|ixi_refinement|gap|brainmask|brainmask_full|heads]...
 #   (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
@@ -154,6 +158,7 @@ brainmask_full() {
   with_syn brainmask-full-resolution.md "further_23k=$D/affine_enhanced_cascade2_23k/average_41-50.pt,\
 ixi1_23k=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt,brainmask_23k=$D/affine_enhanced_cascade2_23k_brainmask/average_41-50.pt"
 }
+heads() { continued heads "$D/{}_cascade2_18k/average_41-50.pt" "$D/{}_cascade2_18k_heads/average_41-50.pt"; }
 ixi_refinement() {
   .venv/bin/deepreg-ablation bench --refinement --datasets lpba40,ibsr18 --budgets 1,2,5 --threads 2 \
     --variants "affine_enhanced=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt" \

@@ -1,14 +1,16 @@
 """Is the skull what the network does not carry to unseen heads? (issue 21, goal 1 on IXI)
 
 The IXI images are heads with skull; the other three datasets are skull-stripped brains. On the validation pairs of a
-dataset (cycle), the network alone (the affine_enhanced files: the shipped 13000-step file, the 23000-step files plain,
-with IXI weighted up and, where that run has finished, with the similarity counted over the labelled brain only) and
+dataset (cycle), the network alone (the affine_enhanced files that exist of: the shipped 13000-step file, the
+18000-step control and its synthetic-heads arm, the 23000-step files plain, with IXI weighted up and with the
+similarity counted over the labelled brain only) and
 ANTs SyN and affine (antspyx, one thread), once on the images as they are
 (`head`) and once with each image masked by its own label map (labels > 0, grown by 2 voxels: `stripped`). Dice of
 the same labels in both. One thread for torch and ANTs; the trainings may run beside it (no times are reported).
 
 usage (from the repository root, after ship.sh further):
   .venv/bin/python scripts/brains3d/ixi_skull.py [DATASET] > docs/results/distill-3d/ixi-skull.txt   (default ixi)
+  (the synthetic-heads arm, after ship.sh mirror: ... > docs/results/distill-3d/ixi-skull-heads.txt)
 """
 import dataclasses
 import sys
@@ -28,6 +30,8 @@ from DeepRegAblationTrainingLib.benchmarks.suite import labelled_validation_subj
 
 D = "runs/brains3d/distill"
 FILES = {"shipped_13k": "DeepRegAblation/Resources/Models/3d/affine_enhanced.pt",
+         "18k": f"{D}/affine_enhanced_cascade2_18k/average_41-50.pt",
+         "18k_heads": f"{D}/affine_enhanced_cascade2_18k_heads/average_41-50.pt",
          "23k": f"{D}/affine_enhanced_cascade2_23k/average_41-50.pt",
          "23k_ixi1": f"{D}/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt",
          "23k_brainmask": f"{D}/affine_enhanced_cascade2_23k_brainmask/average_41-50.pt"}

@@ -28,7 +28,8 @@
 # reached step 2000, for distill_eval.sh cycle.
 # "ship.sh mirror": the same average over steps 4100-5000 of the next arm and its control (<variant>_cascade2_18k_mirror,
 # <variant>_cascade2_18k: 5000 steps more from the 13000-step files, with and without train --mirror 0.5), written as
-# <run>/average_41-50.pt where the run has reached step 5000, for distill_eval.sh mirror.
+# <run>/average_41-50.pt where the run has reached step 5000, for distill_eval.sh mirror; and of the synthetic-heads arm
+# (<variant>_cascade2_18k_heads: the control with train --synthetic-heads 0.3), for distill_eval.sh heads.
 # "ship.sh further": the same average over steps 4100-5000 of 5000 steps more from the controls' averages
 # (<variant>_cascade2_23k, started from runs/brains3d/cascade-18000/VARIANT.pt) and of the same with IXI weighted up
 # (<variant>_cascade2_23k_ixi1) and with the similarity counted over the labelled brain only
@@ -74,7 +75,7 @@ elif [ "$1" = average ] && [ $# = 5 ]; then
 elif [ "$1" = longer ] || [ "$1" = cycle ] || [ "$1" = mirror ] || [ "$1" = further ]; then
   suffixes=_cascade2_13k first=41 last=50
   [ "$1" != cycle ] || { suffixes=_cascade2_15k first=11 last=20; }
-  [ "$1" != mirror ] || suffixes="_cascade2_18k _cascade2_18k_mirror"
+  [ "$1" != mirror ] || suffixes="_cascade2_18k _cascade2_18k_mirror _cascade2_18k_heads"
   [ "$1" != further ] || suffixes="_cascade2_23k _cascade2_23k_ixi1 _cascade2_23k_brainmask"
   for variant in $VARIANTS; do
     for suffix in $suffixes; do
