@@ -325,7 +325,6 @@ class PairDataset(Dataset):
             max_labels=self.max_labels if grouped else None, generator=seeded_generator(self.seed, self.epoch, int(index), 6),
         )
 
-
     def _in_heads(self, moving: Dict[str, Any], fixed: Dict[str, Any], index: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """With probability ``heads``, each image of the pair that is not a head placed in a training head's skull."""
         rng = np.random.default_rng(seed_from(self.seed, self.epoch, index, 8))
