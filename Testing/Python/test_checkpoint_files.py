@@ -5,7 +5,8 @@ state dict, built here with the installed packages), the wrong dimension or vari
 load_checkpoint`` raises one ``CheckpointError`` (a ``ValueError``) whose one-line message names the file and
 the problem; the command line prints it as one ``error:`` line and exits with status 2 (``--model``,
 ``--init-from``, ``--resume``); the panel's checkpoint field says it without PyTorch; a training run whose
-``last.pt`` was cut resumes from its newest good ``epoch_XXXX.pt`` with a warning.
+``last.pt`` was cut resumes from its newest good ``epoch_XXXX.pt`` with a warning; ``scripts/brains3d/carry.sh``
+stages what an unfinished run needs to resume in a new checkout (issue 21).
 """
 from __future__ import annotations
 
