@@ -15,6 +15,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from DeepRegAblationLib import fields
+from DeepRegAblationLib.losses.labels import foreground_mask
 
 STRIPPED_BRAIN_THRESHOLD = 0.05
 """A stripped brain's voxels are those above this intensity (the background of a stripped scan is 0 after the 1-99
@@ -22,14 +23,10 @@ percentile window)."""
 
 
 def _closed(mask: torch.Tensor, radius: int = 2) -> torch.Tensor:
-    """A binary mask (``*S``, 2D or 3D) closed by a cube of side ``2 * radius + 1`` (dilated, then eroded): the
-    holes and clefts of a brain's labelled or bright voxels filled."""
-    pool = torch.nn.functional.max_pool3d if mask.dim() == 3 else torch.nn.functional.max_pool2d
-    size = 2 * int(radius) + 1
-    x = mask[None, None].float()
-    x = pool(x, size, stride=1, padding=radius)
-    x = -pool(-x, size, stride=1, padding=radius)
-    return x[0, 0] > 0.5
+    """A binary mask (``*S``, 2D or 3D) closed by a cube of side ``2 * radius + 1`` (dilated, then eroded as the
+    complement dilated; both by ``losses.foreground_mask``): the holes and clefts of a brain's voxels filled."""
+    dilated = foreground_mask(mask[None, None].long(), radius) > 0.5
+    return (foreground_mask((~dilated).long(), radius) < 0.5)[0, 0]
 
 
 def _mask_moments(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
