@@ -289,7 +289,8 @@ def test_resume_after_last_pt_was_cut_uses_the_newest_good_epoch_checkpoint(toy_
 def test_carry_sh_stages_what_a_run_needs_to_resume_in_a_new_checkout(toy_root, tmp_path):
     """scripts/brains3d/carry.sh: in a repository that ignores runs/, it stages last.pt, the averaging window's epoch
     files slimmed to their weights (same weights, no optimiser moments) and the logs, not the earlier epochs; the
-    staged run resumes; ``carry.sh drop`` unstages it and leaves the files."""
+    staged run resumes; ``carry.sh drop`` unstages it and leaves the files; ``carry.sh averaged`` keeps a finished
+    run's average and small files only."""
     repo = tmp_path / "repo"
     run = repo / "runs" / "toy"
     repo.mkdir()
@@ -320,3 +321,16 @@ def test_carry_sh_stages_what_a_run_needs_to_resume_in_a_new_checkout(toy_root, 
     assert (run / "epoch_0002.pt").is_file()
     proc = subprocess.run(["bash", str(script), str(tmp_path)], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "has no last.pt" in proc.stderr
+
+    # a finished run: "averaged" keeps its average (the next run's start) and small files, not last.pt or the epochs
+    proc = subprocess.run(["bash", str(script), "runs/toy"], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(["bash", str(script), "averaged", "runs/toy"], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "has no average_*.pt" in proc.stderr
+    torch.save({"model_state": {}}, run / "average_2-3.pt")
+    proc = subprocess.run(["bash", str(script), "averaged", "runs/toy"], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    staged = subprocess.run([*git, "diff", "--cached", "--name-only"], capture_output=True, text=True, check=True).stdout
+    assert sorted(staged.split()) == sorted(f"runs/toy/{name}" for name in (
+        "average_2-3.pt", "config.json", "split.json", "steps.csv", "steps.jsonl", "epochs.csv", "epochs.jsonl",
+        "val_pairs.json"))

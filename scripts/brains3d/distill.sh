@@ -30,10 +30,11 @@
 #     OUT_SUFFIX=_cascade2_23k_brainmask distill.sh VARIANT
 #   and 5000 steps with 30 % of the stripped-brain pairs placed in the skulls of the three training heads
 #   (train --synthetic-heads 0.3, DeepRegAblationTrainingLib/data/heads.py), from the 13000-step files against the
-#   18000-step control above (fifteenth session), and from the 18000-step files:
+#   18000-step control above (fifteenth session; it paid on IXI: the recipe of the next files since the sixteenth), and
+#   5000 steps more from those runs' averages (copied to runs/brains3d/cascade-18000-heads/VARIANT.pt):
 #   EXTRA="--synthetic-heads 0.3" START=runs/brains3d/cascade-13000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 \
 #     OUT_SUFFIX=_cascade2_18k_heads distill.sh VARIANT
-#   EXTRA="--synthetic-heads 0.3" START=runs/brains3d/cascade-18000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 \
+#   EXTRA="--synthetic-heads 0.3" START=runs/brains3d/cascade-18000-heads PLAIN=1 STEPS=5000 DEFORM_PASSES=2 \
 #     OUT_SUFFIX=_cascade2_23k_heads distill.sh VARIANT
 set -euo pipefail
 teacher=runs/brains3d/teacher

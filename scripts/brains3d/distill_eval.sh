@@ -58,9 +58,15 @@
 # 11. "heads": the 18000-step control (cascade2_18k) against the same 5000 steps with 30 % of the stripped-brain pairs
 #    placed in the skulls of the training heads (cascade2_18k_heads: distill.sh with EXTRA="--synthetic-heads 0.3"
 #    START=runs/brains3d/cascade-13000 OUT_SUFFIX=_cascade2_18k_heads; averaged by "ship.sh mirror"), model grid (out
-#    docs/results/distill-3d/heads-model-grid-VARIANT); on IXI at full resolution: scripts/brains3d/ixi_skull.py
+#    docs/results/distill-3d/heads-model-grid-VARIANT); on IXI at full resolution: scripts/brains3d/ixi_skull.py;
+#    "heads_full": the shipped, control and heads affine_enhanced files at full resolution as mirror_full (out
+#    docs/results/distill-3d/heads-full-resolution.md); "heads_further": those 18000-step heads files against 5000
+#    steps more of them, with the heads (cascade2_23k_heads, from runs/brains3d/cascade-18000-heads; averaged by
+#    "ship.sh further"), model grid (out docs/results/distill-3d/heads-further-model-grid-VARIANT); "heads_further_full":
+#    the affine_enhanced files of that chain at full resolution as mirror_full (out heads-further-full-resolution.md)
 # usage: distill_eval.sh [grid|full|cascade|cascade3|cascade_full|longer|longer_full|cycle|mirror|mirror_full|control|
-#   further|further_full|ixi|ixi_full|ixi_refinement|gap|brainmask|brainmask_full|heads]...
+#   further|further_full|ixi|ixi_full|ixi_refinement|gap|brainmask|brainmask_full|heads|heads_full|heads_further|
+#   heads_further_full]...
 #   (default grid full);
 # VARIANTS="..." (environment): the grid, cascade and longer parts of these variants only
 set -euo pipefail
@@ -159,6 +165,15 @@ brainmask_full() {
 ixi1_23k=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt,brainmask_23k=$D/affine_enhanced_cascade2_23k_brainmask/average_41-50.pt"
 }
 heads() { continued heads "$D/{}_cascade2_18k/average_41-50.pt" "$D/{}_cascade2_18k_heads/average_41-50.pt"; }
+heads_further() { continued heads-further "$D/{}_cascade2_18k_heads/average_41-50.pt" "$D/{}_cascade2_23k_heads/average_41-50.pt"; }
+heads_further_full() {
+  with_syn heads-further-full-resolution.md "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,\
+heads_18k=$D/affine_enhanced_cascade2_18k_heads/average_41-50.pt,heads_23k=$D/affine_enhanced_cascade2_23k_heads/average_41-50.pt"
+}
+heads_full() {
+  with_syn heads-full-resolution.md "shipped_13k=runs/brains3d/cascade-13000/affine_enhanced.pt,\
+control_18k=$D/affine_enhanced_cascade2_18k/average_41-50.pt,heads_18k=$D/affine_enhanced_cascade2_18k_heads/average_41-50.pt"
+}
 ixi_refinement() {
   .venv/bin/deepreg-ablation bench --refinement --datasets lpba40,ibsr18 --budgets 1,2,5 --threads 2 \
     --variants "affine_enhanced=$D/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt" \

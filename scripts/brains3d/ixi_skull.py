@@ -2,8 +2,8 @@
 
 The IXI images are heads with skull; the other three datasets are skull-stripped brains. On the validation pairs of a
 dataset (cycle), the network alone (the affine_enhanced files that exist of: the shipped 13000-step file, the
-18000-step control and its synthetic-heads arm, the 23000-step files plain, with IXI weighted up and with the
-similarity counted over the labelled brain only) and
+18000-step control and its synthetic-heads arm, the 23000-step files plain, with IXI weighted up, with the
+similarity counted over the labelled brain only and with the synthetic heads) and
 ANTs SyN and affine (antspyx, one thread), once on the images as they are
 (`head`) and once with each image masked by its own label map (labels > 0, grown by 2 voxels: `stripped`). Dice of
 the same labels in both. One thread for torch and ANTs; the trainings may run beside it (no times are reported).
@@ -34,7 +34,8 @@ FILES = {"shipped_13k": "DeepRegAblation/Resources/Models/3d/affine_enhanced.pt"
          "18k_heads": f"{D}/affine_enhanced_cascade2_18k_heads/average_41-50.pt",
          "23k": f"{D}/affine_enhanced_cascade2_23k/average_41-50.pt",
          "23k_ixi1": f"{D}/affine_enhanced_cascade2_23k_ixi1/average_41-50.pt",
-         "23k_brainmask": f"{D}/affine_enhanced_cascade2_23k_brainmask/average_41-50.pt"}
+         "23k_brainmask": f"{D}/affine_enhanced_cascade2_23k_brainmask/average_41-50.pt",
+         "23k_heads": f"{D}/affine_enhanced_cascade2_23k_heads/average_41-50.pt"}
 DILATION_VOX = 2
 
 

@@ -33,7 +33,9 @@
 # "ship.sh further": the same average over steps 4100-5000 of 5000 steps more from the controls' averages
 # (<variant>_cascade2_23k, started from runs/brains3d/cascade-18000/VARIANT.pt) and of the same with IXI weighted up
 # (<variant>_cascade2_23k_ixi1) and with the similarity counted over the labelled brain only
-# (<variant>_cascade2_23k_brainmask), for distill_eval.sh further, ixi and brainmask.
+# (<variant>_cascade2_23k_brainmask), for distill_eval.sh further, ixi and brainmask; and of the synthetic-heads chain
+# (<variant>_cascade2_23k_heads, from the 18000-step heads arms' averages in runs/brains3d/cascade-18000-heads), for
+# distill_eval.sh heads_further.
 # "ship.sh average RUN_DIR FIRST LAST DESTINATION": the mean of one run's checkpoints FIRST..LAST (epoch numbers) into
 # DESTINATION (scripts/brains3d/gpu_train.sh); PY (environment): the Python to use (default .venv/bin/python).
 # usage (from the repository root): ship.sh [8000|plain|5000|comparison|distill|distilled|longer|cycle|mirror|further|average ...]
@@ -76,7 +78,7 @@ elif [ "$1" = longer ] || [ "$1" = cycle ] || [ "$1" = mirror ] || [ "$1" = furt
   suffixes=_cascade2_13k first=41 last=50
   [ "$1" != cycle ] || { suffixes=_cascade2_15k first=11 last=20; }
   [ "$1" != mirror ] || suffixes="_cascade2_18k _cascade2_18k_mirror _cascade2_18k_heads"
-  [ "$1" != further ] || suffixes="_cascade2_23k _cascade2_23k_ixi1 _cascade2_23k_brainmask"
+  [ "$1" != further ] || suffixes="_cascade2_23k _cascade2_23k_ixi1 _cascade2_23k_brainmask _cascade2_23k_heads"
   for variant in $VARIANTS; do
     for suffix in $suffixes; do
       run=$D/$variant$suffix
