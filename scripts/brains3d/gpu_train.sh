@@ -2,7 +2,8 @@
 # The four shipped 3D cascades trained longer on one lent GPU (issue 21), within a wall-clock budget, in one call.
 # Each variant starts from its shipped two-pass file (DeepRegAblation/Resources/Models/3d/VARIANT.pt, 13000 steps)
 # with the shipped recipe (scripts/brains3d/train.sh: batch 1, --deform-passes 2, the same losses, augmentation and
-# learning rate; the data from the pack of scripts/brains3d/gpu_pack.py, since the device machine has no ../shared). All four run at once:
+# learning rate; the data from the pack of scripts/brains3d/gpu_pack.py, since the device machine has no ../shared) and
+# the synthetic heads of the next files (train --synthetic-heads HEADS, default 0.3; HEADS=0: none). All four run at once:
 # 1. a probe: each trains at the constant rate for PROBE seconds, and its steps per second are read off steps.csv;
 # 2. the common length N (steps, a multiple of EPOCH) that the slowest variant reaches in the time left, of which the
 #    last A = 40 % are annealed (a constant-rate run resumes to the same result with a longer --steps, train --help);
@@ -10,7 +11,7 @@
 # 3. each run's last ten checkpoints averaged (as scripts/brains3d/ship.sh does) into average.pt, and the run folder
 #    (average.pt, last.pt, logs) packed into $OUT/VARIANT.tgz.
 # usage (from the repository root, on the device): scripts/brains3d/gpu_train.sh BUDGET_SECONDS
-#   PY (default python3), DEVICE (default cuda), PROBE (default 90), WORKERS (default 2), R (run folder,
+#   PY (default python3), DEVICE (default cuda), PROBE (default 90), WORKERS (default 2), HEADS (default 0.3), R (run folder,
 #   default runs/brains3d/gpu), OUT (default $R/out), EPOCH (steps per checkpoint, default 100; small for a CPU trial),
 #   START (folder of the four start files VARIANT.pt, default the shipped files, DeepRegAblation/Resources/Models/3d;
 #   carry another folder under runs/).
@@ -27,7 +28,7 @@ launch() {  # VARIANT STEPS ANNEAL: scripts/brains3d/train.sh (the shipped recip
   case $1 in regloss|affine_enhanced) reg=m8 ;; esac
   INIT="$START/$1.pt" ANNEAL=$3 DEFORM_PASSES=2 EPOCH=$E OUT="$R/$1" \
     TRAIN="$PY scripts/brains3d/gpu_pack.py train .gpu/brains3d_4mm.npz --" \
-    EXTRA="--threads 2 --workers ${WORKERS:-2} --device $DEVICE --no-amp" \
+    EXTRA="--threads 2 --workers ${WORKERS:-2} --device $DEVICE --no-amp --synthetic-heads ${HEADS:-0.3}" \
     scripts/brains3d/train.sh "$1" "$2" $reg >> "$R/$1.log" 2>&1 &
   pids+=($!)
 }
