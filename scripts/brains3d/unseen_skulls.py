@@ -61,15 +61,16 @@ def main(checkpoints) -> None:
     print(f"# .venv/bin/python scripts/brains3d/unseen_skulls.py {' '.join(checkpoints)}")
     print(f"# model grid, mean Dice over all labels; the stripped-brain pairs of {PAIRS} as they are, and placed in "
           f"the two validation {HEAD_DATASET} heads (both ways round)")
-    dice = {}
+    dice, items_by_divisor = {}, {}  # the pairs are made once per network size multiple, not once per checkpoint
     with torch.no_grad():
         for path in checkpoints:
             model = load_trained_model(path).eval()
-            dataset, info = validation_set(base_data_spec(args), ndim=3, split_path=SPLIT, pairs_path=PAIRS, n_pairs=0,
-                                           divisor=model.size_multiple)
-            items = pair_items(dataset, info["val"])
+            if model.size_multiple not in items_by_divisor:
+                dataset, info = validation_set(base_data_spec(args), ndim=3, split_path=SPLIT, pairs_path=PAIRS,
+                                               n_pairs=0, divisor=model.size_multiple)
+                items_by_divisor[model.size_multiple] = pair_items(dataset, info["val"])
             dice[path] = {kind: np.array([pair_metrics(predict_pair(model, item))["dice"] for item in group])
-                          for kind, group in items.items()}
+                          for kind, group in items_by_divisor[model.size_multiple].items()}
     first = checkpoints[0]
     for kind in ("stripped", "in skulls"):
         print(f"\n{kind} ({len(dice[first][kind])} pairs)")
