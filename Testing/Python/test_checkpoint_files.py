@@ -203,8 +203,9 @@ def test_every_shipped_checkpoint_passes_the_reader():
 
 def test_the_shipped_3d_models_share_one_recipe():
     """The 3D ablation is fair only if the four files differ in the affine stage and the regularisers alone: the same
-    U-Net and number of U-Net passes, the same steps, anneal, label weight and averaging (issue 21: a file shipped from
-    another recipe, e.g. one single-pass file among cascades, fails here)."""
+    U-Net and number of U-Net passes, the same steps, anneal, label weight, averaging, training data (augmentation,
+    synthetic heads, mirrored pairs) and start (the folder of the files each run began from) (issue 21: a file shipped
+    from another recipe, e.g. one single-pass file among cascades, or one run without the synthetic heads, fails here)."""
     paths = [MODELS_DIR / "3d" / f"{variant}.pt" for variant in ("baseline", "regloss", "affine_basic", "affine_enhanced")]
     if not all(path.is_file() for path in paths):
         pytest.skip("no shipped 3D weights")
@@ -214,8 +215,10 @@ def test_the_shipped_3d_models_share_one_recipe():
         arch = dict(ckpt["model_config"]["arch"])
         arch.pop("affine_passes")  # only the affine variants run the affine stage
         config = ckpt["config"]
+        data = config["data"]
         return (arch, config["steps"], config["lr_anneal_steps"], config["seg_weight"], config["arch"].get("deform_passes"),
-                ckpt["shipped_from"]["global_steps"])
+                ckpt["shipped_from"]["global_steps"], data.get("augment"), data.get("heads"), data.get("mirror"),
+                os.path.dirname(config["init_from"] or ""))
 
     recipes = {name: recipe(ckpt) for name, ckpt in files.items()}
     assert all(r == recipes["baseline"] for r in recipes.values()), recipes

@@ -36,9 +36,18 @@
 # (<variant>_cascade2_23k_brainmask), for distill_eval.sh further, ixi and brainmask; and of the synthetic-heads chain
 # (<variant>_cascade2_23k_heads, from the 18000-step heads arms' averages in runs/brains3d/cascade-18000-heads), for
 # distill_eval.sh heads_further.
+# "ship.sh heads": the next files, to ship when all four runs have finished (the synthetic-heads chain): each variant's
+# shipped 13000-step file (kept as runs/brains3d/cascade-13000) trained 5000 steps more with 30 % of the stripped-brain
+# training pairs placed in the skulls of the training heads (EXTRA="--synthetic-heads 0.3"
+# START=runs/brains3d/cascade-13000 PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_18k_heads distill.sh
+# VARIANT), that run's average copied to runs/brains3d/cascade-18000-heads/VARIANT.pt and trained 5000 steps more the
+# same way (START=runs/brains3d/cascade-18000-heads ... OUT_SUFFIX=_cascade2_23k_heads), steps 4100-5000 averaged into
+# the shipped file. carry.sh averaged keeps a finished run's average_41-50.pt ("ship.sh further" or "ship.sh average
+# RUN 41 50 ...") and drops its epoch files, so this mode averages the epoch files where they are on disk and copies the
+# kept average where they are not. Refused unless all four runs have finished, so the four ship from one recipe.
 # "ship.sh average RUN_DIR FIRST LAST DESTINATION": the mean of one run's checkpoints FIRST..LAST (epoch numbers) into
 # DESTINATION (scripts/brains3d/gpu_train.sh); PY (environment): the Python to use (default .venv/bin/python).
-# usage (from the repository root): ship.sh [8000|plain|5000|comparison|distill|distilled|longer|cycle|mirror|further|average ...]
+# usage (from the repository root): ship.sh [heads|8000|plain|5000|comparison|distill|distilled|longer|cycle|mirror|further|average ...]
 set -euo pipefail
 B=runs/brains3d; M=DeepRegAblation/Resources/Models/3d
 average() {  # RUN_DIR FIRST_EPOCH LAST_EPOCH DESTINATION
@@ -54,6 +63,18 @@ if [ -z "${1:-}" ]; then
         "PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_13k scripts/brains3d/distill.sh $variant)" >&2; exit 2; }
   done
   for variant in $VARIANTS; do average $D/${variant}_cascade2_13k 41 50 $M/$variant.pt; done
+elif [ "$1" = heads ]; then
+  for variant in $VARIANTS; do
+    run=$D/${variant}_cascade2_23k_heads
+    [ -f $run/epoch_0050.pt ] || [ -f $run/average_41-50.pt ] || {
+      echo "ship.sh: $run has not reached step 5000 (resume it: EXTRA=\"--synthetic-heads 0.3\"" \
+        "START=$B/cascade-18000-heads PLAIN=1 STEPS=5000 DEFORM_PASSES=2 OUT_SUFFIX=_cascade2_23k_heads" \
+        "scripts/brains3d/distill.sh $variant)" >&2; exit 2; }
+  done
+  for variant in $VARIANTS; do
+    run=$D/${variant}_cascade2_23k_heads
+    if [ -f $run/epoch_0050.pt ]; then average $run 41 50 $M/$variant.pt; else cp $run/average_41-50.pt $M/$variant.pt; fi
+  done
 elif [ "$1" = 8000 ]; then
   for variant in $VARIANTS; do
     [ -f $D/${variant}_cascade2_plain/epoch_0030.pt ] || {
@@ -100,5 +121,5 @@ elif [ "$1" = 5000 ]; then
   average $B/affine_basic 41 50 $M/affine_basic.pt
   average $B/affine_enhanced_m8 41 50 $M/affine_enhanced.pt
 else
-  echo "ship.sh: unknown mode '$1' (8000, plain, 5000, comparison, distill, distilled, longer, cycle, mirror, further or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
+  echo "ship.sh: unknown mode '$1' (heads, 8000, plain, 5000, comparison, distill, distilled, longer, cycle, mirror, further or average RUN FIRST LAST DEST; none = the shipped files)" >&2; exit 2
 fi
